@@ -1,0 +1,1 @@
+"""fusegrad benchmarks: ``python -m bench`` runs every bench_<op>.py and writes JSON + Markdown."""

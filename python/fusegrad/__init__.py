@@ -1,0 +1,29 @@
+"""fusegrad: a small, fast training engine.
+
+Hot kernels are C++ (``fusegrad._C``, with an AVX2/FMA path chosen at run time and an
+optional CUDA module); this package is the thin Python layer over them: the kernel API
+(:mod:`fusegrad.ops`), tensors with autograd, ``nn``, ``optim``, data, models and a CLI.
+
+>>> import fusegrad, numpy as np
+>>> fusegrad.ops.relu_forward(np.array([-1.0, 2.0], dtype=np.float32))
+array([0., 2.], dtype=float32)
+"""
+from __future__ import annotations
+
+import warnings as _warnings
+
+from . import _C
+from . import ops
+from ._config import get_num_threads, set_num_threads, show_config
+
+__version__ = "0.1.0"
+
+if not _C.have_openmp():
+    _warnings.warn(
+        "fusegrad was built without OpenMP: kernels run on a single thread. "
+        "Rebuild with a compiler that supports OpenMP (e.g. gcc, or clang with libomp).",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+__all__ = ["ops", "get_num_threads", "set_num_threads", "show_config", "__version__"]

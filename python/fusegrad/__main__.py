@@ -1,0 +1,4 @@
+"""``python -m fusegrad`` runs the command-line interface (see fusegrad.cli)."""
+from .cli import main
+
+raise SystemExit(main())
