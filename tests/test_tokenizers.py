@@ -1,0 +1,73 @@
+"""Byte and BPE tokenizers: exact round trips, training, save/load, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fusegrad.tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
+
+TEXT = ("The cat sat on the mat. The cat ate the rat; the rat sat flat. "
+        "Naïve café — 東京 🐈 1234567 tabs\tand\nnewlines  double  spaces.\n") * 20
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(TEXT, vocab_size=300)
+
+
+def test_byte_roundtrip():
+    tok = ByteTokenizer()
+    ids = tok.encode("héllo")
+    assert ids.tolist() == list("héllo".encode())
+    assert tok.decode(ids) == "héllo"
+
+
+def test_bpe_learns_merges_and_compresses(bpe):
+    assert bpe.vocab_size == 300
+    ids = bpe.encode(TEXT)
+    assert len(ids) < len(TEXT.encode()) / 2
+    assert bpe.decode(ids) == TEXT
+    # the most frequent pair of this text merges first
+    assert bpe.vocab[256] in (b"at", b" t", b"th", b"he", b"  ")
+
+
+def test_bpe_merge_counts_match_brute_force():
+    text = "aaabdaaabac"
+    tok = BPETokenizer.train(text, vocab_size=259)
+    # the classic example: aa is most frequent first
+    assert tok.vocab[256] == b"aa"
+    assert tok.decode(tok.encode(text)) == text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=200))
+def test_bpe_roundtrips_any_bytes(bpe, data):
+    assert bpe.decode_bytes(bpe.encode(data)) == data
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(max_size=100))
+def test_bpe_roundtrips_any_text(bpe, s):
+    assert bpe.decode(bpe.encode(s)) == s
+
+
+def test_save_load(tmp_path, bpe):
+    p = tmp_path / "tok.json"
+    bpe.save(p)
+    tok = load_tokenizer(p)
+    assert tok.merges == bpe.merges
+    assert np.array_equal(tok.encode(TEXT), bpe.encode(TEXT))
+
+
+def test_bad_input(tmp_path, bpe):
+    with pytest.raises(ValueError, match="vocab_size must be >= 256"):
+        BPETokenizer.train("abc", 100)
+    with pytest.raises(TypeError, match="text must be str or bytes"):
+        bpe.encode(123)
+    with pytest.raises(ValueError, match=r"ids must be in \[0, 300\)"):
+        bpe.decode([300])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not a fusegrad tokenizer file"):
+        load_tokenizer(bad)
