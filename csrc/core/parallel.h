@@ -14,18 +14,23 @@ namespace fg {
 int get_num_threads();
 void set_num_threads(int n);   // n >= 1, checked by the caller
 bool have_openmp();
+// True in a process forked after OpenMP started its threads: the child cannot use the
+// parent's thread pool (libgomp would hang), so kernels run serially there.
+bool forked_child();
+void note_pool_started();  // called before every OpenMP region
 
 // Calls fn(begin, end) on contiguous chunks of [0, n), at most one chunk per thread.
 // Work below `grain` items per thread runs on fewer threads (down to a serial call).
 template <typename F>
 void parallel_for(int64_t n, int64_t grain, F&& fn) {
   if (n <= 0) return;
-  int nt = get_num_threads();
+  int nt = forked_child() ? 1 : get_num_threads();
   if (grain < 1) grain = 1;
   int64_t max_chunks = std::max<int64_t>(1, n / grain);
   nt = static_cast<int>(std::min<int64_t>(nt, max_chunks));
 #ifdef FUSEGRAD_HAVE_OPENMP
   if (nt > 1 && !omp_in_parallel()) {
+    note_pool_started();
 #pragma omp parallel num_threads(nt)
     {
       const int t = omp_get_thread_num();
@@ -45,7 +50,8 @@ void parallel_for(int64_t n, int64_t grain, F&& fn) {
 template <typename F>
 void parallel_region(int nt, F&& fn) {
 #ifdef FUSEGRAD_HAVE_OPENMP
-  if (nt > 1 && !omp_in_parallel()) {
+  if (nt > 1 && !omp_in_parallel() && !forked_child()) {
+    note_pool_started();
 #pragma omp parallel num_threads(nt)
     fn(omp_get_thread_num(), omp_get_num_threads());
     return;
