@@ -38,7 +38,7 @@ def run(limits, quick=False):
         P = p.astype(np.float64)
         ops.adamw_step(p, g, m, v, 1, LR, B1, B2, EPS, WD)
         P *= 1 - LR * WD
-        P -= LR * (0.1 * g) / (0.1 * np.abs(g) + EPS)  # step 1: m/bc1 = g, sqrt(v/bc2) = |g|
+        P -= LR * g / (np.abs(g) + EPS)  # step 1: m/bc1 = g, sqrt(v/bc2) = |g|
         err = float(np.max(np.abs(p - P)))
         tmp = np.empty_like(p)
         pn, mn, vn = p.copy(), m.copy(), v.copy()

@@ -3,6 +3,9 @@
 #include "ops/optim.h"
 
 #include <cmath>
+#include <type_traits>
+
+#include "core/cpu.h"
 
 #include "core/parallel.h"
 
@@ -33,6 +36,11 @@ void sgd_step(T* param, T* m, const T* grad, int64_t N, double lr, double moment
 template <typename T>
 void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, double lr, double beta1,
                double beta2, double eps, double weight_decay, bool decoupled_wd) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return avx2::adam_step(param, m, v, grad, N, step, lr, beta1, beta2, eps, weight_decay, decoupled_wd);
+  }
+#endif
   const double bc1 = 1.0 - std::pow(beta1, double(step));
   const double bc2 = 1.0 - std::pow(beta2, double(step));
   const T step_size = T(lr / bc1), inv_bc2_sqrt = T(1.0 / std::sqrt(bc2));
@@ -46,7 +54,7 @@ void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, dou
       T mi = m[i] + b1c * (g - m[i]);                        // m = lerp(m, g, 1-beta1)
       T vi = b2 * v[i] + b2c * g * g;                        // v = beta2*v + (1-beta2)*g^2
       T denom = std::sqrt(vi) * inv_bc2_sqrt + eps_;         // sqrt(v / bc2) + eps
-      param[i] = p - step_size * mi / denom;                 // p -= lr/bc1 * m / denom
+      param[i] = p - step_size * (mi / denom);                 // p -= lr/bc1 * m / denom
       m[i] = mi;
       v[i] = vi;
     }

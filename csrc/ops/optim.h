@@ -16,4 +16,10 @@ template <typename T>
 void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, double lr, double beta1,
                double beta2, double eps, double weight_decay, bool decoupled_wd);
 
+namespace avx2 {
+// float32 AdamW/Adam with AVX2+FMA (optim_avx2.cpp); same arguments and math as adam_step.
+void adam_step(float* param, float* m, float* v, const float* grad, int64_t N, int64_t step, double lr,
+               double beta1, double beta2, double eps, double weight_decay, bool decoupled_wd);
+}  // namespace avx2
+
 }  // namespace fg
