@@ -70,7 +70,8 @@ void bind_embedding(py::module_& m) {
     check_ids(ids, di, V, fn);
     return dispatch_float(d, [&](auto tag) -> py::array {
       using T = decltype(tag);
-      py::array dtable = py::array_t<T>(std::vector<py::ssize_t>{V, C});
+      // numpy.zeros uses calloc: fresh zero pages, so only rows that ids hit get touched
+      py::array dtable = py::module_::import("numpy").attr("zeros")(py::make_tuple(V, C), py::dtype::of<T>());
       T* pd = ptr<T>(dtable);
       const T* po = cptr<T>(dout);
       const int64_t N = ids.size();
@@ -78,7 +79,7 @@ void bind_embedding(py::module_& m) {
         using I = decltype(itag);
         const I* pi = cptr<I>(ids);
         py::gil_scoped_release nogil;
-        embedding_backward<T, I>(pd, po, pi, N, V, C);
+        embedding_backward<T, I>(pd, po, pi, N, V, C, /*dtable_is_zero=*/true);
         return dtable;
       });
     });
