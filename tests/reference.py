@@ -46,11 +46,58 @@ def relu_backward(dy, x):
 
 # --- loss -----------------------------------------------------------------------------
 
+def mse_forward(pred, target):
+    return np.mean((pred - target) ** 2)
+
+
+def mse_backward(pred, target, dloss=1.0):
+    return 2.0 * dloss * (pred - target) / pred.size
+
 
 # --- embedding ------------------------------------------------------------------------
 
+def embedding_forward(ids, table):
+    return table[ids]
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    C = dout.shape[-1]
+    dtable = np.zeros((num_embeddings, C))
+    np.add.at(dtable, ids.reshape(-1), dout.reshape(-1, C))
+    return dtable
+
 
 # --- optim ----------------------------------------------------------------------------
+# In-place updates written out as in torch.optim's single-tensor code paths.
+
+def sgd_step(param, grad, momentum_buf, lr, momentum=0.0, weight_decay=0.0, nesterov=False,
+             dampening=0.0, first_step=False):
+    g = grad + weight_decay * param
+    if momentum != 0.0:
+        if first_step:
+            momentum_buf[...] = g
+        else:
+            momentum_buf[...] = momentum * momentum_buf + (1.0 - dampening) * g
+        g = g + momentum * momentum_buf if nesterov else momentum_buf
+    param -= lr * g
+
+
+def adamw_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+               decoupled=True):
+    g = grad
+    if decoupled:
+        param *= 1.0 - lr * weight_decay
+    else:
+        g = grad + weight_decay * param
+    m += (1.0 - beta1) * (g - m)
+    v[...] = beta2 * v + (1.0 - beta2) * g * g
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    param -= (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+
+
+def adam_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+    adamw_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay, decoupled=False)
 
 
 # --- attention ------------------------------------------------------------------------

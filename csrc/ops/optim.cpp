@@ -1,0 +1,69 @@
+// Portable fused optimizer kernels. Memory-bound: one read of each buffer, one write of
+// each updated buffer; the compiler vectorizes the inner loops.
+#include "ops/optim.h"
+
+#include <cmath>
+#include <type_traits>
+
+#include "core/cpu.h"
+
+#include "core/parallel.h"
+
+namespace fg {
+
+namespace {
+constexpr int64_t kGrain = 1 << 15;
+}
+
+template <typename T>
+void sgd_step(T* param, T* m, const T* grad, int64_t N, double lr, double momentum, double weight_decay,
+              bool nesterov, double dampening, bool first_step) {
+  const T lr_ = T(lr), mu = T(momentum), wd = T(weight_decay), damp1 = T(1.0 - dampening);
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T g = grad[i];
+      if (weight_decay != 0.0) g = g + wd * param[i];       // L2: g += wd * p
+      if (momentum != 0.0) {
+        T buf = first_step ? g : mu * m[i] + damp1 * g;     // buf = mu*buf + (1-dampening)*g
+        m[i] = buf;
+        g = nesterov ? g + mu * buf : buf;
+      }
+      param[i] = param[i] - lr_ * g;
+    }
+  });
+}
+
+template <typename T>
+void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, double lr, double beta1,
+               double beta2, double eps, double weight_decay, bool decoupled_wd) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return avx2::adam_step(param, m, v, grad, N, step, lr, beta1, beta2, eps, weight_decay, decoupled_wd);
+  }
+#endif
+  const double bc1 = 1.0 - std::pow(beta1, double(step));
+  const double bc2 = 1.0 - std::pow(beta2, double(step));
+  const T step_size = T(lr / bc1), inv_bc2_sqrt = T(1.0 / std::sqrt(bc2));
+  const T b1c = T(1.0 - beta1), b2 = T(beta2), b2c = T(1.0 - beta2), eps_ = T(eps);
+  const T decay = T(1.0 - lr * weight_decay), wd = T(weight_decay);
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T p = param[i], g = grad[i];
+      if (decoupled_wd) p = p * decay;                       // AdamW: p *= 1 - lr*wd
+      else g = g + wd * p;                                   // Adam: g += wd*p
+      T mi = m[i] + b1c * (g - m[i]);                        // m = lerp(m, g, 1-beta1)
+      T vi = b2 * v[i] + b2c * g * g;                        // v = beta2*v + (1-beta2)*g^2
+      T denom = std::sqrt(vi) * inv_bc2_sqrt + eps_;         // sqrt(v / bc2) + eps
+      param[i] = p - step_size * (mi / denom);                 // p -= lr/bc1 * m / denom
+      m[i] = mi;
+      v[i] = vi;
+    }
+  });
+}
+
+template void sgd_step<float>(float*, float*, const float*, int64_t, double, double, double, bool, double, bool);
+template void sgd_step<double>(double*, double*, const double*, int64_t, double, double, double, bool, double, bool);
+template void adam_step<float>(float*, float*, float*, const float*, int64_t, int64_t, double, double, double, double, double, bool);
+template void adam_step<double>(double*, double*, double*, const double*, int64_t, int64_t, double, double, double, double, double, bool);
+
+}  // namespace fg
