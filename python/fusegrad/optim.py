@@ -60,7 +60,9 @@ class Optimizer:
     def _arrays(p):
         if not p.data.flags.c_contiguous:
             raise ValueError("optimizer: parameter arrays must be C-contiguous")
-        g = np.ascontiguousarray(p.grad.data, dtype=p.data.dtype)
+        g = p.grad.data.astype(p.data.dtype, copy=False)
+        if not g.flags.c_contiguous:
+            g = g.copy()
         return p.data, g
 
 

@@ -649,8 +649,9 @@ class Stack(Function):
 
 
 def _kc(a):
-    """Arrays handed to C++ kernels must be C-contiguous."""
-    return np.ascontiguousarray(a)
+    """Arrays handed to C++ kernels must be C-contiguous (0-d arrays stay 0-d)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
 class MatMul(Function):
