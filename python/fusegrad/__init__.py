@@ -16,6 +16,9 @@ from . import _C
 from . import ops
 from ._config import get_num_threads, set_num_threads, show_config
 
+from .tensor import Tensor, tensor, no_grad, is_grad_enabled, zeros, ones, randn, cat, stack, split
+from . import nn, optim, data
+
 __version__ = "0.1.0"
 
 if not _C.have_openmp():
@@ -26,4 +29,5 @@ if not _C.have_openmp():
         stacklevel=2,
     )
 
-__all__ = ["ops", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+__all__ = ["ops", "Tensor", "tensor", "no_grad", "is_grad_enabled", "zeros", "ones", "randn",
+           "cat", "stack", "split", "nn", "optim", "data", "get_num_threads", "set_num_threads", "show_config", "__version__"]

@@ -18,22 +18,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    # Until the GPT trainer lands this runs the line-fit demo: full-batch gradient descent
-    # on y = 100 + 20x with the fused MSE loss, five steps of learning per iteration.
+    # Until the GPT trainer lands this runs the line-fit demo on fusegrad's own stack:
+    # full-batch gradient descent on y = 100 + 20x (forward, MSE loss, backward, SGD step,
+    # zero_grad), then compares with the closed-form least-squares fit.
     import numpy as np
 
-    x = np.array([1, 2, 3, 4, 5], dtype=np.float64)
-    y = np.array([118, 141, 162, 181, 198], dtype=np.float64)
-    X = np.stack([np.ones_like(x), x], axis=1)
-    w = np.zeros(2)
+    from . import no_grad, optim, tensor
+    from .models import LinearRegression
+    from .nn import functional as F
+
+    x = np.array([1, 2, 3, 4, 5], dtype=np.float32)
+    y = np.array([118, 141, 162, 181, 198], dtype=np.float32)
+    X, Y = tensor(x[:, None]), tensor(y)
+    model = LinearRegression(1)
+    opt = optim.SGD(model.parameters(), lr=args.lr)
+    every = max(1, args.steps // 10)
     for step in range(1, args.steps + 1):
-        err = X @ w - y
-        loss = float(np.mean(err**2))
-        grad = 2.0 * X.T @ err / len(x)
-        w -= args.lr * grad
-        if step == 1 or step % max(1, args.steps // 10) == 0:
-            print(f"step {step:5d}  mse {loss:12.4f}  w {w[0]:9.4f} b {w[1]:9.4f}")
-    print(f"fit: y = {w[0]:.2f} + {w[1]:.2f} x")
+        loss = F.mse_loss(model(X), Y)      # forward + loss
+        opt.zero_grad()
+        loss.backward()                      # backward
+        opt.step()                           # update
+        if step == 1 or step % every == 0:
+            print(f"step {step:5d}  mse {loss.item():12.4f}  b {model.bias.item():9.4f} w {model.weight.item():9.4f}")
+        if not np.isfinite(loss.item()):
+            print("the loss is not finite: lower --lr")
+            return 1
+    with no_grad():
+        mse = F.mse_loss(model(X), Y).item()
+    ls = LinearRegression(1).lstsq(x, y)
+    print(f"fit: y = {model.bias.item():.2f} + {model.weight.item():.2f} x  (mse {mse:.2f}; "
+          f"least squares: {ls.coef[0]:.2f} + {ls.coef[1]:.2f} x)")
     return 0
 
 

@@ -1,0 +1,53 @@
+"""``fusegrad.data``: ``TensorDataset`` and a ``DataLoader`` with shuffling, seed, drop_last."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .tensor import Tensor
+
+
+class TensorDataset:
+    """Rows of equally long tensors/arrays; ``ds[i]`` is a tuple of the i-th rows."""
+
+    def __init__(self, *tensors):
+        if not tensors:
+            raise ValueError("TensorDataset: needs at least one tensor")
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError(f"TensorDataset: tensors have different lengths {[len(t) for t in tensors]}")
+        self.tensors = tuple(t.data if isinstance(t, Tensor) else np.asarray(t) for t in tensors)
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, i):
+        return tuple(Tensor(t[i]) for t in self.tensors)
+
+
+class DataLoader:
+    """Batches of a dataset: ``ceil(N / batch_size)`` per epoch (``floor`` with drop_last).
+    With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``."""
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
+        if batch_size < 1:
+            raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if isinstance(self.dataset, TensorDataset):
+                yield tuple(Tensor(t[idx]) for t in self.dataset.tensors)
+            else:
+                items = [self.dataset[int(i)] for i in idx]
+                yield tuple(Tensor(np.stack([np.asarray(getattr(it[j], "data", it[j])) for it in items]))
+                            for j in range(len(items[0])))

@@ -1,0 +1,8 @@
+"""``fusegrad.nn``: modules, layers, losses, ``functional``, ``init`` and ``utils``."""
+from . import functional, init, utils
+from .modules import (GELU, CrossEntropyLoss, Dropout, Embedding, LayerNorm, Linear, Module, MSELoss,
+                      Parameter, ReLU, Sequential, Sigmoid, Softmax, Tanh)
+
+__all__ = ["functional", "init", "utils", "Module", "Parameter", "Linear", "ReLU", "GELU", "Sigmoid",
+           "Tanh", "Softmax", "Sequential", "LayerNorm", "Embedding", "Dropout", "MSELoss",
+           "CrossEntropyLoss"]

@@ -1,0 +1,206 @@
+"""``fusegrad.nn.functional``: PyTorch-named functions on Tensors, each one autograd
+``Function`` (calling a kernel through :mod:`fusegrad._kernels`) or a composite of them."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _kernels as K
+from ..tensor import Function, Gelu, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
+
+__all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm",
+           "embedding", "dropout", "mse_loss", "cross_entropy", "scaled_dot_product_attention"]
+
+
+class _Linear(Function):
+    def forward(self, x, w, b=None):
+        if x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.shape[1]} "
+                             f"(weight shape {w.shape})")
+        self.x, self.w, self.has_b = _kc(x), _kc(w), b is not None
+        if self.x.dtype != self.w.dtype:
+            raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {w.dtype}")
+        x2 = self.x.reshape(-1, x.shape[-1])
+        y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None)
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    def backward(self, g):
+        x2 = self.x.reshape(-1, self.x.shape[-1])
+        dx, dw, db = K.linear_backward(_kc(g).reshape(-1, g.shape[-1]), x2, self.w)
+        return dx.reshape(self.x.shape), dw, (db if self.has_b else None)
+
+
+def linear(input, weight, bias=None):
+    """y = input @ weight.T + bias, weight in PyTorch's (out, in) layout."""
+    if bias is None:
+        return _Linear.apply(input, weight)
+    return _Linear.apply(input, weight, bias)
+
+
+def relu(input):
+    return Relu.apply(input)
+
+
+def gelu(input, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return Gelu.apply(input, approximate=approximate)
+
+
+def sigmoid(input):
+    return Sigmoid.apply(input)
+
+
+def tanh(input):
+    return Tanh.apply(input)
+
+
+class _LayerNorm(Function):
+    def forward(self, x, w, b, eps=1e-5):
+        self.shape = x.shape
+        C = x.shape[-1]
+        self.x = _kc(x).reshape(-1, C)
+        self.w = _kc(w)
+        y, self.mean, self.rstd = K.layernorm_forward(self.x, self.w, _kc(b), float(eps))
+        return y.reshape(x.shape)
+
+    def backward(self, g):
+        dx, dw, db = K.layernorm_backward(_kc(g).reshape(self.x.shape), self.x, self.w, self.mean, self.rstd)
+        return dx.reshape(self.shape), dw, db
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(ns) != 1 or input.shape[-1] != ns[0]:
+        raise ValueError(f"layer_norm: normalized_shape {ns} must be the last dim of input {input.shape}")
+    C = ns[0]
+    if weight is None:
+        weight = Tensor(np.ones(C, dtype=input.dtype))
+    if bias is None:
+        bias = Tensor(np.zeros(C, dtype=input.dtype))
+    return _LayerNorm.apply(input, weight, bias, eps=eps)
+
+
+class _Embedding(Function):
+    def forward(self, ids, table):
+        self.ids, self.n = np.ascontiguousarray(ids, dtype=np.int64), table.shape[0]
+        if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= self.n):
+            raise ValueError(f"embedding: ids must be in [0, {self.n}), got range "
+                             f"[{self.ids.min()}, {self.ids.max()}]")
+        flat = self.ids.reshape(-1)
+        return K.embedding_forward(flat, _kc(table)).reshape(ids.shape + (table.shape[1],))
+
+    def backward(self, g):
+        C = g.shape[-1]
+        return None, K.embedding_backward(_kc(g).reshape(-1, C), self.ids.reshape(-1), self.n)
+
+
+def embedding(input, weight):
+    return _Embedding.apply(input, weight)
+
+
+class _Dropout(Function):
+    def forward(self, x, p, rng):
+        self.mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p)
+        return x * self.mask
+
+    def backward(self, g):
+        return (g * self.mask,)
+
+
+_default_rng = np.random.default_rng()
+
+
+def dropout(input, p=0.5, training=True, generator=None):
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    return _Dropout.apply(input, p=p, rng=generator if generator is not None else _default_rng)
+
+
+class _MSE(Function):
+    def forward(self, pred, target):
+        self.p, self.t = _kc(pred), _kc(target.astype(pred.dtype, copy=False))
+        return np.asarray(K.mse_forward(self.p, self.t), dtype=pred.dtype)
+
+    def backward(self, g):
+        d = K.mse_backward(self.p, self.t, float(g))
+        return d, -d
+
+
+def mse_loss(input, target, reduction="mean"):
+    if input.shape != target.shape:
+        raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} differ")
+    if reduction == "mean":
+        return _MSE.apply(input, target)
+    d = (input - target) ** 2
+    if reduction == "sum":
+        return d.sum()
+    if reduction == "none":
+        return d
+    raise ValueError(f"mse_loss: unknown reduction {reduction!r}")
+
+
+class _CrossEntropy(Function):
+    def forward(self, logits, targets, ignore_index=-100):
+        self.x = _kc(logits)
+        self.t = np.ascontiguousarray(targets, dtype=np.int64)
+        self.ii = ignore_index
+        if K.cross_entropy_forward is K._cross_entropy_forward:
+            loss, self.lse = K.cross_entropy_forward(self.x, self.t, ignore_index)
+        else:
+            loss, self.lse = K.cross_entropy_forward(self.x, self.t, ignore_index=ignore_index)
+        return np.asarray(loss, dtype=logits.dtype)
+
+    def backward(self, g):
+        if K.cross_entropy_backward is K._cross_entropy_backward:
+            d = K.cross_entropy_backward(self.x, self.t, self.lse, float(g), self.ii)
+        else:
+            # native kernel: mean over non-ignored rows; ignored rows assumed zeroed by the kernel
+            d = K.cross_entropy_backward(self.x, self.t, self.lse, float(g))
+        return d, None
+
+
+def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
+    """Cross-entropy from logits ``(N, C)`` (or ``(..., C)``) and integer class targets."""
+    tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+    C = input.shape[-1]
+    x2 = input.reshape(-1, C) if input.ndim != 2 else input
+    tgt = tgt.reshape(-1)
+    if tgt.shape[0] != x2.shape[0]:
+        raise ValueError(f"cross_entropy: {x2.shape[0]} rows of logits but {tgt.shape[0]} targets")
+    valid = tgt != ignore_index
+    if np.any((tgt[valid] < 0) | (tgt[valid] >= C)):
+        raise ValueError(f"cross_entropy: target class out of range [0, {C})")
+    if reduction == "mean":
+        return _CrossEntropy.apply(x2, tgt, ignore_index=ignore_index)
+    lp = log_softmax(x2, -1)
+    picked = -lp[np.arange(len(tgt)), np.where(valid, tgt, 0)] * Tensor(valid.astype(input.dtype))
+    return picked.sum() if reduction == "sum" else picked
+
+
+class _Attention(Function):
+    def forward(self, q, k, v, causal=False, scale=None):
+        self.q, self.k, self.v = _kc(q), _kc(k), _kc(v)
+        self.causal, self.scale = causal, scale
+        self.o, self.lse = K.attention_forward(self.q, self.k, self.v, causal, scale)
+        return self.o
+
+    def backward(self, g):
+        return K.attention_backward(_kc(g), self.q, self.k, self.v, self.o, self.lse, self.causal, self.scale)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """softmax(scale * Q K^T [+ causal mask]) V with q (B, H, T, D), k/v (B, Hkv, S, D)."""
+    if attn_mask is not None or dropout_p:
+        raise NotImplementedError("scaled_dot_product_attention: attn_mask and dropout_p are not supported")
+    if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
+        raise ValueError("scaled_dot_product_attention: expected 4-D (B, H, T, D) query, key, value")
+    if key.shape != value.shape or query.shape[-1] != key.shape[-1] or query.shape[1] % key.shape[1]:
+        raise ValueError(f"scaled_dot_product_attention: incompatible shapes q {query.shape}, "
+                         f"k {key.shape}, v {value.shape}")
+    return _Attention.apply(query, key, value, causal=bool(is_causal), scale=scale)

@@ -1,0 +1,195 @@
+"""``fusegrad.optim``: SGD, Adam, AdamW (fused in-place update kernels where available) and
+learning-rate schedulers (StepLR, cosine with linear warmup)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _kernels as K
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineWarmupLR", "LambdaLR"]
+
+
+class Optimizer:
+    def __init__(self, params, defaults):
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.defaults = defaults
+        self.param_groups = []
+        for g in params:
+            g = dict(g)
+            g["params"] = list(g["params"])
+            for k, v in defaults.items():
+                g.setdefault(k, v)
+            self.param_groups.append(g)
+        self.state = {}
+
+    def zero_grad(self, set_to_none: bool = True):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.data[...] = 0
+
+    def state_dict(self):
+        ids = {}
+        for g in self.param_groups:
+            for p in g["params"]:
+                ids.setdefault(id(p), len(ids))
+        state = {ids[k]: {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in s.items()}
+                 for k, s in self.state.items()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [ids[id(p)] for p in g["params"]]}
+                  for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, sd):
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(sd["param_groups"]) != len(self.param_groups):
+            raise ValueError("load_state_dict: number of parameter groups differs")
+        for g, sg in zip(self.param_groups, sd["param_groups"]):
+            g.update({k: v for k, v in sg.items() if k != "params"})
+        self.state = {id(params[i]): {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in s.items()}
+                      for i, s in sd["state"].items()}
+
+    @staticmethod
+    def _arrays(p):
+        if not p.data.flags.c_contiguous:
+            raise ValueError("optimizer: parameter arrays must be C-contiguous")
+        g = p.grad.data.astype(p.data.dtype, copy=False)
+        if not g.flags.c_contiguous:
+            g = g.copy()
+        return p.data, g
+
+
+class SGD(Optimizer):
+    """SGD with momentum, dampening 0, nesterov and L2 weight decay (PyTorch's formulas)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, weight_decay=0.0, nesterov=False):
+        if lr < 0:
+            raise ValueError(f"SGD: invalid learning rate {lr}")
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: nesterov momentum requires a momentum > 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
+
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                w, gr = self._arrays(p)
+                st = self.state.setdefault(id(p), {})
+                if "momentum_buffer" not in st:
+                    # first step: PyTorch sets buf = grad (+wd*p); a zero buffer * momentum + g is identical
+                    st["momentum_buffer"] = np.zeros_like(w)
+                K.sgd_step(w, gr, st["momentum_buffer"], float(g["lr"]), float(g["momentum"]),
+                           float(g["weight_decay"]), bool(g["nesterov"]))
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (PyTorch's AdamW), fused in-place update."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"{type(self).__name__}: invalid hyperparameters lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _decay(self, w, gr, wd, lr):
+        return gr, wd
+
+    def step(self):
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                w, gr = self._arrays(p)
+                st = self.state.setdefault(id(p), {})
+                if not st:
+                    st.update(step=0, exp_avg=np.zeros_like(w), exp_avg_sq=np.zeros_like(w))
+                st["step"] += 1
+                gr, wd = self._decay(w, gr, float(g["weight_decay"]), float(g["lr"]))
+                K.adamw_step(w, gr, st["exp_avg"], st["exp_avg_sq"], int(st["step"]), float(g["lr"]),
+                             float(b1), float(b2), float(g["eps"]), wd)
+
+
+class Adam(AdamW):
+    """Adam with L2 weight decay added to the gradient (PyTorch's Adam); default decay 0."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+    def _decay(self, w, gr, wd, lr):
+        return (np.ascontiguousarray(gr + wd * w) if wd else gr), 0.0
+
+
+class LRScheduler:
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def lr_at(self, base, t):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _apply(self):
+        for g, b in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(b, self.last_epoch)
+
+    def step(self):
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self):
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, sd):
+        self.last_epoch, self.base_lrs = sd["last_epoch"], list(sd["base_lrs"])
+        self._apply()
+
+
+class StepLR(LRScheduler):
+    """lr = base * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size, self.gamma = step_size, gamma
+        super().__init__(optimizer)
+
+    def lr_at(self, base, t):
+        return base * self.gamma ** (t // self.step_size)
+
+
+class CosineWarmupLR(LRScheduler):
+    """Linear warmup from 0 to base over ``warmup_steps``, then cosine decay to ``min_lr``
+    at ``total_steps`` (constant ``min_lr`` afterwards)."""
+
+    def __init__(self, optimizer, warmup_steps, total_steps, min_lr=0.0):
+        if total_steps <= warmup_steps:
+            raise ValueError("CosineWarmupLR: total_steps must exceed warmup_steps")
+        self.warmup_steps, self.total_steps, self.min_lr = warmup_steps, total_steps, min_lr
+        super().__init__(optimizer)
+
+    def lr_at(self, base, t):
+        if t < self.warmup_steps:
+            return base * (t + 1) / self.warmup_steps
+        if t >= self.total_steps:
+            return self.min_lr
+        r = (t - self.warmup_steps) / (self.total_steps - self.warmup_steps)
+        return self.min_lr + 0.5 * (base - self.min_lr) * (1 + math.cos(math.pi * r))
+
+
+class LambdaLR(LRScheduler):
+    def __init__(self, optimizer, lr_lambda):
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+
+    def lr_at(self, base, t):
+        return base * self.lr_lambda(t)

@@ -1,0 +1,797 @@
+"""Tensor and the reverse-mode autograd engine.
+
+A ``Tensor`` wraps a NumPy array. Each differentiable primitive is one small ``Function``
+subclass: ``forward`` computes on arrays (through :mod:`fusegrad._kernels` where a kernel
+exists) and saves what ``backward`` needs; ``backward`` maps the output gradient to one
+gradient per input. ``Tensor.backward`` visits the graph in reverse topological order,
+accumulating gradients with ``+=``, and frees the graph unless ``retain_graph=True``.
+
+>>> import fusegrad as fg
+>>> w = fg.tensor(4.0, requires_grad=True)
+>>> loss = (50.0 - (w * 10.0 + 5.0)) ** 2
+>>> loss.backward(); float(w.grad)
+-100.0
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from . import _kernels as K
+
+_grad_enabled = True
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager / decorator that disables graph recording (like ``torch.no_grad``)."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def _unbroadcast(g, shape):
+    """Sum a broadcast gradient back down to ``shape``."""
+    if g.shape == shape:
+        return g
+    nd = g.ndim - len(shape)
+    if nd > 0:
+        g = g.sum(axis=tuple(range(nd)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
+
+
+class Function:
+    """One primitive op. Subclasses define ``forward(*arrays, **kw) -> array`` and
+    ``backward(grad) -> tuple of (array or None)``, one per tensor input."""
+
+    def __init__(self):
+        self.inputs: tuple = ()
+        self.needs = ()
+
+    @classmethod
+    def apply(cls, *args, **kw):
+        fn = cls()
+        tensors = [a if isinstance(a, Tensor) else None for a in args]
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = fn.forward(*arrays, **kw)
+        rg = _grad_enabled and any(t is not None and t.requires_grad for t in tensors)
+        t = Tensor(out, requires_grad=rg)
+        if rg:
+            fn.inputs = tuple(tensors)
+            fn.needs = tuple(x is not None and x.requires_grad for x in tensors)
+            t._ctx = fn
+        return t
+
+    def forward(self, *args, **kw):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, g):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _as_array(data, dtype=None):
+    if isinstance(data, Tensor):
+        data = data.data
+    a = np.asarray(data, dtype=dtype)
+    if dtype is None:
+        if a.dtype == np.float64 and not isinstance(data, np.ndarray):
+            a = a.astype(np.float32)  # Python floats/lists default to float32, like torch
+        elif a.dtype.kind in "b":
+            pass
+        elif a.dtype.kind in "iu" and not isinstance(data, np.ndarray):
+            a = a.astype(np.int64)
+    return a
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient (``requires_grad``)."""
+
+    __array_priority__ = 1000
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        self.data = _as_array(data, dtype)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(f"only floating point tensors can require gradients, got {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._ctx = None
+
+    # ----- basic properties -----
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = lambda self, dim=None: self.data.shape if dim is None else self.data.shape[dim]  # noqa: E731
+    numel = lambda self: self.data.size  # noqa: E731
+    is_leaf = property(lambda self: self._ctx is None)
+    grad_fn = property(lambda self: self._ctx)
+
+    def dim(self):
+        return self.data.ndim
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        body = np.array2string(self.data, precision=4, separator=", ", prefix="tensor(")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        return f"tensor({body}{extra})"
+
+    def numpy(self):
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on a Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        return self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): only one-element tensors can be converted, got shape {self.shape}")
+        return self.data.item()
+
+    def tolist(self):
+        return self.data.tolist()
+
+    def detach(self):
+        return Tensor(self.data)
+
+    def clone(self):
+        return _Clone.apply(self)
+
+    def requires_grad_(self, flag: bool = True):
+        self.requires_grad = flag
+        return self
+
+    def float(self):
+        return _Cast.apply(self, dtype=np.float32)
+
+    def double(self):
+        return _Cast.apply(self, dtype=np.float64)
+
+    def long(self):
+        return Tensor(self.data.astype(np.int64))
+
+    def to(self, dtype):
+        return _Cast.apply(self, dtype=np.dtype(dtype))
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    # ----- autograd -----
+    def backward(self, gradient=None, retain_graph: bool = False):
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` that requires grad."""
+        if not self.requires_grad:
+            raise RuntimeError("backward(): tensor does not require grad and has no grad_fn "
+                               "(create leaves with requires_grad=True)")
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward(): grad can be implicitly created only for scalar outputs; "
+                                   f"got shape {self.shape}, pass gradient=")
+            g = np.ones_like(self.data)
+        else:
+            g = _as_array(gradient).astype(self.dtype, copy=False)
+            if g.shape != self.shape:
+                raise ValueError(f"backward(): gradient has shape {g.shape}, expected {self.shape}")
+        # topological order (iterative DFS so deep graphs do not hit the recursion limit)
+        order, seen, stack = [], set(), [(self, False)]
+        while stack:
+            t, done = stack.pop()
+            if done:
+                order.append(t)
+                continue
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            stack.append((t, True))
+            if t._ctx is not None:
+                for p in t._ctx.inputs:
+                    if p is not None and p.requires_grad and id(p) not in seen:
+                        stack.append((p, False))
+        grads = {id(self): g}
+        for t in reversed(order):
+            g = grads.pop(id(t), None)
+            if g is None:
+                continue
+            if t._ctx is None:
+                t.grad = Tensor(g.copy()) if t.grad is None else Tensor(t.grad.data + g)
+                continue
+            ctx = t._ctx
+            gin = ctx.backward(g)
+            if not isinstance(gin, tuple):
+                gin = (gin,)
+            for p, need, gp in zip(ctx.inputs, ctx.needs, gin):
+                if need and gp is not None:
+                    gp = np.asarray(gp, dtype=p.dtype)
+                    if gp.shape != p.shape:
+                        gp = _unbroadcast(gp, p.shape)
+                    k = id(p)
+                    grads[k] = grads[k] + gp if k in grads else gp
+            if not retain_graph:
+                ctx.inputs = ()
+                t._ctx = _Freed
+        return None
+
+    # ----- arithmetic -----
+    def __add__(self, o): return Add.apply(self, _t(o, self))
+    def __radd__(self, o): return Add.apply(_t(o, self), self)
+    def __sub__(self, o): return Sub.apply(self, _t(o, self))
+    def __rsub__(self, o): return Sub.apply(_t(o, self), self)
+    def __mul__(self, o): return Mul.apply(self, _t(o, self))
+    def __rmul__(self, o): return Mul.apply(_t(o, self), self)
+    def __truediv__(self, o): return Div.apply(self, _t(o, self))
+    def __rtruediv__(self, o): return Div.apply(_t(o, self), self)
+    def __neg__(self): return Neg.apply(self)
+    def __matmul__(self, o): return MatMul.apply(self, _t(o, self))
+    def __rmatmul__(self, o): return MatMul.apply(_t(o, self), self)
+
+    def __pow__(self, o):
+        if isinstance(o, Tensor):
+            return exp(log(self) * o)
+        return Pow.apply(self, p=o)
+
+    def __rpow__(self, o):
+        return exp(self * float(np.log(o)))
+
+    def __iadd__(self, o):
+        return self._inplace(np.add, o)
+
+    def __isub__(self, o):
+        return self._inplace(np.subtract, o)
+
+    def __imul__(self, o):
+        return self._inplace(np.multiply, o)
+
+    def __itruediv__(self, o):
+        return self._inplace(np.true_divide, o)
+
+    def _inplace(self, op, o):
+        if _grad_enabled and self.requires_grad and self.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation; "
+                               "wrap it in fusegrad.no_grad()")
+        op(self.data, o.data if isinstance(o, Tensor) else o, out=self.data, casting="unsafe")
+        return self
+
+    # comparisons (no gradient)
+    def _cmp(self, op, o):
+        return Tensor(op(self.data, o.data if isinstance(o, Tensor) else o))
+
+    def __lt__(self, o): return self._cmp(np.less, o)
+    def __le__(self, o): return self._cmp(np.less_equal, o)
+    def __gt__(self, o): return self._cmp(np.greater, o)
+    def __ge__(self, o): return self._cmp(np.greater_equal, o)
+    def eq(self, o): return self._cmp(np.equal, o)
+    def ne(self, o): return self._cmp(np.not_equal, o)
+    __eq__ = eq
+    __ne__ = ne
+    __hash__ = object.__hash__
+
+    # ----- reductions and elementwise -----
+    def sum(self, dim=None, keepdim=False): return Sum.apply(self, dim=dim, keepdim=keepdim)
+    def mean(self, dim=None, keepdim=False): return Mean.apply(self, dim=dim, keepdim=keepdim)
+
+    def max(self, dim=None, keepdim=False):
+        return Max.apply(self, dim=dim, keepdim=keepdim)
+
+    def argmax(self, dim=None, keepdim=False):
+        r = self.data.argmax(axis=dim)
+        if keepdim and dim is not None:
+            r = np.expand_dims(r, dim)
+        return Tensor(r)
+
+    def exp(self): return exp(self)
+    def log(self): return log(self)
+    def sqrt(self): return sqrt(self)
+    def abs(self): return abs_(self)
+    def clamp(self, min=None, max=None): return clamp(self, min, max)
+    def relu(self): return Relu.apply(self)
+    def tanh(self): return Tanh.apply(self)
+    def sigmoid(self): return Sigmoid.apply(self)
+    def softmax(self, dim=-1): return softmax(self, dim)
+    def __abs__(self): return abs_(self)
+
+    # ----- shape -----
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        s = self.shape
+        e = end_dim % len(s) if s else 0
+        return self.reshape(s[:start_dim] + (-1,) + s[e + 1:]) if s else self.reshape(1)
+
+    def permute(self, *dims):
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = tuple(dims[0])
+        return Permute.apply(self, dims=dims)
+
+    def transpose(self, d0, d1):
+        dims = list(range(self.ndim))
+        dims[d0], dims[d1] = dims[d1], dims[d0]
+        return Permute.apply(self, dims=tuple(dims))
+
+    @property
+    def T(self):
+        return Permute.apply(self, dims=tuple(reversed(range(self.ndim))))
+
+    def unsqueeze(self, dim):
+        d = dim if dim >= 0 else self.ndim + 1 + dim
+        return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
+
+    def squeeze(self, dim=None):
+        if dim is None:
+            return self.reshape(tuple(s for s in self.shape if s != 1))
+        if self.shape[dim] != 1:
+            return self
+        s = list(self.shape)
+        del s[dim]
+        return self.reshape(tuple(s))
+
+    def expand(self, *shape):
+        return Expand.apply(self, shape=shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape)
+
+    def split(self, split_size, dim=0):
+        return split(self, split_size, dim)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, Tensor):
+            idx = idx.data
+        elif isinstance(idx, tuple):
+            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+        return Index.apply(self, idx=idx)
+
+    def __setitem__(self, idx, value):
+        if _grad_enabled and self.requires_grad:
+            raise RuntimeError("in-place assignment into a tensor that requires grad; use fusegrad.no_grad()")
+        self.data[idx] = value.data if isinstance(value, Tensor) else value
+
+    # in-place helpers (used by optimizers and init under no_grad)
+    def zero_(self):
+        self.data[...] = 0
+        return self
+
+    def fill_(self, v):
+        self.data[...] = v
+        return self
+
+    def copy_(self, src):
+        self.data[...] = src.data if isinstance(src, Tensor) else src
+        return self
+
+
+def _t(x, like: Tensor) -> Tensor:
+    """Wrap a Python scalar / array as a constant tensor of ``like``'s float dtype."""
+    if isinstance(x, Tensor):
+        return x
+    a = np.asarray(x)
+    if like.dtype.kind == "f" and (a.dtype.kind != "f" or a.ndim == 0 or not isinstance(x, np.ndarray)):
+        a = a.astype(like.dtype)
+    return Tensor(a)
+
+
+class _FreedFn:
+    inputs = ()
+    needs = ()
+
+    def backward(self, g):
+        raise RuntimeError("backward(): trying to backward through the graph a second time "
+                           "(or directly access saved tensors after they have already been freed); "
+                           "use retain_graph=True on the first call")
+
+
+_Freed = _FreedFn()
+
+
+def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Create a tensor (like ``torch.tensor``): floats default to float32, ints to int64."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def zeros(*shape, dtype=np.float32, requires_grad=False):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=np.float32, requires_grad=False):
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=np.float32, requires_grad=False, generator=None):
+    g = generator if generator is not None else np.random.default_rng()
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(g.standard_normal(shape).astype(dtype), requires_grad=requires_grad)
+
+
+# =========================== primitives ===========================
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, g):
+        return g, g
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, g):
+        return g, -g
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, g):
+        return g * self.b, g * self.a
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, g):
+        return g / self.b, -g * self.a / (self.b * self.b)
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return (-g,)
+
+
+class Pow(Function):
+    def forward(self, a, p):
+        self.a, self.p = a, p
+        return (a ** p).astype(a.dtype, copy=False)
+
+    def backward(self, g):
+        return (g * self.p * self.a ** (self.p - 1),)
+
+
+class Exp(Function):
+    def forward(self, a):
+        self.y = np.exp(a)
+        return self.y
+
+    def backward(self, g):
+        return (g * self.y,)
+
+
+class Log(Function):
+    def forward(self, a):
+        self.a = a
+        return np.log(a)
+
+    def backward(self, g):
+        return (g / self.a,)
+
+
+class Sqrt(Function):
+    def forward(self, a):
+        self.y = np.sqrt(a)
+        return self.y
+
+    def backward(self, g):
+        return (g * 0.5 / self.y,)
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.a = a
+        return np.abs(a)
+
+    def backward(self, g):
+        return (g * np.sign(self.a),)
+
+
+class Clamp(Function):
+    def forward(self, a, lo=None, hi=None):
+        self.mask = np.ones(a.shape, dtype=bool)
+        if lo is not None:
+            self.mask &= a >= lo
+        if hi is not None:
+            self.mask &= a <= hi
+        return np.clip(a, lo, hi)
+
+    def backward(self, g):
+        return (g * self.mask,)
+
+
+class _Clone(Function):
+    def forward(self, a):
+        return a.copy()
+
+    def backward(self, g):
+        return (g,)
+
+
+class _Cast(Function):
+    def forward(self, a, dtype):
+        self.src = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, g):
+        return (g.astype(self.src),)
+
+
+def _axes(dim, ndim):
+    if dim is None:
+        return None
+    return tuple(d % ndim for d in dim) if isinstance(dim, (tuple, list)) else (dim % ndim,)
+
+
+class Sum(Function):
+    def forward(self, a, dim=None, keepdim=False):
+        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim), keepdim
+        return np.asarray(a.sum(axis=self.ax, keepdims=keepdim))
+
+    def backward(self, g):
+        if self.ax is not None and not self.keep:
+            g = np.expand_dims(g, self.ax)
+        return (np.broadcast_to(g, self.shape),)
+
+
+class Mean(Function):
+    def forward(self, a, dim=None, keepdim=False):
+        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim), keepdim
+        self.n = a.size if self.ax is None else int(np.prod([a.shape[i] for i in self.ax]))
+        return np.asarray(a.mean(axis=self.ax, keepdims=keepdim))
+
+    def backward(self, g):
+        if self.ax is not None and not self.keep:
+            g = np.expand_dims(g, self.ax)
+        return (np.broadcast_to(g / self.n, self.shape),)
+
+
+class Max(Function):
+    """max over axes; the gradient is split evenly between tied maxima (like torch's amax)."""
+
+    def forward(self, a, dim=None, keepdim=False):
+        self.a, self.ax, self.keep = a, _axes(dim, a.ndim), keepdim
+        self.m = a.max(axis=self.ax, keepdims=True)
+        return np.asarray(self.m if keepdim else a.max(axis=self.ax))
+
+    def backward(self, g):
+        if self.ax is not None and not self.keep:
+            g = np.expand_dims(g, self.ax)
+        elif self.ax is None:
+            g = np.reshape(g, (1,) * self.a.ndim)
+        mask = self.a == self.m
+        return (g * mask / mask.sum(axis=self.ax, keepdims=True),)
+
+
+class Reshape(Function):
+    def forward(self, a, shape):
+        self.shape = a.shape
+        return a.reshape(shape)
+
+    def backward(self, g):
+        return (g.reshape(self.shape),)
+
+
+class Permute(Function):
+    def forward(self, a, dims):
+        if len(dims) != a.ndim:
+            raise ValueError(f"permute: expected {a.ndim} dims, got {dims}")
+        self.inv = tuple(np.argsort(dims))
+        return a.transpose(dims)
+
+    def backward(self, g):
+        return (g.transpose(self.inv),)
+
+
+class Expand(Function):
+    def forward(self, a, shape):
+        self.shape = a.shape
+        shape = tuple(a.shape[i - (len(shape) - a.ndim)] if s == -1 else s for i, s in enumerate(shape))
+        return np.broadcast_to(a, shape)
+
+    def backward(self, g):
+        return (_unbroadcast(g, self.shape),)
+
+
+class Index(Function):
+    def forward(self, a, idx):
+        self.shape, self.dtype, self.idx = a.shape, a.dtype, idx
+        return a[idx]
+
+    def backward(self, g):
+        out = np.zeros(self.shape, dtype=self.dtype)
+        np.add.at(out, self.idx, g)
+        return (out,)
+
+
+class Cat(Function):
+    def forward(self, *arrays, dim=0):
+        self.dim = dim
+        self.splits = np.cumsum([a.shape[dim] for a in arrays])[:-1]
+        return np.concatenate(arrays, axis=dim)
+
+    def backward(self, g):
+        return tuple(np.split(g, self.splits, axis=self.dim))
+
+
+class Stack(Function):
+    def forward(self, *arrays, dim=0):
+        self.dim = dim
+        return np.stack(arrays, axis=dim)
+
+    def backward(self, g):
+        return tuple(np.moveaxis(g, self.dim, 0))
+
+
+def _kc(a):
+    """Arrays handed to C++ kernels must be C-contiguous (0-d arrays stay 0-d)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+class MatMul(Function):
+    """Batched matmul with broadcasting of leading dims (1-D operands as in NumPy)."""
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: both arguments need at least 1 dimension")
+        ka = a.shape[-1]
+        kb = b.shape[-2] if b.ndim >= 2 else b.shape[0]
+        if ka != kb:
+            raise ValueError(f"matmul: shape mismatch, {a.shape} @ {b.shape} "
+                             f"(inner dimensions {ka} and {kb} differ)")
+        self.a, self.b = a, b
+        if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
+            return K.matmul(_kc(a), _kc(b))
+        return np.matmul(a, b)
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = np.expand_dims(g2, -1)
+        if a2.ndim == 2 and b2.ndim == 2 and g2.dtype == a2.dtype == b2.dtype and a2.dtype.kind == "f":
+            g2c = _kc(g2)
+            da = K.matmul(g2c, _kc(b2), trans_b=True)
+            db = K.matmul(_kc(a2), g2c, trans_a=True)
+        else:
+            da = g2 @ np.swapaxes(b2, -1, -2)
+            db = np.swapaxes(a2, -1, -2) @ g2
+        da = _unbroadcast(da, a2.shape)
+        db = _unbroadcast(db, b2.shape)
+        if a.ndim == 1:
+            da = da[0]
+        if b.ndim == 1:
+            db = db[:, 0]
+        return da, db
+
+
+class Relu(Function):
+    def forward(self, x):
+        self.x = _kc(x)
+        return K.relu_forward(self.x)
+
+    def backward(self, g):
+        return (K.relu_backward(_kc(g), self.x),)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        self.y = K.sigmoid_forward(_kc(x))
+        return self.y
+
+    def backward(self, g):
+        return (K.sigmoid_backward(_kc(g), self.y),)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        self.y = K.tanh_forward(_kc(x))
+        return self.y
+
+    def backward(self, g):
+        return (K.tanh_backward(_kc(g), self.y),)
+
+
+class Gelu(Function):
+    def forward(self, x, approximate="none"):
+        self.x, self.ap = _kc(x), approximate
+        return K.gelu_forward(self.x, approximate)
+
+    def backward(self, g):
+        return (K.gelu_backward(_kc(g), self.x, self.ap),)
+
+
+class _LastAxis(Function):
+    """Base for softmax/log_softmax over ``dim``: moves dim to the last axis for the kernel."""
+
+    fwd = bwd = None
+
+    def forward(self, x, dim=-1):
+        self.dim = dim % x.ndim
+        xm = _kc(np.moveaxis(x, self.dim, -1))
+        self.y = type(self).fwd(xm)
+        return np.moveaxis(self.y, -1, self.dim)
+
+    def backward(self, g):
+        gm = _kc(np.moveaxis(g, self.dim, -1))
+        return (np.moveaxis(type(self).bwd(gm, self.y), -1, self.dim),)
+
+
+class Softmax(_LastAxis):
+    fwd = staticmethod(lambda x: K.softmax_forward(x))
+    bwd = staticmethod(lambda g, y: K.softmax_backward(g, y))
+
+
+class LogSoftmax(_LastAxis):
+    fwd = staticmethod(lambda x: K.log_softmax_forward(x))
+    bwd = staticmethod(lambda g, y: K.log_softmax_backward(g, y))
+
+
+# ----- functional helpers (composites and wrappers) -----
+def exp(x): return Exp.apply(x)
+def log(x): return Log.apply(x)
+def sqrt(x): return Sqrt.apply(x)
+def abs_(x): return Abs.apply(x)
+def clamp(x, min=None, max=None): return Clamp.apply(x, lo=min, hi=max)
+def softmax(x, dim=-1): return Softmax.apply(x, dim=dim)
+def log_softmax(x, dim=-1): return LogSoftmax.apply(x, dim=dim)
+def matmul(a, b): return MatMul.apply(a, b)
+
+
+def cat(tensors, dim=0):
+    tensors = list(tensors)
+    return Cat.apply(*tensors, dim=dim % tensors[0].ndim)
+
+
+def stack(tensors, dim=0):
+    tensors = list(tensors)
+    return Stack.apply(*tensors, dim=dim % (tensors[0].ndim + 1))
+
+
+def split(x, split_size_or_sections, dim=0):
+    n = x.shape[dim]
+    if isinstance(split_size_or_sections, int):
+        sizes = [split_size_or_sections] * (n // split_size_or_sections)
+        if n % split_size_or_sections:
+            sizes.append(n % split_size_or_sections)
+    else:
+        sizes = list(split_size_or_sections)
+        if sum(sizes) != n:
+            raise ValueError(f"split: sections {sizes} do not sum to dimension size {n}")
+    out, start = [], 0
+    for s in sizes:
+        sl = [slice(None)] * x.ndim
+        sl[dim] = slice(start, start + s)
+        out.append(x[tuple(sl)])
+        start += s
+    return tuple(out)

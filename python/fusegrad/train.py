@@ -1,0 +1,116 @@
+"""``fusegrad.train.fit``: a small training loop — forward, loss, backward, step, zero_grad —
+with a progress bar (tqdm when installed), per-epoch train/validation loss, an early stop when
+the loss is non-finite or diverging, and an optional loss-curve PNG (matplotlib when installed)."""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .tensor import no_grad
+
+
+@dataclass
+class History:
+    train_loss: list = field(default_factory=list)   # mean loss per epoch (before each step)
+    val_loss: list = field(default_factory=list)
+    diverged: bool = False
+    message: str = ""
+
+
+def _bar(it, total, desc, enabled):
+    if not enabled:
+        return it
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(it, total=total, desc=desc, leave=False)
+    except ImportError:
+        def plain():
+            for i, x in enumerate(it, 1):
+                if i == total or i % max(1, total // 10) == 0:
+                    print(f"\r{desc} {i}/{total}", end="" if i < total else "\n", file=sys.stderr)
+                yield x
+        return plain()
+
+
+def evaluate(model, loss_fn, loader):
+    model.eval()
+    tot, n = 0.0, 0
+    with no_grad():
+        for xb, yb in loader:
+            tot += float(loss_fn(model(xb), yb).item()) * len(xb)
+            n += len(xb)
+    model.train()
+    return tot / max(n, 1)
+
+
+def fit(model, loss_fn, optimizer, train_loader, epochs=1, val_loader=None, scheduler=None,
+        progress=True, log_every=1, plot=None, divergence_patience=5, divergence_factor=100.0,
+        verbose=True):
+    """Train ``model`` for ``epochs`` over ``train_loader`` (any iterable of (x, y) batches).
+
+    Stops early when a loss is NaN/inf, or when it rose ``divergence_patience`` epochs in a row
+    to more than ``divergence_factor`` times the first epoch's loss (``History.diverged``).
+    """
+    h = History()
+    for epoch in range(1, epochs + 1):
+        tot, n = 0.0, 0
+        batches = _bar(train_loader, len(train_loader), f"epoch {epoch}", progress and verbose)
+        for xb, yb in batches:
+            loss = loss_fn(model(xb), yb)          # 1. forward  2. loss
+            lv = float(loss.item())
+            if not math.isfinite(lv):
+                h.diverged = True
+                h.message = (f"stopped at epoch {epoch}: the loss is {lv} (non-finite); "
+                             "lower the learning rate or check the inputs")
+                break
+            optimizer.zero_grad()                  # 5. zero the gradients (before accumulating)
+            loss.backward()                        # 3. backward
+            optimizer.step()                       # 4. update
+            tot += lv * len(xb)
+            n += len(xb)
+        if h.diverged:
+            break
+        h.train_loss.append(tot / max(n, 1))
+        if scheduler is not None:
+            scheduler.step()
+        if val_loader is not None:
+            h.val_loss.append(evaluate(model, loss_fn, val_loader))
+        if verbose and (epoch % log_every == 0 or epoch == epochs):
+            v = f"  val {h.val_loss[-1]:.6g}" if h.val_loss else ""
+            print(f"epoch {epoch:4d}  train {h.train_loss[-1]:.6g}{v}")
+        L, p = h.train_loss, divergence_patience
+        if len(L) >= p and all(L[-i] > L[-i - 1] for i in range(1, p)) and L[-1] > divergence_factor * L[0]:
+            h.diverged = True
+            h.message = (f"stopped at epoch {epoch}: the loss diverged, rising {p} epochs in a row to "
+                         f"{L[-1]:.6g} (first epoch {L[0]:.6g}); lower the learning rate")
+            break
+    if h.diverged and verbose:
+        print(h.message)
+    if plot:
+        save_loss_curve(h, plot)
+    return h
+
+
+def save_loss_curve(history: History, path: str) -> bool:
+    """Write the loss curve to ``path`` (PNG); returns False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(np.arange(1, len(history.train_loss) + 1), history.train_loss, label="train")
+    if history.val_loss:
+        ax.plot(np.arange(1, len(history.val_loss) + 1), history.val_loss, label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

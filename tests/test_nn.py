@@ -1,0 +1,147 @@
+"""nn modules: registration, state_dict round trips and errors, repr, train/eval, init ranges,
+clip_grad_norm_, data loading; an MLP against torch with the same weights."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import fusegrad as fg
+import fusegrad.nn as nn
+import fusegrad.nn.functional as F
+from fusegrad.data import DataLoader, TensorDataset
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_parameters_and_names():
+    m = mlp()
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert len(list(m.children())) == 3
+    assert m[0].weight.shape == (8, 4)
+
+
+def test_state_dict_round_trip():
+    a, b = mlp(), mlp()
+    b.load_state_dict(a.state_dict())
+    x = fg.randn(5, 4)
+    np.testing.assert_array_equal(a(x).data, b(x).data)
+    sd = a.state_dict()
+    sd["0.weight"].data[...] = 0  # a copy: the model is unchanged
+    assert np.abs(a[0].weight.data).sum() > 0
+
+
+def test_load_state_dict_errors():
+    m = mlp()
+    sd = m.state_dict()
+    del sd["2.bias"]
+    with pytest.raises(KeyError, match=r"missing keys \['2.bias'\]"):
+        m.load_state_dict(sd)
+    sd = m.state_dict()
+    sd["0.weight"] = fg.tensor(np.zeros((8, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"size mismatch for 0.weight: expected shape \(8, 4\), got \(8, 5\)"):
+        m.load_state_dict(sd)
+    sd = m.state_dict()
+    sd["extra"] = fg.tensor([1.0])
+    with pytest.raises(KeyError, match="unexpected keys"):
+        m.load_state_dict(sd)
+
+
+def test_repr():
+    assert repr(mlp()) == ("Sequential(\n  (0): Linear(in_features=4, out_features=8, bias=True)\n"
+                           "  (1): ReLU()\n  (2): Linear(in_features=8, out_features=3, bias=True)\n)")
+
+
+def test_train_eval_dropout():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    x = fg.ones(100, 4)
+    m.eval()
+    assert not m[1].training
+    np.testing.assert_array_equal(m(x).data, m[0](x).data)
+    m.train()
+    y = m(x).data
+    z = m[0](x).data
+    assert ((y == 0) | np.isclose(y, 2 * z)).all() and (y == 0).any()
+
+
+def test_linear_default_init_bounds():
+    lin = nn.Linear(100, 50)
+    b = 1 / math.sqrt(100)
+    assert np.abs(lin.weight.data).max() <= b and np.abs(lin.weight.data).max() > 0.8 * b
+    assert np.abs(lin.bias.data).max() <= b
+    assert lin.weight.dtype == np.float32
+
+
+def test_layernorm_embedding_modules():
+    ln = nn.LayerNorm(6)
+    x = fg.randn(3, 6)
+    y = ln(x).data
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
+    emb = nn.Embedding(10, 4)
+    assert emb(fg.tensor([[1, 2, 3]])).shape == (1, 3, 4)
+    with pytest.raises(ValueError, match=r"embedding: ids must be in \[0, 10\)"):
+        emb(fg.tensor([10]))
+
+
+def test_zero_grad_set_to_none():
+    m = mlp()
+    F.cross_entropy(m(fg.randn(2, 4)), fg.tensor([0, 2])).backward()
+    m.zero_grad(set_to_none=False)
+    assert all((p.grad.data == 0).all() for p in m.parameters())
+    m.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_cross_entropy_target_out_of_range():
+    with pytest.raises(ValueError, match="target class out of range"):
+        F.cross_entropy(fg.randn(2, 3), fg.tensor([0, 3]))
+
+
+def test_clip_grad_norm():
+    p = nn.Parameter(np.zeros(4, dtype=np.float32))
+    p.grad = fg.tensor(np.array([3.0, 4.0, 0.0, 0.0], dtype=np.float32))
+    n = nn.utils.clip_grad_norm_([p], 1.0)
+    assert n.item() == pytest.approx(5.0)
+    np.testing.assert_allclose(p.grad.data, [0.6, 0.8, 0, 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("n,bs,drop,expect", [(10000, 32, False, 313), (10000, 32, True, 312), (7, 7, False, 1)])
+def test_dataloader_batches(n, bs, drop, expect):
+    ds = TensorDataset(np.arange(n, dtype=np.float32), np.arange(n))
+    dl = DataLoader(ds, batch_size=bs, drop_last=drop, shuffle=True, seed=0)
+    batches = list(dl)
+    assert len(dl) == expect == len(batches)
+    seen = np.concatenate([b[1].data for b in batches])
+    if not drop:
+        assert sorted(seen.tolist()) == list(range(n))
+
+
+def test_dataloader_seed_reproducible():
+    ds = TensorDataset(np.arange(20))
+    a = [b[0].data.tolist() for b in DataLoader(ds, 5, shuffle=True, seed=3)]
+    b = [b[0].data.tolist() for b in DataLoader(ds, 5, shuffle=True, seed=3)]
+    assert a == b and a != [list(range(i, i + 5)) for i in range(0, 20, 5)]
+    with pytest.raises(ValueError, match="different lengths"):
+        TensorDataset(np.arange(3), np.arange(4))
+
+
+def test_mlp_matches_torch():
+    torch = pytest.importorskip("torch")
+    m = nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.LayerNorm(7), nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 3))
+    tm = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.GELU(), torch.nn.LayerNorm(7), torch.nn.Linear(7, 7),
+                             torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    tm.load_state_dict({k: torch.tensor(v.data) for k, v in m.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0, 2])
+    loss = F.cross_entropy(m(fg.tensor(x)), fg.tensor(y))
+    loss.backward()
+    tl = torch.nn.functional.cross_entropy(tm(torch.tensor(x)), torch.tensor(y))
+    tl.backward()
+    assert loss.item() == pytest.approx(tl.item(), rel=1e-5)
+    tg = dict(tm.named_parameters())
+    for n, p in m.named_parameters():
+        np.testing.assert_allclose(p.grad.data, tg[n].grad.numpy(), rtol=1e-4, atol=1e-6)

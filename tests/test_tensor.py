@@ -1,0 +1,346 @@
+"""Tensor and autograd engine: every differentiable op against central finite differences
+(float64) and against torch where installed; engine semantics and misuse errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fusegrad as fg
+import fusegrad.nn.functional as F
+
+
+def numgrad(f, arrays, eps=1e-6):
+    """Central finite differences of scalar sum(f(*arrays) * w) w.r.t. each array."""
+    out = []
+    for a in arrays:
+        g = np.zeros_like(a)
+        it = np.nditer(a, flags=["multi_index"])
+        for _ in it:
+            i = it.multi_index
+            old = a[i]
+            a[i] = old + eps
+            fp = f(*arrays)
+            a[i] = old - eps
+            fm = f(*arrays)
+            a[i] = old
+            g[i] = (fp - fm) / (2 * eps)
+        out.append(g)
+    return out
+
+
+def gradcheck(fn, *arrays, seed=0, atol=1e-6, rtol=1e-5):
+    """Check fn's autograd gradients (through a random projection of the output)."""
+    arrays = [np.array(a, dtype=np.float64) for a in arrays]
+    ts = [fg.tensor(a, requires_grad=True) for a in arrays]
+    y = fn(*ts)
+    w = np.random.default_rng(seed).standard_normal(y.shape)
+    (y * fg.tensor(w)).sum().backward()
+
+    def scalar(*arrs):
+        with fg.no_grad():
+            return float((fn(*[fg.tensor(a) for a in arrs]).data * w).sum())
+
+    num = numgrad(scalar, arrays)
+    for t, n in zip(ts, num):
+        np.testing.assert_allclose(t.grad.data, n, atol=atol, rtol=rtol)
+    return y, ts
+
+
+R = np.random.default_rng(7)
+
+
+def r(*s, pos=False):
+    a = R.standard_normal(s)
+    return np.abs(a) + 0.5 if pos else a
+
+
+CASES = {
+    "add_bcast": (lambda a, b: a + b, [r(3, 4), r(4)]),
+    "sub_bcast": (lambda a, b: a - b, [r(2, 1, 4), r(3, 1)]),
+    "mul_bcast": (lambda a, b: a * b, [r(3, 4), r(3, 1)]),
+    "div": (lambda a, b: a / b, [r(3, 4), r(4, pos=True)]),
+    "neg": (lambda a: -a, [r(5)]),
+    "pow": (lambda a: a ** 3, [r(4, 3)]),
+    "pow_frac": (lambda a: a ** 0.5, [r(4, pos=True)]),
+    "rsub_scalar": (lambda a: 2.0 - a * 3.0, [r(3)]),
+    "matmul2d": (lambda a, b: a @ b, [r(3, 5), r(5, 2)]),
+    "matmul_batched": (lambda a, b: a @ b, [r(2, 3, 5), r(2, 5, 4)]),
+    "matmul_bcast2d": (lambda a, b: a @ b, [r(2, 3, 5), r(5, 4)]),
+    "matmul_vec": (lambda a, b: a @ b, [r(3, 5), r(5)]),
+    "matmul_vecmat": (lambda a, b: a @ b, [r(5), r(5, 2)]),
+    "sum_all": (lambda a: a.sum(), [r(3, 4)]),
+    "sum_axis": (lambda a: a.sum(1), [r(3, 4, 2)]),
+    "sum_keep": (lambda a: a.sum((0, 2), keepdim=True), [r(3, 4, 2)]),
+    "mean_all": (lambda a: a.mean(), [r(3, 4)]),
+    "mean_axis": (lambda a: a.mean(-1, keepdim=True), [r(3, 4)]),
+    "max_all": (lambda a: a.max(), [r(3, 4)]),
+    "max_axis": (lambda a: a.max(1), [r(3, 4)]),
+    "exp": (lambda a: a.exp(), [r(3, 4)]),
+    "log": (lambda a: a.log(), [r(3, 4, pos=True)]),
+    "sqrt": (lambda a: a.sqrt(), [r(3, 4, pos=True)]),
+    "abs": (lambda a: a.abs(), [r(3, 4)]),
+    "clamp": (lambda a: a.clamp(-0.5, 0.5), [r(4, 5)]),
+    "reshape": (lambda a: a.reshape(6, 2) * fg.tensor(np.arange(12.0).reshape(6, 2)), [r(3, 4)]),
+    "view": (lambda a: a.view(-1), [r(3, 4)]),
+    "transpose": (lambda a: a.transpose(0, 2), [r(2, 3, 4)]),
+    "permute": (lambda a: a.permute(2, 0, 1), [r(2, 3, 4)]),
+    "T": (lambda a: a.T, [r(2, 3)]),
+    "index_int": (lambda a: a[1], [r(3, 4)]),
+    "slice": (lambda a: a[:, 1:3], [r(3, 4)]),
+    "fancy_repeat": (lambda a: a[np.array([0, 2, 0])], [r(3, 4)]),
+    "cat": (lambda a, b: fg.cat([a, b], dim=1), [r(2, 3), r(2, 2)]),
+    "stack": (lambda a, b: fg.stack([a, b], dim=1), [r(2, 3), r(2, 3)]),
+    "split": (lambda a: fg.split(a, 2, dim=1)[1] * 2.0 + fg.split(a, [1, 3], dim=1)[0], [r(2, 4)]),
+    "relu": (lambda a: F.relu(a), [r(4, 5)]),
+    "sigmoid": (lambda a: F.sigmoid(a), [r(4, 5)]),
+    "tanh": (lambda a: F.tanh(a), [r(4, 5)]),
+    "gelu": (lambda a: F.gelu(a), [r(4, 5)]),
+    "gelu_tanh": (lambda a: F.gelu(a, approximate="tanh"), [r(4, 5)]),
+    "softmax": (lambda a: F.softmax(a, -1), [r(3, 5)]),
+    "softmax_dim0": (lambda a: F.softmax(a, 0), [r(3, 5)]),
+    "log_softmax": (lambda a: F.log_softmax(a, -1), [r(3, 5)]),
+    "linear": (lambda x, w, b: F.linear(x, w, b), [r(2, 3, 4), r(5, 4), r(5)]),
+    "linear_nobias": (lambda x, w: F.linear(x, w), [r(3, 4), r(5, 4)]),
+    "layer_norm": (lambda x, w, b: F.layer_norm(x, (6,), w, b), [r(2, 3, 6), r(6), r(6)]),
+    "mse": (lambda a, b: F.mse_loss(a, b), [r(3, 4), r(3, 4)]),
+    "cross_entropy": (lambda a: F.cross_entropy(a, fg.tensor(np.array([1, 0, 3]))), [r(3, 4)]),
+    "cross_entropy_ignore": (lambda a: F.cross_entropy(a, fg.tensor(np.array([1, -100, 3])), ignore_index=-100),
+                             [r(3, 4)]),
+    "embedding": (lambda w: F.embedding(fg.tensor(np.array([[0, 2], [2, 1]])), w), [r(4, 3)]),
+    "sdpa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [r(1, 2, 3, 4), r(1, 2, 5, 4), r(1, 2, 5, 4)]),
+    "sdpa_causal_gqa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                        [r(1, 4, 3, 2), r(1, 2, 3, 2), r(1, 2, 3, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_gradient_vs_finite_differences(name):
+    fn, arrays = CASES[name]
+    gradcheck(fn, *[a.copy() for a in arrays])
+
+
+TORCH = {
+    "add_bcast": lambda t, a, b: a + b,
+    "div": lambda t, a, b: a / b,
+    "pow": lambda t, a: a ** 3,
+    "matmul_batched": lambda t, a, b: a @ b,
+    "matmul_bcast2d": lambda t, a, b: a @ b,
+    "matmul_vec": lambda t, a, b: a @ b,
+    "sum_keep": lambda t, a: a.sum((0, 2), keepdim=True),
+    "max_axis": lambda t, a: a.amax(1),
+    "log": lambda t, a: a.log(),
+    "clamp": lambda t, a: a.clamp(-0.5, 0.5),
+    "permute": lambda t, a: a.permute(2, 0, 1),
+    "fancy_repeat": lambda t, a: a[t.tensor([0, 2, 0])],
+    "cat": lambda t, a, b: t.cat([a, b], dim=1),
+    "gelu": lambda t, a: t.nn.functional.gelu(a),
+    "gelu_tanh": lambda t, a: t.nn.functional.gelu(a, approximate="tanh"),
+    "softmax_dim0": lambda t, a: t.softmax(a, 0),
+    "log_softmax": lambda t, a: t.log_softmax(a, -1),
+    "linear": lambda t, x, w, b: t.nn.functional.linear(x, w, b),
+    "layer_norm": lambda t, x, w, b: t.nn.functional.layer_norm(x, (6,), w, b),
+    "mse": lambda t, a, b: t.nn.functional.mse_loss(a, b),
+    "cross_entropy_ignore": lambda t, a: t.nn.functional.cross_entropy(a, t.tensor([1, -100, 3])),
+    "embedding": lambda t, w: t.nn.functional.embedding(t.tensor([[0, 2], [2, 1]]), w),
+    "sdpa_causal_gqa": lambda t, q, k, v: t.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH))
+def test_against_torch(name):
+    torch = pytest.importorskip("torch")
+    fn, arrays = CASES[name]
+    ts = [fg.tensor(a.copy(), requires_grad=True) for a in arrays]
+    tt = [torch.tensor(a.copy(), requires_grad=True) for a in arrays]
+    y, yt = fn(*ts), TORCH[name](torch, *tt)
+    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    w = np.random.default_rng(1).standard_normal(y.shape)
+    (y * fg.tensor(w)).sum().backward()
+    (yt * torch.tensor(w)).sum().backward()
+    for a, b in zip(ts, tt):
+        np.testing.assert_allclose(a.grad.data, b.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_float32_default_and_dtype_kept():
+    assert fg.tensor([1.0, 2.0]).dtype == np.float32
+    assert fg.tensor([1, 2]).dtype == np.int64
+    a = fg.tensor(np.ones(3), requires_grad=True)
+    assert (a * 2.0).dtype == np.float64
+    b = fg.tensor([1.0, 2.0], requires_grad=True)
+    assert (b * 2.0 + 1).dtype == np.float32
+
+
+def test_grad_accumulates_and_graph_freed():
+    x = fg.tensor([1.0, 2.0], requires_grad=True)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    y.backward()
+    np.testing.assert_allclose(x.grad.data, [4.0, 8.0])
+    with pytest.raises(RuntimeError, match="second time"):
+        y.backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad.data, [7.0, 11.0])
+
+
+def test_shared_subexpression_and_diamond():
+    x = fg.tensor(3.0, requires_grad=True)
+    a = x * x
+    y = a * a + a  # x^4 + x^2 -> 4x^3 + 2x
+    y.backward()
+    assert x.grad.item() == pytest.approx(4 * 27 + 6)
+
+
+def test_backward_nonscalar_needs_gradient():
+    x = fg.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2.0
+    with pytest.raises(RuntimeError, match="only for scalar outputs"):
+        y.backward()
+    y.backward(gradient=np.array([1.0, 10.0]))
+    np.testing.assert_allclose(x.grad.data, [2.0, 20.0])
+    with pytest.raises(ValueError, match="gradient has shape"):
+        (x * 2.0).backward(gradient=np.ones(3))
+
+
+def test_backward_without_requires_grad():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        fg.tensor([1.0]).sum().backward()
+    with pytest.raises(TypeError, match="floating point"):
+        fg.tensor([1, 2], requires_grad=True)
+
+
+def test_matmul_shape_mismatch():
+    with pytest.raises(ValueError, match=r"matmul: shape mismatch, \(2, 3\) @ \(4, 5\)"):
+        fg.tensor(np.ones((2, 3))) @ fg.tensor(np.ones((4, 5)))
+    with pytest.raises(ValueError, match="linear: input has 3 features"):
+        F.linear(fg.tensor(np.ones((2, 3))), fg.tensor(np.ones((4, 5))))
+
+
+def test_no_grad_and_detach():
+    x = fg.tensor([1.0], requires_grad=True)
+    with fg.no_grad():
+        y = x * 2.0
+    assert not y.requires_grad and y.grad_fn is None
+    z = (x * 2.0).detach()
+    assert not z.requires_grad
+    with pytest.raises(RuntimeError, match="detach"):
+        x.numpy()
+    assert x.detach().numpy().shape == (1,)
+
+
+def test_comparisons_no_grad_and_item():
+    x = fg.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    m = x > 0
+    assert not m.requires_grad and m.data.tolist() == [True, False, True]
+    assert (x == x).data.all()
+    assert fg.tensor([[2.5]]).item() == 2.5
+    with pytest.raises(ValueError, match="one-element"):
+        x.item()
+
+
+def test_inplace_on_leaf_rejected():
+    x = fg.tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="in-place"):
+        x += 1.0
+    with fg.no_grad():
+        x -= 1.0
+    assert x.data[0] == 0.0
+
+
+def test_deep_chain_no_recursion_limit():
+    x = fg.tensor(1.0, requires_grad=True)
+    y = x
+    for _ in range(5000):
+        y = y * 1.0
+    y.backward()
+    assert x.grad.item() == 1.0
+
+
+def test_cross_entropy_stable_large_logits():
+    x = fg.tensor(np.array([[1e4, -1e4, 0.0]]), requires_grad=True)
+    loss = F.cross_entropy(x, fg.tensor(np.array([1])))
+    loss.backward()
+    assert loss.item() == pytest.approx(2e4)
+    np.testing.assert_allclose(x.grad.data, [[1.0, -1.0, 0.0]], atol=1e-12)
+
+
+# ---- kernel dispatch: native C++ kernels (where merged) agree with the NumPy fallbacks ----
+from fusegrad import _kernels as KK  # noqa: E402
+
+
+def _kernel_args(name, g):
+    x, dy = g.standard_normal((7, 33)), g.standard_normal((7, 33))
+    t = g.integers(0, 33, 7)
+    if name.startswith(("relu", "gelu")):
+        return (x,) if name.endswith("forward") else (dy, x)
+    if name.startswith(("sigmoid", "tanh", "softmax", "log_softmax")):
+        y = getattr(KK, "_" + name.replace("backward", "forward"))(x)
+        return (x,) if name.endswith("forward") else (dy, y)
+    if name == "cross_entropy_forward":
+        return (x, t)
+    if name == "cross_entropy_backward":
+        return (x, t, KK._cross_entropy_forward(x, t)[1], 1.0)
+    if name == "layernorm_forward":
+        return (x, g.standard_normal(33), g.standard_normal(33), 1e-5)
+    if name == "layernorm_backward":
+        w = g.standard_normal(33)
+        _, m, r = KK._layernorm_forward(x, w, np.zeros(33), 1e-5)
+        return (dy, x, w, m, r)
+    if name == "matmul":
+        return (x, g.standard_normal((33, 5)))
+    if name == "linear_forward":
+        return (x, g.standard_normal((5, 33)), g.standard_normal(5))
+    if name == "linear_backward":
+        return (g.standard_normal((7, 5)), x, g.standard_normal((5, 33)))
+    if name == "mse_forward":
+        return (x, dy)
+    if name == "mse_backward":
+        return (x, dy, 1.0)
+    if name == "embedding_forward":
+        return (t, g.standard_normal((40, 8)))
+    if name == "embedding_backward":
+        return (g.standard_normal((7, 8)), t, 40)
+    q, k, v = g.standard_normal((1, 2, 5, 8)), g.standard_normal((1, 1, 6, 8)), g.standard_normal((1, 1, 6, 8))
+    if name == "attention_forward":
+        return (q, k, v, True, None)
+    if name == "attention_backward":
+        o, lse = KK._attention_forward(q, k, v, True, None)
+        return (g.standard_normal(o.shape), q, k, v, o, lse, True, None)
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(KK.NATIVE - {"sgd_step", "adamw_step"}))
+def test_native_kernel_matches_fallback(name):
+    args = _kernel_args(name, np.random.default_rng(3))
+    if args is None:
+        pytest.skip(f"no argument builder for {name}")
+    got = getattr(KK, name)(*args)
+    want = getattr(KK, "_" + name)(*args)
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted({"sgd_step", "adamw_step"} & KK.NATIVE))
+def test_native_optimizer_step_matches_fallback(name):
+    g = np.random.default_rng(4)
+    p, gr = g.standard_normal(50), g.standard_normal(50)
+    bufs = [np.abs(g.standard_normal(50)) for _ in range(2)]
+    a = [p.copy(), gr.copy()] + [b.copy() for b in bufs]
+    b = [p.copy(), gr.copy()] + [b.copy() for b in bufs]
+    if name == "sgd_step":
+        getattr(KK, name)(a[0], a[1], a[2], 0.1, 0.9, 0.01, True)
+        KK._sgd_step(b[0], b[1], b[2], 0.1, 0.9, 0.01, True)
+    else:
+        getattr(KK, name)(a[0], a[1], a[2], a[3], 3, 0.01, 0.9, 0.99, 1e-8, 0.1)
+        KK._adamw_step(b[0], b[1], b[2], b[3], 3, 0.01, 0.9, 0.99, 1e-8, 0.1)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_relu_graph_on_both_isa_paths(isa):
+    assert "relu_forward" in KK.NATIVE
+    x = fg.tensor(np.array([-1.0, 0.5, 2.0]), requires_grad=True)
+    (F.relu(x) * fg.tensor(np.array([1.0, 2.0, 3.0]))).sum().backward()
+    np.testing.assert_array_equal(x.grad.data, [0.0, 2.0, 3.0])
