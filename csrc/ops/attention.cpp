@@ -60,7 +60,7 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t
     if (use_avx2()) return avx2::attention_forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale);
   }
 #endif
-  attn_detail::forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+  attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
 }
 
 template <typename T>
@@ -73,7 +73,7 @@ void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* 
       return avx2::attention_backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale);
   }
 #endif
-  attn_detail::backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+  attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
 }
 
 #define FG_INST(T)                                                                               \

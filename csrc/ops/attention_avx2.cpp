@@ -51,14 +51,25 @@ struct Exp8 {
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                        bool causal, float scale) {
-  attn_detail::forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  // fast paths: the head size as a compile-time constant lets the tile loops unroll fully
+  switch (D) {
+    case 32: return attn_detail::forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 64: return attn_detail::forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 128: return attn_detail::forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    default: return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  }
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,
                         const float* k, const float* v, const float* o, const float* lse,
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                         bool causal, float scale) {
-  attn_detail::backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  switch (D) {
+    case 32: return attn_detail::backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 64: return attn_detail::backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 128: return attn_detail::backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    default: return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  }
 }
 
 }  // namespace fg::avx2

@@ -16,28 +16,32 @@ namespace fg::attn_detail {
 constexpr int64_t kBq = 32;  // query rows per tile
 constexpr int64_t kBk = 64;  // keys per tile
 
-// Kt[d * kBk + j] = K[j0 + j, d] for j < n: transposed key tile so dot products run over keys.
+// Kt[d * kBk + j] = K[j0 + j, d] for j < n, 0 for n <= j < kBk: transposed, zero-padded key
+// tile so dot products run over a fixed kBk keys (held in registers by row_dots).
 template <typename T>
-inline void transpose_tile(T* __restrict Kt, const T* __restrict K, int64_t n, int64_t D) {
+__attribute__((always_inline)) inline void transpose_tile(T* __restrict Kt, const T* __restrict K, int64_t n, int64_t D) {
+  if (n < kBk) std::fill(Kt, Kt + D * kBk, T(0));
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) Kt[d * kBk + j] = K[j * D + d];
 }
 
-// s[j] = sum_d x[d] * Kt[d, j], j < n (n <= kBk).
+// s[j] = sum_d x[d] * Kt[d, j] for all j < kBk (a fixed trip count, so the accumulators
+// stay in registers); callers use the first n.
 template <typename T>
-inline void row_dots(T* __restrict s, const T* __restrict x, const T* __restrict Kt, int64_t n,
+__attribute__((always_inline)) inline void row_dots(T* __restrict s, const T* __restrict x, const T* __restrict Kt, int64_t,
                      int64_t D) {
-  for (int64_t j = 0; j < n; ++j) s[j] = T(0);
+  T acc[kBk] = {};
   for (int64_t d = 0; d < D; ++d) {
     const T xd = x[d];
     const T* __restrict kr = Kt + d * kBk;
-    for (int64_t j = 0; j < n; ++j) s[j] += xd * kr[j];
+    for (int64_t j = 0; j < kBk; ++j) acc[j] += xd * kr[j];
   }
+  for (int64_t j = 0; j < kBk; ++j) s[j] = acc[j];
 }
 
 // y[d] += a * x[d]
 template <typename T>
-inline void axpy(T* __restrict y, T a, const T* __restrict x, int64_t D) {
+__attribute__((always_inline)) inline void axpy(T* __restrict y, T a, const T* __restrict x, int64_t D) {
   for (int64_t d = 0; d < D; ++d) y[d] += a * x[d];
 }
 
@@ -47,9 +51,11 @@ inline int64_t visible(int64_t i, int64_t Tq, int64_t S, bool causal) {
   return std::clamp<int64_t>(i + S - Tq + 1, 0, S);
 }
 
-template <typename T, typename Exp>
+// DC > 0 fixes the head size at compile time (fast paths), DC == 0 reads it from Drt.
+template <int64_t DC, typename T, typename Exp>
 void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H, int64_t Hkv,
-             int64_t Tq, int64_t S, int64_t D, bool causal, T scale, Exp exp_rows) {
+             int64_t Tq, int64_t S, int64_t Drt, bool causal, T scale, Exp exp_rows) {
+  const int64_t D = DC > 0 ? DC : Drt;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t nqt = (Tq + kBq - 1) / kBq, G = H / Hkv;
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
@@ -110,10 +116,11 @@ inline void probs(T* s, int64_t n, T scale, T lse, Exp& exp_rows) {
   exp_rows(s, n);
 }
 
-template <typename T, typename Exp>
+template <int64_t DC, typename T, typename Exp>
 void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v, const T* o,
-              const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
+              const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t Drt,
               bool causal, T scale, Exp exp_rows) {
+  const int64_t D = DC > 0 ? DC : Drt;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t G = H / Hkv;
   // Di = rowsum(dO * O): (B, H, T) scratch, linear in T
