@@ -45,6 +45,26 @@ __attribute__((always_inline)) inline void axpy(T* __restrict y, T a, const T* _
   for (int64_t d = 0; d < D; ++d) y[d] += a * x[d];
 }
 
+// y[d] += sum_{j<n} w[j * ws] * X[j * D + d]: the y chunk stays in registers over j.
+template <typename T>
+__attribute__((always_inline)) inline void accum_rows(T* __restrict y, const T* __restrict w, int64_t ws,
+                                                      const T* __restrict X, int64_t n, int64_t D) {
+  constexpr int64_t C = 64;
+  int64_t d0 = 0;
+  for (; d0 + C <= D; d0 += C) {
+    T a[C];
+    for (int64_t c = 0; c < C; ++c) a[c] = y[d0 + c];
+    for (int64_t j = 0; j < n; ++j) {
+      const T wj = w[j * ws];
+      const T* __restrict xr = X + j * D + d0;
+      for (int64_t c = 0; c < C; ++c) a[c] += wj * xr[c];
+    }
+    for (int64_t c = 0; c < C; ++c) y[d0 + c] = a[c];
+  }
+  if (d0 < D)
+    for (int64_t j = 0; j < n; ++j) axpy(y + d0, w[j * ws], X + j * D + d0, D - d0);
+}
+
 // Number of keys query row i may see (all S, or i + S - T + 1 under the causal mask), in [0, S].
 inline int64_t visible(int64_t i, int64_t Tq, int64_t S, bool causal) {
   if (!causal) return S;
@@ -90,7 +110,7 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
           m[r] = mn;
           T* ar = acc.data() + r * D;
           if (alpha != T(1)) for (int64_t d = 0; d < D; ++d) ar[d] *= alpha;
-          for (int64_t j = 0; j < nv; ++j) axpy(ar, s[j], V + (j0 + j) * D, D);
+          accum_rows(ar, s.data(), 1, V + j0 * D, nv, D);
         }
       }
       for (int64_t r = 0; r < nr; ++r) {
@@ -156,9 +176,8 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
           row_dots(p.data(), q + row * D, Kt.data(), nv, D);
           probs(p.data(), nv, scale, lse[row], exp_rows);
           row_dots(dp.data(), do_ + row * D, Vt.data(), nv, D);
-          T* dqr = dq + row * D;
-          for (int64_t j = 0; j < nv; ++j)
-            axpy(dqr, scale * p[j] * (dp[j] - Di[row]), K + (j0 + j) * D, D);
+          for (int64_t j = 0; j < nv; ++j) p[j] = scale * p[j] * (dp[j] - Di[row]);  // scale * dS
+          accum_rows(dq + row * D, p.data(), 1, K + j0 * D, nv, D);
         }
       }
     }
@@ -168,7 +187,7 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
   // the group in a fixed order; one task per (b, kv head, key tile) => deterministic.
   const int64_t nkt = (S + kBk - 1) / kBk;
   parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk);
+    std::vector<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk), Pt(kBk * kBq), St(kBk * kBq);
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kBk, nk = std::min(kBk, S - j0);
       const int64_t b = hk / Hkv, g = hk % Hkv;
@@ -182,18 +201,28 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
       const int64_t ib = causal ? std::max<int64_t>(0, j0 - (S - Tq)) : 0;
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
         const int64_t bh = b * H + h;
-        for (int64_t i = ib; i < Tq; ++i) {
-          const int64_t row = bh * Tq + i;
-          const int64_t nv = std::min(nk, visible(i, Tq, S, causal) - j0);
-          if (nv <= 0 || lse[row] == ninf) continue;
-          const T* qr = q + row * D;
-          const T* dor = do_ + row * D;
-          row_dots(p.data(), qr, Kt.data(), nv, D);
-          probs(p.data(), nv, scale, lse[row], exp_rows);
-          row_dots(dp.data(), dor, Vt.data(), nv, D);
-          for (int64_t j = 0; j < nv; ++j) {
-            axpy(dV + j * D, p[j], dor, D);
-            axpy(dK + j * D, scale * p[j] * (dp[j] - Di[row]), qr, D);
+        // blocks of kBq query rows: Pt[j, r] = P, St[j, r] = scale * dS (0 where masked), then
+        // dV_j += sum_r Pt[j, r] dO_r and dK_j += sum_r St[j, r] q_r with dV_j, dK_j in registers
+        for (int64_t i0 = ib; i0 < Tq; i0 += kBq) {
+          const int64_t nr = std::min(kBq, Tq - i0);
+          std::fill(Pt.begin(), Pt.end(), T(0));
+          std::fill(St.begin(), St.end(), T(0));
+          for (int64_t r = 0; r < nr; ++r) {
+            const int64_t row = bh * Tq + i0 + r;
+            const int64_t nv = std::min(nk, visible(i0 + r, Tq, S, causal) - j0);
+            if (nv <= 0 || lse[row] == ninf) continue;
+            row_dots(p.data(), q + row * D, Kt.data(), nv, D);
+            probs(p.data(), nv, scale, lse[row], exp_rows);
+            row_dots(dp.data(), do_ + row * D, Vt.data(), nv, D);
+            for (int64_t j = 0; j < nv; ++j) {
+              Pt[j * kBq + r] = p[j];
+              St[j * kBq + r] = scale * p[j] * (dp[j] - Di[row]);
+            }
+          }
+          const int64_t rb = bh * Tq + i0;
+          for (int64_t j = 0; j < nk; ++j) {
+            accum_rows(dV + j * D, Pt.data() + j * kBq, 1, do_ + rb * D, nr, D);
+            accum_rows(dK + j * D, St.data() + j * kBq, 1, q + rb * D, nr, D);
           }
         }
       }
