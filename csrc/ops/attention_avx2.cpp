@@ -1,6 +1,13 @@
 // AVX2/FMA attention (float32): the tiled kernels of attention_impl.h compiled with
 // -mavx2 -mfma (the tile loops over D and over keys vectorize to 8-wide FMAs) and a
 // vectorized exp. Called only when the CPU has AVX2+FMA (see attention.cpp).
+// -std=c++17 turns GCC's floating-point contraction off; the tile loops need a*b+c fused
+// into FMAs, so turn it back on for this file (before any inline code is seen).
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
 #include <immintrin.h>
 
 #include <cmath>
