@@ -101,3 +101,45 @@ def adam_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, wei
 
 
 # --- attention ------------------------------------------------------------------------
+
+def _attention_probs(q, k, causal, scale):
+    """P: (B, H, T, S) softmax probabilities with the bottom-right causal mask; rows with no
+    visible key are all zeros. Also returns lse (B, H, T), -inf for such rows."""
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    kk = np.repeat(k, H // Hkv, axis=1)
+    s = scale * np.einsum("bhtd,bhsd->bhts", q, kk)
+    if causal:
+        mask = np.arange(S)[None, :] > np.arange(T)[:, None] + (S - T)
+        s = np.where(mask, -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    m_safe = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(s - m_safe)
+    z = e.sum(axis=-1, keepdims=True)
+    p = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(z[..., 0] > 0, (m_safe + np.log(np.where(z > 0, z, 1.0)))[..., 0], -np.inf)
+    return p, lse
+
+
+def attention_forward(q, k, v, causal=False, scale=None):
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    p, lse = _attention_probs(q, k, causal, scale)
+    H, Hkv = q.shape[1], k.shape[1]
+    return np.einsum("bhts,bhsd->bhtd", p, np.repeat(v, H // Hkv, axis=1)), lse
+
+
+def attention_backward(do, q, k, v, causal=False, scale=None):
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    p, _ = _attention_probs(q, k, causal, scale)
+    kk, vv = np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)
+    dv = np.einsum("bhts,bhtd->bhsd", p, do)
+    dp = np.einsum("bhtd,bhsd->bhts", do, vv)
+    ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))  # softmax backward
+    dq = scale * np.einsum("bhts,bhsd->bhtd", ds, kk)
+    dk = scale * np.einsum("bhts,bhtd->bhsd", ds, q)
+    fold = lambda x: x.reshape(B, Hkv, G, *x.shape[2:]).sum(axis=2)  # sum the group's heads
+    return dq, fold(dk), fold(dv)

@@ -1,0 +1,198 @@
+"""Flash-style attention against the float64 reference: forward, lse, all three gradients,
+finite differences, masks, GQA/MQA, cross-attention, thread determinism, bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusegrad import _C, ops
+from reference import numerical_grad
+import reference as ref
+
+# (B, H, Hkv, T, S, D): a sweep over T, S in {1, 2, 7, 63, 64, 65, 257}, D in {1, 8, 24, 64,
+# 80, 128}, Hkv in {1, 2, H}, T == S and T != S both ways (not the full product, to stay fast).
+CASES = [
+    (1, 1, 1, 1, 1, 1),
+    (1, 2, 2, 2, 7, 8),
+    (2, 4, 2, 7, 2, 24),
+    (1, 4, 1, 63, 65, 64),
+    (1, 2, 2, 64, 64, 80),
+    (1, 2, 1, 65, 63, 128),
+    (1, 4, 2, 257, 33, 24),
+    (1, 2, 2, 33, 257, 64),
+    (1, 1, 1, 127, 127, 8),
+    (1, 2, 1, 1, 257, 128),
+]
+
+
+def make(rng, B, H, Hkv, T, S, D, dtype, mag=1.0):
+    q = (mag * rng.standard_normal((B, H, T, D))).astype(dtype)
+    k = (mag * rng.standard_normal((B, Hkv, S, D))).astype(dtype)
+    v = rng.standard_normal((B, Hkv, S, D)).astype(dtype)
+    do = rng.standard_normal((B, H, T, D)).astype(dtype)
+    return q, k, v, do
+
+
+def check_against_reference(q, k, v, do, causal, scale, rtol, atol):
+    f64 = lambda x: x.astype(np.float64)
+    o, lse = ops.attention_forward(q, k, v, causal=causal, scale=scale)
+    ro, rl = ref.attention_forward(f64(q), f64(k), f64(v), causal, scale)
+    assert o.dtype == q.dtype and lse.dtype == q.dtype and lse.shape == q.shape[:3]
+    np.testing.assert_allclose(o, ro, rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(rl))
+    fin = np.isfinite(rl)
+    np.testing.assert_allclose(lse[fin], rl[fin], rtol=rtol, atol=atol)
+    dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=causal, scale=scale)
+    rdq, rdk, rdv = ref.attention_backward(f64(do), f64(q), f64(k), f64(v), causal, scale)
+    for got, want, name in ((dq, rdq, "dq"), (dk, rdk, "dk"), (dv, rdv, "dv")):
+        assert got.dtype == q.dtype and got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
+    return o, lse
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}Hkv{}T{}S{}D{}".format(*c))
+def test_attention_float32_matches_reference(isa, rng, case, causal):
+    q, k, v, do = make(rng, *case, np.float32)
+    check_against_reference(q, k, v, do, causal, None, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "B{}H{}Hkv{}T{}S{}D{}".format(*c))
+def test_attention_float64_matches_reference(rng, case, causal):
+    q, k, v, do = make(rng, *case, np.float64)
+    check_against_reference(q, k, v, do, causal, 0.37, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_large_case(isa, rng):
+    q, k, v, do = make(rng, 1, 2, 1, 1000, 1000, 64, np.float32)
+    check_against_reference(q, k, v, do, True, None, rtol=2e-4, atol=2e-5)
+
+
+def test_attention_matches_naive_kernel(rng):
+    for causal in (False, True):
+        q, k, v, _ = make(rng, 2, 4, 2, 37, 70, 24, np.float64)
+        o, lse = ops.attention_forward(q, k, v, causal=causal, scale=0.2)
+        no, nl = _C._attention_naive_forward(q, k, v, causal, 0.2)
+        np.testing.assert_allclose(o, no, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(lse, nl, rtol=1e-12, atol=1e-13)
+
+
+def test_attention_fully_masked_rows(isa, rng):
+    # causal with S < T: the first T - S queries see no key -> o = 0, lse = -inf, zero grads
+    for dtype, rtol, atol in ((np.float32, 2e-4, 2e-5), (np.float64, 1e-10, 1e-12)):
+        q, k, v, do = make(rng, 1, 2, 1, 70, 5, 16, dtype)
+        o, lse = check_against_reference(q, k, v, do, True, None, rtol, atol)
+        assert np.all(o[:, :, :65] == 0) and np.all(np.isneginf(lse[:, :, :65]))
+        assert np.all(np.isfinite(lse[:, :, 65:]))
+        dq, _, _ = ops.attention_backward(do, q, k, v, o, lse, causal=True)
+        assert np.all(dq[:, :, :65] == 0) and np.all(np.isfinite(dq))
+
+
+def test_attention_large_logits(isa, rng):
+    # logits of magnitude ~1e4: the online softmax must not overflow
+    q, k, v, do = make(rng, 1, 2, 2, 65, 130, 32, np.float64, mag=30.0)
+    o, lse = ops.attention_forward(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32), scale=1.0)
+    assert np.all(np.isfinite(o)) and np.all(np.isfinite(lse)) and np.abs(lse).max() > 1e3
+    check_against_reference(q, k, v, do, True, 1.0, rtol=1e-9, atol=1e-10)
+    # float32: one-hot-like probabilities, compared with the reference on the float32 inputs
+    q32, k32, v32 = (x.astype(np.float32) for x in (q, k, v))
+    ro, rl = ref.attention_forward(q32.astype(np.float64), k32.astype(np.float64), v32.astype(np.float64), False, 1.0)
+    np.testing.assert_allclose(lse, rl, rtol=1e-5)
+    np.testing.assert_allclose(o, ro, atol=5e-3)
+
+
+def test_attention_causal_with_t_equal_s_is_lower_triangular(rng):
+    # changing keys/values after position i must not change output row i
+    q, k, v, _ = make(rng, 1, 1, 1, 20, 20, 8, np.float64)
+    o1, _ = ops.attention_forward(q, k, v, causal=True)
+    k2, v2 = k.copy(), v.copy()
+    k2[:, :, 10:] += 5.0
+    v2[:, :, 10:] -= 3.0
+    o2, _ = ops.attention_forward(q, k2, v2, causal=True)
+    np.testing.assert_array_equal(o1[:, :, :10], o2[:, :, :10])
+    assert not np.allclose(o1[:, :, 10:], o2[:, :, 10:])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_finite_differences(rng, causal):
+    q, k, v, do = make(rng, 1, 2, 1, 5, 6, 3, np.float64)
+    scale = 0.7
+    o, lse = ops.attention_forward(q, k, v, causal=causal, scale=scale)
+    dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=causal, scale=scale)
+    loss = lambda q_, k_, v_: float(np.sum(ops.attention_forward(q_, k_, v_, causal=causal, scale=scale)[0] * do))
+    np.testing.assert_allclose(dq, numerical_grad(lambda x: loss(x, k, v), q), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dk, numerical_grad(lambda x: loss(q, x, v), k), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dv, numerical_grad(lambda x: loss(q, k, x), v), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_threads_bitwise_identical(isa, threads, rng, causal):
+    q, k, v, do = make(rng, 2, 4, 2, 150, 150, 64, np.float32)
+    res = []
+    for n in (1, 2):
+        threads(n)
+        o, lse = ops.attention_forward(q, k, v, causal=causal)
+        res.append((o, lse) + ops.attention_backward(do, q, k, v, o, lse, causal=causal))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_isa_paths_agree(rng):
+    if "avx2" not in __import__("conftest").ISAS:
+        pytest.skip("no AVX2 on this CPU")
+    q, k, v, do = make(rng, 1, 2, 2, 100, 90, 128, np.float32)
+    old = _C.get_isa()
+    out = {}
+    try:
+        for name in ("portable", "avx2"):
+            _C.set_isa(name)
+            o, lse = ops.attention_forward(q, k, v, causal=True)
+            out[name] = (o, lse) + ops.attention_backward(do, q, k, v, o, lse, causal=True)
+    finally:
+        _C.set_isa(old)
+    for a, b in zip(out["portable"], out["avx2"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_bad_input(rng):
+    q, k, v, do = make(rng, 1, 4, 2, 5, 6, 8, np.float32)
+    o, lse = ops.attention_forward(q, k, v)
+    f = ops.attention_forward
+    with pytest.raises(TypeError, match="attention_forward: q must be float32 or float64, got int64"):
+        f(np.ones((1, 4, 5, 8), np.int64), k, v)
+    with pytest.raises(TypeError, match=r"attention_forward: k must be float32 \(the dtype of the other inputs\), got float64"):
+        f(q, k.astype(np.float64), v)
+    with pytest.raises(TypeError, match="attention_forward: v must be a numpy.ndarray, got list"):
+        f(q, k, [1.0])
+    with pytest.raises(ValueError, match="attention_forward: q must be C-contiguous"):
+        f(np.ones((1, 4, 5, 16), np.float32)[..., ::2], k, v)
+    with pytest.raises(ValueError, match="attention_forward: q must have 4 dimensions, got 3"):
+        f(q[0], k, v)
+    with pytest.raises(ValueError, match=r"attention_forward: k must have shape \(B, Hkv, S, D\) with B=1 and D=8 from q \(1, 4, 5, 8\), got \(1, 2, 6, 9\)"):
+        f(q, np.ones((1, 2, 6, 9), np.float32), v)
+    with pytest.raises(ValueError, match=r"attention_forward: v must have the shape of k \(1, 2, 6, 8\), got \(1, 2, 7, 8\)"):
+        f(q, k, np.ones((1, 2, 7, 8), np.float32))
+    with pytest.raises(ValueError, match=r"attention_forward: the number of heads of q \(4\) must be a positive multiple of the number of heads of k and v \(3\)"):
+        f(q, np.ones((1, 3, 6, 8), np.float32), np.ones((1, 3, 6, 8), np.float32))
+    big = np.ones((1, 1, 2, 257), np.float32)
+    with pytest.raises(ValueError, match="attention_forward: head dimension D must be between 1 and 256, got 257"):
+        f(big, big, big)
+    with pytest.raises(TypeError, match="attention_forward: scale must be a float or None"):
+        f(q, k, v, scale="x")
+    with pytest.raises(ValueError, match="attention_forward: scale must be finite"):
+        f(q, k, v, scale=float("nan"))
+    b = ops.attention_backward
+    with pytest.raises(ValueError, match=r"attention_backward: lse must have shape \(1, 4, 5\), got \(1, 4, 6\)"):
+        b(do, q, k, v, o, np.zeros((1, 4, 6), np.float32))
+    with pytest.raises(ValueError, match=r"attention_backward: do must have the shape of q \(1, 4, 5, 8\), got \(1, 4, 5, 7\)"):
+        b(do[..., :7].copy(), q, k, v, o, lse)
+    with pytest.raises(TypeError, match="attention_backward: o must be float32"):
+        b(do, q, k, v, o.astype(np.float64), lse)
+    with pytest.raises(ValueError, match="attention_backward: do must be C-contiguous"):
+        b(np.ascontiguousarray(do.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2), q, k, v, o, lse)
+
+
+def test_attention_d256_works(rng):
+    q, k, v, do = make(rng, 1, 1, 1, 3, 4, 256, np.float64)
+    check_against_reference(q, k, v, do, False, None, rtol=1e-10, atol=1e-12)
