@@ -18,6 +18,7 @@ from ._config import get_num_threads, set_num_threads, show_config
 
 from .tensor import Tensor, tensor, no_grad, is_grad_enabled, zeros, ones, randn, cat, stack, split
 from . import nn, optim, data
+from .models import GPT, GPTConfig
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,4 @@ if not _C.have_openmp():
     )
 
 __all__ = ["ops", "Tensor", "tensor", "no_grad", "is_grad_enabled", "zeros", "ones", "randn",
-           "cat", "stack", "split", "nn", "optim", "data", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+           "cat", "stack", "split", "nn", "optim", "data", "GPT", "GPTConfig", "get_num_threads", "set_num_threads", "show_config", "__version__"]

@@ -1,7 +1,9 @@
 """Command-line interface: ``python -m fusegrad <command>`` (also the ``fusegrad`` script).
 
 Commands
-  train     train a model on the embedded default data (see ``train --help``)
+  train     train a small GPT on the embedded corpus (or --data FILE); see ``train --help``
+  generate  sample text from a trained checkpoint (``--checkpoint DIR --prompt "..."``)
+  linefit   the line-fit demo: y = 100 + 20x by gradient descent on fusegrad's autograd
   info      print the build configuration (ISA path, threads, OpenMP, CUDA)
 """
 from __future__ import annotations
@@ -17,9 +19,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    # Until the GPT trainer lands this runs the line-fit demo on fusegrad's own stack:
-    # full-batch gradient descent on y = 100 + 20x (forward, MSE loss, backward, SGD step,
+def _cmd_linefit(args: argparse.Namespace) -> int:
+    # The line-fit demo on fusegrad's own stack: full-batch gradient descent on y = 100 + 20x (forward, MSE loss, backward, SGD step,
     # zero_grad), then compares with the closed-form least-squares fit.
     import numpy as np
 
@@ -51,15 +52,99 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .lm import TrainOptions, train_lm
+
+    opts = TrainOptions(**{k: v for k, v in vars(args).items() if k not in ("fn", "command", "threads")})
+    if args.threads:
+        from . import set_num_threads
+        set_num_threads(args.threads)
+    try:
+        hist = train_lm(opts)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fusegrad train: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if hist.get("diverged") else 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .lm import sample
+    from .models import GPT
+    from .tokenizers import load_tokenizer
+
+    d = Path(args.checkpoint)
+    try:
+        model = GPT.load(d)
+        tok = load_tokenizer(d / "tokenizer.json")
+        text = sample(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"fusegrad generate: error: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .lm import TrainOptions
+
+    d = TrainOptions()
     p = argparse.ArgumentParser(prog="fusegrad", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("info", help="print the build configuration")
     sp.set_defaults(fn=_cmd_info)
-    sp = sub.add_parser("train", help="train on the embedded default data")
+
+    sp = sub.add_parser("train", help="train a small GPT on the embedded corpus or --data FILE",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = sp.add_argument_group("data")
+    g.add_argument("--data", default=None, help="UTF-8 text file (default: the embedded stdlib-source corpus)")
+    g.add_argument("--max-bytes", type=int, default=d.max_bytes, help="size of the embedded corpus selection")
+    g.add_argument("--tokenizer", choices=["byte", "bpe"], default=d.tokenizer)
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size")
+    g = sp.add_argument_group("model")
+    g.add_argument("--n-layer", type=int, default=d.n_layer)
+    g.add_argument("--n-head", type=int, default=d.n_head)
+    g.add_argument("--n-kv-head", type=int, default=None, help="fewer than --n-head: grouped-query attention")
+    g.add_argument("--n-embd", type=int, default=d.n_embd)
+    g.add_argument("--block-size", type=int, default=d.block_size, help="context length")
+    g.add_argument("--pos", choices=["learned", "rope"], default=d.pos)
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g = sp.add_argument_group("optimization")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--max-iters", type=int, default=d.max_iters)
+    g.add_argument("--max-time", type=float, default=d.max_time, help="stop after this many seconds")
+    g.add_argument("--stop-at", type=int, default=None, help="stop after this step (schedule spans --max-iters)")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--min-lr", type=float, default=d.min_lr)
+    g.add_argument("--warmup", type=int, default=d.warmup)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    g = sp.add_argument_group("evaluation and output")
+    g.add_argument("--eval-interval", type=int, default=d.eval_interval)
+    g.add_argument("--eval-iters", type=int, default=d.eval_iters)
+    g.add_argument("--out", default=d.out, help="checkpoint directory")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    g.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
+    sp.set_defaults(fn=_cmd_train)
+
+    sp = sub.add_parser("generate", help="sample from a checkpoint written by train")
+    sp.add_argument("--checkpoint", required=True, help="directory written by train --out")
+    sp.add_argument("--prompt", default="\n")
+    sp.add_argument("--max-new-tokens", type=int, default=200)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=40)
+    sp.add_argument("--top-p", type=float, default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.set_defaults(fn=_cmd_generate)
+
+    sp = sub.add_parser("linefit", help="line-fit demo: y = 100 + 20x by gradient descent")
     sp.add_argument("--steps", type=int, default=1000)
     sp.add_argument("--lr", type=float, default=0.05)
-    sp.set_defaults(fn=_cmd_train)
+    sp.set_defaults(fn=_cmd_linefit)
     return p
 
 

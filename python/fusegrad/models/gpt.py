@@ -1,0 +1,468 @@
+"""A GPT language model on fusegrad's kernels (the package's main job).
+
+Architecture (GPT-2 / nanoGPT): token embedding + position (learned table, or rotary
+embeddings with ``pos="rope"``), ``n_layer`` pre-LayerNorm blocks of causal multi-head
+self-attention on the fused attention kernel (grouped-query when ``n_kv_head < n_head``) and
+a 4x GELU feed-forward, residual connections, a final LayerNorm and an output projection
+tied to the token embedding; the loss is the fused cross-entropy.
+
+Each block is ten autograd ops (layer norm, qkv linear, fused attention, output linear,
+residual add; layer norm, linear, GELU, linear, residual add): the per-element work is in
+the kernels, none of it in Python.
+
+>>> import numpy as np
+>>> from fusegrad.models import GPT, GPTConfig
+>>> model = GPT(GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=0)
+>>> logits, loss = model(np.array([[1, 2, 3]]), targets=np.array([[2, 3, 4]]))
+>>> logits.shape, loss.shape
+((1, 3, 256), ())
+>>> out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4, temperature=0)
+>>> out.shape
+(1, 7)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import _kernels as K
+from ..nn import functional as F
+from ..nn.modules import Embedding, LayerNorm, Linear, Module
+from ..tensor import Function, Tensor, _kc, no_grad
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256        # number of token ids (256 for byte-level)
+    block_size: int = 256        # longest sequence the model reads (positions 0..block_size-1)
+    n_layer: int = 4             # transformer blocks
+    n_head: int = 4              # query heads
+    n_embd: int = 256            # width; head dim = n_embd // n_head
+    n_kv_head: int | None = None  # key/value heads (None: = n_head; fewer: grouped-query attention)
+    dropout: float = 0.0         # dropout on embeddings and residual branches (training only)
+    bias: bool = True            # biases in Linear layers and LayerNorms
+    tie_weights: bool = True     # output projection shares the token embedding matrix
+    pos: str = "learned"         # "learned" position table or "rope" (rotary, no table)
+    rope_base: float = 10000.0   # rotary frequency base (pos="rope")
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"GPTConfig: {name} must be a positive int, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.pos not in ("learned", "rope"):
+            raise ValueError(f"GPTConfig: pos must be 'learned' or 'rope', got {self.pos!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("GPTConfig: pos='rope' needs an even head dim (n_embd // n_head)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding on (B, T, h, D) slices: pairs (x[2i], x[2i+1]) rotated by pos*f_i.
+def _rope_tables(positions: np.ndarray, D: int, base: float, dtype):
+    inv = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)           # (D/2,)
+    ang = positions.astype(np.float64)[:, None] * inv[None, :]           # (T, D/2)
+    return np.cos(ang).astype(dtype), np.sin(ang).astype(dtype)
+
+
+def _rope(x, cos, sin, inverse=False):
+    """x: (B, T, h, D) -> rotated copy. cos/sin: (T, D/2). inverse rotates by -angle."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if inverse:
+        s = -s
+    out = np.empty(x.shape, dtype=x.dtype)
+    out[..., 0::2] = x1 * c - x2 * s
+    out[..., 1::2] = x1 * s + x2 * c
+    return out
+
+
+def _split_heads(qkv, H, Hkv, D, rope=None):
+    """qkv: (B, T, (H + 2 Hkv) D) -> q (B, H, T, D), k, v (B, Hkv, T, D), all contiguous."""
+    B, T, _ = qkv.shape
+    x = qkv.reshape(B, T, H + 2 * Hkv, D)
+    q, k, v = x[:, :, :H], x[:, :, H:H + Hkv], x[:, :, H + Hkv:]
+    if rope is not None:
+        q, k = _rope(q, *rope), _rope(k, *rope)
+    return (np.ascontiguousarray(q.transpose(0, 2, 1, 3)), np.ascontiguousarray(k.transpose(0, 2, 1, 3)),
+            np.ascontiguousarray(v.transpose(0, 2, 1, 3)))
+
+
+class _CausalSelfAttention(Function):
+    """y (B, T, H D) = merge_heads(attention(split_heads(qkv))): one autograd op around the
+    fused attention kernel (the same kernels as ``F.scaled_dot_product_attention``), with the
+    head split/merge (and rotary embedding) folded into its forward and backward."""
+
+    def forward(self, qkv, H, Hkv, rope=None):
+        B, T, W = qkv.shape
+        D = W // (H + 2 * Hkv)
+        self.shape, self.H, self.Hkv, self.D, self.rope = qkv.shape, H, Hkv, D, rope
+        self.q, self.k, self.v = _split_heads(qkv, H, Hkv, D, rope)
+        self.o, self.lse = K.attention_forward(self.q, self.k, self.v, True, None)
+        return np.ascontiguousarray(self.o.transpose(0, 2, 1, 3)).reshape(B, T, H * D)
+
+    def backward(self, g):
+        B, T, _ = self.shape
+        H, Hkv, D = self.H, self.Hkv, self.D
+        do = np.ascontiguousarray(g.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+        dq, dk, dv = K.attention_backward(do, self.q, self.k, self.v, self.o, self.lse, True, None)
+        dqkv = np.empty((B, T, H + 2 * Hkv, D), dtype=g.dtype)
+        dq, dk = dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3)
+        if self.rope is not None:
+            dq, dk = _rope(dq, *self.rope, inverse=True), _rope(dk, *self.rope, inverse=True)
+        dqkv[:, :, :H] = dq
+        dqkv[:, :, H:H + Hkv] = dk
+        dqkv[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
+        return (dqkv.reshape(self.shape),)
+
+
+class CausalSelfAttention(Module):
+    def __init__(self, cfg: GPTConfig, dtype):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.c_attn = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias, dtype=dtype)
+        self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype)
+
+    def forward(self, x, rope=None):
+        y = _CausalSelfAttention.apply(self.c_attn(x), H=self.n_head, Hkv=self.n_kv_head, rope=rope)
+        return self.c_proj(y)
+
+    def step(self, x, cache, pos, rope=None):
+        """Incremental forward (no grad): x (B, t, C) new positions pos..pos+t-1; appends this
+        step's keys/values to ``cache`` = [k (B, Hkv, S_max, D), v] and attends over the prefix."""
+        qkv = self.c_attn(x).data
+        q, k, v = _split_heads(qkv, self.n_head, self.n_kv_head, self.head_dim, rope)
+        t = q.shape[2]
+        cache[0][:, :, pos:pos + t] = k
+        cache[1][:, :, pos:pos + t] = v
+        kk = Tensor(np.ascontiguousarray(cache[0][:, :, :pos + t]))
+        vv = Tensor(np.ascontiguousarray(cache[1][:, :, :pos + t]))
+        o = F.scaled_dot_product_attention(Tensor(q), kk, vv, is_causal=True).data  # (B, H, t, D)
+        B = o.shape[0]
+        return self.c_proj(Tensor(np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, t, -1)))
+
+
+class MLP(Module):
+    def __init__(self, cfg: GPTConfig, dtype):
+        super().__init__()
+        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias, dtype=dtype)
+        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(Module):
+    def __init__(self, cfg: GPTConfig, dtype):
+        super().__init__()
+        self.p = cfg.dropout
+        self.ln_1 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias, dtype=dtype)
+        self.attn = CausalSelfAttention(cfg, dtype)
+        self.ln_2 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias, dtype=dtype)
+        self.mlp = MLP(cfg, dtype)
+
+    def forward(self, x, rope=None):
+        x = x + F.dropout(self.attn(self.ln_1(x), rope), self.p, self.training)
+        return x + F.dropout(self.mlp(self.ln_2(x)), self.p, self.training)
+
+    def step(self, x, cache, pos, rope=None):
+        x = x + self.attn.step(self.ln_1(x), cache, pos, rope)
+        return x + self.mlp(self.ln_2(x))
+
+
+def _ids(x, name, vocab_size, block_size=None, allow_ignore=False):
+    """Validate an integer id array (B, T) (NumPy array, Tensor or nested lists)."""
+    a = x.data if isinstance(x, Tensor) else np.asarray(x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"GPT: {name} must hold integer token ids, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"GPT: {name} must have shape (B, T), got {a.shape}")
+    if block_size is not None and a.shape[1] > block_size:
+        raise ValueError(f"GPT: sequence length {a.shape[1]} exceeds block_size {block_size}; "
+                         f"crop {name} to its last {block_size} tokens")
+    if a.size:
+        chk = a[a != -100] if allow_ignore else a
+        if chk.size and (chk.min() < 0 or chk.max() >= vocab_size):
+            raise ValueError(f"GPT: {name} must be in [0, {vocab_size}), got values in "
+                             f"[{chk.min()}, {chk.max()}]")
+    return a.astype(np.int64, copy=False)
+
+
+class GPT(Module):
+    """GPT language model. ``logits, loss = model(idx, targets=None)``."""
+
+    def __init__(self, config: GPTConfig, dtype=np.float32, seed: int | None = None):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT: config must be a GPTConfig, got {type(config).__name__}")
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"GPT: dtype must be float32 or float64, got {dtype}")
+        self.config, self.dtype_ = config, dtype
+        c = config
+        self.wte = Embedding(c.vocab_size, c.n_embd, dtype=dtype)         # (V, C), tied to the head
+        if c.pos == "learned":
+            self.wpe = Embedding(c.block_size, c.n_embd, dtype=dtype)     # (block_size, C)
+        self.blocks = [Block(c, dtype) for _ in range(c.n_layer)]
+        for i, b in enumerate(self.blocks):
+            self.add_module(f"h.{i}", b)
+        self.ln_f = LayerNorm(c.n_embd, eps=c.layer_norm_eps, bias=c.bias, dtype=dtype)
+        if not c.tie_weights:
+            self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False, dtype=dtype)
+        self.reset_parameters(seed)
+
+    # ----- parameters -----
+    def reset_parameters(self, seed=None):
+        """GPT-2 initialization: N(0, 0.02) weights, residual projections scaled by
+        1/sqrt(2 n_layer), zero biases, unit LayerNorm gains."""
+        rng = np.random.default_rng(seed)
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                p.data[...] = 0
+            elif "ln_" in name:
+                p.data[...] = 1
+            else:
+                s = std / math.sqrt(2 * self.config.n_layer) if name.endswith("c_proj.weight") else std
+                p.data[...] = rng.normal(0.0, s, p.shape)
+
+    def num_params(self, non_embedding=True) -> int:
+        n = sum(p.data.size for p in self.parameters())
+        if non_embedding and self.config.pos == "learned":
+            n -= self.wpe.weight.data.size
+        return n
+
+    def _rope(self, pos0, t):
+        if self.config.pos != "rope":
+            return None
+        return _rope_tables(np.arange(pos0, pos0 + t), self.config.head_dim, self.config.rope_base, self.dtype_)
+
+    def _embed(self, idx, pos0=0):
+        B, T = idx.shape
+        x = F.embedding(idx, self.wte.weight)                             # (B, T, C)
+        if self.config.pos == "learned":
+            x = x + F.embedding(np.arange(pos0, pos0 + T), self.wpe.weight)  # (T, C) broadcast
+        return x
+
+    def _head(self, x):
+        w = self.wte.weight if self.config.tie_weights else self.lm_head.weight
+        return F.linear(x, w)                                              # (..., V)
+
+    def forward(self, idx, targets=None):
+        c = self.config
+        idx = _ids(idx, "idx", c.vocab_size, c.block_size)
+        B, T = idx.shape
+        if T == 0:
+            raise ValueError("GPT: idx has no tokens (T == 0)")
+        x = F.dropout(self._embed(idx), c.dropout, self.training)
+        rope = self._rope(0, T)
+        for b in self.blocks:
+            x = b(x, rope)
+        logits = self._head(self.ln_f(x))                                  # (B, T, V)
+        if targets is None:
+            return logits, None
+        tg = _ids(targets, "targets", c.vocab_size, allow_ignore=True)
+        if tg.shape != idx.shape:
+            raise ValueError(f"GPT: targets shape {tg.shape} must equal idx shape {idx.shape}")
+        loss = F.cross_entropy(logits.reshape(B * T, c.vocab_size), tg.reshape(-1))
+        return logits, loss
+
+    # ----- generation -----
+    def _new_cache(self, B, S):
+        c = self.config
+        return [[np.zeros((B, c.n_kv_head, S, c.head_dim), dtype=self.dtype_) for _ in range(2)]
+                for _ in range(c.n_layer)]
+
+    def _step(self, idx, cache, pos0):
+        """Logits (B, V) for the last of ``idx`` (B, t) at positions pos0.., updating cache."""
+        x = self._embed(idx, pos0)
+        rope = self._rope(pos0, idx.shape[1])
+        for b, kv in zip(self.blocks, cache):
+            x = b.step(x, kv, pos0, rope)
+        x = self.ln_f(Tensor(np.ascontiguousarray(x.data[:, -1:])))
+        return self._head(x).data[:, 0]
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, top_p, rng):
+        """One id per row of logits (B, V)."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        z = logits.astype(np.float64) / temperature
+        if top_k is not None and top_k < z.shape[-1]:
+            kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
+            z = np.where(z < kth, -np.inf, z)
+        p = np.exp(z - z.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        if top_p is not None and top_p < 1.0:
+            order = np.argsort(-p, axis=-1, kind="stable")
+            ps = np.take_along_axis(p, order, -1)
+            keep = (np.cumsum(ps, -1) - ps) < top_p                      # always keeps the top one
+            mask = np.zeros_like(keep)
+            np.put_along_axis(mask, order, keep, -1)
+            p = np.where(mask, p, 0.0)
+            p /= p.sum(-1, keepdims=True)
+        u = rng.random((p.shape[0], 1))
+        return np.minimum((np.cumsum(p, -1) < u).sum(-1), p.shape[-1] - 1)
+
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True):
+        """Append ``max_new_tokens`` sampled ids to ``idx`` (B, T) and return the (B, T + n)
+        array. ``temperature=0`` is greedy; ``top_k``/``top_p`` filter; ``seed`` makes it
+        reproducible. With ``use_cache`` each new token is one incremental step over a
+        key/value cache; once the sequence outgrows ``block_size`` the context is cropped to
+        the last ``block_size`` tokens and recomputed, as without the cache."""
+        c = self.config
+        idx = _ids(idx, "idx", c.vocab_size)
+        if idx.shape[1] == 0:
+            raise ValueError("GPT.generate: idx needs at least one token")
+        if temperature < 0:
+            raise ValueError(f"GPT.generate: temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"GPT.generate: top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"GPT.generate: top_p must be in (0, 1], got {top_p}")
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        out = idx.copy()
+        try:
+            with no_grad():
+                cache, pos = None, 0
+                for _ in range(int(max_new_tokens)):
+                    if not use_cache:
+                        ctx = out[:, -c.block_size:]
+                        logits = self(ctx)[0].data[:, -1]
+                    elif cache is None or pos >= c.block_size:
+                        ctx = out[:, -c.block_size:]
+                        cache = self._new_cache(out.shape[0], c.block_size)
+                        logits = self._step(ctx, cache, 0)
+                        pos = ctx.shape[1]
+                    else:
+                        logits = self._step(out[:, -1:], cache, pos)
+                        pos += 1
+                    nxt = self._sample(logits, temperature, top_k, top_p, rng)
+                    out = np.concatenate([out, nxt[:, None].astype(np.int64)], axis=1)
+        finally:
+            self.train(was_training)
+        return out
+
+    # ----- checkpoints -----
+    def save(self, directory, optimizer=None, step: int = 0, meta: dict | None = None):
+        """Write a crash-safe checkpoint (safetensors weights + JSON config [+ optimizer])."""
+        from ..checkpoint import save_checkpoint
+
+        sd = {k: v.data for k, v in self.state_dict().items()}
+        cfg = {"model": "GPT", "gpt": self.config.to_dict(), "dtype": self.dtype_.name}
+        return save_checkpoint(directory, sd, config=cfg, step=step, meta=meta,
+                               optimizer=optimizer.state_dict() if optimizer is not None else None)
+
+    @staticmethod
+    def _read(directory):
+        from ..checkpoint import load_checkpoint
+
+        ck = load_checkpoint(directory)
+        cfg = ck["config"]
+        if cfg.get("model") != "GPT" or "gpt" not in cfg:
+            raise ValueError(f"GPT.load: {directory} is not a GPT checkpoint")
+        return ck
+
+    @classmethod
+    def load(cls, directory, optimizer=None):
+        """A model rebuilt from the checkpoint in ``directory`` (optionally restoring
+        ``optimizer``, built afterwards on the new model's parameters: use ``restore``)."""
+        ck = cls._read(directory)
+        model = cls(GPTConfig.from_dict(ck["config"]["gpt"]), dtype=ck["config"].get("dtype", "float32"))
+        model._apply(ck, directory, optimizer)
+        return model
+
+    def restore(self, directory, optimizer=None) -> dict:
+        """Load weights (and optimizer state) into this model; the checkpoint must have this
+        model's config. Returns ``{"step", "meta"}``."""
+        ck = self._read(directory)
+        theirs = ck["config"]["gpt"]
+        mine = self.config.to_dict()
+        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs model {mine[k]!r}" for k in mine if theirs.get(k) != mine[k]]
+        if diff:
+            raise ValueError(f"GPT.restore: checkpoint in {directory} has a different config ({'; '.join(diff)})")
+        self._apply(ck, directory, optimizer)
+        return {"step": ck["step"], "meta": ck["meta"]}
+
+    def _apply(self, ck, directory, optimizer):
+        own = self.state_dict()
+        got = ck["model"]
+        if set(own) != set(got):
+            raise ValueError(f"GPT: checkpoint in {directory} has tensors {sorted(set(got) ^ set(own))} "
+                             f"that do not match the model")
+        for k, t in own.items():
+            if got[k].shape != t.shape or got[k].dtype != t.dtype:
+                raise ValueError(f"GPT: checkpoint tensor {k} is {got[k].dtype}{got[k].shape}, "
+                                 f"model expects {t.dtype}{t.shape}")
+        self.load_state_dict(got)
+        if optimizer is not None:
+            if ck["optimizer"] is None:
+                raise ValueError(f"GPT: checkpoint in {directory} has no optimizer state")
+            optimizer.load_state_dict(ck["optimizer"])
+
+    # ----- Hugging Face GPT-2 -----
+    @classmethod
+    def from_pretrained(cls, directory, dtype=np.float32):
+        """Load a GPT-2 checkpoint in the Hugging Face layout (``config.json`` +
+        ``model.safetensors``; Conv1D weights are (in, out) and are transposed here)."""
+        from safetensors.numpy import load_file
+
+        d = Path(directory)
+        try:
+            hf = json.loads((d / "config.json").read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"GPT.from_pretrained: {d / 'config.json'} not found") from None
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"GPT.from_pretrained: activation_function {act!r} is not supported (gelu_new only)")
+        cfg = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024),
+                        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                        tie_weights=True, layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
+        st = d / "model.safetensors"
+        if not st.exists():
+            raise FileNotFoundError(f"GPT.from_pretrained: {st} not found (only safetensors weights are supported)")
+        w = load_file(str(st))
+        w = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in w.items()}
+        model = cls(cfg, dtype=dtype)
+        sd = {}
+        for k in model.state_dict():
+            src = k
+            if src not in w:
+                raise ValueError(f"GPT.from_pretrained: {st} has no tensor {k!r}")
+            a = w[src]
+            if k.endswith(".weight") and any(s in k for s in ("c_attn", "c_proj", "c_fc")):
+                a = a.T  # Conv1D (in, out) -> Linear (out, in)
+            sd[k] = np.ascontiguousarray(a, dtype=dtype)
+        model.load_state_dict(sd)
+        return model
