@@ -12,6 +12,15 @@ namespace fg {
 
 namespace {
 int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(C, 1)); }
+
+// Row reductions use kL independent double lanes (combined in fixed order), so the compiler
+// can vectorize them without -ffast-math and float32 rows of 50304 keep double accuracy.
+constexpr int kL = 8;
+inline double lanes_sum(const double* a) {
+  double s = 0;
+  for (int l = 0; l < kL; ++l) s += a[l];
+  return s;
+}
 }  // namespace
 
 template <typename T>
@@ -21,12 +30,19 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, cons
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * C;
       T* yr = y + r * C;
-      double s = 0;  // row sums in double: accurate for wide rows in float32
-      for (int64_t i = 0; i < C; ++i) s += xr[i];
+      double acc[kL] = {0};
+      int64_t i0 = 0;
+      for (; i0 + kL <= C; i0 += kL)
+        for (int l = 0; l < kL; ++l) acc[l] += static_cast<double>(xr[i0 + l]);
+      double s = lanes_sum(acc);
+      for (int64_t i = i0; i < C; ++i) s += xr[i];
       const T m = static_cast<T>(s / static_cast<double>(C));
       // two-pass variance on the cached row: exact 0 for constant rows, never negative
-      double v = 0;
-      for (int64_t i = 0; i < C; ++i) { const T d = xr[i] - m; v += static_cast<double>(d * d); }
+      double vacc[kL] = {0};
+      for (i0 = 0; i0 + kL <= C; i0 += kL)
+        for (int l = 0; l < kL; ++l) { const double d = static_cast<double>(xr[i0 + l] - m); vacc[l] += d * d; }
+      double v = lanes_sum(vacc);
+      for (int64_t i = i0; i < C; ++i) { const double d = static_cast<double>(xr[i] - m); v += d * d; }
       const T rs = static_cast<T>(1.0 / std::sqrt(v / static_cast<double>(C) + eps));
       mean[r] = m;
       rstd[r] = rs;
@@ -61,8 +77,21 @@ void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, co
       T* dxr = dx + r * C;
       const T m = mean[r], rs = rstd[r];
       // pass 1 (from memory): mean(g), mean(g*xhat), and the dweight/dbias partials
-      double sg = 0, sgx = 0;
-      for (int64_t i = 0; i < C; ++i) {
+      double ag[kL] = {0}, agx[kL] = {0};
+      int64_t i0 = 0;
+      for (; i0 + kL <= C; i0 += kL) {
+        for (int l = 0; l < kL; ++l) {
+          const int64_t i = i0 + l;
+          const T xh = (xr[i] - m) * rs;
+          const T g = weight ? dyr[i] * weight[i] : dyr[i];
+          ag[l] += static_cast<double>(g);
+          agx[l] += static_cast<double>(g * xh);
+          pdw[i] += dyr[i] * xh;
+          pdb[i] += dyr[i];
+        }
+      }
+      double sg = lanes_sum(ag), sgx = lanes_sum(agx);
+      for (int64_t i = i0; i < C; ++i) {
         const T xh = (xr[i] - m) * rs;
         const T g = weight ? dyr[i] * weight[i] : dyr[i];
         sg += g;
