@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "core/cpu.h"
 #include "core/parallel.h"
 
 namespace fg {
@@ -14,15 +16,35 @@ namespace fg {
 namespace {
 int64_t row_grain(int64_t V) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(V, 1)); }
 
+// true when the float32 AVX2 row helpers should be used for T
+template <typename T>
+bool fast() {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) return use_avx2();
+#endif
+  return false;
+}
+template <typename T>
+T max_of(const T* x, int64_t V) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::row_max(x, V);
+#endif
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
 // Row max m and log(sum(exp(x - m))); logsumexp = m + log_s. Kept apart so callers can form
 // (x - m) - log_s, which stays exact-ish when |m| is large (1e4 in float32 has ulp 1e-3).
 template <typename T>
 void row_lse(const T* x, int64_t V, T* m_out, T* log_s_out) {
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  const T m = max_of(x, V);
   if (!std::isfinite(m)) { *m_out = m; *log_s_out = 0; return; }  // +-inf / NaN rows propagate
   double s = 0;  // row sums accumulate in double: 50304 float terms would lose ~1e-4 relative
-  for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) if (use_avx2()) s = avx2::exp_sum(x, V, m);
+#endif
+  if (!fast<T>()) for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
   *m_out = m;
   *log_s_out = static_cast<T>(std::log(s));
 }
@@ -34,10 +56,13 @@ void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * V;
       T* yr = y + r * V;
-      T m = -std::numeric_limits<T>::infinity();
-      for (int64_t i = 0; i < V; ++i) m = std::max(m, xr[i]);
+      const T m = max_of(xr, V);
       double s = 0;
-      for (int64_t i = 0; i < V; ++i) { yr[i] = std::exp(xr[i] - m); s += yr[i]; }
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+      if constexpr (std::is_same_v<T, float>) if (use_avx2() && std::isfinite(m)) s = avx2::exp_store_sum(yr, xr, V, m);
+#endif
+      if (!fast<T>() || !std::isfinite(m))
+        for (int64_t i = 0; i < V; ++i) { yr[i] = std::exp(xr[i] - m); s += yr[i]; }
       const T inv = static_cast<T>(1.0 / s);
       for (int64_t i = 0; i < V; ++i) yr[i] *= inv;
     }
@@ -124,6 +149,9 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
         continue;
       }
       const T l = lse[r];
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+      if constexpr (std::is_same_v<T, float>) if (use_avx2() && std::isfinite(l)) { avx2::exp_scale(dr, xr, V, l, scale); dr[t] -= scale; continue; }
+#endif
       for (int64_t i = 0; i < V; ++i) dr[i] = scale * std::exp(xr[i] - l);
       dr[t] -= scale;
     }

@@ -28,4 +28,11 @@ template <typename T, typename I>
 void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const T* lse,
                             double dloss, int64_t ignore_index, int64_t N, int64_t V);
 
+namespace avx2 {  // float32 row helpers (softmax_xent_avx2.cpp); m is the row max
+double exp_sum(const float* x, int64_t V, float m);                  // sum exp(x - m)
+double exp_store_sum(float* y, const float* x, int64_t V, float m);  // y = exp(x - m); sum y
+void exp_scale(float* y, const float* x, int64_t V, float m, float scale);  // y = scale exp(x - m)
+float row_max(const float* x, int64_t V);
+}  // namespace avx2
+
 }  // namespace fg
