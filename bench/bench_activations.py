@@ -27,4 +27,51 @@ def run(limits, quick=False):
             "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
             "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,
         })
+    rows += _smooth(limits, quick)
+    return rows
+
+
+def _smooth(limits, quick):
+    """gelu (erf and tanh), sigmoid, tanh: forward then backward, one size in and one out of cache."""
+    from math import erf
+
+    rows = []
+    for n in ([1 << 16, 1 << 24] if quick else [1 << 16, 1 << 20, 1 << 24]):
+        x, dy = rand(n), rand(n, seed=1)
+        xs = x[:64].astype(np.float64)  # validate first, on a slice, against float64 math
+        np.testing.assert_allclose(ops.gelu_forward(x[:64]), 0.5 * xs * (1 + np.vectorize(erf)(xs / np.sqrt(2))), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ops.sigmoid_forward(x[:64]), 1 / (1 + np.exp(-xs)), rtol=1e-5)
+        k = np.float32(np.sqrt(2 / np.pi))
+        cases = {
+            "gelu-tanh": (lambda: (ops.gelu_forward(x, approximate="tanh"), ops.gelu_backward(dy, x, approximate="tanh")),
+                          lambda: 0.5 * x * (1 + np.tanh(k * (x + 0.044715 * x ** 3))),
+                          "gelu", dict(approximate="tanh")),
+            "gelu-erf": (lambda: (ops.gelu_forward(x), ops.gelu_backward(dy, x)), None, "gelu", dict(approximate="none")),
+            "sigmoid": (lambda: ops.sigmoid_backward(dy, ops.sigmoid_forward(x)),
+                        lambda: (lambda y: dy * y * (1 - y))(1 / (1 + np.exp(-x))), "sigmoid", {}),
+            "tanh": (lambda: ops.tanh_backward(dy, ops.tanh_forward(x)),
+                     lambda: (lambda y: dy * (1 - y * y))(np.tanh(x)), "tanh", {}),
+        }
+        for name, (ours, npf, tname, kw) in cases.items():
+            fns = {"ours": ours}
+            if npf is not None:
+                fns["numpy"] = npf
+            if torch is not None:
+                tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+                if tname == "gelu":
+                    a = kw["approximate"]
+                    fns["torch"] = lambda a=a: (torch.nn.functional.gelu(tx, approximate=a),
+                                                torch.ops.aten.gelu_backward(tdy, tx, approximate=a))
+                elif tname == "sigmoid":
+                    fns["torch"] = lambda: torch.ops.aten.sigmoid_backward(tdy, torch.sigmoid(tx))
+                else:
+                    fns["torch"] = lambda: torch.ops.aten.tanh_backward(tdy, torch.tanh(tx))
+            t = interleaved(fns, reps=7)
+            bytes_moved = 5 * 4 * n
+            rows.append({
+                "op": f"{name} fwd+bwd", "n": n, "ours_ms": t["ours"] * 1e3,
+                "numpy_ms": t["numpy"] * 1e3 if "numpy" in t else None, "torch_ms": t.get("torch", 0) * 1e3 or None,
+                "x_numpy": ratio(t.get("numpy"), t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
+                "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,
+            })
     return rows

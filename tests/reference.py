@@ -27,6 +27,35 @@ def numerical_grad(f, x, eps=1e-6):
 
 # --- matmul ---------------------------------------------------------------------------
 
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b); op swaps the last two axes when trans_*; batch dims broadcast as in NumPy."""
+    a = np.swapaxes(a, -1, -2) if trans_a else a
+    b = np.swapaxes(b, -1, -2) if trans_b else b
+    return np.matmul(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def matmul_error_bound(a, b, trans_a=False, trans_b=False, unit_roundoff=2.0**-24):
+    """Rigorous bound on the rounding error of any summation order of a dot product of length k:
+    |fl(op(a) @ op(b)) - op(a) @ op(b)| <= k * u * (|op(a)| @ |op(b)|) elementwise (Higham, 3.1),
+    doubled to leave room for the rounding of the float64 reference and of the inputs' products."""
+    k = (a.shape[-2] if trans_a else a.shape[-1])
+    return 2 * k * unit_roundoff * matmul(np.abs(a), np.abs(b), trans_a, trans_b)
+
+
+def linear_forward(x, w, b):
+    y = np.asarray(x, np.float64) @ np.asarray(w, np.float64).T
+    return y if b is None else y + b
+
+
+def linear_backward(dy, x, w):
+    dy2 = np.asarray(dy, np.float64).reshape(-1, w.shape[0])
+    x2 = np.asarray(x, np.float64).reshape(-1, w.shape[1])
+    dx = (dy2 @ w).reshape(x.shape)
+    dw = dy2.T @ x2
+    db = dy2.sum(axis=0)
+    return dx, dw, db
+
+
 
 # --- activations ----------------------------------------------------------------------
 
@@ -38,10 +67,109 @@ def relu_backward(dy, x):
     return np.where(x > 0, dy, 0.0)
 
 
+def _phi_cdf(x):
+    """Standard normal CDF, 0.5 * erfc(-x / sqrt 2) (accurate in the left tail)."""
+    from math import erfc
+    return 0.5 * np.vectorize(erfc, otypes=[np.float64])(-x / np.sqrt(2.0))
+
+
+def gelu_forward(x, approximate="none"):
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+    return x * _phi_cdf(x)
+
+
+def gelu_backward(dy, x, approximate="none"):
+    if approximate == "tanh":
+        k = np.sqrt(2.0 / np.pi)
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = np.tanh(k * (x + 0.044715 * x**3))
+            g = 0.5 * (1 + t) + np.where(t * t == 1.0, 0.0, 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x))
+        return dy * g
+    return dy * (_phi_cdf(x) + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi))
+
+
+def sigmoid_forward(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def sigmoid_backward(dy, y):
+    return dy * y * (1.0 - y)
+
+
+def tanh_forward(x):
+    return np.tanh(x)
+
+
+def tanh_backward(dy, y):
+    return dy * (1.0 - y * y)
+
+
 # --- layernorm ------------------------------------------------------------------------
+
+def layernorm_forward(x, weight, bias, eps=1e-5):
+    mean = x.mean(axis=-1)
+    var = ((x - mean[..., None]) ** 2).mean(axis=-1)
+    rstd = 1.0 / np.sqrt(var + eps)
+    y = (x - mean[..., None]) * rstd[..., None]
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, mean, rstd
+
+
+def layernorm_backward(dy, x, weight, mean, rstd):
+    C = x.shape[-1]
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    g = dy * weight if weight is not None else dy
+    dx = rstd[..., None] * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    dweight = (dy * xhat).reshape(-1, C).sum(0)
+    dbias = dy.reshape(-1, C).sum(0)
+    return dx, dweight, dbias
 
 
 # --- softmax_xent ---------------------------------------------------------------------
+
+def logsumexp(x):
+    m = x.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def softmax_forward(x):
+    return np.exp(x - logsumexp(x)[..., None])
+
+
+def softmax_backward(dy, y):
+    return y * (dy - (dy * y).sum(-1, keepdims=True))
+
+
+def log_softmax_forward(x):
+    return x - logsumexp(x)[..., None]
+
+
+def log_softmax_backward(dy, y):
+    return dy - np.exp(y) * dy.sum(-1, keepdims=True)
+
+
+def cross_entropy_forward(logits, targets, ignore_index=-100):
+    lse = logsumexp(logits)
+    keep = targets != ignore_index
+    rows = np.nonzero(keep)[0]
+    losses = lse[rows] - logits[rows, targets[rows]]
+    loss = losses.mean() if len(rows) else np.nan
+    return loss, lse
+
+
+def cross_entropy_backward(logits, targets, lse, dloss, ignore_index=-100):
+    keep = targets != ignore_index
+    count = keep.sum()
+    d = np.exp(logits - lse[:, None])
+    rows = np.nonzero(keep)[0]
+    d[rows, targets[rows]] -= 1.0
+    d[~keep] = 0.0
+    return d * (dloss / count) if count else np.zeros_like(logits)
 
 
 # --- loss -----------------------------------------------------------------------------

@@ -50,3 +50,90 @@ def test_relu_bad_input():
 
 def test_relu_empty(isa):
     assert ops.relu_forward(np.zeros((0, 3), np.float32)).shape == (0, 3)
+
+
+# --- gelu, sigmoid, tanh ------------------------------------------------------------------
+
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
+GELU_MODES = ["none", "tanh"]
+
+
+def _cases():
+    """(name, forward, backward(dy, x, y), reference forward, reference backward(dy, x, y))."""
+    out = []
+    for mode in GELU_MODES:
+        out.append((f"gelu-{mode}", lambda x, m=mode: ops.gelu_forward(x, approximate=m),
+                    lambda dy, x, y, m=mode: ops.gelu_backward(dy, x, approximate=m),
+                    lambda x, m=mode: ref.gelu_forward(x, m), lambda dy, x, y, m=mode: ref.gelu_backward(dy, x, m)))
+    out.append(("sigmoid", ops.sigmoid_forward, lambda dy, x, y: ops.sigmoid_backward(dy, y),
+                ref.sigmoid_forward, lambda dy, x, y: ref.sigmoid_backward(dy, y)))
+    out.append(("tanh", ops.tanh_forward, lambda dy, x, y: ops.tanh_backward(dy, y),
+                ref.tanh_forward, lambda dy, x, y: ref.tanh_backward(dy, y)))
+    return out
+
+
+CASES = _cases()
+CASE_IDS = [c[0] for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("n", [1, 7, 33, 127, 1000, 1 << 17])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smooth_activation_matches_reference(isa, rng, case, n, dtype):
+    _, fwd, bwd, rfwd, rbwd = case
+    x = (3 * rng.standard_normal(n)).astype(dtype)
+    dy = rng.standard_normal(n).astype(dtype)
+    y = fwd(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, rfwd(x.astype(np.float64)), **TOL[dtype])
+    # backward from our own forward output (what autograd will pass) vs the float64 reference
+    dx = bwd(dy, x, y)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, rbwd(dy.astype(np.float64), x.astype(np.float64), y.astype(np.float64)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_smooth_activation_finite_differences(rng, case):
+    _, fwd, bwd, _, _ = case
+    x = 2 * rng.standard_normal((3, 5))
+    dy = rng.standard_normal((3, 5))
+    num = numerical_grad(lambda z: float(np.sum(fwd(z) * dy)), x)
+    np.testing.assert_allclose(bwd(dy, x, fwd(x)), num, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_smooth_activation_extremes_are_finite(isa, case, dtype):
+    name, fwd, bwd, rfwd, rbwd = case
+    x = np.array([-1e4, -100.0, -30.0, 0.0, 30.0, 100.0, 1e4], dtype=dtype)
+    dy = np.ones_like(x)
+    y = fwd(x)
+    dx = bwd(dy, x, y)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx)), (name, y, dx)
+    np.testing.assert_allclose(y, rfwd(x.astype(np.float64)), **TOL[dtype])
+    np.testing.assert_allclose(dx, rbwd(dy.astype(np.float64), x.astype(np.float64), y.astype(np.float64)), **TOL[dtype])
+
+
+def test_smooth_activation_known_values():
+    x = np.array([-1e4, 0.0, 1e4], np.float32)
+    np.testing.assert_array_equal(ops.sigmoid_forward(x), [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(ops.tanh_forward(x), [-1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(ops.gelu_forward(x), [-0.0, 0.0, 1e4])
+    np.testing.assert_array_equal(ops.gelu_backward(np.ones(3, np.float32), x, approximate="tanh"), [0.0, 0.5, 1.0])
+
+
+def test_smooth_activation_bad_input():
+    with pytest.raises(ValueError, match="gelu_forward: approximate must be 'none' or 'tanh', got 'erf'"):
+        ops.gelu_forward(np.ones(3, np.float32), approximate="erf")
+    with pytest.raises(ValueError, match="gelu_backward: approximate must be 'none' or 'tanh', got 'x'"):
+        ops.gelu_backward(np.ones(3, np.float32), np.ones(3, np.float32), approximate="x")
+    with pytest.raises(TypeError, match="sigmoid_forward: x must be float32 or float64, got int64"):
+        ops.sigmoid_forward(np.arange(3))
+    with pytest.raises(ValueError, match=r"sigmoid_backward: dy must have the shape of y \(3,\), got \(4,\)"):
+        ops.sigmoid_backward(np.ones(4, np.float32), np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="tanh_backward: dy must be float64"):
+        ops.tanh_backward(np.ones(3, np.float32), np.ones(3, np.float64))
+    with pytest.raises(ValueError, match="tanh_forward: x must be C-contiguous"):
+        ops.tanh_forward(np.ones((4, 4), np.float32)[:, ::2])
+    with pytest.raises(TypeError, match="gelu_backward: x must be a numpy.ndarray, got list"):
+        ops.gelu_backward(np.ones(3, np.float32), [1.0, 2.0, 3.0])

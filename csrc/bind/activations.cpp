@@ -3,6 +3,8 @@
 #include "bind/check.h"
 #include "ops/activations.h"
 
+#include <string>
+
 namespace fg::bind {
 
 namespace {
@@ -27,12 +29,12 @@ py::array unary_forward(const py::object& x_obj, const char* fn) {
 // dx = f'(x) * dy; dy and x of one shape and dtype.
 template <void (*F32)(float*, const float*, const float*, int64_t),
           void (*F64)(double*, const double*, const double*, int64_t)>
-py::array unary_backward(const py::object& dy_obj, const py::object& x_obj, const char* fn) {
-  py::array dy = as_array(dy_obj, fn, "dy"), x = as_array(x_obj, fn, "x");
-  DType d = float_input(x, fn, "x");
+py::array unary_backward(const py::object& dy_obj, const py::object& x_obj, const char* fn, const char* xname = "x") {
+  py::array dy = as_array(dy_obj, fn, "dy"), x = as_array(x_obj, fn, xname);
+  DType d = float_input(x, fn, xname);
   check_dtype(dy, d, fn, "dy");
   check_contiguous(dy, fn, "dy");
-  check_same_shape(dy, x, fn, "dy", "x");
+  check_same_shape(dy, x, fn, "dy", xname);
   return dispatch_float(d, [&](auto tag) -> py::array {
     using T = decltype(tag);
     py::array dx = py::array_t<T>(shape_of(x));
@@ -45,9 +47,41 @@ py::array unary_backward(const py::object& dy_obj, const py::object& x_obj, cons
   });
 }
 
+template <typename T, bool A> void gelu_fwd(T* y, const T* x, int64_t n) { gelu_forward<T>(y, x, n, A); }
+template <typename T, bool A> void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n) { gelu_backward<T>(dx, dy, x, n, A); }
+
+bool gelu_mode(const std::string& approximate, const char* fn) {
+  if (approximate == "none") return false;
+  if (approximate == "tanh") return true;
+  value_error(cat(fn, ": approximate must be 'none' or 'tanh', got '", approximate, "'"));
+}
+
 }  // namespace
 
 void bind_activations(py::module_& m) {
+  m.def("gelu_forward", [](const py::object& x, const std::string& approximate) {
+    const bool t = gelu_mode(approximate, "gelu_forward");
+    if (t) return unary_forward<gelu_fwd<float, true>, gelu_fwd<double, true>>(x, "gelu_forward");
+    return unary_forward<gelu_fwd<float, false>, gelu_fwd<double, false>>(x, "gelu_forward");
+  }, py::arg("x"), py::arg("approximate") = "none",
+     "y = x * Phi(x) (approximate='none', erf) or the tanh approximation (approximate='tanh').");
+  m.def("gelu_backward", [](const py::object& dy, const py::object& x, const std::string& approximate) {
+    const bool t = gelu_mode(approximate, "gelu_backward");
+    if (t) return unary_backward<gelu_bwd<float, true>, gelu_bwd<double, true>>(dy, x, "gelu_backward");
+    return unary_backward<gelu_bwd<float, false>, gelu_bwd<double, false>>(dy, x, "gelu_backward");
+  }, py::arg("dy"), py::arg("x"), py::arg("approximate") = "none", "dx = dy * gelu'(x), from the forward INPUT x.");
+  m.def("sigmoid_forward", [](const py::object& x) {
+    return unary_forward<sigmoid_forward<float>, sigmoid_forward<double>>(x, "sigmoid_forward");
+  }, py::arg("x"), "y = 1 / (1 + exp(-x)), elementwise.");
+  m.def("sigmoid_backward", [](const py::object& dy, const py::object& y) {
+    return unary_backward<sigmoid_backward<float>, sigmoid_backward<double>>(dy, y, "sigmoid_backward", "y");
+  }, py::arg("dy"), py::arg("y"), "dx = dy * y * (1 - y), from the forward OUTPUT y.");
+  m.def("tanh_forward", [](const py::object& x) {
+    return unary_forward<tanh_forward<float>, tanh_forward<double>>(x, "tanh_forward");
+  }, py::arg("x"), "y = tanh(x), elementwise.");
+  m.def("tanh_backward", [](const py::object& dy, const py::object& y) {
+    return unary_backward<tanh_backward<float>, tanh_backward<double>>(dy, y, "tanh_backward", "y");
+  }, py::arg("dy"), py::arg("y"), "dx = dy * (1 - y^2), from the forward OUTPUT y.");
   m.def("relu_forward", [](const py::object& x) {
     return unary_forward<relu_forward<float>, relu_forward<double>>(x, "relu_forward");
   }, py::arg("x"), "y = max(x, 0), elementwise.");

@@ -1,6 +1,7 @@
 // Portable activation kernels and the run-time dispatch to the AVX2 versions.
 #include "ops/activations.h"
 
+#include <cmath>
 #include <type_traits>
 
 #include "core/cpu.h"
@@ -36,6 +37,89 @@ void relu_backward(T* dx, const T* dy, const T* x, int64_t N) {
     for (int64_t i = b; i < e; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
   });
 }
+
+// The tanh form is evaluated as 0.5 (1 + tanh(u)) = sigmoid(2u) and 1 - tanh(u)^2 =
+// 4 s (1 - s), s = sigmoid(2u): no cancellation where tanh(u) is near -1, and exp overflow
+// gives s = 0 exactly (never NaN). The erf form uses Phi(x) = 0.5 erfc(-x / sqrt 2), accurate
+// in the left tail too.
+template <typename T>
+void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    if (approx_tanh) {
+      const T k2 = T(2 * 0.7978845608028654), c = T(0.044715);
+      for (int64_t i = b; i < e; ++i) {
+        const T v = x[i];
+        y[i] = v / (T(1) + std::exp(-k2 * (v + c * v * v * v)));
+      }
+    } else {
+      const T r = T(0.7071067811865476);
+      for (int64_t i = b; i < e; ++i) y[i] = T(0.5) * x[i] * std::erfc(-x[i] * r);
+    }
+  });
+}
+
+template <typename T>
+void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    if (approx_tanh) {
+      const T k = T(0.7978845608028654), c = T(0.044715);
+      for (int64_t i = b; i < e; ++i) {
+        const T v = x[i];
+        const T s = T(1) / (T(1) + std::exp(T(-2) * k * (v + c * v * v * v)));
+        // d/dx: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2) = s + 2 x s (1 - s) k (1 + 3 c x^2)
+        dx[i] = dy[i] * (s + T(2) * v * s * (T(1) - s) * k * (T(1) + T(3) * c * v * v));
+      }
+    } else {
+      const T r = T(0.7071067811865476), inv_sqrt_2pi = T(0.3989422804014327);
+      for (int64_t i = b; i < e; ++i) {
+        const T v = x[i];
+        // d/dx: Phi(x) + x phi(x)
+        const T g = T(0.5) * std::erfc(-v * r) + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+        dx[i] = dy[i] * g;
+      }
+    }
+  });
+}
+
+template <typename T>
+void sigmoid_forward(T* y, const T* x, int64_t N) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    // exp(-x) overflows to Inf for very negative x, and 1/(1+Inf) = 0: correct, no NaN.
+    for (int64_t i = b; i < e; ++i) y[i] = T(1) / (T(1) + std::exp(-x[i]));
+  });
+}
+
+template <typename T>
+void sigmoid_backward(T* dx, const T* dy, const T* y, int64_t N) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
+  });
+}
+
+template <typename T>
+void tanh_forward(T* y, const T* x, int64_t N) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = std::tanh(x[i]);
+  });
+}
+
+template <typename T>
+void tanh_backward(T* dx, const T* dy, const T* y, int64_t N) {
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * (T(1) - y[i] * y[i]);
+  });
+}
+
+#define FG_INST(T)                                                                   \
+  template void gelu_forward<T>(T*, const T*, int64_t, bool);                        \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool);             \
+  template void sigmoid_forward<T>(T*, const T*, int64_t);                           \
+  template void sigmoid_backward<T>(T*, const T*, const T*, int64_t);                \
+  template void tanh_forward<T>(T*, const T*, int64_t);                              \
+  template void tanh_backward<T>(T*, const T*, const T*, int64_t);
+FG_INST(float)
+FG_INST(double)
+#undef FG_INST
 
 template void relu_forward<float>(float*, const float*, int64_t);
 template void relu_forward<double>(double*, const double*, int64_t);

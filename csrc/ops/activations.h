@@ -10,6 +10,18 @@ namespace fg {
 template <typename T> void relu_forward(T* y, const T* x, int64_t N);
 template <typename T> void relu_backward(T* dx, const T* dy, const T* x, int64_t N);
 
+// GELU: y = x * Phi(x) (approx_tanh=false, exact erf) or
+//       y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (approx_tanh=true).
+// Backward takes the input x: dx = dy * gelu'(x).
+template <typename T> void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh);
+template <typename T> void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh);
+// Sigmoid and tanh: backward takes the forward OUTPUT y (as PyTorch's sigmoid_backward):
+//   sigmoid: dx = dy * y * (1 - y);   tanh: dx = dy * (1 - y^2).
+template <typename T> void sigmoid_forward(T* y, const T* x, int64_t N);
+template <typename T> void sigmoid_backward(T* dx, const T* dy, const T* y, int64_t N);
+template <typename T> void tanh_forward(T* y, const T* x, int64_t N);
+template <typename T> void tanh_backward(T* dx, const T* dy, const T* y, int64_t N);
+
 namespace avx2 {
 void relu_forward(float* y, const float* x, int64_t N);
 void relu_backward(float* dx, const float* dy, const float* x, int64_t N);

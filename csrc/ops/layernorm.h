@@ -1,0 +1,22 @@
+// Layer normalization over the last axis, forward and backward side by side.
+//   x, y, dy, dx: (N, C) row-major; weight, bias, dweight, dbias: (C,); mean, rstd: (N,).
+// weight/bias may be nullptr (treated as ones/zeros). Backward overwrites (=) dx, dweight, dbias.
+// Rows are independent and split over threads; dweight/dbias are reduced from per-thread
+// partials combined in thread order, so results are reproducible for a given thread count.
+#pragma once
+#include <cstdint>
+
+namespace fg {
+
+// y = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var + eps) (biased variance)
+template <typename T>
+void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, const T* bias,
+                       int64_t N, int64_t C, double eps);
+
+// xhat = (x - mean) * rstd, g = dy * weight
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat));  dweight = sum_rows dy*xhat;  dbias = sum_rows dy
+template <typename T>
+void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
+                        const T* mean, const T* rstd, int64_t N, int64_t C);
+
+}  // namespace fg

@@ -1,0 +1,40 @@
+// Matrix multiplication: C (=|+=) op(A) @ op(B), batched, float32/float64.
+//   a: (batch?, M, K) row-major, or (batch?, K, M) when trans_a
+//   b: (batch?, K, N) row-major, or (batch?, N, K) when trans_b
+//   c: (batch, M, N) row-major; overwritten (=) unless `accumulate`, then c += op(A) @ op(B).
+// Batch strides of 0 broadcast one matrix over the batch. All pointers contiguous per matrix.
+//
+// matmul():       the fast path. A BLIS-style design (csrc/ops/matmul_impl.h): B is packed into
+//                 KC x NR panels shared by all threads, each thread packs MC x KC blocks of A into
+//                 MR x KC panels and runs a register-blocked MR x NR micro-kernel over them.
+//                 Portable micro-kernel here (4x8), AVX2/FMA 6x16 micro-kernel in matmul_avx2.cpp.
+// matmul_naive(): a plain triple loop kept for tests; obviously correct, slow.
+#pragma once
+#include <cstdint>
+
+namespace fg {
+
+template <typename T>
+void matmul(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_t N, int64_t K,
+            bool trans_a, bool trans_b, bool accumulate, int64_t stride_a, int64_t stride_b);
+
+template <typename T>
+void matmul_naive(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_t N, int64_t K,
+                  bool trans_a, bool trans_b, bool accumulate, int64_t stride_a, int64_t stride_b);
+
+// Linear layer in PyTorch's layout, built on matmul.
+//   y: (N, OUT) = x: (N, IN) @ w^T + bias;  w: (OUT, IN); bias: (OUT,) or nullptr.  y is overwritten.
+template <typename T>
+void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT);
+// dx (N, IN) = dy @ w;  dw (OUT, IN) = dy^T @ x;  db (OUT,) = sum over rows of dy.  All overwritten (=).
+template <typename T>
+void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t IN,
+                     int64_t OUT);
+
+namespace avx2 {
+// float32 fast path (same contract as fg::matmul for one matrix, no batch).
+void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
+           bool trans_b, bool accumulate, int nthreads);
+}  // namespace avx2
+
+}  // namespace fg

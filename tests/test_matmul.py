@@ -1,0 +1,217 @@
+"""matmul and linear kernels against the float64 reference, finite differences, and bad input.
+
+Tolerance: for a dot product of length k, any summation order (our blocked kernels, the naive
+loop, OpenBLAS) satisfies |fl(c) - c| <= k*u*(|A| @ |B|) elementwise (u = 2^-24 for float32,
+2^-53 for float64); reference.matmul_error_bound doubles that. A wrong index, a missed edge
+tile or a lost K-block gives errors of order |A||B| itself, far above the bound.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fusegrad import _C, ops
+from reference import numerical_grad
+import reference as ref
+
+U = {np.float32: 2.0**-24, np.float64: 2.0**-53}
+SMALL = [1, 7, 33, 127]
+
+
+def operands(rng, m, n, k, ta, tb, dtype, batch_a=(), batch_b=()):
+    a = rng.standard_normal(batch_a + ((k, m) if ta else (m, k))).astype(dtype)
+    b = rng.standard_normal(batch_b + ((n, k) if tb else (k, n))).astype(dtype)
+    return a, b
+
+
+def check(c, a, b, ta, tb, dtype, acc=None):
+    want = ref.matmul(a, b, ta, tb)
+    bound = ref.matmul_error_bound(a, b, ta, tb, U[dtype])
+    if acc is not None:
+        want = want + acc
+        bound = bound + 2 * U[dtype] * np.abs(acc)
+    assert c.dtype == dtype and c.shape == want.shape
+    err = np.abs(c.astype(np.float64) - want)
+    assert np.all(err <= bound + np.finfo(dtype).tiny), f"max err {err.max()}, worst ratio {np.max(err / (bound + 1e-300))}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_matmul_small_shapes(isa, threads, rng, dtype, nthreads):
+    threads(nthreads)
+    for m, n, k in itertools.product(SMALL, SMALL, SMALL):
+        for ta, tb in itertools.product([False, True], repeat=2):
+            a, b = operands(rng, m, n, k, ta, tb, dtype)
+            check(ops.matmul(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb, dtype)
+
+
+@pytest.mark.parametrize("mnk", [(1000, 7, 33), (7, 1000, 127), (33, 127, 1000), (1, 1000, 1), (1000, 1, 1000),
+                                 (1000, 33, 1), (127, 1000, 33)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_matmul_1000(isa, threads, rng, mnk, dtype, nthreads):
+    threads(nthreads)
+    m, n, k = mnk
+    for ta, tb in itertools.product([False, True], repeat=2):
+        a, b = operands(rng, m, n, k, ta, tb, dtype)
+        check(ops.matmul(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb, dtype)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_matmul_large(isa, threads, rng, ta, tb):
+    # several KC slices, NC blocks (n > 4080) and MC blocks, with ragged edges everywhere
+    threads(2)
+    a, b = operands(rng, 301, 4201, 531, ta, tb, np.float32)
+    check(ops.matmul(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb, np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_agrees_with_naive(isa, rng, dtype):
+    for m, n, k in [(7, 33, 127), (127, 1, 33), (33, 127, 300)]:
+        for ta, tb in itertools.product([False, True], repeat=2):
+            a, b = operands(rng, m, n, k, ta, tb, dtype)
+            naive = _C._matmul_naive(a, b, ta, tb)
+            check(naive, a, b, ta, tb, dtype)
+            np.testing.assert_allclose(ops.matmul(a, b, trans_a=ta, trans_b=tb), naive,
+                                       rtol=0, atol=float(np.max(ref.matmul_error_bound(a, b, ta, tb, U[dtype]))) * 2)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_batched_and_broadcast(isa, threads, rng, nthreads, dtype):
+    threads(nthreads)
+    cases = [((3, 4), (3, 4), 7, 33, 5), ((2,), (2,), 130, 200, 150), ((5,), (), 33, 7, 127), ((), (2, 3), 7, 33, 1),
+             ((64,), (64,), 16, 16, 8)]
+    for ba, bb, m, n, k in cases:
+        for ta, tb in itertools.product([False, True], repeat=2):
+            a, b = operands(rng, m, n, k, ta, tb, dtype, ba, bb)
+            c = ops.matmul(a, b, trans_a=ta, trans_b=tb)
+            assert c.shape == (ba or bb) + (m, n)
+            check(c, a, b, ta, tb, dtype)
+
+
+def test_matmul_out_and_accumulate(isa, rng):
+    a, b = operands(rng, 33, 127, 7, False, False, np.float32)
+    out = np.full((33, 127), np.nan, np.float32)
+    r = ops.matmul(a, b, out=out)
+    assert r is out
+    check(out, a, b, False, False, np.float32)
+    acc = rng.standard_normal((33, 127)).astype(np.float32)
+    out = acc.copy()
+    assert ops.matmul(a, b, out=out, accumulate=True) is out
+    check(out, a, b, False, False, np.float32, acc=acc)
+    # accumulate across several K blocks (k > KC) and batched
+    a, b = operands(rng, 13, 40, 700, True, False, np.float32, (2,), (2,))
+    acc = rng.standard_normal((2, 13, 40)).astype(np.float32)
+    out = acc.copy()
+    ops.matmul(a, b, trans_a=True, out=out, accumulate=True)
+    check(out, a, b, True, False, np.float32, acc=acc)
+
+
+def test_matmul_empty_and_k0(isa):
+    z = ops.matmul(np.zeros((0, 3), np.float32), np.ones((3, 4), np.float32))
+    assert z.shape == (0, 4)
+    c = ops.matmul(np.ones((2, 0), np.float64), np.ones((0, 5), np.float64))
+    np.testing.assert_array_equal(c, np.zeros((2, 5)))
+    out = np.ones((2, 5), np.float64)
+    ops.matmul(np.ones((2, 0), np.float64), np.ones((0, 5), np.float64), out=out, accumulate=True)
+    np.testing.assert_array_equal(out, np.ones((2, 5)))
+
+
+def test_matmul_fortran_order_is_read_as_transpose(isa, rng):
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal((50, 40)).astype(np.float32)
+    c = ops.matmul(a.T, b.T)  # both F-contiguous views
+    check(c, a.T.copy(), b.T.copy(), False, False, np.float32)
+    c = ops.matmul(b.T, a.T, trans_a=True, trans_b=True)  # op(b.T) @ op(a.T) = b @ a
+    check(c, b, a, False, False, np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 5), (127, 33, 1000), (4, 50, 127, 7)])
+def test_linear_matches_reference(isa, rng, dtype, shape):
+    *lead, n_in, n_out = shape
+    x = rng.standard_normal((*lead, n_in)).astype(dtype)
+    w = rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
+    dy = rng.standard_normal((*lead, n_out)).astype(dtype)
+    tol = 4 * n_in * U[dtype] * (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64) + np.abs(b))
+    for bias in (b, None):
+        y = ops.linear_forward(x, w, bias)
+        assert y.shape == (*lead, n_out) and y.dtype == dtype
+        assert np.all(np.abs(y - ref.linear_forward(x, w, bias)) <= tol)
+    dx, dw, db = ops.linear_backward(dy, x, w)
+    rdx, rdw, rdb = ref.linear_backward(dy, x, w)
+    rows = int(np.prod(lead)) if lead else 1
+    dy2, x2 = dy.reshape(-1, n_out).astype(np.float64), x.reshape(-1, n_in).astype(np.float64)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (n_out,)
+    assert np.all(np.abs(dx - rdx) <= 4 * n_out * U[dtype] * (np.abs(dy) @ np.abs(w).astype(np.float64)))
+    assert np.all(np.abs(dw - rdw) <= 4 * rows * U[dtype] * (np.abs(dy2).T @ np.abs(x2)))
+    assert np.all(np.abs(db - rdb) <= 4 * rows * U[dtype] * np.abs(dy2).sum(0))
+
+
+def test_linear_gradient_finite_differences(rng):
+    x = rng.standard_normal((2, 3, 5))
+    w = rng.standard_normal((4, 5))
+    b = rng.standard_normal(4)
+    g = rng.standard_normal((2, 3, 4))
+    loss = lambda x_, w_, b_: float(np.sum(ops.linear_forward(x_, w_, b_) * g))
+    dx, dw, db = ops.linear_backward(g, x, w)
+    np.testing.assert_allclose(dx, numerical_grad(lambda z: loss(z, w, b), x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(dw, numerical_grad(lambda z: loss(x, z, b), w), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db, numerical_grad(lambda z: loss(x, w, z), b), rtol=1e-6, atol=1e-8)
+
+
+def test_matmul_bad_input():
+    f32 = lambda *s: np.ones(s, np.float32)
+    with pytest.raises(TypeError, match="matmul: a must be a numpy.ndarray, got list"):
+        ops.matmul([[1.0]], f32(1, 1))
+    with pytest.raises(TypeError, match="matmul: a must be float32 or float64, got int64"):
+        ops.matmul(np.ones((2, 2), np.int64), f32(2, 2))
+    with pytest.raises(TypeError, match="matmul: b must be float32 \\(the dtype of the other inputs\\), got float64"):
+        ops.matmul(f32(2, 2), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="matmul: b must have at least 2 dimensions, got shape \\(3,\\)"):
+        ops.matmul(f32(2, 3), f32(3))
+    with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: a is \(..., 2, 3\) but b is \(..., 4, 5\)"):
+        ops.matmul(f32(2, 3), f32(4, 5))
+    with pytest.raises(ValueError, match=r"matmul: inner dimensions differ: a\^T is \(..., 3, 2\)"):
+        ops.matmul(f32(2, 3), f32(3, 5), trans_a=True)
+    with pytest.raises(ValueError, match="matmul: batch dimensions of a \\(2, 2, 3\\) and b \\(3, 3, 4\\) must be equal"):
+        ops.matmul(f32(2, 2, 3), f32(3, 3, 4))
+    with pytest.raises(ValueError, match="matmul: a must be C-contiguous .*trans_a=True"):
+        ops.matmul(f32(4, 6)[:, ::2], f32(3, 3))
+    with pytest.raises(ValueError, match="matmul: b must be C-contiguous"):
+        ops.matmul(f32(2, 3), f32(2, 3, 8)[:, :, ::2])
+    with pytest.raises(ValueError, match="matmul: accumulate=True needs out"):
+        ops.matmul(f32(2, 3), f32(3, 4), accumulate=True)
+    with pytest.raises(ValueError, match=r"matmul: out must have shape \(2, 4\), got \(4, 2\)"):
+        ops.matmul(f32(2, 3), f32(3, 4), out=f32(4, 2))
+    with pytest.raises(TypeError, match="matmul: out must be float32"):
+        ops.matmul(f32(2, 3), f32(3, 4), out=np.ones((2, 4)))
+    with pytest.raises(ValueError, match="matmul: out must be C-contiguous"):
+        ops.matmul(f32(2, 3), f32(3, 4), out=f32(4, 2).T)
+    ro = f32(2, 4)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="matmul: out must be writeable"):
+        ops.matmul(f32(2, 3), f32(3, 4), out=ro)
+    a = f32(4, 4)
+    with pytest.raises(ValueError, match="matmul: out must not share memory with a"):
+        ops.matmul(a, f32(4, 4), out=a)
+    with pytest.raises(ValueError, match="matmul: out must not share memory with b"):
+        ops.matmul(f32(4, 4), a, out=a[:])
+    with pytest.raises(ValueError, match=r"linear_forward: w must have shape \(out_features, 5\) to match x \(2, 5\), got \(3, 4\)"):
+        ops.linear_forward(f32(2, 5), f32(3, 4), None)
+    with pytest.raises(ValueError, match=r"linear_forward: b must have shape \(3,\), got \(4,\)"):
+        ops.linear_forward(f32(2, 5), f32(3, 5), f32(4))
+    with pytest.raises(TypeError, match="linear_forward: b must be float32"):
+        ops.linear_forward(f32(2, 5), f32(3, 5), np.ones(3))
+    with pytest.raises(ValueError, match="linear_forward: w must have 2 dimensions"):
+        ops.linear_forward(f32(2, 5), f32(5), None)
+    with pytest.raises(ValueError, match=r"linear_backward: dy must have shape \(2, 3\), got \(2, 4\)"):
+        ops.linear_backward(f32(2, 4), f32(2, 5), f32(3, 5))
+    with pytest.raises(TypeError, match="linear_backward: dy must be float32"):
+        ops.linear_backward(np.ones((2, 3)), f32(2, 5), f32(3, 5))
+    with pytest.raises(ValueError, match="linear_backward: x must be C-contiguous"):
+        ops.linear_backward(f32(2, 3), f32(5, 2).T, f32(3, 5))
