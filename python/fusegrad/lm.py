@@ -59,12 +59,17 @@ class TrainOptions:
     resume: bool = False
     seed: int = 1337
     sample_tokens: int = 200
-    log: object = field(default=sys.stdout, repr=False)
+    log: object = field(default="stdout", repr=False)  # a file, "stdout" (current sys.stdout) or None
+
+
+def _stream(opts):
+    return sys.stdout if isinstance(opts.log, str) and opts.log == "stdout" else opts.log
 
 
 def _print(opts, *a, end="\n"):
-    if opts.log is not None:
-        print(*a, end=end, file=opts.log, flush=True)
+    f = _stream(opts)
+    if f is not None:
+        print(*a, end=end, file=f, flush=True)
 
 
 def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
@@ -181,7 +186,8 @@ def train_lm(opts: TrainOptions) -> dict:
                        meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H})
 
     stop = min(opts.max_iters, opts.stop_at) if opts.stop_at else opts.max_iters
-    tty = opts.log is not None and hasattr(opts.log, "isatty") and opts.log.isatty()
+    f = _stream(opts)
+    tty = f is not None and hasattr(f, "isatty") and f.isatty()
     log_every = max(1, min(25, stop // 20))
     t0, tok_count, val = time.perf_counter(), 0, None
     first = step

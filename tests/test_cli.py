@@ -1,0 +1,78 @@
+"""The command line: ``fusegrad train`` (GPT trainer) end to end on a tiny budget, resume
+continuing the same loss curve, ``generate`` from the checkpoint, ``linefit``, ``info``."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+from fusegrad.cli import main
+from fusegrad.lm import TrainOptions, train_lm, unigram_entropy
+
+TEXT = "def add(a, b):\n    return a + b\n\n" * 60
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+        "--eval-iters", "1"]
+
+
+def test_train_tiny_budget_end_to_end_then_generate(tmp_path, capsys):
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--max-iters", "6", "--eval-interval", "3", "--out", str(out),
+               "--sample-tokens", "8", *TINY])
+    assert rc == 0
+    s = capsys.readouterr().out
+    assert "unigram entropy of the training tokens" in s
+    assert "step     6/6 | loss" in s and "tok/s" in s and "ETA" in s
+    assert s.count("val loss") >= 2
+    assert "sample (temperature 0.8, top_k 40)" in s
+    assert (out / "checkpoint.json").exists() and (out / "tokenizer.json").exists()
+    rc = main(["generate", "--checkpoint", str(out), "--prompt", "def", "--max-new-tokens", "5", "--seed", "0"])
+    assert rc == 0
+    g = capsys.readouterr().out
+    assert g.startswith("def") and len(g.rstrip("\n").encode()) >= 3
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    kw = dict(text=TEXT, max_iters=8, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
+              eval_interval=4, eval_iters=1, sample_tokens=0, log=None)
+    full = train_lm(TrainOptions(out=str(tmp_path / "a"), **kw))
+    first = train_lm(TrainOptions(out=str(tmp_path / "b"), stop_at=5, **kw))
+    second = train_lm(TrainOptions(out=str(tmp_path / "b"), resume=True, **kw))
+    assert len(first["train_loss"]) == 5 and len(second["train_loss"]) == 3
+    assert first["train_loss"] + second["train_loss"] == full["train_loss"]
+    assert second["val_loss"][-1] == full["val_loss"][-1]
+
+
+def test_train_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    small = tmp_path / "small.txt"
+    small.write_text("abc")
+    assert main(["train", "--data", str(small), "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "fewer than block_size + 2" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_linefit_and_info(capsys):
+    assert main(["linefit", "--steps", "200", "--lr", "0.03"]) == 0
+    assert "least squares" in capsys.readouterr().out
+    assert main(["info"]) == 0
+    assert "isa" in capsys.readouterr().out
+
+
+def test_unigram_entropy():
+    ids = np.array([0, 1, 0, 1])
+    assert abs(unigram_entropy(ids, 4) - math.log(2)) < 1e-12
+
+
+@pytest.mark.slow
+def test_default_train_run_learns(tmp_path):
+    """The README's main job with its defaults: validation loss well below the unigram entropy."""
+    log = io.StringIO()
+    hist = train_lm(TrainOptions(out=str(tmp_path / "run"), log=log))
+    val = hist["val_loss"][-1][1]
+    assert val < hist["unigram_entropy"] - 0.5, log.getvalue()
