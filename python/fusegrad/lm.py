@@ -45,11 +45,11 @@ class TrainOptions:
     pos: str = "learned"
     dropout: float = 0.0
     batch_size: int = 16
-    max_iters: int = 500
+    max_iters: int = 400
     stop_at: int | None = None       # stop after this step (the schedule still spans max_iters)
-    max_time: float | None = None    # seconds; stop early (with eval, checkpoint, sample) when exceeded
-    lr: float = 2e-3
-    min_lr: float = 2e-4
+    max_time: float | None = 150.0   # seconds; stop early (with eval, checkpoint, sample) when exceeded
+    lr: float = 3e-3
+    min_lr: float = 3e-4
     warmup: int = 30
     weight_decay: float = 0.1
     grad_clip: float = 1.0
