@@ -142,36 +142,73 @@ inline int64_t nvis(int64_t i, int64_t off, int64_t j0, int64_t nk, bool causal)
   return std::clamp<int64_t>(i + off + 1 - j0, 0, nk);
 }
 
-inline __m256 iota8() { return _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7); }
+// Lanes j..j+7 of a tile row that are visible (j + lane < nv), as an all-ones/zero mask.
+inline __m256 vis_mask(int64_t j, int64_t nv) {
+  return _mm256_cmp_ps(_mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(j))),
+                       _mm256_set1_ps(float(nv)), _CMP_LT_OQ);
+}
 
+// e^x for 8 floats via 2^t, t = x log2(e) = n + r, |r| <= 1/2, degree-5 minimax polynomial
+// for 2^r (max rel. error 1.9e-7 in float32), 2^n added into the exponent bits. t is
+// clamped to [-126, 127], so x < -87.3 (and -inf) gives a result below 2^-126, not 0:
+// callers zero masked lanes explicitly.
+inline __m256 fast_exp8(__m256 x) {
+  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.f)), _mm256_set1_ps(127.f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_set1_ps(1.326472731e-03f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.671512991e-03f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.550733581e-02f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402224243e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931470037e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+// Tile order inside one head: 0, n-1, 1, n-2, ... so that the contiguous chunks of
+// parallel_for get equal causal work (the cost of a tile grows or shrinks with its index).
+inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
+
+// Kt[(t * D + d) * kK + j] = K[t * kK + j, d] for every key tile t of every kv head:
+// all key (or value) tiles transposed and zero-padded once, scratch the size of k.
 template <int D>
-void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
-                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale) {
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  // all key tiles pre-transposed once (scratch linear in S)
-  std::vector<float> Kt(B * Hkv * nkt * D * kK);
-  parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
+std::vector<float> transpose_all(const float* k, int64_t BHkv, int64_t S) {
+  const int64_t nkt = (S + kK - 1) / kK;
+  std::vector<float> Kt(BHkv * nkt * D * kK);
+  parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
       transpose_keys<D>(Kt.data() + t * D * kK, k + (hk * S + j0) * D, std::min(kK, S - j0));
     }
   });
+  return Kt;
+}
+
+// Forward, one task per (b, h, query tile of kQ rows): S = Q Kt per key tile, online softmax
+// on the tile rows (running max m, sum l, accumulator rescaled by alpha), acc += P V.
+template <int D>
+void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
+                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
+  const std::vector<float> Kt = transpose_all<D>(k, B * Hkv, S);
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
     std::vector<float> Sbv(kQ * kK), accv(kQ * D), mv(kQ), lv(kQ);  // heap: thread stacks may be small
     float *Sb = Sbv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data();
+    const __m256 vs = _mm256_set1_ps(scale), vninf = _mm256_set1_ps(ninf);
     for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = (t % nqt) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + (bh * Tq + i0) * D;
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
       std::fill(acc, acc + nr * D, 0.f);
-      for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+      for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
         const int64_t nk = std::min(kK, kend - j0);
         gemm(Sb, kK, Q, D, 1, Kt.data() + (hk * nkt + j0 / kK) * D * kK, kK, nr, kK, D, false);
-        const __m256 vs = _mm256_set1_ps(scale), vninf = _mm256_set1_ps(ninf);
         for (int64_t r = 0; r < nr; ++r) {
           float* s = Sb + r * kK;
           const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
@@ -179,22 +216,31 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
             std::fill(s, s + kK, 0.f);
             continue;
           }
-          const __m256 vnv = _mm256_set1_ps(float(nv));
+          // row max of scale * s over the visible keys (masking only in partial tiles)
           __m256 mx = vninf;
-          for (int64_t j = 0; j < kK; j += 8) {
-            const __m256 ok = _mm256_cmp_ps(_mm256_add_ps(iota8(), _mm256_set1_ps(float(j))), vnv, _CMP_LT_OQ);
-            const __m256 x = _mm256_blendv_ps(vninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs), ok);
-            _mm256_storeu_ps(s + j, x);
-            mx = _mm256_max_ps(mx, x);
+          if (nv == kK) {
+            for (int64_t j = 0; j < kK; j += 8) mx = _mm256_max_ps(mx, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
+          } else {
+            for (int64_t j = 0; j < nv; j += 8)
+              mx = _mm256_max_ps(mx, _mm256_blendv_ps(vninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs), vis_mask(j, nv)));
           }
           const float mn = std::max(m[r], hmax8(mx));
           const float alpha = m[r] == ninf ? 0.f : std::exp(m[r] - mn);
           const __m256 vmn = _mm256_set1_ps(mn);
           __m256 sum = _mm256_setzero_ps();
-          for (int64_t j = 0; j < kK; j += 8) {
-            const __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmn));
-            _mm256_storeu_ps(s + j, p);
-            sum = _mm256_add_ps(sum, p);
+          // p = exp(scale * s - m_new); masked lanes are zeroed
+          if (nv == kK) {
+            for (int64_t j = 0; j < kK; j += 8) {
+              const __m256 p = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vmn));
+              _mm256_storeu_ps(s + j, p);
+              sum = _mm256_add_ps(sum, p);
+            }
+          } else {
+            for (int64_t j = 0; j < kK; j += 8) {
+              const __m256 p = _mm256_and_ps(fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vmn)), vis_mask(j, nv));
+              _mm256_storeu_ps(s + j, p);
+              sum = _mm256_add_ps(sum, p);
+            }
           }
           l[r] = l[r] * alpha + hsum8(sum);
           m[r] = mn;
@@ -222,17 +268,53 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
   });
 }
 
-// One task per query head: loop over key tiles (dK, dV rows of the tile accumulate in place),
-// inner loop over the query tiles that see the key tile; dQ accumulates in place too, so every
-// output element is summed by one thread in a fixed order (bitwise identical for any thread
-// count). With grouped heads (G > 1) each query head writes its own dK/dV partial, reduced
-// afterwards over the group in head order.
+// Backward tile: P = exp(scale * Q K^T - lse) and dS = scale * P * (dO V^T - Di) for query
+// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
+// entries, padding keys and rows with no visible key are 0.
+template <int D>
+inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, const float* dO,
+                     const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
+                     int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false);
+  gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false);
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t r = 0; r < nr; ++r) {
+    float* p = P + r * kK;
+    float* ds = dS + r * kK;
+    const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
+    const float Lr = L[i0 + r];
+    if (nv <= 0 || Lr == ninf) {
+      std::fill(p, p + kK, 0.f);
+      std::fill(ds, ds + kK, 0.f);
+      continue;
+    }
+    const __m256 vL = _mm256_set1_ps(Lr), vD = _mm256_set1_ps(Dd[i0 + r]);
+    for (int64_t j = 0; j < kK; j += 8) {
+      __m256 pv = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
+      if (nv < kK) pv = _mm256_and_ps(pv, vis_mask(j, nv));
+      _mm256_storeu_ps(p + j, pv);
+      _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD)));
+    }
+  }
+}
+
+// Backward. Di = rowsum(dO * O), then per (query tile, key tile) pair the five products
+// S = Q K^T, dP = dO V^T (P, dS by bwd_tile), dV += P^T dO, dK += dS^T Q, dQ += dS K.
+// Two schedules, both deterministic for any thread count (each output element is summed by
+// one task in a fixed order); which one runs depends on the shape only, never on threads:
+//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing all five products
+//    for the heads of its group, dK/dV/dQ accumulated in place;
+//  - few heads: dK/dV by one task per (b, kv head, key tile) (4 products, query heads of the
+//    group in order), then dQ by one task per (b, h, query tile) (3 products), so the work
+//    spreads over all threads at the price of recomputing S and dP.
+constexpr int64_t kManyHeads = 16;
+
 template <int D>
 void fast_backward(float* dq, float* dk, float* dv, const float* do_, const float* q, const float* k,
                    const float* v, const float* o, const float* lse, int64_t B, int64_t H, int64_t Hkv,
                    int64_t Tq, int64_t S, bool causal, float scale) {
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t G = H / Hkv, off = S - Tq;
+  const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   std::vector<float> Di(B * H * Tq);
   parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -242,77 +324,89 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
       Di[i] = hsum8(a);
     }
   });
-  std::vector<float> part(G > 1 ? 2 * B * H * S * D : 0);
-  parallel_for(B * H, 1, [&](int64_t tb, int64_t te) {
-    std::vector<float> Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
-    float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
-    for (int64_t bh = tb; bh < te; ++bh) {
-      const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
-      const float* Qh = q + bh * Tq * D;
-      const float* dOh = do_ + bh * Tq * D;
-      const float* Lh = lse + bh * Tq;
-      const float* Dh = Di.data() + bh * Tq;
-      float* dQh = dq + bh * Tq * D;
-      const float* Kh = k + hk * S * D;
-      const float* Vh = v + hk * S * D;
-      float* dKh = G > 1 ? part.data() + bh * S * D : dk + hk * S * D;
-      float* dVh = G > 1 ? part.data() + (B * H + bh) * S * D : dv + hk * S * D;
-      std::fill(dQh, dQh + Tq * D, 0.f);
-      std::fill(dKh, dKh + S * D, 0.f);
-      std::fill(dVh, dVh + S * D, 0.f);
-      const __m256 vs = _mm256_set1_ps(scale);
-      for (int64_t j0 = 0; j0 < S; j0 += kK) {
-        const int64_t nk = std::min(kK, S - j0);
-        transpose_keys<D>(Kt, Kh + j0 * D, nk);
-        transpose_keys<D>(Vt, Vh + j0 * D, nk);
-        const int64_t ib = causal ? std::max<int64_t>(0, j0 - off) : 0;  // first query seeing j0
-        for (int64_t i0 = (ib / kQ) * kQ; i0 < Tq; i0 += kQ) {
-          const int64_t nr = std::min(kQ, Tq - i0);
-          gemm(P, kK, Qh + i0 * D, D, 1, Kt, kK, nr, kK, D, false);
-          gemm(dS, kK, dOh + i0 * D, D, 1, Vt, kK, nr, kK, D, false);
-          for (int64_t r = 0; r < nr; ++r) {
-            float* p = P + r * kK;
-            float* ds = dS + r * kK;
-            const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-            const float L = Lh[i0 + r];
-            if (nv <= 0 || L == ninf) {
-              std::fill(p, p + kK, 0.f);
-              std::fill(ds, ds + kK, 0.f);
-              continue;
+  // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
+  auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
+
+  if (B * Hkv >= kManyHeads) {
+    parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
+      std::vector<float> Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
+      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
+      for (int64_t hk = tb; hk < te; ++hk) {
+        const float* Kh = k + hk * S * D;
+        const float* Vh = v + hk * S * D;
+        float* dKh = dk + hk * S * D;
+        float* dVh = dv + hk * S * D;
+        const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
+        std::fill(dKh, dKh + S * D, 0.f);
+        std::fill(dVh, dVh + S * D, 0.f);
+        std::fill(dq + bh0 * Tq * D, dq + (bh0 + G) * Tq * D, 0.f);
+        for (int64_t j0 = 0; j0 < S; j0 += kK) {
+          const int64_t nk = std::min(kK, S - j0);
+          transpose_keys<D>(Kt, Kh + j0 * D, nk);
+          transpose_keys<D>(Vt, Vh + j0 * D, nk);
+          for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+            const float* Qh = q + bh * Tq * D;
+            const float* dOh = do_ + bh * Tq * D;
+            float* dQh = dq + bh * Tq * D;
+            for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+              const int64_t nr = std::min(kQ, Tq - i0);
+              bwd_tile<D>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
+              gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true);
+              gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true);
+              gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true);
             }
-            const __m256 vL = _mm256_set1_ps(L), vD = _mm256_set1_ps(Dh[i0 + r]), vnv = _mm256_set1_ps(float(nv));
-            for (int64_t j = 0; j < kK; j += 8) {
-              const __m256 ok = _mm256_cmp_ps(_mm256_add_ps(iota8(), _mm256_set1_ps(float(j))), vnv, _CMP_LT_OQ);
-              const __m256 e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
-              const __m256 pv = _mm256_and_ps(e, ok);
-              _mm256_storeu_ps(p + j, pv);
-              _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD)));
-            }
-          }
-          // dV += P^T dO, dK += dS^T Q (scale folded into dS), dQ += dS K
-          gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true);
-          gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true);
-          gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true);
-        }
-      }
-    }
-  });
-  if (G > 1) {
-    parallel_for(B * Hkv * S, 64, [&](int64_t rb, int64_t re) {
-      for (int64_t row = rb; row < re; ++row) {
-        const int64_t hk = row / S, j = row % S, b = hk / Hkv, g = hk % Hkv;
-        for (int64_t which = 0; which < 2; ++which) {
-          float* out = (which ? dv : dk) + row * D;
-          for (int64_t d = 0; d < D; d += 8) {
-            __m256 a = _mm256_setzero_ps();
-            for (int64_t h = g * G; h < (g + 1) * G; ++h)
-              a = _mm256_add_ps(a, _mm256_loadu_ps(part.data() + ((which * B * H) + b * H + h) * S * D + j * D + d));
-            _mm256_storeu_ps(out + d, a);
           }
         }
       }
     });
+    return;
   }
+
+  const std::vector<float> Kt = transpose_all<D>(k, B * Hkv, S), Vt = transpose_all<D>(v, B * Hkv, S);
+  // dK, dV: one task per (b, kv head, key tile)
+  parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
+    std::vector<float> Pv(kQ * kK), dSv(kQ * kK);
+    float *P = Pv.data(), *dS = dSv.data();
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t hk = t / nkt, jt = zigzag(t % nkt, nkt), j0 = jt * kK, nk = std::min(kK, S - j0);
+      const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
+      const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
+      const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
+      float* dKt = dk + (hk * S + j0) * D;
+      float* dVt = dv + (hk * S + j0) * D;
+      std::fill(dKt, dKt + nk * D, 0.f);
+      std::fill(dVt, dVt + nk * D, 0.f);
+      for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+        const float* Qh = q + bh * Tq * D;
+        const float* dOh = do_ + bh * Tq * D;
+        for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+          const int64_t nr = std::min(kQ, Tq - i0);
+          bwd_tile<D>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
+          gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true);
+          gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true);
+        }
+      }
+    }
+  });
+  // dQ: one task per (b, h, query tile)
+  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+    std::vector<float> Pv(kQ * kK), dSv(kQ * kK);
+    float *P = Pv.data(), *dS = dSv.data();
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
+      float* dQt = dq + (bh * Tq + i0) * D;
+      std::fill(dQt, dQt + nr * D, 0.f);
+      const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+        const int64_t nk = std::min(kK, S - j0);
+        const int64_t tile = (hk * nkt + j0 / kK) * D * kK;
+        bwd_tile<D>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
+                    lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
+        gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true);
+      }
+    }
+  });
 }
 
 }  // namespace
