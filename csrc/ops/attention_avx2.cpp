@@ -97,20 +97,44 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
   }
 }
 
+// Causal trimming of a tile on the diagonal, where tile row r (query) sees tile column c (key)
+// iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
+//   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
+//                (those entries of C are left unwritten: callers mask them);
+//   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
+//   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
+//                sees the block's first key.
+// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention).
+enum class Tri { cols, kend, kbegin };
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+
+template <int M>
+inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
+                       int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
+  int64_t kb = 0, ke = K;
+  if (tri == Tri::cols) {
+    if (i + M + diag <= n) return;
+  } else if (tri == Tri::kend) {
+    ke = std::clamp<int64_t>(i + M + diag, 0, K);
+  } else {
+    kb = std::clamp<int64_t>(i - diag, 0, K);
+  }
+  mk16<M>(C + i * ldc + n, ldc, A + i * ars + kb * acs, ars, acs, B + kb * ldb + n, ldb, ke - kb, acc);
+}
+
 // C (M x N, ldc) (+)= A (M x K, strides ars/acs) * B (K x N, ldb); N % 16 == 0.
 inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
-                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc) {
+                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::cols,
+                 int64_t diag = kNoDiag) {
   for (int64_t n = 0; n < N; n += 16) {
     int64_t i = 0;
-    for (; i + 6 <= M; i += 6) mk16<6>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc);
-    float* c = C + i * ldc + n;
-    const float* a = A + i * ars;
+    for (; i + 6 <= M; i += 6) mk16_range<6>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag);
     switch (M - i) {
-      case 5: mk16<5>(c, ldc, a, ars, acs, B + n, ldb, K, acc); break;
-      case 4: mk16<4>(c, ldc, a, ars, acs, B + n, ldb, K, acc); break;
-      case 3: mk16<3>(c, ldc, a, ars, acs, B + n, ldb, K, acc); break;
-      case 2: mk16<2>(c, ldc, a, ars, acs, B + n, ldb, K, acc); break;
-      case 1: mk16<1>(c, ldc, a, ars, acs, B + n, ldb, K, acc); break;
+      case 5: mk16_range<5>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 4: mk16_range<4>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 3: mk16_range<3>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 2: mk16_range<2>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 1: mk16_range<1>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
       default: break;
     }
   }
@@ -208,7 +232,9 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
       std::fill(acc, acc + nr * D, 0.f);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
         const int64_t nk = std::min(kK, kend - j0);
-        gemm(Sb, kK, Q, D, 1, Kt.data() + (hk * nkt + j0 / kK) * D * kK, kK, nr, kK, D, false);
+        // diagonal tile: row r sees key j0 + c iff c <= r + diag
+        const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
+        gemm(Sb, kK, Q, D, 1, Kt.data() + (hk * nkt + j0 / kK) * D * kK, kK, nr, kK, D, false, Tri::cols, diag);
         for (int64_t r = 0; r < nr; ++r) {
           float* s = Sb + r * kK;
           const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
@@ -250,7 +276,7 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
             for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
           }
         }
-        gemm(acc, D, Sb, kK, 1, v + (hk * S + j0) * D, D, nr, D, nk, true);
+        gemm(acc, D, Sb, kK, 1, v + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
       }
       for (int64_t r = 0; r < nr; ++r) {
         float* orow = o + (bh * Tq + i0 + r) * D;
@@ -274,10 +300,11 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
 template <int D>
 inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, const float* dO,
                      const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
-                     int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale) {
+                     int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
+                     int64_t diag) {
   const float ninf = -std::numeric_limits<float>::infinity();
-  gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false);
-  gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false);
+  gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
+  gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
   const __m256 vs = _mm256_set1_ps(scale);
   for (int64_t r = 0; r < nr; ++r) {
     float* p = P + r * kK;
@@ -292,9 +319,14 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
     const __m256 vL = _mm256_set1_ps(Lr), vD = _mm256_set1_ps(Dd[i0 + r]);
     for (int64_t j = 0; j < kK; j += 8) {
       __m256 pv = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
-      if (nv < kK) pv = _mm256_and_ps(pv, vis_mask(j, nv));
+      __m256 dsv = _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD));
+      if (nv < kK) {  // masked lanes may hold anything (gemm skips masked micro-tiles)
+        const __m256 ok = vis_mask(j, nv);
+        pv = _mm256_and_ps(pv, ok);
+        dsv = _mm256_and_ps(dsv, ok);
+      }
       _mm256_storeu_ps(p + j, pv);
-      _mm256_storeu_ps(ds + j, _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD)));
+      _mm256_storeu_ps(ds + j, dsv);
     }
   }
 }
@@ -326,6 +358,8 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
   });
   // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
   auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
+  // tile (i0, j0) on the causal diagonal: row r sees key column c iff c <= r + diag
+  auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
 
   if (B * Hkv >= kManyHeads) {
     parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
@@ -350,10 +384,11 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
             float* dQh = dq + bh * Tq * D;
             for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
-              bwd_tile<D>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
-              gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true);
-              gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true);
-              gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true);
+              const int64_t diag = diagonal(i0, j0);
+              bwd_tile<D>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+              gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true, Tri::kend, diag);
             }
           }
         }
@@ -381,9 +416,10 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
         const float* dOh = do_ + bh * Tq * D;
         for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
           const int64_t nr = std::min(kQ, Tq - i0);
-          bwd_tile<D>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
-          gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true);
-          gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true);
+          const int64_t diag = diagonal(i0, j0);
+          bwd_tile<D>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+          gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+          gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
         }
       }
     }
@@ -400,10 +436,10 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         const int64_t nk = std::min(kK, S - j0);
-        const int64_t tile = (hk * nkt + j0 / kK) * D * kK;
+        const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
         bwd_tile<D>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
-                    lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale);
-        gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true);
+                    lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+        gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
       }
     }
   });
