@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -69,6 +70,7 @@ namespace {
 
 constexpr int64_t kQ = 64;  // query rows per tile
 constexpr int64_t kK = 64;  // keys per tile
+static_assert(kQ % 8 == 0 && kK % 16 == 0, "row vectors of 8, micro-kernel columns of 16");
 
 template <int M>
 __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
@@ -195,12 +197,29 @@ inline __m256 fast_exp8(__m256 x) {
 // parallel_for get equal causal work (the cost of a tile grows or shrinks with its index).
 inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
 
+// A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
+// line (unaligned tiles cost the micro-kernel ~6%). Heap, not stack: thread stacks may be small.
+class Buf {
+ public:
+  explicit Buf(int64_t n) : v_(n + 16) {
+    p_ = v_.data() + (16 - (reinterpret_cast<uintptr_t>(v_.data()) / sizeof(float)) % 16) % 16;
+  }
+  Buf(const Buf&) = delete;             // p_ points into v_
+  Buf(Buf&&) = default;                  // moving a vector keeps its storage
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+
+ private:
+  std::vector<float> v_;
+  float* p_;
+};
+
 // Kt[(t * D + d) * kK + j] = K[t * kK + j, d] for every key tile t of every kv head:
 // all key (or value) tiles transposed and zero-padded once, scratch the size of k.
 template <int D>
-std::vector<float> transpose_all(const float* k, int64_t BHkv, int64_t S) {
+Buf transpose_all(const float* k, int64_t BHkv, int64_t S) {
   const int64_t nkt = (S + kK - 1) / kK;
-  std::vector<float> Kt(BHkv * nkt * D * kK);
+  Buf Kt(BHkv * nkt * D * kK);
   parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
@@ -217,10 +236,10 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
                   int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  const std::vector<float> Kt = transpose_all<D>(k, B * Hkv, S);
+  const Buf Kt = transpose_all<D>(k, B * Hkv, S);
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<float> Sbv(kQ * kK), accv(kQ * D), mv(kQ), lv(kQ);  // heap: thread stacks may be small
-    float *Sb = Sbv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data();
+    Buf Sbv(kQ * kK), accv(kQ * D), mv(kQ), lv(kQ), mnv(kQ), alv(kQ);
+    float *Sb = Sbv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *mn = mnv.data(), *al = alv.data();
     const __m256 vs = _mm256_set1_ps(scale), vninf = _mm256_set1_ps(ninf);
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
@@ -235,14 +254,10 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
         // diagonal tile: row r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
         gemm(Sb, kK, Q, D, 1, Kt.data() + (hk * nkt + j0 / kK) * D * kK, kK, nr, kK, D, false, Tri::cols, diag);
+        // pass 1: new row maxima mn[r] = max(m[r], max_j scale * s[r, j]) over visible keys
         for (int64_t r = 0; r < nr; ++r) {
-          float* s = Sb + r * kK;
+          const float* s = Sb + r * kK;
           const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-          if (nv <= 0) {
-            std::fill(s, s + kK, 0.f);
-            continue;
-          }
-          // row max of scale * s over the visible keys (masking only in partial tiles)
           __m256 mx = vninf;
           if (nv == kK) {
             for (int64_t j = 0; j < kK; j += 8) mx = _mm256_max_ps(mx, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
@@ -250,11 +265,26 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
             for (int64_t j = 0; j < nv; j += 8)
               mx = _mm256_max_ps(mx, _mm256_blendv_ps(vninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs), vis_mask(j, nv)));
           }
-          const float mn = std::max(m[r], hmax8(mx));
-          const float alpha = m[r] == ninf ? 0.f : std::exp(m[r] - mn);
-          const __m256 vmn = _mm256_set1_ps(mn);
+          mn[r] = std::max(m[r], hmax8(mx));
+        }
+        // rescale factors alpha = exp(m_old - m_new) for 8 rows at a time (0 while m_old = -inf)
+        for (int64_t r = 0; r < nr; r += 8) {
+          const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_loadu_ps(mn + r);
+          const __m256 live = _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ);
+          _mm256_storeu_ps(al + r, _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), live));
+          _mm256_storeu_ps(m + r, mnv);
+        }
+        // pass 2: p = exp(scale * s - m_new) (masked lanes zeroed), l = l * alpha + rowsum(p),
+        // acc *= alpha
+        for (int64_t r = 0; r < nr; ++r) {
+          float* s = Sb + r * kK;
+          const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
+          if (nv <= 0) {
+            std::fill(s, s + kK, 0.f);
+            continue;
+          }
+          const __m256 vmn = _mm256_set1_ps(m[r]);
           __m256 sum = _mm256_setzero_ps();
-          // p = exp(scale * s - m_new); masked lanes are zeroed
           if (nv == kK) {
             for (int64_t j = 0; j < kK; j += 8) {
               const __m256 p = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vmn));
@@ -268,8 +298,8 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
               sum = _mm256_add_ps(sum, p);
             }
           }
+          const float alpha = al[r];
           l[r] = l[r] * alpha + hsum8(sum);
-          m[r] = mn;
           if (alpha != 1.f) {
             const __m256 va = _mm256_set1_ps(alpha);
             float* ar = acc + r * D;
@@ -363,7 +393,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
 
   if (B * Hkv >= kManyHeads) {
     parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
-      std::vector<float> Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
+      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
       float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
       for (int64_t hk = tb; hk < te; ++hk) {
         const float* Kh = k + hk * S * D;
@@ -397,10 +427,10 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
     return;
   }
 
-  const std::vector<float> Kt = transpose_all<D>(k, B * Hkv, S), Vt = transpose_all<D>(v, B * Hkv, S);
+  const Buf Kt = transpose_all<D>(k, B * Hkv, S), Vt = transpose_all<D>(v, B * Hkv, S);
   // dK, dV: one task per (b, kv head, key tile)
   parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<float> Pv(kQ * kK), dSv(kQ * kK);
+    Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, jt = zigzag(t % nkt, nkt), j0 = jt * kK, nk = std::min(kK, S - j0);
@@ -426,7 +456,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
   });
   // dQ: one task per (b, h, query tile)
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<float> Pv(kQ * kK), dSv(kQ * kK);
+    Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
