@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "core/parallel.h"
@@ -198,19 +199,18 @@ inline __m256 fast_exp8(__m256 x) {
 inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
 
 // A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
-// line (unaligned tiles cost the micro-kernel ~6%). Heap, not stack: thread stacks may be small.
+// line (unaligned tiles cost the micro-kernel ~6%). Zero-filled unless `zero` is false (for
+// buffers the caller overwrites entirely). Heap, not stack: thread stacks may be small.
 class Buf {
  public:
-  explicit Buf(int64_t n) : v_(n + 16) {
-    p_ = v_.data() + (16 - (reinterpret_cast<uintptr_t>(v_.data()) / sizeof(float)) % 16) % 16;
+  explicit Buf(int64_t n, bool zero = true) : v_(zero ? new float[n + 16]() : new float[n + 16]) {
+    p_ = v_.get() + (16 - (reinterpret_cast<uintptr_t>(v_.get()) / sizeof(float)) % 16) % 16;
   }
-  Buf(const Buf&) = delete;             // p_ points into v_
-  Buf(Buf&&) = default;                  // moving a vector keeps its storage
   float* data() { return p_; }
   const float* data() const { return p_; }
 
  private:
-  std::vector<float> v_;
+  std::unique_ptr<float[]> v_;
   float* p_;
 };
 
@@ -219,7 +219,7 @@ class Buf {
 template <int D>
 Buf transpose_all(const float* k, int64_t BHkv, int64_t S) {
   const int64_t nkt = (S + kK - 1) / kK;
-  Buf Kt(BHkv * nkt * D * kK);
+  Buf Kt(BHkv * nkt * D * kK, /*zero=*/false);  // transpose_keys writes every element
   parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
