@@ -26,6 +26,9 @@ CASES = [
     # B * Hkv >= 16: the AVX2 backward's one-task-per-kv-head schedule (fewer heads: key tiles)
     (4, 8, 4, 33, 70, 64),
     (2, 8, 8, 65, 65, 32),
+    # other multiples of 16 run the AVX2 tile kernels with D read at run time
+    (2, 8, 8, 40, 50, 48),
+    (1, 2, 1, 70, 70, 16),
 ]
 
 

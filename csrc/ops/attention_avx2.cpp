@@ -1,6 +1,8 @@
-// AVX2/FMA attention (float32): the tiled kernels of attention_impl.h compiled with
-// -mavx2 -mfma (the tile loops over D and over keys vectorize to 8-wide FMAs) and a
-// vectorized exp. Called only when the CPU has AVX2+FMA (see attention.cpp).
+// AVX2/FMA attention (float32). Head sizes that are multiples of 16 run hand-written tile
+// kernels: every matrix product on one 6x16 register-blocked FMA micro-kernel, a fast
+// vectorized exp, causal tiles skipped or trimmed, deterministic parallel schedules. Other
+// head sizes run the tiled kernels of attention_impl.h compiled with -mavx2 -mfma. Called
+// only when the CPU has AVX2+FMA (see attention.cpp).
 // -std=c++17 turns GCC's floating-point contraction off; the tile loops need a*b+c fused
 // into FMAs, so turn it back on for this file (before any inline code is seen).
 #if defined(__clang__)
@@ -62,7 +64,7 @@ struct Exp8 {
 
 }  // namespace
 
-// ---- hand-written AVX2/FMA tile kernels for D in {32, 64, 128} --------------------------
+// ---- hand-written AVX2/FMA tile kernels for D a multiple of 16 (32, 64, 128 specialized) --
 // Every matrix product of forward and backward goes through one register-blocked micro-kernel
 // (6 rows x 16 columns, 12 ymm accumulators, K-loop of broadcast-A x two B vectors):
 //   C[i, n] (+)= sum_k A[i * ars + k * acs] * B[k * ldb + n]
@@ -157,8 +159,9 @@ inline float hsum8(__m256 x) {
 }
 
 // Kt[d * kK + j] = K[j, d] for j < n, zero-padded to kK keys.
-template <int D>
-inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t n) {
+template <int DC>
+inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t n, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
   if (n < kK) std::fill(Kt, Kt + D * kK, 0.f);
   for (int64_t j = 0; j < n; ++j)
     for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * D + d];
@@ -216,14 +219,15 @@ class Buf {
 
 // Kt[(t * D + d) * kK + j] = K[t * kK + j, d] for every key tile t of every kv head:
 // all key (or value) tiles transposed and zero-padded once, scratch the size of k.
-template <int D>
-Buf transpose_all(const float* k, int64_t BHkv, int64_t S) {
+template <int DC>
+Buf transpose_all(const float* k, int64_t BHkv, int64_t S, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
   const int64_t nkt = (S + kK - 1) / kK;
   Buf Kt(BHkv * nkt * D * kK, /*zero=*/false);  // transpose_keys writes every element
   parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
-      transpose_keys<D>(Kt.data() + t * D * kK, k + (hk * S + j0) * D, std::min(kK, S - j0));
+      transpose_keys<DC>(Kt.data() + t * D * kK, k + (hk * S + j0) * D, std::min(kK, S - j0), D);
     }
   });
   return Kt;
@@ -231,12 +235,13 @@ Buf transpose_all(const float* k, int64_t BHkv, int64_t S) {
 
 // Forward, one task per (b, h, query tile of kQ rows): S = Q Kt per key tile, online softmax
 // on the tile rows (running max m, sum l, accumulator rescaled by alpha), acc += P V.
-template <int D>
+template <int DC>
 void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
-                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale) {
+                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  const Buf Kt = transpose_all<D>(k, B * Hkv, S);
+  const Buf Kt = transpose_all<DC>(k, B * Hkv, S, D);
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
     Buf Sbv(kQ * kK), accv(kQ * D), mv(kQ), lv(kQ), mnv(kQ), alv(kQ);
     float *Sb = Sbv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *mn = mnv.data(), *al = alv.data();
@@ -327,11 +332,12 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
 // Backward tile: P = exp(scale * Q K^T - lse) and dS = scale * P * (dO V^T - Di) for query
 // rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
 // entries, padding keys and rows with no visible key are 0.
-template <int D>
+template <int DC>
 inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, const float* dO,
                      const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
                      int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
-                     int64_t diag) {
+                     int64_t diag, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
   const float ninf = -std::numeric_limits<float>::infinity();
   gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
   gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
@@ -372,10 +378,11 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
 //    spreads over all threads at the price of recomputing S and dP.
 constexpr int64_t kManyHeads = 16;
 
-template <int D>
+template <int DC>
 void fast_backward(float* dq, float* dk, float* dv, const float* do_, const float* q, const float* k,
                    const float* v, const float* o, const float* lse, int64_t B, int64_t H, int64_t Hkv,
-                   int64_t Tq, int64_t S, bool causal, float scale) {
+                   int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   std::vector<float> Di(B * H * Tq);
   parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
@@ -406,8 +413,8 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
         std::fill(dq + bh0 * Tq * D, dq + (bh0 + G) * Tq * D, 0.f);
         for (int64_t j0 = 0; j0 < S; j0 += kK) {
           const int64_t nk = std::min(kK, S - j0);
-          transpose_keys<D>(Kt, Kh + j0 * D, nk);
-          transpose_keys<D>(Vt, Vh + j0 * D, nk);
+          transpose_keys<DC>(Kt, Kh + j0 * D, nk, D);
+          transpose_keys<DC>(Vt, Vh + j0 * D, nk, D);
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
             const float* Qh = q + bh * Tq * D;
             const float* dOh = do_ + bh * Tq * D;
@@ -415,7 +422,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
             for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
-              bwd_tile<D>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+              bwd_tile<DC>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
               gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
               gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
               gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true, Tri::kend, diag);
@@ -427,7 +434,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
     return;
   }
 
-  const Buf Kt = transpose_all<D>(k, B * Hkv, S), Vt = transpose_all<D>(v, B * Hkv, S);
+  const Buf Kt = transpose_all<DC>(k, B * Hkv, S, D), Vt = transpose_all<DC>(v, B * Hkv, S, D);
   // dK, dV: one task per (b, kv head, key tile)
   parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
@@ -447,7 +454,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
         for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
           const int64_t nr = std::min(kQ, Tq - i0);
           const int64_t diag = diagonal(i0, j0);
-          bwd_tile<D>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+          bwd_tile<DC>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
           gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
           gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
         }
@@ -467,8 +474,8 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         const int64_t nk = std::min(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
-        bwd_tile<D>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
-                    lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag);
+        bwd_tile<DC>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
+                     lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
         gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
       }
     }
@@ -480,12 +487,16 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                        bool causal, float scale) {
-  // fast paths: the head size as a compile-time constant lets the tile loops unroll fully
+  // the common head sizes as compile-time constants (loops over D unroll fully); any other
+  // multiple of 16 on the same tile kernels with D read at run time; the rest on the
+  // vectorized portable tiles
   switch (D) {
-    case 32: return fast_forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale);
-    case 64: return fast_forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale);
-    case 128: return fast_forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale);
-    default: return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 32: return fast_forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    case 64: return fast_forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    case 128: return fast_forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    default:
+      if (D % 16 == 0) return fast_forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+      return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
   }
 }
 
@@ -494,10 +505,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* do_, const
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                         bool causal, float scale) {
   switch (D) {
-    case 32: return fast_backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale);
-    case 64: return fast_backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale);
-    case 128: return fast_backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale);
-    default: return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 32: return fast_backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    case 64: return fast_backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    case 128: return fast_backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    default:
+      if (D % 16 == 0) return fast_backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+      return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
   }
 }
 
