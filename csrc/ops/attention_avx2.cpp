@@ -106,11 +106,12 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
 // iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
 //   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
 //                (those entries of C are left unwritten: callers mask them);
+//   Tri::rows    C = transposed scores (rows: keys, columns: queries); likewise;
 //   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
 //   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
 //                sees the block's first key.
 // diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention).
-enum class Tri { cols, kend, kbegin };
+enum class Tri { cols, rows, kend, kbegin };
 constexpr int64_t kNoDiag = int64_t(1) << 40;
 
 template <int M>
@@ -119,6 +120,8 @@ inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64
   int64_t kb = 0, ke = K;
   if (tri == Tri::cols) {
     if (i + M + diag <= n) return;
+  } else if (tri == Tri::rows) {
+    if (n + 16 + diag <= i) return;
   } else if (tri == Tri::kend) {
     ke = std::clamp<int64_t>(i + M + diag, 0, K);
   } else {
@@ -233,85 +236,71 @@ Buf transpose_all(const float* k, int64_t BHkv, int64_t S, int64_t Drt) {
   return Kt;
 }
 
-// Forward, one task per (b, h, query tile of kQ rows): S = Q Kt per key tile, online softmax
-// on the tile rows (running max m, sum l, accumulator rescaled by alpha), acc += P V.
+// Forward, one task per (b, h, query tile of kQ rows), with the scores transposed: per key tile
+// St = K Qt (keys x queries, Qt = scale * Q^T of the task's tile, made once), so the online
+// softmax runs down the columns with 8 queries per vector (no horizontal reductions), then
+// acc += St^T V. Keys are read in place: no transposed copy of k.
 template <int DC>
 void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
                   int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
-  const int64_t nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  const Buf Kt = transpose_all<DC>(k, B * Hkv, S, D);
+  const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    Buf Sbv(kQ * kK), accv(kQ * D), mv(kQ), lv(kQ), mnv(kQ), alv(kQ);
-    float *Sb = Sbv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *mn = mnv.data(), *al = alv.data();
-    const __m256 vs = _mm256_set1_ps(scale), vninf = _mm256_set1_ps(ninf);
+    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ);
+    float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
+    const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + (bh * Tq + i0) * D;
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
+      if (nr < kQ) std::fill(Qt, Qt + D * kQ, 0.f);
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * D + d];
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
       std::fill(acc, acc + nr * D, 0.f);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
         const int64_t nk = std::min(kK, kend - j0);
-        // diagonal tile: row r sees key j0 + c iff c <= r + diag
+        // diagonal tile: query r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
-        gemm(Sb, kK, Q, D, 1, Kt.data() + (hk * nkt + j0 / kK) * D * kK, kK, nr, kK, D, false, Tri::cols, diag);
-        // pass 1: new row maxima mn[r] = max(m[r], max_j scale * s[r, j]) over visible keys
-        for (int64_t r = 0; r < nr; ++r) {
-          const float* s = Sb + r * kK;
-          const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-          __m256 mx = vninf;
-          if (nv == kK) {
-            for (int64_t j = 0; j < kK; j += 8) mx = _mm256_max_ps(mx, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs));
-          } else {
-            for (int64_t j = 0; j < nv; j += 8)
-              mx = _mm256_max_ps(mx, _mm256_blendv_ps(vninf, _mm256_mul_ps(_mm256_loadu_ps(s + j), vs), vis_mask(j, nv)));
-          }
-          mn[r] = std::max(m[r], hmax8(mx));
-        }
-        // rescale factors alpha = exp(m_old - m_new) for 8 rows at a time (0 while m_old = -inf)
+        const bool masked = diag != kNoDiag;
+        gemm(St, kQ, k + (hk * S + j0) * D, D, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
         for (int64_t r = 0; r < nr; r += 8) {
-          const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_loadu_ps(mn + r);
-          const __m256 live = _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ);
-          _mm256_storeu_ps(al + r, _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), live));
-          _mm256_storeu_ps(m + r, mnv);
-        }
-        // pass 2: p = exp(scale * s - m_new) (masked lanes zeroed), l = l * alpha + rowsum(p),
-        // acc *= alpha
-        for (int64_t r = 0; r < nr; ++r) {
-          float* s = Sb + r * kK;
-          const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-          if (nv <= 0) {
-            std::fill(s, s + kK, 0.f);
-            continue;
+          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag
+          const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
+          // pass 1: column maxima over the visible keys
+          __m256 mx = vninf;
+          for (int64_t c = 0; c < nk; ++c) {
+            __m256 x = _mm256_loadu_ps(St + c * kQ + r);
+            if (masked) x = _mm256_blendv_ps(vninf, x, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
+            mx = _mm256_max_ps(mx, x);
           }
-          const __m256 vmn = _mm256_set1_ps(m[r]);
+          const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
+          // alpha = exp(m_old - m_new), 0 while m_old = -inf
+          const __m256 alpha = _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ));
+          // pass 2: p = exp(s - m_new), masked entries 0; column sums
           __m256 sum = _mm256_setzero_ps();
-          if (nv == kK) {
-            for (int64_t j = 0; j < kK; j += 8) {
-              const __m256 p = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vmn));
-              _mm256_storeu_ps(s + j, p);
-              sum = _mm256_add_ps(sum, p);
-            }
-          } else {
-            for (int64_t j = 0; j < kK; j += 8) {
-              const __m256 p = _mm256_and_ps(fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(s + j), vs, vmn)), vis_mask(j, nv));
-              _mm256_storeu_ps(s + j, p);
-              sum = _mm256_add_ps(sum, p);
-            }
+          for (int64_t c = 0; c < nk; ++c) {
+            __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), mnv));
+            if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
+            _mm256_storeu_ps(St + c * kQ + r, p);
+            sum = _mm256_add_ps(sum, p);
           }
-          const float alpha = al[r];
-          l[r] = l[r] * alpha + hsum8(sum);
-          if (alpha != 1.f) {
-            const __m256 va = _mm256_set1_ps(alpha);
-            float* ar = acc + r * D;
-            for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
-          }
+          _mm256_storeu_ps(l + r, _mm256_fmadd_ps(_mm256_loadu_ps(l + r), alpha, sum));
+          _mm256_storeu_ps(m + r, mnv);
+          _mm256_storeu_ps(al + r, alpha);
         }
-        gemm(acc, D, Sb, kK, 1, v + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
+        for (int64_t r = 0; r < nr; ++r) {  // acc *= alpha
+          if (al[r] == 1.f) continue;
+          const __m256 va = _mm256_set1_ps(al[r]);
+          float* ar = acc + r * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
+        }
+        // acc += P V with P[r, c] = St[c, r]
+        gemm(acc, D, St, 1, kQ, v + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
       }
       for (int64_t r = 0; r < nr; ++r) {
         float* orow = o + (bh * Tq + i0 + r) * D;
