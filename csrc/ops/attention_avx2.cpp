@@ -68,7 +68,8 @@ struct Exp8 {
 // Every matrix product of forward and backward goes through one register-blocked micro-kernel
 // (6 rows x 16 columns, 12 ymm accumulators, K-loop of broadcast-A x two B vectors):
 //   C[i, n] (+)= sum_k A[i * ars + k * acs] * B[k * ldb + n]
-// Keys are pre-transposed per 64-key tile so that S = Q K^T reads B rows contiguously.
+// B operands are read by rows, so the backward transposes 64-key tiles of K and V (S = Q K^T,
+// dP = dO V^T) and the forward transposes its query tile (S^T = K Q^T).
 namespace {
 
 constexpr int64_t kQ = 64;  // query rows per tile
@@ -148,12 +149,6 @@ inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs
   }
 }
 
-inline float hmax8(__m256 x) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
 inline float hsum8(__m256 x) {
   __m128 m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
   m = _mm_add_ps(m, _mm_movehl_ps(m, m));
