@@ -22,6 +22,13 @@ CASES = [
     (1, 2, 2, 33, 257, 64),
     (1, 1, 1, 127, 127, 8),
     (1, 2, 1, 1, 257, 128),
+    (1, 3, 3, 100, 130, 32),  # the D = 32 fast path
+    # B * Hkv >= 16: the AVX2 backward's one-task-per-kv-head schedule (fewer heads: key tiles)
+    (4, 8, 4, 33, 70, 64),
+    (2, 8, 8, 65, 65, 32),
+    # other multiples of 16 run the AVX2 tile kernels with D read at run time
+    (2, 8, 8, 40, 50, 48),
+    (1, 2, 1, 70, 70, 16),
 ]
 
 
@@ -126,9 +133,10 @@ def test_attention_finite_differences(rng, causal):
     np.testing.assert_allclose(dv, numerical_grad(lambda x: loss(q, k, x), v), rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("shape", [(2, 4, 2, 150, 150, 64), (4, 8, 4, 130, 100, 64)], ids=["few_heads", "many_heads"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_threads_bitwise_identical(isa, threads, rng, causal):
-    q, k, v, do = make(rng, 2, 4, 2, 150, 150, 64, np.float32)
+def test_attention_threads_bitwise_identical(isa, threads, rng, causal, shape):
+    q, k, v, do = make(rng, *shape, np.float32)
     res = []
     for n in (1, 2):
         threads(n)

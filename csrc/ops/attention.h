@@ -5,8 +5,9 @@
 // key j iff j <= i + (S - T). A row that sees no key gets o = 0 and lse = -inf.
 // Never materializes a T x S matrix: queries and keys are tiled, the softmax is online
 // (running max and sum), and backward recomputes the probabilities tile by tile from lse.
-// Backward kernels overwrite (=) dq, dk, dv. dk/dv are computed per (b, kv head, key tile)
-// by one thread each, so results are bitwise identical for any thread count.
+// Backward kernels overwrite (=) dq, dk, dv. Every output row is summed by one task in a fixed
+// order (tasks: (b, kv head) or (b, kv head, key tile); the schedule depends on the shape only),
+// so results are bitwise identical for any thread count.
 // attention_naive_* are the plain reference kernels (O(T*S) scratch), kept for tests.
 #pragma once
 #include <cstdint>

@@ -1,6 +1,8 @@
-// AVX2/FMA attention (float32): the tiled kernels of attention_impl.h compiled with
-// -mavx2 -mfma (the tile loops over D and over keys vectorize to 8-wide FMAs) and a
-// vectorized exp. Called only when the CPU has AVX2+FMA (see attention.cpp).
+// AVX2/FMA attention (float32). Head sizes that are multiples of 16 run hand-written tile
+// kernels: every matrix product on one 6x16 register-blocked FMA micro-kernel, a fast
+// vectorized exp, causal tiles skipped or trimmed, deterministic parallel schedules. Other
+// head sizes run the tiled kernels of attention_impl.h compiled with -mavx2 -mfma. Called
+// only when the CPU has AVX2+FMA (see attention.cpp).
 // -std=c++17 turns GCC's floating-point contraction off; the tile loops need a*b+c fused
 // into FMAs, so turn it back on for this file (before any inline code is seen).
 #if defined(__clang__)
@@ -10,7 +12,14 @@
 #endif
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "core/parallel.h"
 
 #include "ops/attention.h"
 #include "ops/attention_impl.h"
@@ -55,15 +64,423 @@ struct Exp8 {
 
 }  // namespace
 
+// ---- hand-written AVX2/FMA tile kernels for D a multiple of 16 (32, 64, 128 specialized) --
+// Every matrix product of forward and backward goes through one register-blocked micro-kernel
+// (6 rows x 16 columns, 12 ymm accumulators, K-loop of broadcast-A x two B vectors):
+//   C[i, n] (+)= sum_k A[i * ars + k * acs] * B[k * ldb + n]
+// B operands are read by rows, so the backward transposes 64-key tiles of K and V (S = Q K^T,
+// dP = dO V^T) and the forward transposes its query tile (S^T = K Q^T).
+namespace {
+
+constexpr int64_t kQ = 64;  // query rows per tile
+constexpr int64_t kK = 64;  // keys per tile
+static_assert(kQ % 8 == 0 && kK % 16 == 0, "row vectors of 8, micro-kernel columns of 16");
+
+template <int M>
+__attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
+                                                int64_t ars, int64_t acs, const float* __restrict B,
+                                                int64_t ldb, int64_t K, bool acc) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    c0[i] = acc ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
+    c1[i] = acc ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+    const float* a = A + k * acs;
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i * ars);
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    _mm256_storeu_ps(C + i * ldc, c0[i]);
+    _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+  }
+}
+
+// Causal trimming of a tile on the diagonal, where tile row r (query) sees tile column c (key)
+// iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
+//   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
+//                (those entries of C are left unwritten: callers mask them);
+//   Tri::rows    C = transposed scores (rows: keys, columns: queries); likewise;
+//   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
+//   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
+//                sees the block's first key.
+// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention).
+enum class Tri { cols, rows, kend, kbegin };
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+
+template <int M>
+inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
+                       int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
+  int64_t kb = 0, ke = K;
+  if (tri == Tri::cols) {
+    if (i + M + diag <= n) return;
+  } else if (tri == Tri::rows) {
+    if (n + 16 + diag <= i) return;
+  } else if (tri == Tri::kend) {
+    ke = std::clamp<int64_t>(i + M + diag, 0, K);
+  } else {
+    kb = std::clamp<int64_t>(i - diag, 0, K);
+  }
+  mk16<M>(C + i * ldc + n, ldc, A + i * ars + kb * acs, ars, acs, B + kb * ldb + n, ldb, ke - kb, acc);
+}
+
+// C (M x N, ldc) (+)= A (M x K, strides ars/acs) * B (K x N, ldb); N % 16 == 0.
+inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
+                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::cols,
+                 int64_t diag = kNoDiag) {
+  for (int64_t n = 0; n < N; n += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) mk16_range<6>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag);
+    switch (M - i) {
+      case 5: mk16_range<5>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 4: mk16_range<4>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 3: mk16_range<3>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 2: mk16_range<2>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      case 1: mk16_range<1>(C, ldc, A, ars, acs, B, ldb, i, n, K, acc, tri, diag); break;
+      default: break;
+    }
+  }
+}
+
+inline float hsum8(__m256 x) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_add_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// Kt[d * kK + j] = K[j, d] for j < n, zero-padded to kK keys.
+template <int DC>
+inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t n, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
+  if (n < kK) std::fill(Kt, Kt + D * kK, 0.f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * D + d];
+}
+
+inline int64_t nvis(int64_t i, int64_t off, int64_t j0, int64_t nk, bool causal) {
+  if (!causal) return nk;
+  return std::clamp<int64_t>(i + off + 1 - j0, 0, nk);
+}
+
+// Lanes j..j+7 of a tile row that are visible (j + lane < nv), as an all-ones/zero mask.
+inline __m256 vis_mask(int64_t j, int64_t nv) {
+  return _mm256_cmp_ps(_mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(j))),
+                       _mm256_set1_ps(float(nv)), _CMP_LT_OQ);
+}
+
+// e^x for 8 floats via 2^t, t = x log2(e) = n + r, |r| <= 1/2, degree-5 minimax polynomial
+// for 2^r (max rel. error 1.9e-7 in float32), 2^n added into the exponent bits. t is
+// clamped to [-126, 127], so x < -87.3 (and -inf) gives a result below 2^-126, not 0:
+// callers zero masked lanes explicitly.
+inline __m256 fast_exp8(__m256 x) {
+  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.f)), _mm256_set1_ps(127.f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 r = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_set1_ps(1.326472731e-03f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.671512991e-03f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.550733581e-02f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402224243e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931470037e-01f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+// Tile order inside one head: 0, n-1, 1, n-2, ... so that the contiguous chunks of
+// parallel_for get equal causal work (the cost of a tile grows or shrinks with its index).
+inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
+
+// A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
+// line (unaligned tiles cost the micro-kernel ~6%). Zero-filled unless `zero` is false (for
+// buffers the caller overwrites entirely). Heap, not stack: thread stacks may be small.
+class Buf {
+ public:
+  explicit Buf(int64_t n, bool zero = true) : v_(zero ? new float[n + 16]() : new float[n + 16]) {
+    p_ = v_.get() + (16 - (reinterpret_cast<uintptr_t>(v_.get()) / sizeof(float)) % 16) % 16;
+  }
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+
+ private:
+  std::unique_ptr<float[]> v_;
+  float* p_;
+};
+
+// Kt[(t * D + d) * kK + j] = K[t * kK + j, d] for every key tile t of every kv head:
+// all key (or value) tiles transposed and zero-padded once, scratch the size of k.
+template <int DC>
+Buf transpose_all(const float* k, int64_t BHkv, int64_t S, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
+  const int64_t nkt = (S + kK - 1) / kK;
+  Buf Kt(BHkv * nkt * D * kK, /*zero=*/false);  // transpose_keys writes every element
+  parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
+      transpose_keys<DC>(Kt.data() + t * D * kK, k + (hk * S + j0) * D, std::min(kK, S - j0), D);
+    }
+  });
+  return Kt;
+}
+
+// Forward, one task per (b, h, query tile of kQ rows), with the scores transposed: per key tile
+// St = K Qt (keys x queries, Qt = scale * Q^T of the task's tile, made once), so the online
+// softmax runs down the columns with 8 queries per vector (no horizontal reductions), then
+// acc += St^T V. Keys are read in place: no transposed copy of k.
+template <int DC>
+void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
+                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
+  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ);
+    float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
+    const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
+      const float* Q = q + (bh * Tq + i0) * D;
+      const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
+      if (nr < kQ) std::fill(Qt, Qt + D * kQ, 0.f);
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * D + d];
+      std::fill(m, m + kQ, ninf);
+      std::fill(l, l + kQ, 0.f);
+      std::fill(acc, acc + nr * D, 0.f);
+      for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
+        const int64_t nk = std::min(kK, kend - j0);
+        // diagonal tile: query r sees key j0 + c iff c <= r + diag
+        const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
+        const bool masked = diag != kNoDiag;
+        gemm(St, kQ, k + (hk * S + j0) * D, D, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
+        for (int64_t r = 0; r < nr; r += 8) {
+          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag
+          const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
+          // pass 1: column maxima over the visible keys
+          __m256 mx = vninf;
+          for (int64_t c = 0; c < nk; ++c) {
+            __m256 x = _mm256_loadu_ps(St + c * kQ + r);
+            if (masked) x = _mm256_blendv_ps(vninf, x, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
+            mx = _mm256_max_ps(mx, x);
+          }
+          const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
+          // alpha = exp(m_old - m_new), 0 while m_old = -inf
+          const __m256 alpha = _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ));
+          // pass 2: p = exp(s - m_new), masked entries 0; column sums
+          __m256 sum = _mm256_setzero_ps();
+          for (int64_t c = 0; c < nk; ++c) {
+            __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), mnv));
+            if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
+            _mm256_storeu_ps(St + c * kQ + r, p);
+            sum = _mm256_add_ps(sum, p);
+          }
+          _mm256_storeu_ps(l + r, _mm256_fmadd_ps(_mm256_loadu_ps(l + r), alpha, sum));
+          _mm256_storeu_ps(m + r, mnv);
+          _mm256_storeu_ps(al + r, alpha);
+        }
+        for (int64_t r = 0; r < nr; ++r) {  // acc *= alpha
+          if (al[r] == 1.f) continue;
+          const __m256 va = _mm256_set1_ps(al[r]);
+          float* ar = acc + r * D;
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
+        }
+        // acc += P V with P[r, c] = St[c, r]
+        gemm(acc, D, St, 1, kQ, v + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        float* orow = o + (bh * Tq + i0 + r) * D;
+        const float* ar = acc + r * D;
+        if (m[r] == ninf) {
+          std::fill(orow, orow + D, 0.f);
+          lse[bh * Tq + i0 + r] = ninf;
+        } else {
+          const __m256 inv = _mm256_set1_ps(1.f / l[r]);
+          for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(orow + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), inv));
+          lse[bh * Tq + i0 + r] = m[r] + std::log(l[r]);
+        }
+      }
+    }
+  });
+}
+
+// Backward tile: P = exp(scale * Q K^T - lse) and dS = scale * P * (dO V^T - Di) for query
+// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
+// entries, padding keys and rows with no visible key are 0.
+template <int DC>
+inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, const float* dO,
+                     const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
+                     int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
+                     int64_t diag, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
+  gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t r = 0; r < nr; ++r) {
+    float* p = P + r * kK;
+    float* ds = dS + r * kK;
+    const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
+    const float Lr = L[i0 + r];
+    if (nv <= 0 || Lr == ninf) {
+      std::fill(p, p + kK, 0.f);
+      std::fill(ds, ds + kK, 0.f);
+      continue;
+    }
+    const __m256 vL = _mm256_set1_ps(Lr), vD = _mm256_set1_ps(Dd[i0 + r]);
+    for (int64_t j = 0; j < kK; j += 8) {
+      __m256 pv = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
+      __m256 dsv = _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD));
+      if (nv < kK) {  // masked lanes may hold anything (gemm skips masked micro-tiles)
+        const __m256 ok = vis_mask(j, nv);
+        pv = _mm256_and_ps(pv, ok);
+        dsv = _mm256_and_ps(dsv, ok);
+      }
+      _mm256_storeu_ps(p + j, pv);
+      _mm256_storeu_ps(ds + j, dsv);
+    }
+  }
+}
+
+// Backward. Di = rowsum(dO * O), then per (query tile, key tile) pair the five products
+// S = Q K^T, dP = dO V^T (P, dS by bwd_tile), dV += P^T dO, dK += dS^T Q, dQ += dS K.
+// Two schedules, both deterministic for any thread count (each output element is summed by
+// one task in a fixed order); which one runs depends on the shape only, never on threads:
+//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing all five products
+//    for the heads of its group, dK/dV/dQ accumulated in place;
+//  - few heads: dK/dV by one task per (b, kv head, key tile) (4 products, query heads of the
+//    group in order), then dQ by one task per (b, h, query tile) (3 products), so the work
+//    spreads over all threads at the price of recomputing S and dP.
+constexpr int64_t kManyHeads = 16;
+
+template <int DC>
+void fast_backward(float* dq, float* dk, float* dv, const float* do_, const float* q, const float* k,
+                   const float* v, const float* o, const float* lse, int64_t B, int64_t H, int64_t Hkv,
+                   int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
+  const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
+  std::vector<float> Di(B * H * Tq);
+  parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      __m256 a = _mm256_setzero_ps();
+      for (int64_t d = 0; d < D; d += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(do_ + i * D + d), _mm256_loadu_ps(o + i * D + d), a);
+      Di[i] = hsum8(a);
+    }
+  });
+  // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
+  auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
+  // tile (i0, j0) on the causal diagonal: row r sees key column c iff c <= r + diag
+  auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
+
+  if (B * Hkv >= kManyHeads) {
+    parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
+      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
+      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
+      for (int64_t hk = tb; hk < te; ++hk) {
+        const float* Kh = k + hk * S * D;
+        const float* Vh = v + hk * S * D;
+        float* dKh = dk + hk * S * D;
+        float* dVh = dv + hk * S * D;
+        const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
+        std::fill(dKh, dKh + S * D, 0.f);
+        std::fill(dVh, dVh + S * D, 0.f);
+        std::fill(dq + bh0 * Tq * D, dq + (bh0 + G) * Tq * D, 0.f);
+        for (int64_t j0 = 0; j0 < S; j0 += kK) {
+          const int64_t nk = std::min(kK, S - j0);
+          transpose_keys<DC>(Kt, Kh + j0 * D, nk, D);
+          transpose_keys<DC>(Vt, Vh + j0 * D, nk, D);
+          for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+            const float* Qh = q + bh * Tq * D;
+            const float* dOh = do_ + bh * Tq * D;
+            float* dQh = dq + bh * Tq * D;
+            for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+              const int64_t nr = std::min(kQ, Tq - i0);
+              const int64_t diag = diagonal(i0, j0);
+              bwd_tile<DC>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
+              gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true, Tri::kend, diag);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+
+  const Buf Kt = transpose_all<DC>(k, B * Hkv, S, D), Vt = transpose_all<DC>(v, B * Hkv, S, D);
+  // dK, dV: one task per (b, kv head, key tile)
+  parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
+    Buf Pv(kQ * kK), dSv(kQ * kK);
+    float *P = Pv.data(), *dS = dSv.data();
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t hk = t / nkt, jt = zigzag(t % nkt, nkt), j0 = jt * kK, nk = std::min(kK, S - j0);
+      const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
+      const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
+      const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
+      float* dKt = dk + (hk * S + j0) * D;
+      float* dVt = dv + (hk * S + j0) * D;
+      std::fill(dKt, dKt + nk * D, 0.f);
+      std::fill(dVt, dVt + nk * D, 0.f);
+      for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+        const float* Qh = q + bh * Tq * D;
+        const float* dOh = do_ + bh * Tq * D;
+        for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+          const int64_t nr = std::min(kQ, Tq - i0);
+          const int64_t diag = diagonal(i0, j0);
+          bwd_tile<DC>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
+          gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+          gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+        }
+      }
+    }
+  });
+  // dQ: one task per (b, h, query tile)
+  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+    Buf Pv(kQ * kK), dSv(kQ * kK);
+    float *P = Pv.data(), *dS = dSv.data();
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
+      float* dQt = dq + (bh * Tq + i0) * D;
+      std::fill(dQt, dQt + nr * D, 0.f);
+      const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+        const int64_t nk = std::min(kK, S - j0);
+        const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
+        bwd_tile<DC>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
+                     lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
+        gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                        bool causal, float scale) {
-  // fast paths: the head size as a compile-time constant lets the tile loops unroll fully
+  // the common head sizes as compile-time constants (loops over D unroll fully); any other
+  // multiple of 16 on the same tile kernels with D read at run time; the rest on the
+  // vectorized portable tiles
   switch (D) {
-    case 32: return attn_detail::forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    case 64: return attn_detail::forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    case 128: return attn_detail::forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    default: return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 32: return fast_forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    case 64: return fast_forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    case 128: return fast_forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+    default:
+      if (D % 16 == 0) return fast_forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
+      return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
   }
 }
 
@@ -72,10 +489,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* do_, const
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                         bool causal, float scale) {
   switch (D) {
-    case 32: return attn_detail::backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    case 64: return attn_detail::backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    case 128: return attn_detail::backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-    default: return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+    case 32: return fast_backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    case 64: return fast_backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    case 128: return fast_backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+    default:
+      if (D % 16 == 0) return fast_backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
+      return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
   }
 }
 
