@@ -267,10 +267,11 @@ struct Plan {
   int64_t tm, tw;           // tile rows / columns (multiples of MR / NR)
 };
 
-// Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), all K blocks, into ap.
-void pack_a_range(const Plan& P, float* ap, int64_t m0, int64_t mrows, int64_t ip0, int64_t ip1) {
+// Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), K blocks [pb0, pb1), into ap.
+__attribute__((noinline)) void pack_a_range(const Plan& P, float* ap, int64_t m0, int64_t mrows, int64_t ip0,
+                                            int64_t ip1, int64_t pb0, int64_t pb1) {
   const int64_t mpad = (mrows + MR - 1) / MR * MR;
-  for (int64_t pb = 0; pb < P.nkb; ++pb) {
+  for (int64_t pb = pb0; pb < pb1; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     float* blk = ap + p0 * mpad;
     if (!P.ta) {
@@ -283,9 +284,11 @@ void pack_a_range(const Plan& P, float* ap, int64_t m0, int64_t mrows, int64_t i
   }
 }
 
-void pack_b_range(const Plan& P, float* bp, int64_t n0, int64_t ncols, int64_t jp0, int64_t jp1) {
+// The same for panels [jp0, jp1) of columns [n0, n0 + ncols) of op(B).
+__attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0, int64_t ncols, int64_t jp0,
+                                            int64_t jp1, int64_t pb0, int64_t pb1) {
   const int64_t npad = (ncols + NR - 1) / NR * NR;
-  for (int64_t pb = 0; pb < P.nkb; ++pb) {
+  for (int64_t pb = pb0; pb < pb1; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     float* blk = bp + p0 * npad;
     if (!P.tb) {
@@ -298,7 +301,7 @@ void pack_b_range(const Plan& P, float* bp, int64_t n0, int64_t ncols, int64_t j
 }
 
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
-void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
+__attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
               int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
   for (int64_t pb = 0; pb < P.nkb; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
@@ -376,8 +379,11 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     float* bp;
     std::atomic<int64_t> pack_next{0}, pack_done{0}, tile_next{0}, tile_done{0};
   };
-  constexpr int64_t kApanelsPerItem = 8;  // 48 rows of A per packing item
-  constexpr int64_t kBpanelsPerItem = 4;  // 64 columns of B per packing item
+  // Packing items: a group of panels times either all K blocks (when each panel's source rows
+  // are contiguous along K: A as stored, B transposed) or one K block (when the source is read
+  // across panels, row by row: A transposed, B as stored; short rows keep the TLB happy).
+  const int64_t a_pg = trans_a ? 32 : 8, a_kb = trans_a ? P.nkb : 1;   // panels, K splits
+  const int64_t b_pg = trans_b ? 4 : 16, b_kb = trans_b ? 1 : P.nkb;
   const int64_t nphase = n_mchunks * n_nchunks;
   std::vector<Phase> ph(nphase);
   for (int64_t q = 0; q < nphase; ++q) {
@@ -385,8 +391,8 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     const int64_t mc = q / n_nchunks, nc = q % n_nchunks;
     f.m0 = mc * mch; f.mrows = std::min(mch, M - f.m0);
     f.n0 = nc * nch; f.ncols = std::min(nch, N - f.n0);
-    f.na = nc == 0 ? ((f.mrows + MR - 1) / MR + kApanelsPerItem - 1) / kApanelsPerItem : 0;
-    f.nb = ((f.ncols + NR - 1) / NR + kBpanelsPerItem - 1) / kBpanelsPerItem;
+    f.na = nc == 0 ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
+    f.nb = ((f.ncols + NR - 1) / NR + b_pg - 1) / b_pg * b_kb;
     f.ntm = (f.mrows + P.tm - 1) / P.tm;
     f.ntn = (f.ncols + P.tw - 1) / P.tw;
     f.bp = bbufs[two_b ? q % 2 : 0];
@@ -410,11 +416,13 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
       // Pack: items [0, na) are A panel groups, then B panel groups.
       for (int64_t it; (it = f.pack_next.fetch_add(1, std::memory_order_relaxed)) < f.na + f.nb;) {
         if (it < f.na) {
-          const int64_t ip0 = it * kApanelsPerItem;
-          pack_a_range(P, abuf.p, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + kApanelsPerItem));
+          const int64_t ip0 = it / a_kb * a_pg, kb = it % a_kb;
+          pack_a_range(P, abuf.p, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
+                       a_kb == 1 ? P.nkb : kb + 1);
         } else {
-          const int64_t jp0 = (it - f.na) * kBpanelsPerItem;
-          pack_b_range(P, f.bp, f.n0, f.ncols, jp0, std::min(npanels, jp0 + kBpanelsPerItem));
+          const int64_t jp0 = (it - f.na) / b_kb * b_pg, kb = (it - f.na) % b_kb;
+          pack_b_range(P, f.bp, f.n0, f.ncols, jp0, std::min(npanels, jp0 + b_pg), b_kb == 1 ? 0 : kb,
+                       b_kb == 1 ? P.nkb : kb + 1);
         }
         f.pack_done.fetch_add(1, std::memory_order_release);
       }
