@@ -15,10 +15,14 @@
 //  another thread has claimed and not finished, so a late or preempted thread costs little.
 //  Results do not depend on the thread count: every C element is summed in the same order.
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <thread>
@@ -38,17 +42,48 @@ constexpr int64_t TW = 256;   // tile columns: the C tile MC*TW*4 = 144 KiB sits
 constexpr int64_t kMaxPackA = int64_t{32} << 20;  // bytes of packed A per row chunk
 constexpr int64_t kMaxPackB = int64_t{8} << 20;   // bytes of packed B per column chunk (x2 buffers)
 
-struct AlignedBuf {
+// Packing buffers are kept per calling thread between calls (up to kKeepBytes in all): fresh
+// pages would cost a page fault and a zeroing per 4 KiB on every call, and returning them
+// costs TLB shootdowns. Big buffers are 2 MiB aligned and asked for transparent huge pages.
+constexpr size_t kKeepBytes = size_t{64} << 20;
+
+struct Workspace {
   float* p = nullptr;
-  explicit AlignedBuf(size_t floats) {
-    if (floats) p = static_cast<float*>(::operator new(floats * sizeof(float), std::align_val_t(64)));
+  size_t bytes = 0;
+  float* get(size_t floats) {
+    const size_t need = floats * sizeof(float);
+    if (need <= bytes) return p;
+    release();
+    const size_t huge = size_t{2} << 20;
+    const size_t align = need >= huge ? huge : 64;
+    const size_t sz = (need + align - 1) / align * align;
+    p = static_cast<float*>(std::aligned_alloc(align, sz));
+    if (!p) throw std::bad_alloc();
+    bytes = sz;
+#ifdef MADV_HUGEPAGE
+    if (align == huge) madvise(p, sz, MADV_HUGEPAGE);
+#endif
+    return p;
   }
-  ~AlignedBuf() {
-    if (p) ::operator delete(p, std::align_val_t(64));
+  void release() {
+    std::free(p);
+    p = nullptr;
+    bytes = 0;
   }
-  AlignedBuf(const AlignedBuf&) = delete;
-  AlignedBuf& operator=(const AlignedBuf&) = delete;
+  ~Workspace() { release(); }
 };
+
+struct Workspaces {
+  Workspace a, b[2];
+  void trim() {
+    if (a.bytes + b[0].bytes + b[1].bytes > kKeepBytes) {
+      a.release();
+      b[0].release();
+      b[1].release();
+    }
+  }
+};
+thread_local Workspaces tls_ws;
 
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel: c[0:6, 0:16] (= or +=) sum_p ap[p][0:6]^T bp[p][0:16].
@@ -364,10 +399,10 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     if (n_mchunks * n_nchunks == 1) nt = static_cast<int>(std::min<int64_t>(nt, tiles));
   }
 
-  AlignedBuf abuf(mch * K + 64);
   const bool two_b = n_nchunks > 1;
-  AlignedBuf bbuf0(nch * K + 64), bbuf1(two_b ? nch * K + 64 : 0);
-  float* bbufs[2] = {bbuf0.p, bbuf1.p};
+  Workspaces& ws = tls_ws;
+  float* abufp = ws.a.get(mch * K + 64);
+  float* bbufs[2] = {ws.b[0].get(nch * K + 64), two_b ? ws.b[1].get(nch * K + 64) : nullptr};
 
   // Phases: one per (row chunk, column chunk), usually just one. Each has a packing step and a
   // tile step, each handed out through an atomic counter. No barriers: a thread only waits for
@@ -417,7 +452,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
       for (int64_t it; (it = f.pack_next.fetch_add(1, std::memory_order_relaxed)) < f.na + f.nb;) {
         if (it < f.na) {
           const int64_t ip0 = it / a_kb * a_pg, kb = it % a_kb;
-          pack_a_range(P, abuf.p, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
+          pack_a_range(P, abufp, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
                        a_kb == 1 ? P.nkb : kb + 1);
         } else {
           const int64_t jp0 = (it - f.na) / b_kb * b_pg, kb = (it - f.na) % b_kb;
@@ -434,12 +469,13 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
       for (int64_t it; (it = f.tile_next.fetch_add(1, std::memory_order_relaxed)) < ntiles;) {
         const int64_t ti = it % f.ntm, tj = it / f.ntm;
         const int64_t i0 = ti * P.tm, j0 = tj * P.tw;
-        run_tile(P, abuf.p, mpanels * MR, f.bp, npanels * NR, f.m0, f.mrows, f.n0, f.ncols, i0,
+        run_tile(P, abufp, mpanels * MR, f.bp, npanels * NR, f.m0, f.mrows, f.n0, f.ncols, i0,
                  std::min(P.tm, f.mrows - i0), j0, std::min(P.tw, f.ncols - j0));
         f.tile_done.fetch_add(1, std::memory_order_release);
       }
     }
   });
+  ws.trim();
 }
 
 }  // namespace fg::avx2
