@@ -19,4 +19,12 @@ template <typename T>
 void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
                         const T* mean, const T* rstd, int64_t N, int64_t C);
 
+namespace avx2 {  // float32 versions (layernorm_avx2.cpp); grain: rows per thread below which fewer threads run
+void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
+                       int64_t N, int64_t C, double eps, int64_t grain);
+void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
+                        const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C,
+                        int64_t grain);
+}  // namespace avx2
+
 }  // namespace fg
