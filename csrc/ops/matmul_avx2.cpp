@@ -12,7 +12,9 @@
 //     in L2 across the K blocks, so C goes to memory once.
 //  Very large operands are processed in chunks (rows of A, columns of B) to bound the packed
 //  buffers; B chunks are double-buffered. There are no barriers: a thread waits only for work
-//  another thread has claimed and not finished, so a late or preempted thread costs little.
+//  another thread has claimed and not finished, so a late or preempted thread costs little,
+//  and the helper threads come from an elastic region (ops/elastic.h): one that does not get a
+//  core before the work runs out is not waited for at all.
 //  Results do not depend on the thread count: every C element is summed in the same order.
 #include <immintrin.h>
 #if defined(__linux__)
@@ -29,6 +31,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/elastic.h"
 #include "ops/matmul.h"
 
 namespace fg::avx2 {
@@ -439,7 +442,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     }
   };
 
-  parallel_region(nt, [&](int /*t*/, int /*T*/) {
+  elastic_region(nt, [&] {
     for (int64_t q = 0; q < nphase; ++q) {
       Phase& f = ph[q];
       const int64_t mpanels = (f.mrows + MR - 1) / MR, npanels = (f.ncols + NR - 1) / NR;
