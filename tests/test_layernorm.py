@@ -111,6 +111,25 @@ def test_layernorm_large_streaming_outputs(isa, rng, threads, shape):
     np.testing.assert_allclose(db, rdb, rtol=TOL[np.float32]["rtol"], atol=TOL[np.float32]["atol"] * scale)
 
 
+@pytest.mark.parametrize("shape", [(513, 768), (64, 5001)])
+def test_layernorm_avx2_same_result_for_any_thread_count(isa, rng, threads, shape):
+    # the float32 AVX2 path sums dweight/dbias over fixed row slices in slice order, whichever
+    # thread takes a slice: bit-identical for 1, 2 and 3 threads
+    if isa != "avx2":
+        pytest.skip("the portable path is reproducible for a given thread count only")
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        y, m, r = ops.layernorm_forward(x, w, None)
+        results.append((y, m, r) + tuple(ops.layernorm_backward(dy, x, w, m, r)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_layernorm_deterministic_across_calls(rng, threads):
     threads(2)
     x = rng.standard_normal((513, 768)).astype(np.float32)

@@ -7,11 +7,13 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "core/parallel.h"
+#include "ops/elastic.h"
 #include "ops/layernorm.h"
 
 namespace fg::avx2 {
@@ -181,48 +183,70 @@ inline bool stream_ok(const float* out, int64_t n) {
   return n * static_cast<int64_t>(sizeof(float)) >= kStreamBytes && (reinterpret_cast<uintptr_t>(out) & 3) == 0;
 }
 
+// Below this many elements a call runs on the calling thread alone; backward uses at most
+// kMaxSlices slices of at least kMinParallel elements.
+constexpr int64_t kMinParallel = int64_t{1} << 16;
+constexpr int64_t kMaxSlices = 8;
+
 }  // namespace
 
+// Threads come from an elastic region (ops/elastic.h): rows are handed out in chunks through an
+// atomic counter, and a helper that does not get a core in time is not waited for.
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
                        int64_t N, int64_t C, double eps, int64_t grain) {
   const bool nt = stream_ok(y, N * C);
-  parallel_for(N, grain, [&](int64_t b, int64_t e) {
-    if (nt) forward_dispatch<true>(y, mean, rstd, x, weight, bias, b, e, C, eps);
-    else forward_dispatch<false>(y, mean, rstd, x, weight, bias, b, e, C, eps);
+  const int64_t chunk = std::max<int64_t>(1, grain), nchunks = (N + chunk - 1) / chunk;
+  const int threads = N * C >= kMinParallel ? static_cast<int>(std::min<int64_t>(get_num_threads(), nchunks)) : 1;
+  std::atomic<int64_t> next{0};
+  elastic_region(threads, [&] {
+    for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;) {
+      const int64_t b = c * chunk, e = std::min(N, b + chunk);
+      if (nt) forward_dispatch<true>(y, mean, rstd, x, weight, bias, b, e, C, eps);
+      else forward_dispatch<false>(y, mean, rstd, x, weight, bias, b, e, C, eps);
+    }
   });
 }
 
+// dweight/dbias: the rows are cut into S fixed slices (S depends only on N and C); each slice
+// sums its rows in order into its own partial (slice 0 straight into dweight/dbias), and the
+// partials are added in slice order. Slices are handed out dynamically, so the result is the
+// same for any number of threads and any scheduling.
 void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x,
                         const float* weight, const float* mean, const float* rstd, int64_t N, int64_t C,
                         int64_t grain) {
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), N / std::max<int64_t>(grain, 1))));
-  // thread 0 accumulates straight into dweight/dbias; threads 1.. into scratch, added below
-  // in thread order (reproducible for a given thread count)
+  const int64_t S = std::max<int64_t>(1, std::min<int64_t>({kMaxSlices, N, N * C / kMinParallel}));
+  const int64_t per = (N + S - 1) / S;
+  const int threads = static_cast<int>(std::min<int64_t>(get_num_threads(), S));
   std::fill(dweight, dweight + C, 0.f);
   std::fill(dbias, dbias + C, 0.f);
-  std::vector<float> part(nt > 1 ? static_cast<size_t>(nt - 1) * 2 * C : 0);
+  thread_local std::vector<float> part_cache;  // kept between calls: no page faults per call
+  const size_t part_n = static_cast<size_t>(S - 1) * 2 * C;
+  if (part_cache.size() < part_n) part_cache.resize(part_n);
+  float* part = part_cache.data();
   const bool stream = stream_ok(dx, N * C);
-  parallel_region(nt, [&](int t, int T_) {
-    const int64_t chunk = (N + T_ - 1) / T_;
-    const int64_t b = std::min<int64_t>(N, t * chunk), e = std::min<int64_t>(N, b + chunk);
-    float* pdw = t == 0 ? dweight : part.data() + static_cast<size_t>(t - 1) * 2 * C;
-    float* pdb = t == 0 ? dbias : pdw + C;
-    if (t > 0) std::fill(pdw, pdw + 2 * C, 0.f);
-    for (int64_t r = b; r < e; ++r) {
-      float* dxr = dx + r * C;
-      const float *dyr = dy + r * C, *xr = x + r * C;
-      if (stream) {
-        if (weight) backward_row<true, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
-        else backward_row<false, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
-      } else {
-        if (weight) backward_row<true, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
-        else backward_row<false, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+  std::atomic<int64_t> next{0};
+  elastic_region(threads, [&] {
+    for (int64_t s; (s = next.fetch_add(1, std::memory_order_relaxed)) < S;) {
+      float* pdw = s == 0 ? dweight : part + static_cast<size_t>(s - 1) * 2 * C;
+      float* pdb = s == 0 ? dbias : pdw + C;
+      if (s > 0) std::fill(pdw, pdw + 2 * C, 0.f);
+      const int64_t b = std::min(N, s * per), e = std::min(N, b + per);
+      for (int64_t r = b; r < e; ++r) {
+        float* dxr = dx + r * C;
+        const float *dyr = dy + r * C, *xr = x + r * C;
+        if (stream) {
+          if (weight) backward_row<true, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+          else backward_row<false, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+        } else {
+          if (weight) backward_row<true, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+          else backward_row<false, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+        }
       }
     }
     if (stream) _mm_sfence();
   });
-  for (int t = 1; t < nt; ++t) {
-    const float* pdw = part.data() + static_cast<size_t>(t - 1) * 2 * C;
+  for (int64_t s = 1; s < S; ++s) {
+    const float* pdw = part + static_cast<size_t>(s - 1) * 2 * C;
     const float* pdb = pdw + C;
     int64_t i = 0;
     for (; i + 8 <= C; i += 8) {
