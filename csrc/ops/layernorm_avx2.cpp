@@ -23,6 +23,9 @@ inline double hsum_pd(__m256d a) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
+// Rows are prefetched ahead only while 4 rows of this many floats fit in half the L2.
+constexpr int64_t kPrefetchMaxC = 16384;
+
 // Stores of one output row: plain, or streaming once the destination is 32-byte aligned.
 template <bool NT>
 inline int64_t aligned_head(const float* dst, int64_t C) {
@@ -75,7 +78,11 @@ inline void row_stats(const float* xr, int64_t C, double eps, float* m_out, floa
 
 // y = (x - m) * rs * w + b on one (cached) row
 template <bool HW, bool HB, bool NT>
-inline void row_out(float* yr, const float* xr, const float* w, const float* b, int64_t C, float m, float rs) {
+// `next`: the next row of x (or nullptr). While this pass works from cache, the next row is
+// prefetched into L2, so memory reads overlap the output writes (the hardware prefetcher
+// alone goes quiet when the demand misses stop).
+inline void row_out(float* yr, const float* xr, const float* w, const float* b, int64_t C, float m, float rs,
+                    const float* next) {
   const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rs);
   const int64_t head = aligned_head<NT>(yr, C);
   for (int64_t i = 0; i < head; ++i) {
@@ -87,6 +94,7 @@ inline void row_out(float* yr, const float* xr, const float* w, const float* b, 
   }
   int64_t i = head;
   for (; i + 8 <= C; i += 8) {
+    if (next && ((i & 15) == 0)) _mm_prefetch(reinterpret_cast<const char*>(next + i), _MM_HINT_T1);
     __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
     if constexpr (HW && HB) t = _mm256_fmadd_ps(t, _mm256_loadu_ps(w + i), _mm256_loadu_ps(b + i));
     else if constexpr (HW) t = _mm256_mul_ps(t, _mm256_loadu_ps(w + i));
@@ -110,7 +118,9 @@ void forward_rows(float* y, float* mean, float* rstd, const float* x, const floa
     row_stats(x + r * C, C, eps, &m, &rs);
     mean[r] = m;
     rstd[r] = rs;
-    row_out<HW, HB, NT>(y + r * C, x + r * C, w, b, C, m, rs);
+    // (only while 2 rows fit in half the L2; see backward)
+    const bool pf = r + 1 < r1 && C <= 2 * kPrefetchMaxC;
+    row_out<HW, HB, NT>(y + r * C, x + r * C, w, b, C, m, rs, pf ? x + (r + 1) * C : nullptr);
   }
   if constexpr (NT) _mm_sfence();  // streaming stores visible before the caller reads y
 }
@@ -128,7 +138,7 @@ void forward_dispatch(float* y, float* mean, float* rstd, const float* x, const 
 // into the dweight/dbias partials pdw/pdb; pass 2 writes dx from the cached row.
 template <bool HW, bool NT>
 inline void backward_row(float* dxr, float* pdw, float* pdb, const float* dyr, const float* xr, const float* w,
-                         int64_t C, float m, float rs) {
+                         int64_t C, float m, float rs, const float* next_dy, const float* next_x) {
   const __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rs);
   __m256d g0 = _mm256_setzero_pd(), g1 = _mm256_setzero_pd(), h0 = _mm256_setzero_pd(), h1 = _mm256_setzero_pd();
   int64_t i = 0;
@@ -164,6 +174,10 @@ inline void backward_row(float* dxr, float* pdw, float* pdb, const float* dyr, c
     dxr[i] = rs * std::fma(-xh, mgx, g - mg);
   }
   for (; i + 8 <= C; i += 8) {
+    if (next_dy && ((i & 15) == 0)) {
+      _mm_prefetch(reinterpret_cast<const char*>(next_dy + i), _MM_HINT_T1);
+      _mm_prefetch(reinterpret_cast<const char*>(next_x + i), _MM_HINT_T1);
+    }
     const __m256 dyv = _mm256_loadu_ps(dyr + i);
     const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xr + i), vm), vr);
     const __m256 g = HW ? _mm256_mul_ps(dyv, _mm256_loadu_ps(w + i)) : dyv;
@@ -234,12 +248,17 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
       for (int64_t r = b; r < e; ++r) {
         float* dxr = dx + r * C;
         const float *dyr = dy + r * C, *xr = x + r * C;
+        // prefetch the next rows during pass 2 only while 4 rows fit in half the L2 (past that
+        // the prefetches would evict the lines pass 2 is about to read)
+        const bool pf = r + 1 < e && C <= kPrefetchMaxC;
+        const float* ndy = pf ? dyr + C : nullptr;
+        const float* nx = pf ? xr + C : nullptr;
         if (stream) {
-          if (weight) backward_row<true, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
-          else backward_row<false, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+          if (weight) backward_row<true, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r], ndy, nx);
+          else backward_row<false, true>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r], ndy, nx);
         } else {
-          if (weight) backward_row<true, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
-          else backward_row<false, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r]);
+          if (weight) backward_row<true, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r], ndy, nx);
+          else backward_row<false, false>(dxr, pdw, pdb, dyr, xr, weight, C, mean[r], rstd[r], ndy, nx);
         }
       }
     }
