@@ -1,14 +1,25 @@
 // Elastic parallel regions (see elastic.h): one process-wide pool of helper threads, started
-// lazily, that sleep on a condition variable between jobs (no spinning, so an idle pool costs
-// nothing on a shared machine). One job at a time; a second concurrent caller runs serially.
+// lazily. After a job a helper spins for up to kSpin watching for the next one (back-to-back
+// kernel calls then find it awake on its own core, as OpenMP's workers are), then sleeps on a
+// condition variable, so an idle pool costs nothing. One job at a time; a second concurrent
+// caller runs serially.
 #include "ops/elastic.h"
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <thread>
 
 #include "core/parallel.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define FG_CPU_RELAX() _mm_pause()
+#else
+#define FG_CPU_RELAX() std::this_thread::yield()
+#endif
 
 #if !defined(_WIN32)
 #include <unistd.h>
@@ -23,6 +34,7 @@ namespace fg {
 namespace {
 
 thread_local bool tls_in_region = false;
+constexpr std::chrono::microseconds kSpin{1000};
 
 struct Pool {
   std::mutex m;
@@ -30,6 +42,7 @@ struct Pool {
   void (*fn)(void*) = nullptr;  // the open job, or nullptr
   void* ctx = nullptr;
   uint64_t gen = 0;             // bumped for every job
+  std::atomic<uint64_t> gen_pub{0};  // a copy of gen that spinning helpers read without the lock
   int open_slots = 0;           // helpers that may still enter the open job
   int active = 0;               // helpers inside a job
   int started = 0;
@@ -41,9 +54,14 @@ struct Pool {
 
   void loop() {
     tls_in_region = true;
-    std::unique_lock<std::mutex> lk(m);
-    uint64_t seen = gen;
+    uint64_t seen = gen_pub.load(std::memory_order_acquire);
     for (;;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; gen_pub.load(std::memory_order_acquire) == seen; ++i) {
+        FG_CPU_RELAX();
+        if ((i & 63) == 63 && std::chrono::steady_clock::now() - t0 > kSpin) break;
+      }
+      std::unique_lock<std::mutex> lk(m);
       wake.wait(lk, [&] { return gen != seen; });
       seen = gen;
       if (!fn || open_slots == 0) continue;  // woke too late, or the job has enough helpers
@@ -55,6 +73,7 @@ struct Pool {
       f(c);
       lk.lock();
       if (--active == 0) idle.notify_all();
+      seen = gen;
     }
   }
 };
@@ -83,6 +102,7 @@ void elastic_run(int nthreads, void (*fn)(void*), void* ctx) {
       P->ctx = ctx;
       P->open_slots = nthreads - 1;
       ++P->gen;
+      P->gen_pub.store(P->gen, std::memory_order_release);
     }
   }
   if (!P) {
