@@ -229,3 +229,29 @@ def test_matmul_bad_input():
         ops.linear_backward(np.ones((2, 3)), f32(2, 5), f32(3, 5))
     with pytest.raises(ValueError, match="linear_backward: x must be C-contiguous"):
         ops.linear_backward(f32(2, 3), f32(5, 2).T, f32(3, 5))
+
+
+def test_matmul_concurrent_callers(isa, threads, rng):
+    # kernels release the GIL: several Python threads calling matmul at once share the helper
+    # pool (a caller that finds it busy runs alone); every result must still be exact
+    import threading
+
+    threads(2)
+    cases = [operands(rng, m, n, k, False, False, np.float32) for m, n, k in [(300, 257, 190), (129, 520, 300)] * 3]
+    want = [ops.matmul(a, b) for a, b in cases]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                a, b = cases[i]
+                np.testing.assert_array_equal(ops.matmul(a, b), want[i])
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
