@@ -2,7 +2,8 @@
 //   x, y, dy, dx: (N, C) row-major; weight, bias, dweight, dbias: (C,); mean, rstd: (N,).
 // weight/bias may be nullptr (treated as ones/zeros). Backward overwrites (=) dx, dweight, dbias.
 // Rows are independent and split over threads; dweight/dbias are reduced from per-thread
-// partials combined in thread order, so results are reproducible for a given thread count.
+// partials combined in thread order, so results are reproducible for a given thread count
+// (the float32 AVX2 path sums fixed row slices in slice order: the same for any thread count).
 #pragma once
 #include <cstdint>
 
