@@ -12,9 +12,9 @@
 //     in L2 across the K blocks, so C goes to memory once.
 //  Very large operands are processed in chunks (rows of A, columns of B) to bound the packed
 //  buffers; B chunks are double-buffered. There are no barriers: a thread waits only for work
-//  another thread has claimed and not finished, so a late or preempted thread costs little,
-//  and the helper threads come from an elastic region (ops/elastic.h): one that does not get a
-//  core before the work runs out is not waited for at all.
+//  another thread has claimed and not finished, so a late or preempted thread costs little.
+//  Calls under ~20 ms run in an elastic region (ops/elastic.h), where a helper that does not
+//  get a core before the work runs out is not waited for at all; longer ones in OpenMP's team.
 //  Results do not depend on the thread count: every C element is summed in the same order.
 #include <immintrin.h>
 #if defined(__linux__)
@@ -44,6 +44,7 @@ constexpr int64_t MC = 144;   // tile rows: the A block MC*KC*4 = 144 KiB sits i
 constexpr int64_t TW = 256;   // tile columns: the C tile MC*TW*4 = 144 KiB sits in L2 too
 constexpr int64_t kMaxPackA = int64_t{32} << 20;  // bytes of packed A per row chunk
 constexpr int64_t kMaxPackB = int64_t{8} << 20;   // bytes of packed B per column chunk (x2 buffers)
+constexpr double kOpenMPFlops = 2e9;  // ~20 ms on one core: below this, elastic threads
 
 // Packing buffers are kept per calling thread between calls (up to kKeepBytes in all): fresh
 // pages would cost a page fault and a zeroing per 4 KiB on every call, and returning them
@@ -442,7 +443,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     }
   };
 
-  elastic_region(nt, [&] {
+  auto work = [&] {
     for (int64_t q = 0; q < nphase; ++q) {
       Phase& f = ph[q];
       const int64_t mpanels = (f.mrows + MR - 1) / MR, npanels = (f.ncols + NR - 1) / NR;
@@ -477,7 +478,13 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
         f.tile_done.fetch_add(1, std::memory_order_release);
       }
     }
-  });
+  };
+  // Long calls use the OpenMP team: its workers keep spinning between back-to-back calls, and
+  // one that starts late only costs its share (the work is handed out dynamically). Shorter
+  // calls use an elastic region, which never waits for a helper that has not started: on a
+  // shared machine waking a worker can take a scheduler tick (4-8 ms), more than the call.
+  if (flops >= kOpenMPFlops) parallel_region(nt, [&](int, int) { work(); });
+  else elastic_region(nt, work);
   ws.trim();
 }
 
