@@ -72,6 +72,64 @@ def test_layernorm_constant_rows(isa, dtype):
     np.testing.assert_array_equal(db, np.full(768, 4.0, dtype))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_offset_rows_and_outlier_first_element(isa, rng, dtype):
+    # mean far from zero and the first element (the shift of the one-pass float32 statistics)
+    # far from the mean: the worst case for cancellation in var = E[d^2] - E[d]^2
+    C = 4096
+    x = (1e4 + rng.standard_normal((6, C))).astype(dtype)
+    x[:, 0] = [1e4 + 60, 1e4 - 60, -3e4, 5e4, 1e4, 1e4 + 1e-2]
+    y, mean, rstd = ops.layernorm_forward(x, None, None)
+    ry, rmean, rrstd = ref.layernorm_forward(x.astype(np.float64), None, None, 1e-5)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(rstd, rrstd, **TOL[dtype])
+    # y = (x - mean) * rstd inherits the rounding of x and mean (|mean| ~ 1e4) in the output dtype:
+    # an absolute error of a few units of |mean| * rstd * u on top of the usual tolerance
+    u = np.finfo(dtype).eps / 2
+    atol = TOL[dtype]["atol"] + 4 * u * np.abs(rmean)[:, None] * rrstd[:, None]
+    assert np.all(np.abs(y - ry) <= atol + TOL[dtype]["rtol"] * np.abs(ry))
+
+
+@pytest.mark.parametrize("shape", [(4100, 519), (2, 1050001)])
+def test_layernorm_large_streaming_outputs(isa, rng, threads, shape):
+    # outputs over 8 MiB are written with streaming stores (float32 AVX2 path); C = 519 makes
+    # successive rows start at every alignment, so the unaligned row heads are covered
+    threads(2)
+    C = shape[-1]
+    x = (1 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w, b = _params(rng, C, np.float32, True)
+    y, mean, rstd = ops.layernorm_forward(x, w, b)
+    ry, rmean, rrstd = ref.layernorm_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), 1e-5)
+    np.testing.assert_allclose(y, ry, **TOL[np.float32])
+    dx, dw, db = ops.layernorm_backward(dy, x, w, mean, rstd)
+    rdx, rdw, rdb = ref.layernorm_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64),
+                                           mean.astype(np.float64), rstd.astype(np.float64))
+    np.testing.assert_allclose(dx, rdx, **TOL[np.float32])
+    scale = np.sqrt(shape[0])
+    np.testing.assert_allclose(dw, rdw, rtol=TOL[np.float32]["rtol"], atol=TOL[np.float32]["atol"] * scale)
+    np.testing.assert_allclose(db, rdb, rtol=TOL[np.float32]["rtol"], atol=TOL[np.float32]["atol"] * scale)
+
+
+@pytest.mark.parametrize("shape", [(513, 768), (64, 5001)])
+def test_layernorm_avx2_same_result_for_any_thread_count(isa, rng, threads, shape):
+    # the float32 AVX2 path sums dweight/dbias over fixed row slices in slice order, whichever
+    # thread takes a slice: bit-identical for 1, 2 and 3 threads
+    if isa != "avx2":
+        pytest.skip("the portable path is reproducible for a given thread count only")
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        y, m, r = ops.layernorm_forward(x, w, None)
+        results.append((y, m, r) + tuple(ops.layernorm_backward(dy, x, w, m, r)))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_layernorm_deterministic_across_calls(rng, threads):
     threads(2)
     x = rng.standard_normal((513, 768)).astype(np.float32)

@@ -67,6 +67,20 @@ def test_matmul_large(isa, threads, rng, ta, tb):
     check(ops.matmul(a, b, trans_a=ta, trans_b=tb), a, b, ta, tb, np.float32)
 
 
+@pytest.mark.parametrize("mnk", [(13, 1100, 4096), (2100, 20, 4096), (2060, 530, 4096)])
+@pytest.mark.parametrize("ta,tb,accumulate", [(False, False, False), (True, True, True)])
+def test_matmul_chunked_packing(isa, threads, rng, mnk, ta, tb, accumulate):
+    # the float32 AVX2 path packs at most 32 MiB of A (2048 rows at K=4096) and 8 MiB of B
+    # (512 columns) at a time: these shapes take several row and/or column chunks
+    threads(2)
+    m, n, k = mnk
+    a, b = operands(rng, m, n, k, ta, tb, np.float32)
+    acc = rng.standard_normal((m, n)).astype(np.float32) if accumulate else None
+    out = acc.copy() if accumulate else np.empty((m, n), np.float32)
+    ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out, accumulate=accumulate)
+    check(out, a, b, ta, tb, np.float32, acc=acc)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_agrees_with_naive(isa, rng, dtype):
     for m, n, k in [(7, 33, 127), (127, 1, 33), (33, 127, 300)]:
@@ -215,3 +229,29 @@ def test_matmul_bad_input():
         ops.linear_backward(np.ones((2, 3)), f32(2, 5), f32(3, 5))
     with pytest.raises(ValueError, match="linear_backward: x must be C-contiguous"):
         ops.linear_backward(f32(2, 3), f32(5, 2).T, f32(3, 5))
+
+
+def test_matmul_concurrent_callers(isa, threads, rng):
+    # kernels release the GIL: several Python threads calling matmul at once share the helper
+    # pool (a caller that finds it busy runs alone); every result must still be exact
+    import threading
+
+    threads(2)
+    cases = [operands(rng, m, n, k, False, False, np.float32) for m, n, k in [(300, 257, 190), (129, 520, 300)] * 3]
+    want = [ops.matmul(a, b) for a, b in cases]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                a, b = cases[i]
+                np.testing.assert_array_equal(ops.matmul(a, b), want[i])
+        except AssertionError as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(len(cases))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors

@@ -1,65 +1,491 @@
-// AVX2/FMA float32 GEMM: the 6x16 register-blocked micro-kernel (12 ymm accumulators, 2 B loads
-// and 6 broadcasts per k) plugged into the blocked driver of matmul_impl.h with Zen-sized blocks
-// (MC=144 rows of A ~ 144 KiB in L2, KC=256, NC=4080 columns of B ~ 4 MiB in L3).
+// AVX2/FMA float32 GEMM, tuned for 2 threads on Zen 3 (32 KiB L1d, 512 KiB L2 per core).
 // Compiled with -mavx2 -mfma; called from matmul.cpp only when the CPU has them.
+//
+// Design (a BLIS-style kernel with a different outer loop):
+//  1. Pack all of op(A) into MR x kc panels and all of op(B) into kc x NR panels, once, with
+//     AVX loads/transposes; K is cut into nearly equal blocks of at most KC. Both threads share
+//     the packed copies. Packing work is handed out dynamically through atomic counters.
+//  2. C is cut into tiles of about MC x TW; threads take tiles from an atomic counter (dynamic
+//     scheduling keeps both cores busy even when the machine is shared and one is preempted).
+//     In a tile: for each K block, for each NR panel of B (kept in L1), for each MR panel of A
+//     (the MC x kc block stays in L2): the 6x16 micro-kernel. The C tile (MC x TW floats) stays
+//     in L2 across the K blocks, so C goes to memory once.
+//  Very large operands are processed in chunks (rows of A, columns of B) to bound the packed
+//  buffers; B chunks are double-buffered. There are no barriers: a thread waits only for work
+//  another thread has claimed and not finished, so a late or preempted thread costs little.
+//  Calls under ~20 ms run in an elastic region (ops/elastic.h), where a helper that does not
+//  get a core before the work runs out is not waited for at all; longer ones in OpenMP's team.
+//  Results do not depend on the thread count: every C element is summed in the same order.
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "core/parallel.h"
+#include "ops/elastic.h"
 #include "ops/matmul.h"
-#include "ops/matmul_impl.h"
 
 namespace fg::avx2 {
 
 namespace {
 
-struct Kernel6x16 {
-  static constexpr int MR = 6, NR = 16;
-  static void run(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool add) {
-    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-    __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-    __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-    __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-    for (int64_t p = 0; p < kc; ++p) {
-      const __m256 b0 = _mm256_load_ps(bp + p * 16);
-      const __m256 b1 = _mm256_load_ps(bp + p * 16 + 8);
-      const float* a = ap + p * 6;
-      __m256 av = _mm256_broadcast_ss(a + 0);
-      c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-      av = _mm256_broadcast_ss(a + 1);
-      c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-      av = _mm256_broadcast_ss(a + 2);
-      c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-      av = _mm256_broadcast_ss(a + 3);
-      c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-      av = _mm256_broadcast_ss(a + 4);
-      c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-      av = _mm256_broadcast_ss(a + 5);
-      c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+constexpr int MR = 6, NR = 16;
+constexpr int64_t KC = 256;   // K block: one B micro-panel KC*NR*4 = 16 KiB sits in L1
+constexpr int64_t MC = 144;   // tile rows: the A block MC*KC*4 = 144 KiB sits in L2
+constexpr int64_t TW = 256;   // tile columns: the C tile MC*TW*4 = 144 KiB sits in L2 too
+constexpr int64_t kMaxPackA = int64_t{32} << 20;  // bytes of packed A per row chunk
+constexpr int64_t kMaxPackB = int64_t{8} << 20;   // bytes of packed B per column chunk (x2 buffers)
+constexpr double kOpenMPFlops = 2e9;  // ~20 ms on one core: below this, elastic threads
+
+// Packing buffers are kept per calling thread between calls (up to kKeepBytes in all): fresh
+// pages would cost a page fault and a zeroing per 4 KiB on every call, and returning them
+// costs TLB shootdowns. Big buffers are 2 MiB aligned and asked for transparent huge pages.
+constexpr size_t kKeepBytes = size_t{64} << 20;
+
+struct Workspace {
+  float* p = nullptr;
+  size_t bytes = 0;
+  float* get(size_t floats) {
+    const size_t need = floats * sizeof(float);
+    if (need <= bytes) return p;
+    release();
+    const size_t huge = size_t{2} << 20;
+    const size_t align = need >= huge ? huge : 64;
+    const size_t sz = (need + align - 1) / align * align;
+    p = static_cast<float*>(std::aligned_alloc(align, sz));
+    if (!p) throw std::bad_alloc();
+    bytes = sz;
+#ifdef MADV_HUGEPAGE
+    if (align == huge) madvise(p, sz, MADV_HUGEPAGE);
+#endif
+    return p;
+  }
+  void release() {
+    std::free(p);
+    p = nullptr;
+    bytes = 0;
+  }
+  ~Workspace() { release(); }
+};
+
+struct Workspaces {
+  Workspace a, b[2];
+  void trim() {
+    if (a.bytes + b[0].bytes + b[1].bytes > kKeepBytes) {
+      a.release();
+      b[0].release();
+      b[1].release();
     }
-    auto st = [&](float* row, __m256 v0, __m256 v1) {
-      if (add) {
-        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
-        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
-      }
-      _mm256_storeu_ps(row, v0);
-      _mm256_storeu_ps(row + 8, v1);
-    };
-    st(c + 0 * ldc, c00, c01);
-    st(c + 1 * ldc, c10, c11);
-    st(c + 2 * ldc, c20, c21);
-    st(c + 3 * ldc, c30, c31);
-    st(c + 4 * ldc, c40, c41);
-    st(c + 5 * ldc, c50, c51);
   }
 };
+thread_local Workspaces tls_ws;
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernel: c[0:6, 0:16] (= or +=) sum_p ap[p][0:6]^T bp[p][0:16].
+// ap: (kc, 6) packed, bp: (kc, 16) packed and 32-byte aligned, c: row stride ldc.
+// The k loop is inline asm: GCC's scheduler spills accumulators when it interleaves unrolled
+// steps. One k step = 2 aligned loads of B, 6 broadcasts of A, 12 FMAs; 12 accumulators + 2 B
+// + 1 A = 15 ymm, no spills. Unrolled by 4, A prefetched 8 steps ahead.
+void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool add) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  // C is touched only after the k loop: start pulling its 6 rows in now.
+  for (int r = 0; r < 6; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
+  }
+  int64_t k4 = kc / 4, k1 = kc % 4;
+  if (k4 > 0) {
+#define FG_KSTEP(B0, B1, A0)                                \
+  "vmovaps " #B0 "(%[b]), %%ymm14\n\t"                       \
+  "vmovaps " #B1 "(%[b]), %%ymm15\n\t"                       \
+  "vbroadcastss " #A0 "+0(%[a]), %%ymm13\n\t"                \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c00]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c01]\n\t"                 \
+  "vbroadcastss " #A0 "+4(%[a]), %%ymm13\n\t"                \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c10]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c11]\n\t"                 \
+  "vbroadcastss " #A0 "+8(%[a]), %%ymm13\n\t"                \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c20]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c21]\n\t"                 \
+  "vbroadcastss " #A0 "+12(%[a]), %%ymm13\n\t"               \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c30]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c31]\n\t"                 \
+  "vbroadcastss " #A0 "+16(%[a]), %%ymm13\n\t"               \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c40]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c41]\n\t"                 \
+  "vbroadcastss " #A0 "+20(%[a]), %%ymm13\n\t"               \
+  "vfmadd231ps %%ymm14, %%ymm13, %[c50]\n\t"                 \
+  "vfmadd231ps %%ymm15, %%ymm13, %[c51]\n\t"
+    __asm__ volatile(
+        "1:\n\t"
+        "prefetcht0 192(%[a])\n\t"
+        FG_KSTEP(0, 32, 0)
+        FG_KSTEP(64, 96, 24)
+        FG_KSTEP(128, 160, 48)
+        FG_KSTEP(192, 224, 72)
+        "addq $96, %[a]\n\t"
+        "addq $256, %[b]\n\t"
+        "decq %[n]\n\t"
+        "jnz 1b\n\t"
+        : [a] "+r"(ap), [b] "+r"(bp), [n] "+r"(k4), [c00] "+x"(c00), [c01] "+x"(c01), [c10] "+x"(c10),
+          [c11] "+x"(c11), [c20] "+x"(c20), [c21] "+x"(c21), [c30] "+x"(c30), [c31] "+x"(c31),
+          [c40] "+x"(c40), [c41] "+x"(c41), [c50] "+x"(c50), [c51] "+x"(c51)
+        :
+        : "xmm13", "xmm14", "xmm15", "memory", "cc");
+#undef FG_KSTEP
+  }
+  for (; k1 > 0; --k1) {
+    const __m256 b0 = _mm256_load_ps(bp);
+    const __m256 b1 = _mm256_load_ps(bp + 8);
+    __m256 av = _mm256_broadcast_ss(ap + 0);
+    c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(ap + 1);
+    c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(ap + 2);
+    c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(ap + 3);
+    c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(ap + 4);
+    c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(ap + 5);
+    c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
+    ap += 6;
+    bp += 16;
+  }
+  auto st = [&](float* row, __m256 v0, __m256 v1) {
+    if (add) {
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
+    }
+    _mm256_storeu_ps(row, v0);
+    _mm256_storeu_ps(row + 8, v1);
+  };
+  st(c + 0 * ldc, c00, c01);
+  st(c + 1 * ldc, c10, c11);
+  st(c + 2 * ldc, c20, c21);
+  st(c + 3 * ldc, c30, c31);
+  st(c + 4 * ldc, c40, c41);
+  st(c + 5 * ldc, c50, c51);
+}
+
+// A tile that sticks out of C (mr < 6 or nr < 16): compute the full 6x16 into scratch (the
+// packed panels are zero-padded), then write the valid part.
+void kernel_edge(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int64_t mr, int64_t nr,
+                 bool add) {
+  alignas(64) float tile[MR * NR];
+  kernel_6x16(kc, ap, bp, tile, NR, false);
+  for (int64_t r = 0; r < mr; ++r)
+    for (int64_t q = 0; q < nr; ++q) c[r * ldc + q] = add ? c[r * ldc + q] + tile[r * NR + q] : tile[r * NR + q];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packing. K is cut into blocks; block `pb` covers [p0, p0 + kc). Packed layouts:
+//   A: block at ap + p0 * Mpad, panel ip at + ip * MR * kc, element (p, r) at + p * MR + r.
+//   B: block at bp + p0 * Npad, panel jp at + jp * NR * kc, element (p, q) at + p * NR + q.
+// Rows of A past M and columns of B past N are packed as zeros.
+
+// In-register transpose of 8 rows of 8 floats: on return r[j] holds column j.
+inline void transpose8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// A(i, p) = a[i * lda + p] (A not transposed): one MR-row panel, K block [p0, p0 + kc).
+// Each row is read contiguously; 6x8 blocks are transposed in registers.
+void pack_a_rows(float* d, const float* a, int64_t lda, int64_t i0, int64_t mr, int64_t p0, int64_t kc) {
+  const float* s[MR];
+  for (int r = 0; r < MR; ++r) s[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * lda + p0;
+  int64_t p = 0;
+  for (; p + 8 <= kc; p += 8) {
+    __m256 v[8];
+    for (int r = 0; r < MR; ++r) v[r] = r < mr ? _mm256_loadu_ps(s[r] + p) : _mm256_setzero_ps();
+    v[6] = v[7] = _mm256_setzero_ps();
+    transpose8(v);
+    float* o = d + p * MR;
+    // v[j] = (A(0..5, p+j), 0, 0): full 8-float stores overlap the next one's first 2 floats,
+    // which it rewrites; the last is split so nothing is written past this block.
+    for (int j = 0; j < 7; ++j) _mm256_storeu_ps(o + j * MR, v[j]);
+    _mm_storeu_ps(o + 7 * MR, _mm256_castps256_ps128(v[7]));
+    _mm_storel_pi(reinterpret_cast<__m64*>(o + 7 * MR + 4), _mm256_extractf128_ps(v[7], 1));
+  }
+  for (; p < kc; ++p)
+    for (int r = 0; r < MR; ++r) d[p * MR + r] = r < mr ? s[r][p] : 0.f;
+}
+
+// A(i, p) = a[p * lda + i] (A transposed): panels [ip0, ip1) of MR rows, K block [p0, p0 + kc).
+// Walks the stored rows p, copying 6 contiguous floats into each panel.
+void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip0, int64_t ip1, int64_t p0,
+                 int64_t kc) {
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* s = a + (p0 + p) * lda;
+    for (int64_t ip = ip0; ip < ip1; ++ip) {
+      float* d = dblk + ip * MR * kc + p * MR;
+      const int64_t i = ip * MR;
+      if (i + MR <= M) {
+        _mm_storeu_ps(d, _mm_loadu_ps(s + i));
+        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + i + 4))));
+      } else {
+        for (int r = 0; r < MR; ++r) d[r] = i + r < M ? s[i + r] : 0.f;
+      }
+    }
+  }
+}
+
+// B(p, j) = b[p * ldb + j] (B not transposed): panels [jp0, jp1) of NR columns, K block.
+void pack_b_rows(float* dblk, const float* b, int64_t ldb, int64_t N, int64_t jp0, int64_t jp1, int64_t p0,
+                 int64_t kc) {
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* s = b + (p0 + p) * ldb;
+    for (int64_t jp = jp0; jp < jp1; ++jp) {
+      float* d = dblk + jp * NR * kc + p * NR;
+      const int64_t j = jp * NR;
+      if (j + NR <= N) {
+        _mm256_store_ps(d, _mm256_loadu_ps(s + j));
+        _mm256_store_ps(d + 8, _mm256_loadu_ps(s + j + 8));
+      } else {
+        for (int q = 0; q < NR; ++q) d[q] = j + q < N ? s[j + q] : 0.f;
+      }
+    }
+  }
+}
+
+// B(p, j) = b[j * ldb + p] (B transposed): one NR-column panel, K block; 8x8 transposes.
+void pack_b_cols(float* d, const float* b, int64_t ldb, int64_t j0, int64_t nr, int64_t p0, int64_t kc) {
+  const float* s[NR];
+  for (int q = 0; q < NR; ++q) s[q] = b + (j0 + std::min<int64_t>(q, nr - 1)) * ldb + p0;
+  int64_t p = 0;
+  for (; p + 8 <= kc; p += 8) {
+    for (int h = 0; h < 2; ++h) {
+      __m256 v[8];
+      for (int q = 0; q < 8; ++q) v[q] = h * 8 + q < nr ? _mm256_loadu_ps(s[h * 8 + q] + p) : _mm256_setzero_ps();
+      transpose8(v);
+      for (int j = 0; j < 8; ++j) _mm256_store_ps(d + (p + j) * NR + h * 8, v[j]);
+    }
+  }
+  for (; p < kc; ++p)
+    for (int q = 0; q < NR; ++q) d[p * NR + q] = q < nr ? s[q][p] : 0.f;
+}
+
+// ---------------------------------------------------------------------------------------------
+struct Plan {
+  int64_t M, N, K;
+  bool ta, tb, accumulate;
+  const float* a;
+  const float* b;
+  float* c;
+  int64_t kcb, nkb;         // K block size and count: block pb covers [pb*kcb, min(K, +kcb))
+  int64_t mch, nch;         // rows / columns per chunk (multiples of MR / NR)
+  int64_t tm, tw;           // tile rows / columns (multiples of MR / NR)
+};
+
+// Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), K blocks [pb0, pb1), into ap.
+__attribute__((noinline)) void pack_a_range(const Plan& P, float* ap, int64_t m0, int64_t mrows, int64_t ip0,
+                                            int64_t ip1, int64_t pb0, int64_t pb1) {
+  const int64_t mpad = (mrows + MR - 1) / MR * MR;
+  for (int64_t pb = pb0; pb < pb1; ++pb) {
+    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    float* blk = ap + p0 * mpad;
+    if (!P.ta) {
+      for (int64_t ip = ip0; ip < ip1; ++ip)
+        pack_a_rows(blk + ip * MR * kc, P.a, P.K, m0 + ip * MR, std::min<int64_t>(MR, mrows - ip * MR), p0, kc);
+    } else {
+      // A stored (K, M): shift the origin to row m0 so panel indices are chunk-relative.
+      pack_a_cols(blk, P.a + m0, P.M, mrows, ip0, ip1, p0, kc);
+    }
+  }
+}
+
+// The same for panels [jp0, jp1) of columns [n0, n0 + ncols) of op(B).
+__attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0, int64_t ncols, int64_t jp0,
+                                            int64_t jp1, int64_t pb0, int64_t pb1) {
+  const int64_t npad = (ncols + NR - 1) / NR * NR;
+  for (int64_t pb = pb0; pb < pb1; ++pb) {
+    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    float* blk = bp + p0 * npad;
+    if (!P.tb) {
+      pack_b_rows(blk, P.b + n0, P.N, ncols, jp0, jp1, p0, kc);
+    } else {
+      for (int64_t jp = jp0; jp < jp1; ++jp)
+        pack_b_cols(blk + jp * NR * kc, P.b, P.K, n0 + jp * NR, std::min<int64_t>(NR, ncols - jp * NR), p0, kc);
+    }
+  }
+}
+
+// One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
+__attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
+              int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
+  for (int64_t pb = 0; pb < P.nkb; ++pb) {
+    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    const bool add = P.accumulate || pb > 0;
+    const float* ablk = ap + p0 * mpad;
+    const float* bblk = bp + p0 * npad;
+    for (int64_t j = j0; j < j0 + nt; j += NR) {
+      const float* bpp = bblk + (j / NR) * NR * kc;
+      const int64_t nr = std::min<int64_t>(NR, ncols - j);
+      for (int64_t i = i0; i < i0 + mt; i += MR) {
+        const float* app = ablk + (i / MR) * MR * kc;
+        const int64_t mr = std::min<int64_t>(MR, mrows - i);
+        float* cij = P.c + (m0 + i) * P.N + n0 + j;
+        if (mr == MR && nr == NR)
+          kernel_6x16(kc, app, bpp, cij, P.N, add);
+        else
+          kernel_edge(kc, app, bpp, cij, P.N, mr, nr, add);
+      }
+    }
+  }
+}
 
 }  // namespace
 
 void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
            bool trans_b, bool accumulate, int nthreads) {
-  gemm_blocked<float, Kernel6x16, 144, 256, 4080>(c, a, view_a(a, M, K, trans_a), b, view_b(b, K, N, trans_b),
-                                                  M, N, K, accumulate, nthreads);
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate) std::memset(c, 0, sizeof(float) * M * N);
+    return;
+  }
+  Plan P;
+  P.M = M; P.N = N; P.K = K; P.ta = trans_a; P.tb = trans_b; P.accumulate = accumulate;
+  P.a = a; P.b = b; P.c = c;
+  // K blocks of nearly equal size <= KC (a multiple of 8 when K allows).
+  P.nkb = (K + KC - 1) / KC;
+  P.kcb = (K + P.nkb - 1) / P.nkb;
+  if (P.nkb > 1) P.kcb = std::min<int64_t>(KC, (P.kcb + 7) / 8 * 8);
+  P.nkb = (K + P.kcb - 1) / P.kcb;
+  // Chunks bound the packed buffers (usually one chunk each way).
+  P.mch = std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
+  P.nch = std::max<int64_t>(TW, kMaxPackB / (4 * K) / TW * TW);
+  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
+  const int64_t nch = std::min(P.nch, (N + NR - 1) / NR * NR);
+  // Tiles: about MC x TW, evened out over the chunk.
+  {
+    const int64_t ntm = (std::min(mch, M) + MC - 1) / MC;
+    P.tm = ((std::min(mch, M) + ntm - 1) / ntm + MR - 1) / MR * MR;
+    const int64_t ntn = (std::min(nch, N) + TW - 1) / TW;
+    P.tw = ((std::min(nch, N) + ntn - 1) / ntn + NR - 1) / NR * NR;
+  }
+  const int64_t n_mchunks = (M + mch - 1) / mch, n_nchunks = (N + nch - 1) / nch;
+
+  // Threads: serial below ~0.1 ms of work (waking a second thread costs more than it gains).
+  const double flops = 2.0 * M * N * K;
+  int nt = std::max(1, nthreads);
+  if (flops < 1.2e7) nt = 1;
+  {
+    const int64_t tiles = ((std::min(mch, M) + P.tm - 1) / P.tm) * ((std::min(nch, N) + P.tw - 1) / P.tw);
+    if (n_mchunks * n_nchunks == 1) nt = static_cast<int>(std::min<int64_t>(nt, tiles));
+  }
+
+  const bool two_b = n_nchunks > 1;
+  Workspaces& ws = tls_ws;
+  float* abufp = ws.a.get(mch * K + 64);
+  float* bbufs[2] = {ws.b[0].get(nch * K + 64), two_b ? ws.b[1].get(nch * K + 64) : nullptr};
+
+  // Phases: one per (row chunk, column chunk), usually just one. Each has a packing step and a
+  // tile step, each handed out through an atomic counter. No barriers: a thread only waits for
+  // work that another thread has claimed and not yet finished (the packing its tiles read, or
+  // the tiles still reading a buffer it is about to overwrite). A thread that starts late
+  // (e.g. preempted on a shared machine) simply finds less work left.
+  struct Phase {
+    int64_t m0, mrows, n0, ncols, na, nb, ntm, ntn;
+    float* bp;
+    std::atomic<int64_t> pack_next{0}, pack_done{0}, tile_next{0}, tile_done{0};
+  };
+  // Packing items: a group of panels times either all K blocks (when each panel's source rows
+  // are contiguous along K: A as stored, B transposed) or one K block (when the source is read
+  // across panels, row by row: A transposed, B as stored; short rows keep the TLB happy).
+  const int64_t a_pg = trans_a ? 32 : 8, a_kb = trans_a ? P.nkb : 1;   // panels, K splits
+  const int64_t b_pg = trans_b ? 4 : 16, b_kb = trans_b ? 1 : P.nkb;
+  const int64_t nphase = n_mchunks * n_nchunks;
+  std::vector<Phase> ph(nphase);
+  for (int64_t q = 0; q < nphase; ++q) {
+    Phase& f = ph[q];
+    const int64_t mc = q / n_nchunks, nc = q % n_nchunks;
+    f.m0 = mc * mch; f.mrows = std::min(mch, M - f.m0);
+    f.n0 = nc * nch; f.ncols = std::min(nch, N - f.n0);
+    f.na = nc == 0 ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
+    f.nb = ((f.ncols + NR - 1) / NR + b_pg - 1) / b_pg * b_kb;
+    f.ntm = (f.mrows + P.tm - 1) / P.tm;
+    f.ntn = (f.ncols + P.tw - 1) / P.tw;
+    f.bp = bbufs[two_b ? q % 2 : 0];
+  }
+  auto wait_for = [](const std::atomic<int64_t>& x, int64_t target) {
+    for (int spins = 0; x.load(std::memory_order_acquire) < target; ++spins) {
+      _mm_pause();
+      if (spins > 4096) { std::this_thread::yield(); spins = 0; }
+    }
+  };
+
+  auto work = [&] {
+    for (int64_t q = 0; q < nphase; ++q) {
+      Phase& f = ph[q];
+      const int64_t mpanels = (f.mrows + MR - 1) / MR, npanels = (f.ncols + NR - 1) / NR;
+      // Buffers about to be overwritten must no longer be read: B's buffer was last used by phase
+      // q-2 (q-1 when single-buffered), A's by phase q-1 when this phase repacks A.
+      const bool repack_a = f.na > 0 && q > 0;
+      if (q >= 1 && (repack_a || !two_b)) wait_for(ph[q - 1].tile_done, ph[q - 1].ntm * ph[q - 1].ntn);
+      if (q >= 2) wait_for(ph[q - 2].tile_done, ph[q - 2].ntm * ph[q - 2].ntn);
+      // Pack: items [0, na) are A panel groups, then B panel groups.
+      for (int64_t it; (it = f.pack_next.fetch_add(1, std::memory_order_relaxed)) < f.na + f.nb;) {
+        if (it < f.na) {
+          const int64_t ip0 = it / a_kb * a_pg, kb = it % a_kb;
+          pack_a_range(P, abufp, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
+                       a_kb == 1 ? P.nkb : kb + 1);
+        } else {
+          const int64_t jp0 = (it - f.na) / b_kb * b_pg, kb = (it - f.na) % b_kb;
+          pack_b_range(P, f.bp, f.n0, f.ncols, jp0, std::min(npanels, jp0 + b_pg), b_kb == 1 ? 0 : kb,
+                       b_kb == 1 ? P.nkb : kb + 1);
+        }
+        f.pack_done.fetch_add(1, std::memory_order_release);
+      }
+      wait_for(f.pack_done, f.na + f.nb);
+      // The packed A this phase reads may come from an earlier phase of the same row chunk.
+      // (Its packing finished before that phase's tiles could start, which we waited for.)
+      // Tiles, column-major so consecutive tiles share the same packed B columns.
+      const int64_t ntiles = f.ntm * f.ntn;
+      for (int64_t it; (it = f.tile_next.fetch_add(1, std::memory_order_relaxed)) < ntiles;) {
+        const int64_t ti = it % f.ntm, tj = it / f.ntm;
+        const int64_t i0 = ti * P.tm, j0 = tj * P.tw;
+        run_tile(P, abufp, mpanels * MR, f.bp, npanels * NR, f.m0, f.mrows, f.n0, f.ncols, i0,
+                 std::min(P.tm, f.mrows - i0), j0, std::min(P.tw, f.ncols - j0));
+        f.tile_done.fetch_add(1, std::memory_order_release);
+      }
+    }
+  };
+  // Long calls use the OpenMP team: its workers keep spinning between back-to-back calls, and
+  // one that starts late only costs its share (the work is handed out dynamically). Shorter
+  // calls use an elastic region, which never waits for a helper that has not started: on a
+  // shared machine waking a worker can take a scheduler tick (4-8 ms), more than the call.
+  if (flops >= kOpenMPFlops) parallel_region(nt, [&](int, int) { work(); });
+  else elastic_region(nt, work);
+  ws.trim();
 }
 
 }  // namespace fg::avx2
