@@ -377,3 +377,16 @@ def test_cross_entropy_accepts_int32_targets(no_fallback):
     # a superset of PyTorch (which wants int64): int32 class indices go to the kernel as they are
     x, t = rnd(7, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1])
     torch.testing.assert_close(fgt.cross_entropy(x, t.int()), TF.cross_entropy(x, t))
+
+
+def test_example_07_torch_swap():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "07_torch_swap.py"
+    spec = importlib.util.spec_from_file_location("example_07", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fgt.fallback_counts.clear()
+    r = mod.main()
+    assert r["fallbacks"] == {}
+    assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_grad"] < 1e-6
