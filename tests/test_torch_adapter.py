@@ -390,3 +390,23 @@ def test_example_07_torch_swap():
     r = mod.main()
     assert r["fallbacks"] == {}
     assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_grad"] < 1e-6
+
+
+def test_non_cpu_tensors_fall_back_and_adamw_refuses_them():
+    # "meta" stands in for CUDA here (no GPU on the test machine): the same device check handles both
+    fgt.fallback_counts.clear()
+    x = torch.empty(7, 33, device="meta")
+    assert fgt.gelu(x).device.type == "meta" and fgt.layer_norm(x, (33,)).shape == (7, 33)
+    assert dict(fgt.fallback_counts) == {"gelu: device": 1, "layer_norm: device": 1}
+    fgt.fallback_counts.clear()
+    p = torch.nn.Parameter(torch.empty(3, device="meta"))
+    p.grad = torch.empty(3, device="meta")
+    with pytest.raises(RuntimeError, match=r"fusegrad.torch.AdamW: a parameter is on meta; fusegrad's optimizer "
+                                           r"kernels run on CPU tensors"):
+        fgt.AdamW([p]).step()
+
+
+def test_docstring_examples():
+    import doctest
+    r = doctest.testmod(fgt, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert r.attempted >= 6 and r.failed == 0
