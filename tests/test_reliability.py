@@ -287,3 +287,85 @@ def test_unaligned_arrays_are_rejected(dtype):
     p = _unaligned(np.ones(3, dtype))
     with pytest.raises(ValueError, match=r"sgd_step: param must be aligned"):
         ops.sgd_step(p, np.ones(3, dtype), None, lr=0.1)
+
+
+# ----- nothing lost: a blown-up run keeps the last good checkpoint -----------------------------
+
+class _Batches:
+    """Epochs 1-2 see clean batches; from epoch 3 on the second batch holds an Inf input."""
+    def __init__(self, x, y):
+        self.x, self.y, self.epoch = x, y, 0
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self):
+        import fusegrad as fg
+        self.epoch += 1
+        yield fg.tensor(self.x), fg.tensor(self.y)
+        x = self.x.copy()
+        if self.epoch >= 3:
+            x[0, 0] = np.inf
+        yield fg.tensor(x), fg.tensor(self.y)
+
+
+@pytest.mark.parametrize("how", ["loss", "param"])
+def test_fit_non_finite_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, how):
+    import fusegrad as fg
+    import fusegrad.nn.functional as F
+    from fusegrad.checkpoint import load_checkpoint
+    from fusegrad.train import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 1)).astype(np.float32)
+    m = fg.nn.Linear(3, 1)
+    opt = fg.optim.SGD(m.parameters(), lr=0.05)
+    if how == "loss":
+        loader = _Batches(x, y)                       # epoch 3, batch 2 (step 6): loss = inf
+    else:
+        class _BadGrad(fg.optim.SGD):                 # finite loss, but the update writes NaN
+            def step(self):
+                super().step()
+                if self.calls == 5:
+                    next(iter(m.parameters())).data[0, 0] = np.nan
+                self.calls += 1
+        opt = _BadGrad(m.parameters(), lr=0.05)
+        opt.calls = 0
+        loader = [(fg.tensor(x), fg.tensor(y))] * 2
+    h = fit(m, F.mse_loss, opt, loader, epochs=5, progress=False, verbose=False,
+            checkpoint_dir=tmp_path)
+    assert h.diverged
+    assert "stopped at epoch 3, step 6:" in h.message, h.message
+    assert ("the loss is inf (non-finite)" if how == "loss" else "parameter 'weight' became non-finite") in h.message
+    assert f"the last good checkpoint (step 4) in {tmp_path} was kept" in h.message
+    ck = load_checkpoint(tmp_path)
+    assert ck["step"] == 4 and ck["meta"]["epoch"] == 2
+    for k, v in ck["model"].items():
+        assert np.all(np.isfinite(v)), k
+    assert h.checkpoint_step == 4 and len(h.train_loss) == 2
+
+
+def test_fit_checkpoint_round_trip(tmp_path):
+    import fusegrad as fg
+    import fusegrad.nn.functional as F
+    from fusegrad.checkpoint import load_checkpoint
+    from fusegrad.train import fit
+
+    rng = np.random.default_rng(1)
+    batch = (fg.tensor(rng.standard_normal((8, 3)).astype(np.float32)),
+             fg.tensor(rng.standard_normal((8, 1)).astype(np.float32)))
+    m = fg.nn.Linear(3, 1)
+    opt = fg.optim.Adam(m.parameters(), lr=0.01)
+    h = fit(m, F.mse_loss, opt, [batch], epochs=3, progress=False, verbose=False,
+            checkpoint_dir=tmp_path, checkpoint_every=2)
+    assert not h.diverged and h.checkpoint_step == 3
+    ck = load_checkpoint(tmp_path)
+    assert ck["step"] == 3
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(ck["model"][k], v.data)
+    m2 = fg.nn.Linear(3, 1)
+    opt2 = fg.optim.Adam(m2.parameters(), lr=0.01)
+    m2.load_state_dict({k: fg.tensor(v) for k, v in ck["model"].items()})
+    opt2.load_state_dict(ck["optimizer"])
+    assert set(opt2.state_dict()["state"]) == set(opt.state_dict()["state"])
