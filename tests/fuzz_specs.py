@@ -95,7 +95,14 @@ class Spec:
                                                 # summed from (an absolute tolerance floor where
                                                 # results cancel to ~0)
 
+    call: Callable | None = None                # the function to fuzz when it is not fusegrad.ops.<name>
+    errname: tuple = ()                         # accepted names in error messages (default: name)
+    kinds: tuple | None = None                  # perturbation kinds to draw from (default: all)
+    grads: tuple = ()                           # functional specs: results 1.. are d/d these args
+
     def fn(self):
+        if self.call is not None:
+            return self.call
         from fusegrad import ops
         return getattr(ops, self.name, None)
 
@@ -515,6 +522,233 @@ def _attention(name):
                 scalars={"scale": [math.nan, math.inf, "x"], "causal": [None]})
 
 
+# ----- nn.functional: the Tensor API on top of the kernels ----------------------------------
+# Each call runs forward and backward of sum(y * w) (w a fixed pattern) and returns
+# (y, d/d each float input); the reference does the same in float64. Perturbations are those a
+# Tensor user can make: values, dtypes, views (non-contiguous, negative strides), read-only
+# arrays, shapes, 0-d, out-of-range targets/ids.
+
+F_KINDS = ("none", "none", "values", "values", "dtype", "noncontig", "negstride", "readonly",
+           "shape", "ids", "zerod", "scalar")
+
+
+def _w(shape):
+    return np.cos(np.arange(math.prod(shape), dtype=np.float64)).reshape(shape)
+
+
+def _functional(fname, grads):
+    """Spec.call for fusegrad.nn.functional.<fname>: float array kwargs in ``grads`` become
+    leaves that require grad; returns (y, *grads)."""
+    def call(**kw):
+        import fusegrad as fg
+        F = fg.nn.functional
+        ts = {}
+        for k, v in kw.items():
+            if isinstance(v, np.ndarray):
+                ts[k] = fg.Tensor(v, requires_grad=k in grads and v.dtype.kind == "f")
+            else:
+                ts[k] = v
+        y = getattr(F, fname)(**ts)
+        out = np.asarray(y.data)
+        if y.requires_grad:
+            (y * fg.Tensor(_w(out.shape).astype(out.dtype))).sum().backward()
+        res = [out]
+        for k in grads:
+            t = ts.get(k)
+            if isinstance(t, fg.Tensor) and t.requires_grad:
+                res.append(np.asarray(t.grad.data if isinstance(t.grad, fg.Tensor) else t.grad))
+            else:
+                res.append(None)
+        return tuple(res)
+    return call
+
+
+def _f_elementwise(fname, fwd, bwd, scales=(1.0, 30.0), extra=None, scalars=None):
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        sc = draw(st().sampled_from(scales))
+        kw = {"input": randn(rng, draw_shape(draw, max_elems=2048, big=False), dtype, sc)}
+        if extra:
+            kw.update(extra(draw))
+        return kw
+
+    def ref(input, **kw):
+        y = fwd(input, **kw)
+        return y, bwd(_w(input.shape), input, y, **kw)
+    return Spec(f"F.{fname}", make, ref, returns_like="input", tol=(3e-5, 1e-10),
+                call=_functional(fname, ("input",)), errname=(fname,), kinds=F_KINDS, grads=("input",),
+                scalars=scalars or {})
+
+
+def _f_rows(fname, fwd, bwd):
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        sc = draw(st().sampled_from([1.0, 10.0, 1e4]))
+        shape = draw_shape(draw, min_dims=1, max_elems=2048, big=False)
+        if shape[-1] == 0:
+            shape = shape[:-1] + (3,)
+        return {"x": randn(rng, shape, dtype, sc)}  # fusegrad's softmax(x, dim=-1) names it x
+
+    def ref(x):
+        if x.ndim == 0:
+            raise ValueError("0-d")
+        if x.size == 0:
+            return x.copy(), x.copy()
+        y = fwd(x)
+        return y, bwd(_w(y.shape), y)
+    # softmax: dx = y (w - sum(w y)) cancels to ~0 for a one-hot y; its terms are O(|w| y) <= 1
+    return Spec(f"F.{fname}", make, ref, returns_like="x", tol=(5e-5, 1e-10),
+                atol_scale=(lambda kw: 1.0) if fname == "softmax" else None,
+                call=_functional(fname, ("x",)), errname=(fname, fname.replace("_", "")), kinds=F_KINDS, grads=("x",))
+
+
+def _f_linear():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        s = st()
+        lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
+        IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
+        kw = {"input": randn(rng, lead + (IN,), dtype), "weight": randn(rng, (OUT, IN), dtype)}
+        if draw(s.booleans()):
+            kw["bias"] = randn(rng, (OUT,), dtype)
+        return kw
+
+    def ref(input, weight, bias=None):
+        if input.ndim < 1 or weight.ndim != 2 or input.shape[-1] != weight.shape[1] \
+                or (bias is not None and bias.shape != (weight.shape[0],)):
+            raise ValueError("shapes")
+        y = R.linear_forward(input, weight, bias)
+        N = math.prod(input.shape[:-1])
+        dy2, x2 = _w(y.shape).reshape(N, weight.shape[0]), input.reshape(N, weight.shape[1])
+        return y, (dy2 @ weight).reshape(input.shape), dy2.T @ x2, (dy2.sum(0) if bias is not None else None)
+    return Spec("F.linear", make, ref, returns_like="input", tol=(3e-5, 1e-10), huge=False,
+                call=_functional("linear", ("input", "weight", "bias")), errname=("linear",), kinds=F_KINDS,
+                grads=("input", "weight", "bias"))
+
+
+def _f_layer_norm():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        s = st()
+        shape = draw_shape(draw, min_dims=1, max_elems=2048, big=False)
+        if shape[-1] == 0:
+            shape = shape[:-1] + (5,)
+        C = shape[-1]
+        return {"input": randn(rng, shape, dtype, draw(s.sampled_from([1.0, 100.0]))),
+                "normalized_shape": C, "weight": randn(rng, (C,), dtype), "bias": randn(rng, (C,), dtype)}
+
+    def ref(input, normalized_shape, weight, bias):
+        if input.ndim == 0 or input.shape[-1] != normalized_shape or weight.shape != (normalized_shape,) \
+                or bias.shape != (normalized_shape,):
+            raise ValueError("shapes")
+        y, mean, rstd = R.layernorm_forward(input, weight, bias, 1e-5)
+        return (y, *R.layernorm_backward(_w(y.shape), input, weight, mean, rstd))
+    def terms(kw):  # dx = rstd (g - mean(g) - xhat mean(g xhat)) cancels (to 0 for C = 2)
+        x = kw["input"]
+        if x.ndim == 0 or x.shape[-1] != kw["weight"].shape[-1] or not np.isfinite(x).all():
+            return 0.0
+        _, _, rstd = R.layernorm_forward(x, None, None, 1e-5)
+        return float(np.max(rstd, initial=0.0)) * float(np.max(np.abs(kw["weight"]), initial=0.0))
+    return Spec("F.layer_norm", make, ref, returns_like="input", tol=(2e-4, 1e-9), huge=False, atol_scale=terms,
+                call=_functional("layer_norm", ("input", "weight", "bias")),
+                errname=("layer_norm", "layernorm"), kinds=F_KINDS, grads=("input", "weight", "bias"))
+
+
+def _f_mse_loss():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        shape = draw_shape(draw, max_elems=2048, big=False)
+        if math.prod(shape) == 0:
+            shape = (3,)
+        return {"input": randn(rng, shape, dtype), "target": randn(rng, shape, dtype)}
+
+    def ref(input, target):
+        if input.shape != target.shape or input.size == 0:
+            raise ValueError("shapes")
+        d = input - target
+        g = (2.0 / input.size) * d
+        return np.mean(d * d), g, -g
+    return Spec("F.mse_loss", make, ref, returns_like="input", tol=(5e-5, 1e-10), huge=False,
+                call=_functional("mse_loss", ("input", "target")), errname=("mse",), kinds=F_KINDS,
+                grads=("input", "target"))
+
+
+def _f_cross_entropy():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        s = st()
+        N, V = draw(s.sampled_from([1, 2, 7, 33])), draw(s.sampled_from([1, 2, 5, 17, 100]))
+        t = rng.integers(0, V, size=N).astype(draw(s.sampled_from([np.int32, np.int64])))
+        if draw(s.booleans()):
+            t[0] = -100
+        return {"input": randn(rng, (N, V), dtype, draw(s.sampled_from([1.0, 10.0, 1e4]))), "target": t}
+
+    def ref(input, target):
+        if input.ndim < 1 or input.size // max(input.shape[-1], 1) != target.size:
+            raise ValueError("shapes")
+        x2, t = input.reshape(-1, input.shape[-1]), target.reshape(-1)  # (..., C) logits are flattened
+        ls = _log_softmax_ref(x2)           # R gives NaN for a +inf logit; the loss of the others is inf
+        keep = t != -100
+        picked = ls[np.arange(len(t)), np.where(keep, t, 0)]
+        with np.errstate(invalid="ignore"):
+            loss = -picked[keep].sum() / keep.sum()   # every target ignored: 0/0 = NaN, as PyTorch
+        return loss, R.cross_entropy_backward(x2, t, R.logsumexp(x2), 1.0, -100).reshape(input.shape), None
+    return Spec("F.cross_entropy", make, ref, returns_like="input", tol=(5e-5, 1e-9),
+                ids={"target": lambda kw: (0, kw["input"].shape[1], (-100,))},
+                # non-finite logits are fuzzed at the kernel level (cross_entropy_forward/backward)
+                call=_functional("cross_entropy", ("input", "target")), errname=("cross_entropy",),
+                kinds=tuple(k for k in F_KINDS if k != "values"),
+                grads=("input", "target"))
+
+
+def _log_softmax_ref(x):
+    """x - logsumexp(x) with logsumexp = +inf for a row holding +inf (and no NaN): its finite
+    entries get -inf (probability 0), the +inf one NaN, as in the kernel; R gives all NaN."""
+    m = x.max(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        lse = np.where(m == np.inf, np.inf, m + np.log(np.exp(x - np.where(np.isfinite(m), m, 0.0)).sum(-1, keepdims=True)
+                                                          * np.exp(np.where(np.isfinite(m), 0.0, m))))
+    return x - lse
+
+
+def _gelu_fwd_accurate(x, approximate):
+    """R.gelu_forward, but the tanh form as x * sigmoid(2u): 0.5 x (1 + tanh u) cancels where
+    tanh u ~ -1 and loses the digits the kernel keeps."""
+    if approximate != "tanh":
+        return R.gelu_forward(x, approximate=approximate)
+    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+    return x / (1.0 + np.exp(-2.0 * u))
+
+
+def _gelu_bwd_accurate(w, x, y, approximate):
+    if approximate != "tanh":
+        return R.gelu_backward(w, x, approximate=approximate)
+    k = math.sqrt(2 / math.pi)
+    u = k * (x + 0.044715 * x**3)
+    e = np.exp(-2.0 * u)
+    s = 1.0 / (1.0 + e)                                    # sigmoid(2u)
+    sp = np.where(np.isfinite(e), e / (1.0 + e) ** 2, 0.0)  # s (1 - s), no cancellation
+    return w * np.where(sp == 0, s, s + 2.0 * x * sp * k * (1.0 + 3 * 0.044715 * x * x))  # x = +-inf: s
+
+
+FUNCTIONAL_SPECS: list[Spec] = [
+    _f_elementwise("relu", lambda x: R.relu_forward(x), lambda w, x, y: R.relu_backward(w, x)),
+    # backward from the saved output: 1 - y loses digits where y ~ 1 in float32 (by design), so
+    # |x| stays moderate here; tests/test_numerics.py covers the extremes
+    _f_elementwise("sigmoid", lambda x: R.sigmoid_forward(x), lambda w, x, y: w * y * (1 - y), scales=(0.5,)),
+    _f_elementwise("tanh", np.tanh, lambda w, x, y: w * (1 - y * y), scales=(0.5,)),
+    _f_elementwise("gelu", _gelu_fwd_accurate, _gelu_bwd_accurate,
+                   scales=(1.0, 4.0), extra=lambda draw: {"approximate": draw(st().sampled_from(["none", "tanh"]))},
+                   scalars={"approximate": ["erf", "", "TANH"]}),
+    _f_rows("softmax", R.softmax_forward, R.softmax_backward),
+    _f_rows("log_softmax", _log_softmax_ref, R.log_softmax_backward),
+    _f_linear(),
+    _f_layer_norm(),
+    _f_mse_loss(),
+    _f_cross_entropy(),
+]
+
+
 SPECS: list[Spec] = [
     _matmul(),
     _linear_forward(),
@@ -544,7 +778,7 @@ SPECS: list[Spec] = [
     _sgd(),
     _adam("adam_step"),
     _adam("adamw_step"),
-]
+] + FUNCTIONAL_SPECS
 
 
 def spec_names():
@@ -584,7 +818,7 @@ def perturb(draw, spec, kw, dtype):
     """Apply at most one perturbation; returns (kind, detail, expectation) where expectation is
     'ok' (must succeed), 'error' (must raise) or 'either'."""
     s = st()
-    kind = draw(s.sampled_from(PERTURBATIONS))
+    kind = draw(s.sampled_from(list(spec.kinds) if spec.kinds else PERTURBATIONS))
     arrays = _arrays(kw)
     floats = [k for k in arrays if k not in spec.ids]
     rng = draw_rng(draw)
@@ -770,7 +1004,7 @@ def run_case(spec, kw, pert, isa, threads):
             out = fn(**kw)
     except (TypeError, ValueError) as e:
         msg = str(e)
-        if spec.name not in msg:
+        if not any(n in msg for n in (spec.errname or (spec.name,))):
             raise FuzzFailure(f"{type(e).__name__} does not name {spec.name}: {msg!r}\n  case: {case}") from None
         if expect == "ok":
             raise FuzzFailure(f"valid call raised {type(e).__name__}: {msg}\n  case: {case}") from None
@@ -809,11 +1043,18 @@ def run_case(spec, kw, pert, isa, threads):
         if len(outs) != len(exps):
             raise FuzzFailure(f"returned {len(outs)} results, reference {len(exps)}\n  case: {case}")
         for i, (o, e) in enumerate(zip(outs, exps)):
+            if spec.grads and i >= 1 and o is None and not (
+                    isinstance(kw.get(spec.grads[i - 1]), np.ndarray) and kw[spec.grads[i - 1]].dtype.kind == "f"):
+                continue  # an integer argument gets no gradient
             if e is None or o is None:
                 if o is not e:
                     raise FuzzFailure(f"result {i}: got {describe(o)}, expected {describe(e)}\n  case: {case}")
                 continue
-            _close(o, e, dtype if dtype is not None else np.asarray(o).dtype, rtol, f"result {i}", case,
+            rdt = dtype
+            if spec.grads and i >= 1 and isinstance(kw.get(spec.grads[i - 1]), np.ndarray):
+                rdt = kw[spec.grads[i - 1]].dtype        # d/d arg has that arg's dtype
+                rtol = spec.tol[0] if rdt == np.float32 else spec.tol[1]
+            _close(o, e, rdt if rdt is not None else np.asarray(o).dtype, rtol, f"result {i}", case,
                    extra, inf_may_be_nan=kind == "values")
     for k in spec.inout:
         if isinstance(kw.get(k), np.ndarray):

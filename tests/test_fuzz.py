@@ -1,4 +1,5 @@
-"""Fuzz every function in fusegrad.ops (spec table: tests/fuzz_specs.py) in a child process.
+"""Fuzz every function in fusegrad.ops and the public nn.functional API (spec table:
+tests/fuzz_specs.py) in a child process.
 
 The child runs the hypothesis cases op by op and writes a JSON report; the case it is running
 sits in a small log file, so when the child dies (segfault, abort, sanitizer) the op is
@@ -7,7 +8,7 @@ reported as a failure with that case and the remaining ops run in a fresh child.
 CI runs a fixed-seed (derandomized) subset: FUSEGRAD_FUZZ_EXAMPLES cases per op, default 60.
 The long run is one command:
 
-    FUSEGRAD_FUZZ_EXAMPLES=5000 PYTHONPATH=python python -m pytest tests/test_fuzz.py
+    FUSEGRAD_FUZZ_EXAMPLES=2000 PYTHONPATH=python python -m pytest tests/test_fuzz.py
     FUSEGRAD_FUZZ_SEED=123 ...   # a random (but reproducible) run instead of the fixed one
 """
 from __future__ import annotations
@@ -82,8 +83,9 @@ def test_fuzz(op, fuzz_results):
     assert r["status"] == "ok", f"{op}: {r['status']}\n{r['error']}"
     n = sum(r["outcomes"].values())
     assert n == EXAMPLES, r
-    # both outcomes occur: valid calls succeed and perturbed ones are rejected
-    assert r["outcomes"]["ok"] > 0 and r["outcomes"]["error"] > 0, r
+    # both outcomes occur: valid calls succeed and perturbed ones are rejected (the Tensor API
+    # accepts most perturbations, e.g. views, so rejections there are rare and not required)
+    assert r["outcomes"]["ok"] > 0 and (r["outcomes"]["error"] > 0 or op.startswith("F.")), r
 
 
 def test_crash_in_child_is_reported_with_the_case(tmp_path, monkeypatch):
