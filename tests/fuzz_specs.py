@@ -91,6 +91,8 @@ class Spec:
     value_args: tuple | None = None             # arrays that may get NaN/Inf/huge/tiny (default: all float arrays)
     huge: bool = True                           # also inject values near the dtype's max (False for
                                                 # reductions, whose float32 overflow is order-dependent)
+    tiny: bool = True                           # also inject subnormal values (False for Adam: float32
+                                                # g*g underflows where float64 does not)
     atol_scale: Callable | None = None          # float64 kwargs -> magnitude of the terms a result is
                                                 # summed from (an absolute tolerance floor where
                                                 # results cancel to ~0)
@@ -233,7 +235,8 @@ def _adam(name):
 
     def ref(param, grad, m, v, **kw):
         getattr(R, name)(param, grad, m, v, **kw)
-    return Spec(name, make, ref, inout=("param", "m", "v"), tol=(3e-5, 1e-11),
+    # no huge or subnormal grads: float32 g*g overflows (update 0) or underflows where float64 does not
+    return Spec(name, make, ref, inout=("param", "m", "v"), tol=(3e-5, 1e-11), tiny=False, huge=False,
                 scalars={"step": [0, -3, 2**63], "lr": [math.nan, -1.0], "beta1": [1.0, -0.1, math.nan],
                          "beta2": [1.0, math.inf], "eps": [0.0, -1e-8, math.nan], "weight_decay": [-1.0]})
 
@@ -252,6 +255,11 @@ def _gelu(name):
                 tol=(3e-5, 1e-10), scalars={"approximate": ["erf", "", "TANH"]})
 
 
+def _max_abs(a):
+    a = np.asarray(a)
+    return float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
+
+
 def _from_output(name, fwd):
     """Backward taking the forward OUTPUT y (sigmoid, tanh, softmax, log_softmax)."""
     def make(draw, dtype):
@@ -261,7 +269,10 @@ def _from_output(name, fwd):
         with np.errstate(all="ignore"):
             y = np.asarray(fwd(randn(rng, shape, np.float64, sc))).astype(dtype)
         return {"dy": randn(rng, shape, dtype), "y": y}
-    return Spec(name, make, lambda dy, y: getattr(R, name)(dy, y), returns_like="dy", tol=(3e-5, 1e-10))
+    # softmax: dx = y (dy - sum(dy y)) cancels; its terms are O(|dy|)
+    # huge=False: y is a forward output (|y| <= 1 or log-probabilities), not any float
+    return Spec(name, make, lambda dy, y: getattr(R, name)(dy, y), returns_like="dy", tol=(3e-5, 1e-10), huge=False,
+                atol_scale=(lambda kw: _max_abs(kw["dy"])) if name == "softmax_backward" else None)
 
 
 def _rows_fwd(name):
@@ -275,7 +286,7 @@ def _rows_fwd(name):
             raise ValueError("0-d")
         if x.shape[-1] == 0:
             return x.copy()
-        return getattr(R, name)(x)
+        return _log_softmax_ref(x) if name == "log_softmax_forward" else _softmax_ref(x)
     return Spec(name, make, ref, returns_like="x", tol=(3e-5, 1e-10))
 
 
@@ -320,7 +331,10 @@ def _layernorm_backward():
         if x.ndim == 0 or x.shape[-1] == 0:
             raise ValueError("layernorm needs C >= 1")
         return R.layernorm_backward(dy, x, weight, mean, rstd)
-    return Spec("layernorm_backward", make, ref, returns_like="x", tol=(1e-4, 1e-9), huge=False)
+    def terms(kw):  # dx = rstd (g - mean(g) - xhat mean(g xhat)) cancels (to 0 for C = 2)
+        w = kw["weight"]
+        return _max_abs(kw["rstd"]) * _max_abs(kw["dy"]) * (1.0 if not isinstance(w, np.ndarray) else max(_max_abs(w), 1e-30))
+    return Spec("layernorm_backward", make, ref, returns_like="x", tol=(1e-4, 1e-9), huge=False, atol_scale=terms)
 
 
 def _xent(name):
@@ -348,6 +362,13 @@ def _xent(name):
             raise ValueError("bad logits")
         if dloss is None:
             loss, lse = R.cross_entropy_forward(logits, targets, ignore_index)
+            # a row whose max is +-inf has logsumexp +-inf (R gives NaN); NaN stays NaN
+            m = logits.max(axis=-1) if logits.shape[1] else np.zeros(len(logits))
+            lse = np.where(np.isinf(m), m, lse)
+            if logits.shape[1] and len(targets):  # the loss from the same log-probabilities
+                keep = targets != ignore_index
+                ls = _log_softmax_ref(logits)[np.arange(len(targets)), np.where(keep, targets, 0)]
+                loss = -ls[keep].sum() / keep.sum() if keep.any() else loss
             return loss, lse
         return R.cross_entropy_backward(logits, targets, lse, dloss, ignore_index)
     return Spec(name, make, ref, returns_like="logits", tol=(5e-5, 1e-9),
@@ -702,13 +723,24 @@ def _f_cross_entropy():
 
 
 def _log_softmax_ref(x):
-    """x - logsumexp(x) with logsumexp = +inf for a row holding +inf (and no NaN): its finite
-    entries get -inf (probability 0), the +inf one NaN, as in the kernel; R gives all NaN."""
+    """(x - m) - log(sum(exp(x - m))) kept apart as the kernel does (x - logsumexp loses log 2
+    next to 3e38), and x - m for rows whose max is not finite: a +inf row gives -inf for its
+    finite entries and NaN for the +inf one (R gives all NaN)."""
     m = x.max(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        lse = np.where(m == np.inf, np.inf, m + np.log(np.exp(x - np.where(np.isfinite(m), m, 0.0)).sum(-1, keepdims=True)
-                                                          * np.exp(np.where(np.isfinite(m), 0.0, m))))
-    return x - lse
+    fin = np.isfinite(m)
+    ms = np.where(fin, m, 0.0)
+    with np.errstate(all="ignore"):
+        ls = (x - ms) - np.log(np.exp(x - ms).sum(-1, keepdims=True))
+        return np.where(fin, ls, x - m)
+
+
+def _softmax_ref(x):
+    """exp(log_softmax) (R overflows for two entries at float max); R for non-finite rows."""
+    y = np.exp(_log_softmax_ref(x))
+    bad = ~np.isfinite(x).all(axis=-1)
+    if bad.any():
+        y[bad] = R.softmax_forward(x[bad])
+    return y
 
 
 def _gelu_fwd_accurate(x, approximate):
@@ -740,7 +772,7 @@ FUNCTIONAL_SPECS: list[Spec] = [
     _f_elementwise("gelu", _gelu_fwd_accurate, _gelu_bwd_accurate,
                    scales=(1.0, 4.0), extra=lambda draw: {"approximate": draw(st().sampled_from(["none", "tanh"]))},
                    scalars={"approximate": ["erf", "", "TANH"]}),
-    _f_rows("softmax", R.softmax_forward, R.softmax_backward),
+    _f_rows("softmax", _softmax_ref, R.softmax_backward),
     _f_rows("log_softmax", _log_softmax_ref, R.log_softmax_backward),
     _f_linear(),
     _f_layer_norm(),
@@ -828,7 +860,9 @@ def perturb(draw, spec, kw, dtype):
         a = kw[k]
         if a.size:
             finfo = np.finfo(a.dtype)
-            specials = [np.nan, np.nan, np.inf, -np.inf, finfo.tiny / 4, -0.0, 1e4, -1e4, finfo.smallest_normal]
+            specials = [np.nan, np.nan, np.inf, -np.inf, -0.0, 1e4, -1e4]
+            if spec.tiny:
+                specials += [finfo.tiny / 4, finfo.smallest_normal]
             if spec.huge:
                 specials += [finfo.max, -finfo.max, float(finfo.max) ** 0.5 * 2]
             n = draw(s.integers(1, max(1, min(a.size, 8))))
@@ -1053,7 +1087,7 @@ def run_case(spec, kw, pert, isa, threads):
             rdt = dtype
             if spec.grads and i >= 1 and isinstance(kw.get(spec.grads[i - 1]), np.ndarray):
                 rdt = kw[spec.grads[i - 1]].dtype        # d/d arg has that arg's dtype
-                rtol = spec.tol[0] if rdt == np.float32 else spec.tol[1]
+                rtol = spec.tol[0] if np.float32 in (rdt, dtype) else spec.tol[1]
             _close(o, e, rdt if rdt is not None else np.asarray(o).dtype, rtol, f"result {i}", case,
                    extra, inf_may_be_nan=kind == "values")
     for k in spec.inout:

@@ -41,7 +41,10 @@ inline __m256 exp8(__m256 x) {
   // NaN in, NaN out: the clamps above would turn it into a finite value and let a NaN score
   // vanish from the softmax
   const __m256 res = _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-  return _mm256_blendv_ps(res, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
+  // overflow is +inf (not the clamp's ~2e38); NaN in, NaN out
+  const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
+  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
+  return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
 }
 
 struct Exp8 {

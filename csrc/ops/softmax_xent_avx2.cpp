@@ -28,7 +28,10 @@ inline __m256 exp_ps(__m256 x) {
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
   // NaN in, NaN out (the clamps above would turn it into a finite value)
   const __m256 res = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
-  return _mm256_blendv_ps(res, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
+  // overflow is +inf (not the clamp's ~2e38); NaN in, NaN out
+  const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
+  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
+  return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
 }
 inline double hsum_pd(__m256d a) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
