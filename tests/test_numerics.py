@@ -272,3 +272,17 @@ def test_attention_inf_score_has_inf_lse(isa, dtype):
     o, lse = ops.attention_forward(q, k, k.copy())
     assert lse[0, 0, 0] == np.inf and np.isnan(o[0, 0, 0]).all()  # as logsumexp / the reference
     close(lse[0, 0, 1], 4 * 0.5 + math.log(3), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_backward_nan_dout_stays_in_the_keys_its_row_sees(isa, dtype):
+    """Regression (fuzz): dK/dV summed 0 * dO over causally masked rows, so a NaN in one row's
+    dO made the gradient of keys that row cannot see NaN too."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 1, 9, 4)).astype(dtype) for _ in range(3))
+    o, lse = ops.attention_forward(q, k, v, causal=True)
+    do = rng.standard_normal(q.shape).astype(dtype)
+    do[0, 0, 2] = np.nan                                         # row 2 sees keys 0, 1, 2
+    dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=True)
+    assert np.isnan(dv[0, 0, :3]).all() and np.isnan(dq[0, 0, 2]).all()
+    finite(dk[0, 0, 3:], dv[0, 0, 3:], dq[0, 0, [0, 1, 3, 4, 5, 6, 7, 8]])

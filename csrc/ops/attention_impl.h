@@ -223,8 +223,11 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
           }
           const int64_t rb = bh * Tq + i0;
           for (int64_t j = 0; j < nk; ++j) {
-            accum_rows(dV + j * D, Pt.data() + j * kBq, 1, do_ + rb * D, nr, D);
-            accum_rows(dK + j * D, St.data() + j * kBq, 1, q + rb * D, nr, D);
+            // only the rows that see key j0 + j: a masked row adds 0 * dO, which is NaN when
+            // that row's dO holds NaN/Inf (and would poison keys the row cannot see)
+            const int64_t r0 = causal ? std::clamp<int64_t>(j0 + j - (S - Tq) - i0, 0, nr) : 0;
+            accum_rows(dV + j * D, Pt.data() + j * kBq + r0, 1, do_ + (rb + r0) * D, nr - r0, D);
+            accum_rows(dK + j * D, St.data() + j * kBq + r0, 1, q + (rb + r0) * D, nr - r0, D);
           }
         }
       }
