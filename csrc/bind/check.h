@@ -43,8 +43,19 @@ inline std::string shape_str(const std::vector<int64_t>& s) {
 
 enum class DType { f32, f64, i32, i64, other };
 
+// The kernels read numbers in the machine's byte order; a byte-swapped array ('>f4' on x86)
+// is "other", so it is refused instead of being read as garbage.
+inline bool native_byte_order(const py::dtype& dt) {
+  const char bo = dt.byteorder();
+  if (bo == '=' || bo == '|') return true;
+  const uint16_t one = 1;
+  const bool little = *reinterpret_cast<const unsigned char*>(&one) == 1;
+  return bo == (little ? '<' : '>');
+}
+
 inline DType dtype_of(const py::array& a) {
   const py::dtype dt = a.dtype();
+  if (!native_byte_order(dt)) return DType::other;
   const char kind = dt.kind();
   const auto size = dt.itemsize();
   if (kind == 'f' && size == 4) return DType::f32;
@@ -90,9 +101,17 @@ inline void check_min_ndim(const py::array& a, py::ssize_t ndim, const char* fn,
   if (a.ndim() < ndim)
     value_error(cat(fn, ": ", name, " must have at least ", ndim, " dimension", ndim == 1 ? "" : "s", ", got shape ", shape_str(a)));
 }
+inline void check_aligned(const py::array& a, const char* fn, const char* name) {
+  constexpr int kAligned = 0x0100;  // NPY_ARRAY_ALIGNED: the data pointer is a multiple of the item size
+  if (a.size() > 0 && !(a.flags() & kAligned))
+    value_error(cat(fn, ": ", name, " must be aligned to its dtype (numpy.require(", name,
+                    ", requirements='CA') makes a copy that is), got an unaligned array"));
+}
+// C-contiguous and aligned: what a kernel taking a T* can read element by element.
 inline void check_contiguous(const py::array& a, const char* fn, const char* name) {
   if (!(a.flags() & py::array::c_style))
     value_error(cat(fn, ": ", name, " must be C-contiguous (use numpy.ascontiguousarray), got strides that are not"));
+  check_aligned(a, fn, name);
 }
 inline void check_writeable(const py::array& a, const char* fn, const char* name) {
   if (!a.writeable()) value_error(cat(fn, ": ", name, " must be writeable, got a read-only array"));

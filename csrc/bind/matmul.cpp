@@ -10,6 +10,7 @@ namespace {
 // A C-contiguous input; a 2-D Fortran-ordered array (e.g. x.T) is read as its transpose, which
 // the caller folds into the trans flag. Anything else is refused with a clear message.
 py::array contiguous_input(py::array a, const char* fn, const char* name, bool& trans, const char* flag) {
+  check_aligned(a, fn, name);  // the kernels load T directly: a misaligned T* is UB (UBSan found it)
   if (a.flags() & py::array::c_style) return a;
   if (a.ndim() == 2 && (a.flags() & py::array::f_style)) {
     trans = !trans;

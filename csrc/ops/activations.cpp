@@ -66,8 +66,10 @@ void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) 
       for (int64_t i = b; i < e; ++i) {
         const T v = x[i];
         const T s = T(1) / (T(1) + std::exp(T(-2) * k * (v + c * v * v * v)));
-        // d/dx: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2) = s + 2 x s (1 - s) k (1 + 3 c x^2)
-        dx[i] = dy[i] * (s + T(2) * v * s * (T(1) - s) * k * (T(1) + T(3) * c * v * v));
+        // d/dx: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2) = s + 2 x s (1 - s) k (1 + 3 c x^2);
+        // where s saturates to 0 or 1 the second term is 0 (not 0 * inf once x^2 overflows)
+        const T sp = s * (T(1) - s);
+        dx[i] = dy[i] * (sp == T(0) ? s : s + T(2) * v * sp * k * (T(1) + T(3) * c * v * v));
       }
     } else {
       const T r = T(0.7071067811865476), inv_sqrt_2pi = T(0.3989422804014327);

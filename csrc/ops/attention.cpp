@@ -37,7 +37,7 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
         T acc = 0;
         for (int64_t d = 0; d < D; ++d) acc += q[(bh * Tq + i) * D + d] * k[(hk * S + j) * D + d];
         s[j] = acc * scale;
-        mx = std::max(mx, s[j]);
+        mx = (s[j] > mx || s[j] != s[j]) ? s[j] : mx;  // NaN-propagating
       }
       T sum = 0;
       for (int64_t j = 0; j < nv; ++j) sum += (s[j] = std::exp(s[j] - mx));
@@ -47,7 +47,7 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
         for (int64_t j = 0; j < nv; ++j) acc += s[j] * v[(hk * S + j) * D + d];
         orow[d] = nv ? acc / sum : T(0);
       }
-      lse[bh * Tq + i] = nv ? mx + std::log(sum) : ninf;
+      lse[bh * Tq + i] = !nv ? ninf : mx == -ninf ? mx : mx + std::log(sum);
     }
   }
 }

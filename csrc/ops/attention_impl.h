@@ -97,10 +97,11 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
           const int64_t nv = std::min(nk, visible(i0 + r, Tq, S, causal) - j0);  // visible keys here
           if (nv <= 0) continue;
           row_dots(s.data(), Q + (i0 + r) * D, Kt.data(), nv, D);
+          // NaN-propagating max (std::max(m, NaN) == m would drop a NaN score from the row)
           T mt = ninf;
-          for (int64_t j = 0; j < nv; ++j) { s[j] *= scale; mt = std::max(mt, s[j]); }
+          for (int64_t j = 0; j < nv; ++j) { s[j] *= scale; mt = (s[j] > mt || s[j] != s[j]) ? s[j] : mt; }
           // online softmax: rescale the running sum and accumulator to the new max
-          const T mn = std::max(m[r], mt);
+          const T mn = (mt > m[r] || mt != mt) ? mt : m[r];
           const T alpha = m[r] == ninf ? T(0) : std::exp(m[r] - mn);
           for (int64_t j = 0; j < nv; ++j) s[j] -= mn;
           exp_rows(s.data(), nv);
@@ -122,7 +123,8 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
         } else {
           const T inv = T(1) / l[r];
           for (int64_t d = 0; d < D; ++d) orow[d] = ar[d] * inv;
-          lse[bh * Tq + i0 + r] = m[r] + std::log(l[r]);
+          // a +inf score: logsumexp is +inf (m + log(l) would be inf + log(NaN))
+          lse[bh * Tq + i0 + r] = m[r] == -ninf ? m[r] : m[r] + std::log(l[r]);
         }
       }
     }
@@ -221,8 +223,11 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
           }
           const int64_t rb = bh * Tq + i0;
           for (int64_t j = 0; j < nk; ++j) {
-            accum_rows(dV + j * D, Pt.data() + j * kBq, 1, do_ + rb * D, nr, D);
-            accum_rows(dK + j * D, St.data() + j * kBq, 1, q + rb * D, nr, D);
+            // only the rows that see key j0 + j: a masked row adds 0 * dO, which is NaN when
+            // that row's dO holds NaN/Inf (and would poison keys the row cannot see)
+            const int64_t r0 = causal ? std::clamp<int64_t>(j0 + j - (S - Tq) - i0, 0, nr) : 0;
+            accum_rows(dV + j * D, Pt.data() + j * kBq + r0, 1, do_ + (rb + r0) * D, nr - r0, D);
+            accum_rows(dK + j * D, St.data() + j * kBq + r0, 1, q + (rb + r0) * D, nr - r0, D);
           }
         }
       }

@@ -41,8 +41,10 @@ T max_of(const T* x, int64_t V) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::row_max(x, V);
 #endif
+  // NaN-propagating max: std::max(m, NaN) returns m, which would let a NaN logit vanish from
+  // the row (softmax/cross-entropy must return NaN for it, so a diverged run is noticed)
   T m = -std::numeric_limits<T>::infinity();
-  for (int64_t i = 0; i < V; ++i) m = std::max(m, x[i]);
+  for (int64_t i = 0; i < V; ++i) m = (x[i] > m || x[i] != x[i]) ? x[i] : m;
   return m;
 }
 

@@ -10,6 +10,7 @@ namespace {
 // exp(x) for x <= 0 (callers subtract the row max); Cephes-style range reduction and degree-5
 // polynomial, ~2 ulp. Below -87.3 (where exp underflows float normals) the result is 0.
 inline __m256 exp_ps(__m256 x) {
+  const __m256 x0 = x;
   const __m256 lo = _mm256_set1_ps(-87.3f);
   const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
   x = _mm256_max_ps(x, lo);
@@ -25,7 +26,12 @@ inline __m256 exp_ps(__m256 x) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
   __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
+  // NaN in, NaN out (the clamps above would turn it into a finite value)
+  const __m256 res = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
+  // overflow is +inf (not the clamp's ~2e38); NaN in, NaN out
+  const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
+  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
+  return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
 }
 inline double hsum_pd(__m256d a) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
@@ -83,10 +89,17 @@ void exp_scale(float* y, const float* x, int64_t V, float m, float scale) {
   for (int64_t j = i; j < V; ++j) y[j] *= scale;
 }
 
+// NaN-propagating: _mm256_max_ps drops a NaN in its first operand, so NaN lanes are tracked
+// apart and a row holding any NaN has max NaN (and then a NaN softmax / loss, as in NumPy).
 float row_max(const float* x, int64_t V) {
-  __m256 a = _mm256_set1_ps(-__builtin_inff());
+  __m256 a = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
   int64_t i = 0;
-  for (; i + 8 <= V; i += 8) a = _mm256_max_ps(a, _mm256_loadu_ps(x + i));
+  for (; i + 8 <= V; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    a = _mm256_max_ps(a, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  if (_mm256_movemask_ps(nan)) return __builtin_nanf("");
   alignas(32) float b[8];
   _mm256_store_ps(b, a);
   float m = b[0];

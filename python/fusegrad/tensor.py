@@ -737,6 +737,9 @@ class _LastAxis(Function):
     fwd = bwd = None
 
     def forward(self, x, dim=-1):
+        name = type(self).__name__.replace("LogSoftmax", "log_softmax").replace("Softmax", "softmax")
+        if x.ndim == 0 or not -x.ndim <= dim < x.ndim:
+            raise ValueError(f"{name}: dim {dim} is out of range for an input of shape {x.shape}")
         self.dim = dim % x.ndim
         xm = _kc(np.moveaxis(x, self.dim, -1))
         self.y = type(self).fwd(xm)

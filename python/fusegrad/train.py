@@ -1,6 +1,11 @@
 """``fusegrad.train.fit``: a small training loop — forward, loss, backward, step, zero_grad —
 with a progress bar (tqdm when installed), per-epoch train/validation loss, an early stop when
-the loss is non-finite or diverging, and an optional loss-curve PNG (matplotlib when installed)."""
+the loss is non-finite or diverging, optional crash-safe checkpoints (``checkpoint_dir``), and
+an optional loss-curve PNG (matplotlib when installed).
+
+A non-finite loss (or a non-finite parameter after a step) stops training at once with a
+message naming the epoch and step; nothing is saved from that point on, so the last checkpoint
+on disk keeps the last good weights instead of being overwritten with NaN."""
 from __future__ import annotations
 
 import math
@@ -18,6 +23,8 @@ class History:
     val_loss: list = field(default_factory=list)
     diverged: bool = False
     message: str = ""
+    step: int = 0                                    # optimizer steps taken
+    checkpoint_step: int | None = None               # step of the last checkpoint written
 
 
 def _bar(it, total, desc, enabled):
@@ -46,15 +53,40 @@ def evaluate(model, loss_fn, loader):
     return tot / max(n, 1)
 
 
+def _non_finite_param(model):
+    for name, p in model.named_parameters():
+        if not np.all(np.isfinite(p.data)):
+            return name
+    return None
+
+
+def _save(model, optimizer, directory, step, epoch, loss):
+    from .checkpoint import save_checkpoint
+    state = {k: np.asarray(v.data if hasattr(v, "data") else v) for k, v in model.state_dict().items()}
+    save_checkpoint(directory, state, optimizer=optimizer.state_dict(), step=step,
+                    meta={"epoch": epoch, "train_loss": loss})
+
+
 def fit(model, loss_fn, optimizer, train_loader, epochs=1, val_loader=None, scheduler=None,
         progress=True, log_every=1, plot=None, divergence_patience=5, divergence_factor=100.0,
-        verbose=True):
+        verbose=True, checkpoint_dir=None, checkpoint_every=1):
     """Train ``model`` for ``epochs`` over ``train_loader`` (any iterable of (x, y) batches).
 
     Stops early when a loss is NaN/inf, or when it rose ``divergence_patience`` epochs in a row
     to more than ``divergence_factor`` times the first epoch's loss (``History.diverged``).
+    With ``checkpoint_dir``, saves the model and optimizer there (``fusegrad.checkpoint``,
+    crash-safe) every ``checkpoint_every`` epochs and at the end, only while every loss and
+    parameter is finite: a run that blows up leaves the last good checkpoint in place.
     """
     h = History()
+
+    def stop(epoch, what):
+        h.diverged = True
+        kept = (f"; the last good checkpoint (step {h.checkpoint_step}) in {checkpoint_dir} was kept"
+                if h.checkpoint_step is not None else "")
+        h.message = (f"stopped at epoch {epoch}, step {h.step + 1}: {what}{kept}; "
+                     "lower the learning rate or check the inputs")
+
     for epoch in range(1, epochs + 1):
         tot, n = 0.0, 0
         batches = _bar(train_loader, len(train_loader), f"epoch {epoch}", progress and verbose)
@@ -62,17 +94,22 @@ def fit(model, loss_fn, optimizer, train_loader, epochs=1, val_loader=None, sche
             loss = loss_fn(model(xb), yb)          # 1. forward  2. loss
             lv = float(loss.item())
             if not math.isfinite(lv):
-                h.diverged = True
-                h.message = (f"stopped at epoch {epoch}: the loss is {lv} (non-finite); "
-                             "lower the learning rate or check the inputs")
+                stop(epoch, f"the loss is {lv} (non-finite)")
                 break
             optimizer.zero_grad()                  # 5. zero the gradients (before accumulating)
             loss.backward()                        # 3. backward
             optimizer.step()                       # 4. update
+            if checkpoint_dir is not None and (bad := _non_finite_param(model)) is not None:
+                stop(epoch, f"parameter {bad!r} became non-finite in the update (loss {lv:.6g})")
+                break
+            h.step += 1
             tot += lv * len(xb)
             n += len(xb)
         if h.diverged:
             break
+        if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
+            _save(model, optimizer, checkpoint_dir, h.step, epoch, tot / max(n, 1))
+            h.checkpoint_step = h.step
         h.train_loss.append(tot / max(n, 1))
         if scheduler is not None:
             scheduler.step()

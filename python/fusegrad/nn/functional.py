@@ -15,19 +15,23 @@ __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax"
 
 class _Linear(Function):
     def forward(self, x, w, b=None):
+        if x.ndim < 1 or w.ndim != 2:
+            raise ValueError(f"linear: input must have at least 1 dimension and weight 2 (out, in), "
+                             f"got input {x.shape} and weight {w.shape}")
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input has {x.shape[-1]} features, weight expects {w.shape[1]} "
                              f"(weight shape {w.shape})")
         self.x, self.w, self.has_b = _kc(x), _kc(w), b is not None
         if self.x.dtype != self.w.dtype:
             raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {w.dtype}")
-        x2 = self.x.reshape(-1, x.shape[-1])
+        x2 = self.x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # not (-1, C): C may be 0
         y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(self, g):
-        x2 = self.x.reshape(-1, self.x.shape[-1])
-        dx, dw, db = K.linear_backward(_kc(g).reshape(-1, g.shape[-1]), x2, self.w)
+        N = math.prod(self.x.shape[:-1])
+        x2 = self.x.reshape(N, self.x.shape[-1])
+        dx, dw, db = K.linear_backward(_kc(g).reshape(N, g.shape[-1]), x2, self.w)
         return dx.reshape(self.x.shape), dw, (db if self.has_b else None)
 
 
@@ -72,7 +76,7 @@ class _LayerNorm(Function):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if len(ns) != 1 or input.shape[-1] != ns[0]:
+    if len(ns) != 1 or input.ndim < 1 or input.shape[-1] != ns[0]:
         raise ValueError(f"layer_norm: normalized_shape {ns} must be the last dim of input {input.shape}")
     C = ns[0]
     if weight is None:
@@ -168,6 +172,10 @@ class _CrossEntropy(Function):
 def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
     """Cross-entropy from logits ``(N, C)`` (or ``(..., C)``) and integer class targets."""
     tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+    if input.ndim < 1:
+        raise ValueError(f"cross_entropy: input must be logits (N, C) or (..., C), got shape {input.shape}")
+    if tgt.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer class indices, got {tgt.dtype}")
     C = input.shape[-1]
     x2 = input.reshape(-1, C) if input.ndim != 2 else input
     tgt = tgt.reshape(-1)
