@@ -186,10 +186,11 @@ inline __m256 vis_mask(int64_t j, int64_t nv) {
 // e^x for 8 floats via 2^t, t = x log2(e) = n + r, |r| <= 1/2, degree-5 minimax polynomial
 // for 2^r (max rel. error 1.9e-7 in float32), 2^n added into the exponent bits. t is
 // clamped to [-126, 127], so x < -87.3 (and -inf) gives a result below 2^-126, not 0:
-// callers zero masked lanes explicitly.
+// callers zero masked lanes explicitly. NaN in, NaN out: max/min return their second operand
+// when either is NaN, so the clamp is written with t second (a NaN score must poison its row).
 inline __m256 fast_exp8(__m256 x) {
   __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.f)), _mm256_set1_ps(127.f));
+  t = _mm256_min_ps(_mm256_set1_ps(127.f), _mm256_max_ps(_mm256_set1_ps(-126.f), t));
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_sub_ps(t, n);
   __m256 p = _mm256_set1_ps(1.326472731e-03f);
@@ -307,7 +308,9 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
       for (int64_t r = 0; r < nr; ++r) {
         float* orow = o + (bh * Tq + i0 + r) * D;
         const float* ar = acc + r * D;
-        if (m[r] == ninf) {
+        // no visible key: zeros. (A NaN score can leave m = -inf, because max drops a NaN
+        // followed by a masked lane, but it has made l NaN: that row falls through to NaN.)
+        if (m[r] == ninf && l[r] == 0.f) {
           std::fill(orow, orow + D, 0.f);
           lse[bh * Tq + i0 + r] = ninf;
         } else {
