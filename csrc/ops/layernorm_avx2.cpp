@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "core/parallel.h"
-#include "ops/elastic.h"
 #include "ops/layernorm.h"
 
 namespace fg::avx2 {
@@ -204,15 +203,15 @@ constexpr int64_t kMaxSlices = 8;
 
 }  // namespace
 
-// Threads come from an elastic region (ops/elastic.h): rows are handed out in chunks through an
-// atomic counter, and a helper that does not get a core in time is not waited for.
+// Rows are handed out in chunks through an atomic counter, so any number of participating
+// threads (and any scheduling) computes the same result.
 void layernorm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight, const float* bias,
                        int64_t N, int64_t C, double eps, int64_t grain) {
   const bool nt = stream_ok(y, N * C);
   const int64_t chunk = std::max<int64_t>(1, grain), nchunks = (N + chunk - 1) / chunk;
   const int threads = N * C >= kMinParallel ? static_cast<int>(std::min<int64_t>(get_num_threads(), nchunks)) : 1;
   std::atomic<int64_t> next{0};
-  elastic_region(threads, [&] {
+  parallel_region(threads, [&](int, int) {
     for (int64_t c; (c = next.fetch_add(1, std::memory_order_relaxed)) < nchunks;) {
       const int64_t b = c * chunk, e = std::min(N, b + chunk);
       if (nt) forward_dispatch<true>(y, mean, rstd, x, weight, bias, b, e, C, eps);
@@ -239,7 +238,7 @@ void layernorm_backward(float* dx, float* dweight, float* dbias, const float* dy
   float* part = part_cache.data();
   const bool stream = stream_ok(dx, N * C);
   std::atomic<int64_t> next{0};
-  elastic_region(threads, [&] {
+  parallel_region(threads, [&](int, int) {
     for (int64_t s; (s = next.fetch_add(1, std::memory_order_relaxed)) < S;) {
       float* pdw = s == 0 ? dweight : part + static_cast<size_t>(s - 1) * 2 * C;
       float* pdb = s == 0 ? dbias : pdw + C;

@@ -9,7 +9,7 @@
 //                 MR x KC panels and runs a register-blocked MR x NR micro-kernel over them.
 //                 Portable micro-kernel here (4x8). The AVX2/FMA float32 path (matmul_avx2.cpp)
 //                 packs all of A and B once, then threads take MC x TW tiles of C dynamically
-//                 (6x16 asm micro-kernel, C tile kept in L2 across K, elastic threads).
+//                 (6x16 asm micro-kernel, C tile kept in L2 across K, dynamic tiles).
 // matmul_naive(): a plain triple loop kept for tests; obviously correct, slow.
 #pragma once
 #include <cstdint>
