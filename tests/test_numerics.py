@@ -286,3 +286,21 @@ def test_attention_backward_nan_dout_stays_in_the_keys_its_row_sees(isa, dtype):
     dq, dk, dv = ops.attention_backward(do, q, k, v, o, lse, causal=True)
     assert np.isnan(dv[0, 0, :3]).all() and np.isnan(dq[0, 0, 2]).all()
     finite(dk[0, 0, 3:], dv[0, 0, 3:], dq[0, 0, [0, 1, 3, 4, 5, 6, 7, 8]])
+
+
+@pytest.mark.parametrize("D", [3, 16, 64])
+@pytest.mark.parametrize("which", ["k", "v"])
+def test_attention_causal_nan_in_an_unseen_key_stays_unseen(isa, D, which):
+    # Regression (AVX2 tile kernels): on a diagonal tile a 6-row micro-tile ran over every key
+    # its last row sees, so 0 * NaN leaked a NaN key/value into earlier rows that cannot see it.
+    rng = np.random.default_rng(1)
+    T = 13
+    q, k, v, do = (rng.standard_normal((1, 2, T, D)).astype(np.float32) for _ in range(4))
+    for j in range(T):
+        kk, vv = k.copy(), v.copy()
+        (kk if which == "k" else vv)[0, 1, j, 0] = np.nan
+        o, lse = ops.attention_forward(q, kk, vv, causal=True)
+        finite(o[0, 0], lse[0, 0], o[0, 1, :j], lse[0, 1, :j])          # rows before j never see key j
+        assert np.isnan(o[0, 1, j:]).any(axis=-1).all()
+        dq, dk, dv = ops.attention_backward(do, q, kk, vv, o, lse, causal=True)
+        finite(dq[0, 0], dq[0, 1, :j], dk[0, 0], dv[0, 0])

@@ -125,17 +125,38 @@ constexpr int64_t kNoDiag = int64_t(1) << 40;
 template <int M>
 inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
                        int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
-  int64_t kb = 0, ke = K;
   if (tri == Tri::cols) {
     if (i + M + diag <= n) return;
   } else if (tri == Tri::rows) {
     if (n + 16 + diag <= i) return;
-  } else if (tri == Tri::kend) {
-    ke = std::clamp<int64_t>(i + M + diag, 0, K);
-  } else {
-    kb = std::clamp<int64_t>(i - diag, 0, K);
   }
-  mk16<M>(C + i * ldc + n, ldc, A + i * ars + kb * acs, ars, acs, B + kb * ldb + n, ldb, ke - kb, acc);
+  if (diag == kNoDiag || tri == Tri::cols || tri == Tri::rows) {
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc);
+    return;
+  }
+  // kend / kbegin on a diagonal tile: the micro-kernel runs over the k range every row of the
+  // micro-tile sees; the triangle where only some rows see k is added row by row, so a row
+  // never touches a B row it cannot see (0 * NaN would make it NaN). Each row still sums its
+  // k in increasing order, one FMA per k, so the bits do not depend on where the rows fall.
+  auto add = [&](int m, int64_t k) {
+    float* c = C + (i + m) * ldc + n;
+    const __m256 a = _mm256_set1_ps(A[(i + m) * ars + k * acs]);
+    _mm256_storeu_ps(c, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n), _mm256_loadu_ps(c)));
+    _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n + 8), _mm256_loadu_ps(c + 8)));
+  };
+  if (tri == Tri::kend) {  // row m sees k <= i + m + diag
+    const int64_t kf = std::clamp<int64_t>(i + 1 + diag, 0, K);  // seen by every row: k < kf
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, kf, acc);
+    for (int m = 1; m < M; ++m)
+      for (int64_t k = kf, e = std::clamp<int64_t>(i + m + 1 + diag, 0, K); k < e; ++k) add(m, k);
+  } else {  // kbegin: row m (a key) is seen by k >= i + m - diag
+    const int64_t kf = std::clamp<int64_t>(i + M - 1 - diag, 0, K);  // seen by every row: k >= kf
+    if (!acc)
+      for (int m = 0; m < M; ++m) std::fill(C + (i + m) * ldc + n, C + (i + m) * ldc + n + 16, 0.f);
+    for (int m = 0; m < M - 1; ++m)
+      for (int64_t k = std::clamp<int64_t>(i + m - diag, 0, K); k < kf; ++k) add(m, k);
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars + kf * acs, ars, acs, B + kf * ldb + n, ldb, K - kf, true);
+  }
 }
 
 // C (M x N, ldc) (+)= A (M x K, strides ars/acs) * B (K x N, ldb); N % 16 == 0.
@@ -284,10 +305,12 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
           const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
           // alpha = exp(m_old - m_new), 0 while m_old = -inf
           const __m256 alpha = _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ));
-          // pass 2: p = exp(s - m_new), masked entries 0; column sums
+          // pass 2: p = exp(s - m_new), masked entries 0; column sums. While every score seen
+          // is -inf (m_new = -inf) subtract 0 instead, so p = 0, not exp(-inf + inf) = NaN.
+          const __m256 msub = _mm256_andnot_ps(_mm256_cmp_ps(mnv, vninf, _CMP_EQ_OQ), mnv);
           __m256 sum = _mm256_setzero_ps();
           for (int64_t c = 0; c < nk; ++c) {
-            __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), mnv));
+            __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), msub));
             if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
             _mm256_storeu_ps(St + c * kQ + r, p);
             sum = _mm256_add_ps(sum, p);
