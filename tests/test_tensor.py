@@ -344,3 +344,31 @@ def test_relu_graph_on_both_isa_paths(isa):
     x = fg.tensor(np.array([-1.0, 0.5, 2.0]), requires_grad=True)
     (F.relu(x) * fg.tensor(np.array([1.0, 2.0, 3.0]))).sum().backward()
     np.testing.assert_array_equal(x.grad.data, [0.0, 2.0, 3.0])
+
+
+def test_backward_leaf_grads_never_alias():
+    Tensor = fg.Tensor
+    # the engine hands unshared gradient arrays to .grad without a copy and accumulates in
+    # place into arrays it alone holds; shared ones (Add gives the same g to both inputs, a
+    # user's gradient=, retain_graph buffers) must still come out as separate arrays
+    a = Tensor(np.ones(3, np.float32), requires_grad=True)
+    b = Tensor(np.ones(3, np.float32), requires_grad=True)
+    (a + b).sum().backward()
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    a.grad.data *= 2  # in-place edit (clip_grad_norm_ does this) stays local
+    np.testing.assert_array_equal(b.grad.data, [1, 1, 1])
+    x = Tensor(np.arange(3, dtype=np.float32), requires_grad=True)
+    gr = np.ones(3, np.float32)
+    x.backward(gr)
+    assert not np.shares_memory(x.grad.data, gr)
+    x.grad.data[...] = 0
+    np.testing.assert_array_equal(gr, [1, 1, 1])
+    # several contributions to one tensor, accumulated in place, and retain_graph run twice
+    w = Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    h = w * w
+    y = (h + h * 2.0 + w).sum()       # dy/dw = 6 w + 1
+    y.backward(retain_graph=True)
+    np.testing.assert_allclose(w.grad.data, 6 * w.data + 1)
+    g1 = w.grad.data.copy()
+    y.backward()
+    np.testing.assert_allclose(w.grad.data, 2 * g1)

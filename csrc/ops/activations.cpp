@@ -44,6 +44,11 @@ void relu_backward(T* dx, const T* dy, const T* x, int64_t N) {
 // in the left tail too.
 template <typename T>
 void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (approx_tanh && use_avx2()) return avx2::gelu_tanh_forward(y, x, N);
+  }
+#endif
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
       const T k2 = T(2 * 0.7978845608028654), c = T(0.044715);
@@ -60,6 +65,11 @@ void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
 
 template <typename T>
 void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (approx_tanh && use_avx2()) return avx2::gelu_tanh_backward(dx, dy, x, N);
+  }
+#endif
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
       const T k = T(0.7978845608028654), c = T(0.044715);

@@ -25,6 +25,8 @@ template <typename T> void tanh_backward(T* dx, const T* dy, const T* y, int64_t
 namespace avx2 {
 void relu_forward(float* y, const float* x, int64_t N);
 void relu_backward(float* dx, const float* dy, const float* x, int64_t N);
+void gelu_tanh_forward(float* y, const float* x, int64_t N);
+void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N);
 }  // namespace avx2
 
 }  // namespace fg

@@ -15,6 +15,7 @@ accumulating gradients with ``+=``, and frees the graph unless ``retain_graph=Tr
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numpy as np
 
@@ -80,6 +81,14 @@ class Function:
 
     def backward(self, g):  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _sole(a, refs) -> bool:
+    """True when ``a`` owns its (writeable) memory and at most ``refs`` references to it exist
+    (the caller's expected count: its own names, this function's parameter and getrefcount's
+    argument), so no view, Function or user holds it and it may be reused in place."""
+    return (type(a) is np.ndarray and a.flags.owndata and a.flags.writeable
+            and sys.getrefcount(a) <= refs)
 
 
 def _as_array(data, dtype=None):
@@ -207,12 +216,16 @@ class Tensor:
                     if p is not None and p.requires_grad and id(p) not in seen:
                         stack.append((p, False))
         grads = {id(self): g}
+        del g  # the dict holds the only engine reference (see _sole)
         for t in reversed(order):
             g = grads.pop(id(t), None)
             if g is None:
                 continue
             if t._ctx is None:
-                t.grad = Tensor(g.copy()) if t.grad is None else Tensor(t.grad.data + g)
+                # a gradient array nobody else holds becomes .grad as is (no copy); one that
+                # may be shared (Add hands the same g to both inputs, a user's gradient=, a
+                # buffer a Function keeps) is copied, so in-place edits of .grad stay local
+                t.grad = Tensor(g if _sole(g, 3) else g.copy()) if t.grad is None else Tensor(t.grad.data + g)
                 continue
             ctx = t._ctx
             gin = ctx.backward(g)
@@ -224,10 +237,19 @@ class Tensor:
                     if gp.shape != p.shape:
                         gp = _unbroadcast(gp, p.shape)
                     k = id(p)
-                    grads[k] = grads[k] + gp if k in grads else gp
+                    if k not in grads:
+                        grads[k] = gp
+                        continue
+                    acc = grads[k]
+                    if acc.shape == gp.shape and acc.dtype == gp.dtype and _sole(acc, 4):
+                        np.add(acc, gp, out=acc)  # engine-owned: accumulate in place
+                    else:
+                        grads[k] = acc + gp
+                    del acc
             if not retain_graph:
                 ctx.inputs = ()
                 t._ctx = _Freed
+            ctx = gin = gp = None  # drop this step's references before the refcount tests
         return None
 
     # ----- arithmetic -----
