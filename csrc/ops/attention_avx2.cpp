@@ -23,38 +23,11 @@
 
 #include "ops/attention.h"
 #include "ops/attention_impl.h"
+#include "ops/vec_avx2.h"
 
 namespace fg::avx2 {
 
 namespace {
-
-// exp(x) for 8 floats: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r (rel. err
-// ~2e-7), 2^n through the exponent bits. x < -87.3 gives 0 (this includes -inf), NaN gives NaN.
-inline __m256 exp8(__m256 x) {
-  const __m256 x0 = x;
-  const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.7f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  // NaN in, NaN out: the clamps above would turn it into a finite value and let a NaN score
-  // vanish from the softmax
-  const __m256 res = _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-  // overflow is +inf (not the clamp's ~2e38); NaN in, NaN out
-  const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
-  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
-  return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
-}
 
 struct Exp8 {
   void operator()(float* x, int64_t n) const {
