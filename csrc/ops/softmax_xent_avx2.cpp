@@ -3,36 +3,11 @@
 #include <immintrin.h>
 
 #include "ops/softmax_xent.h"
+#include "ops/vec_avx2.h"
 
 namespace fg::avx2 {
 
 namespace {
-// exp(x) for x <= 0 (callers subtract the row max); Cephes-style range reduction and degree-5
-// polynomial, ~2 ulp. Below -87.3 (where exp underflows float normals) the result is 0.
-inline __m256 exp_ps(__m256 x) {
-  const __m256 x0 = x;
-  const __m256 lo = _mm256_set1_ps(-87.3f);
-  const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
-  x = _mm256_max_ps(x, lo);
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-  // NaN in, NaN out (the clamps above would turn it into a finite value)
-  const __m256 res = _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
-  // overflow is +inf (not the clamp's ~2e38); NaN in, NaN out
-  const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
-  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
-  return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
-}
 inline double hsum_pd(__m256d a) {
   __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
@@ -44,7 +19,7 @@ inline __m256d widen_add(__m256d acc, __m256 v, bool hi) {
 inline void exp_tail(float* out, const float* x, int64_t n, float m) {
   alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < n; ++i) buf[i] = x[i] - m;
-  _mm256_store_ps(buf, exp_ps(_mm256_load_ps(buf)));
+  _mm256_store_ps(buf, exp8(_mm256_load_ps(buf)));
   for (int64_t i = 0; i < n; ++i) out[i] = buf[i];
 }
 }  // namespace
@@ -54,7 +29,7 @@ double exp_sum(const float* x, int64_t V, float m) {
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   int64_t i = 0;
   for (; i + 8 <= V; i += 8) {
-    __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
     a0 = widen_add(a0, e, false);
     a1 = widen_add(a1, e, true);
   }
@@ -70,7 +45,7 @@ double exp_store_sum(float* y, const float* x, int64_t V, float m) {
   __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
   int64_t i = 0;
   for (; i + 8 <= V; i += 8) {
-    __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
     _mm256_storeu_ps(y + i, e);
     a0 = widen_add(a0, e, false);
     a1 = widen_add(a1, e, true);
@@ -84,7 +59,7 @@ double exp_store_sum(float* y, const float* x, int64_t V, float m) {
 void exp_scale(float* y, const float* x, int64_t V, float m, float scale) {
   const __m256 vm = _mm256_set1_ps(m), vs = _mm256_set1_ps(scale);
   int64_t i = 0;
-  for (; i + 8 <= V; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(vs, exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm))));
+  for (; i + 8 <= V; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(vs, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm))));
   exp_tail(y + i, x + i, V - i, m);
   for (int64_t j = i; j < V; ++j) y[j] *= scale;
 }
