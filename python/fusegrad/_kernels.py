@@ -166,17 +166,24 @@ def _embedding_backward(dout, ids, num_embeddings):
 
 
 # ----- attention -----
-def _attention_forward(q, k, v, causal=False, scale=None):
-    B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    rep = H // Hkv
-    k = np.repeat(k, rep, axis=1)
-    v = np.repeat(v, rep, axis=1)
-    s = (scale if scale is not None else 1.0 / math.sqrt(D))
-    logits = (q @ np.swapaxes(k, -1, -2)) * s
+def _attention_logits(q, k, causal, scale):
+    """Scaled, masked logits of the NumPy attention fallback, with the scale, the keys repeated
+    over each kv head's group, and the group size."""
+    T, D = q.shape[2], q.shape[3]
+    S = k.shape[2]
+    rep = q.shape[1] // k.shape[1]
+    s = scale if scale is not None else 1.0 / math.sqrt(D)
+    kr = np.repeat(k, rep, axis=1)
+    logits = (q @ np.swapaxes(kr, -1, -2)) * s
     if causal:
         mask = np.arange(S)[None, :] > (np.arange(T)[:, None] + (S - T))
         logits = np.where(mask, -np.inf, logits)
+    return logits, s, kr, rep
+
+
+def _attention_forward(q, k, v, causal=False, scale=None):
+    logits, _, _, rep = _attention_logits(q, k, causal, scale)
+    v = np.repeat(v, rep, axis=1)
     m = logits.max(-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     e = np.exp(logits - m)
@@ -190,14 +197,8 @@ def _attention_forward(q, k, v, causal=False, scale=None):
 def _attention_backward(do, q, k, v, o, lse, causal=False, scale=None):
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    rep = H // Hkv
-    kr = np.repeat(k, rep, axis=1)
+    logits, s, kr, rep = _attention_logits(q, k, causal, scale)
     vr = np.repeat(v, rep, axis=1)
-    s = (scale if scale is not None else 1.0 / math.sqrt(D))
-    logits = (q @ np.swapaxes(kr, -1, -2)) * s
-    if causal:
-        mask = np.arange(S)[None, :] > (np.arange(T)[:, None] + (S - T))
-        logits = np.where(mask, -np.inf, logits)
     fin = np.isfinite(lse)[..., None]
     p = np.where(fin, np.exp(logits - np.where(fin, lse[..., None], 0)), 0)
     dv = np.swapaxes(p, -1, -2) @ do
