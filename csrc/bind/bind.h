@@ -14,4 +14,5 @@ void bind_embedding(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_tokenizer(py::module_& m);
+void bind_alloc(py::module_& m);
 }  // namespace fg::bind

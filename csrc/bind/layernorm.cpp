@@ -1,7 +1,6 @@
 // Bindings for the layernorm op stem (csrc/ops/layernorm.h): argument checks, then the kernel with the GIL released.
 #include "bind/bind.h"
 #include "bind/check.h"
-#include "bind/out_cache.h"
 #include "ops/layernorm.h"
 
 namespace fg::bind {
@@ -36,7 +35,7 @@ py::tuple forward(const py::object& x_obj, const py::object& w_obj, const py::ob
   py::object w = optional_param(w_obj, d, C, fn, "weight"), b = optional_param(b_obj, d, C, fn, "bias");
   return dispatch_float(d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y = cached_empty<T>(shape_of(x)), mean = py::array_t<T>(row_shape(x)), rstd = py::array_t<T>(row_shape(x));
+    py::array y = py::array_t<T>(shape_of(x)), mean = py::array_t<T>(row_shape(x)), rstd = py::array_t<T>(row_shape(x));
     T *py_ = ptr<T>(y), *pm = ptr<T>(mean), *pr = ptr<T>(rstd);
     const T *px = cptr<T>(x), *pw = opt_ptr<T>(w), *pb = opt_ptr<T>(b);
     {
@@ -70,7 +69,7 @@ py::tuple backward(const py::object& dy_obj, const py::object& x_obj, const py::
   check_contiguous(rstd, fn, "rstd");
   return dispatch_float(d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array dx = cached_empty<T>(shape_of(x)), dw = py::array_t<T>({C}), db = py::array_t<T>({C});
+    py::array dx = py::array_t<T>(shape_of(x)), dw = py::array_t<T>({C}), db = py::array_t<T>({C});
     T *pdx = ptr<T>(dx), *pdw = ptr<T>(dw), *pdb = ptr<T>(db);
     const T *pdy = cptr<T>(dy), *px = cptr<T>(x), *pw = opt_ptr<T>(w), *pm = cptr<T>(mean), *pr = cptr<T>(rstd);
     {

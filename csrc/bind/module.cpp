@@ -14,4 +14,5 @@ PYBIND11_MODULE(_C, m) {
   fg::bind::bind_optim(m);
   fg::bind::bind_attention(m);
   fg::bind::bind_tokenizer(m);
+  fg::bind::bind_alloc(m);
 }

@@ -14,13 +14,16 @@ import warnings as _warnings
 
 from . import _C
 from . import ops
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import get_num_threads, set_num_threads, show_config, empty_cache, memory_stats
+from ._config import _install_host_cache
 
 from .tensor import Tensor, tensor, no_grad, is_grad_enabled, zeros, ones, randn, cat, stack, split
 from . import nn, optim, data
 from .models import GPT, GPTConfig
 
 __version__ = "0.1.0"
+
+_install_host_cache()
 
 if not _C.have_openmp():
     _warnings.warn(
@@ -31,4 +34,4 @@ if not _C.have_openmp():
     )
 
 __all__ = ["ops", "Tensor", "tensor", "no_grad", "is_grad_enabled", "zeros", "ones", "randn",
-           "cat", "stack", "split", "nn", "optim", "data", "GPT", "GPTConfig", "get_num_threads", "set_num_threads", "show_config", "__version__"]
+           "cat", "stack", "split", "nn", "optim", "data", "GPT", "GPTConfig", "get_num_threads", "set_num_threads", "show_config", "empty_cache", "memory_stats", "__version__"]

@@ -32,7 +32,7 @@ from . import _C
 
 _CONFIG = {
     "get_num_threads", "set_num_threads", "have_openmp", "cpu_has_avx2", "avx2_compiled",
-    "get_isa", "set_isa", "peak_fma_gflops", "copy_bandwidth_gbs", "sanitized",
+    "get_isa", "set_isa", "peak_fma_gflops", "copy_bandwidth_gbs", "sanitized", "empty_cache", "memory_stats",
 }
 
 __all__ = sorted(n for n in dir(_C) if not n.startswith("_") and n not in _CONFIG)

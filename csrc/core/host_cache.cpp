@@ -1,0 +1,149 @@
+#include "core/host_cache.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace fg {
+
+namespace {
+constexpr size_t kHuge = size_t{2} << 20;
+constexpr size_t kHugeFrom = size_t{4} << 20;
+}  // namespace
+
+size_t HostCache::capacity_for(size_t bytes) {
+  const size_t unit = bytes >= kHugeFrom ? kHuge : size_t{4096};
+  return (bytes + unit - 1) / unit * unit;
+}
+
+void* HostCache::take_or_new(size_t bytes, bool* fresh) {
+  const size_t cap = capacity_for(bytes);
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    // The smallest idle block that fits, unless it is more than 1/8 too big.
+    auto it = idle_.lower_bound(cap);
+    if (it != idle_.end() && it->first <= cap + cap / 8) {
+      void* p = it->second;
+      const size_t got = it->first;
+      idle_.erase(it);
+      idle_bytes_ -= got;
+      live_.emplace(p, got);
+      live_bytes_ += got;
+      ++hits_;
+      *fresh = false;
+      return p;
+    }
+    ++misses_;
+  }
+  void* p = nullptr;
+  const size_t align = cap >= kHugeFrom ? kHuge : 64;
+  if (posix_memalign(&p, align, cap) != 0) return nullptr;
+#if defined(MADV_HUGEPAGE)
+  if (align == kHuge) madvise(p, cap, MADV_HUGEPAGE);
+#endif
+  std::lock_guard<std::mutex> lk(m_);
+  live_.emplace(p, cap);
+  live_bytes_ += cap;
+  *fresh = true;
+  return p;
+}
+
+void* HostCache::allocate(size_t bytes) {
+  if (bytes < kMinBytes || bytes > limit_) return std::malloc(bytes ? bytes : 1);
+  bool fresh;
+  return take_or_new(bytes, &fresh);
+}
+
+void* HostCache::allocate_zeroed(size_t bytes) {
+  // Blocks beyond the limit keep calloc's lazily zeroed pages (a huge np.zeros stays cheap).
+  if (bytes < kMinBytes || bytes > limit_) return std::calloc(bytes ? bytes : 1, 1);
+  bool fresh;
+  void* p = take_or_new(bytes, &fresh);
+  if (p) std::memset(p, 0, bytes);
+  return p;
+}
+
+void* HostCache::reallocate(void* p, size_t bytes) {
+  if (!p) return allocate(bytes);
+  size_t cap = 0;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    auto it = live_.find(p);
+    if (it != live_.end()) cap = it->second;
+  }
+  if (cap == 0) return std::realloc(p, bytes ? bytes : 1);  // a plain malloc block stays one
+  if (bytes >= kMinBytes && bytes <= cap) return p;         // shrinks in place
+  void* q = bytes >= kMinBytes ? allocate(bytes) : std::malloc(bytes ? bytes : 1);
+  if (!q) return nullptr;  // p stays valid, as realloc promises
+  std::memcpy(q, p, bytes < cap ? bytes : cap);
+  release(p, cap);
+  return q;
+}
+
+void HostCache::release(void* p, size_t bytes) {
+  if (!p) return;
+  if (bytes < kMinBytes) {
+    std::free(p);
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    auto it = live_.find(p);
+    if (it != live_.end()) {
+      const size_t cap = it->second;
+      live_.erase(it);
+      live_bytes_ -= cap;
+      if (idle_bytes_ + cap <= limit_) {
+        idle_.emplace(cap, p);
+        idle_bytes_ += cap;
+        return;
+      }
+    }
+  }
+  std::free(p);
+}
+
+void HostCache::empty() {
+  std::vector<void*> drop;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    for (auto& kv : idle_) drop.push_back(kv.second);
+    idle_.clear();
+    idle_bytes_ = 0;
+  }
+  for (void* p : drop) std::free(p);
+}
+
+void HostCache::set_limit(size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    limit_ = bytes;
+    if (idle_bytes_ <= limit_) return;
+  }
+  empty();
+}
+
+HostCacheStats HostCache::stats() {
+  std::lock_guard<std::mutex> lk(m_);
+  HostCacheStats s;
+  s.cached_bytes = idle_bytes_;
+  s.cached_blocks = idle_.size();
+  s.limit_bytes = limit_;
+  s.live_bytes = live_bytes_;
+  s.live_blocks = live_.size();
+  s.hits = hits_;
+  s.misses = misses_;
+  return s;
+}
+
+HostCache& host_cache() {
+  static HostCache* c = new HostCache(size_t{1} << 30);
+  return *c;
+}
+
+}  // namespace fg

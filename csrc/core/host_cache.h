@@ -1,0 +1,57 @@
+// A caching allocator for large host buffers (the data of NumPy arrays, see bind/alloc.cpp).
+//
+// Why: a training step allocates the same large arrays every step (activations, gradients,
+// kernel outputs) and frees them again. Large blocks come from fresh anonymous memory, so
+// the OS zeroes every page on first touch and the allocator returns them on free (TLB
+// shootdowns): for memory-bound kernels that costs as much as the kernel itself (measured:
+// 20% of a small GPT training step). This cache keeps freed blocks of at least kMinBytes and
+// hands them to the next request of (nearly) the same size, like PyTorch's caching
+// allocator does for GPU memory. Idle memory is bounded by a limit; empty() releases it.
+//
+// Blocks of >= 4 MiB are 2 MiB aligned and asked for transparent huge pages. Thread-safe.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+namespace fg {
+
+struct HostCacheStats {
+  size_t cached_bytes = 0, cached_blocks = 0, limit_bytes = 0;
+  size_t live_bytes = 0, live_blocks = 0;  // large blocks handed out and not yet freed
+  uint64_t hits = 0, misses = 0;
+};
+
+class HostCache {
+ public:
+  static constexpr size_t kMinBytes = size_t{128} << 10;  // below: plain malloc
+
+  explicit HostCache(size_t limit_bytes) : limit_(limit_bytes) {}
+
+  void* allocate(size_t bytes);
+  void* allocate_zeroed(size_t bytes);
+  void* reallocate(void* p, size_t bytes);
+  // `bytes` is the size the block was last allocated (or reallocated) with.
+  void release(void* p, size_t bytes);
+
+  void empty();                    // free every idle block
+  void set_limit(size_t bytes);    // idle bytes kept at most (0: cache nothing)
+  HostCacheStats stats();
+
+ private:
+  void* take_or_new(size_t bytes, bool* fresh);
+  static size_t capacity_for(size_t bytes);
+
+  std::mutex m_;
+  std::multimap<size_t, void*> idle_;        // capacity -> block
+  std::unordered_map<void*, size_t> live_;   // block -> capacity
+  size_t limit_, idle_bytes_ = 0, live_bytes_ = 0;
+  uint64_t hits_ = 0, misses_ = 0;
+};
+
+// The process-wide cache (never destroyed: arrays may outlive static destructors).
+HostCache& host_cache();
+
+}  // namespace fg
