@@ -553,6 +553,64 @@ def _attention(name):
                 scalars={"scale": [math.nan, math.inf, "x"], "causal": [None]})
 
 
+def _attention_qkv(name):
+    """The packed entry points: the same math as _attention on qkv (B, T, (H + 2 Hkv) D)."""
+    inner = _attention("attention_backward" if name.endswith("backward") else "attention_forward")
+
+    def split(qkv, H, Hkv):
+        B, T, W = qkv.shape
+        x = qkv.reshape(B, T, H + 2 * Hkv, W // (H + 2 * Hkv)).transpose(0, 2, 1, 3)
+        return x[:, :H], x[:, H:H + Hkv], x[:, H + Hkv:]
+
+    def rows(x):  # (B, h, T, D) -> (B, T, h D)
+        return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
+
+    def make(draw, dtype):
+        kw = inner.make(draw, dtype)
+        q, k, v = kw.pop("q"), kw.pop("k"), kw.pop("v")
+        k, v = k[:, :, :q.shape[2]], v[:, :, :q.shape[2]]  # S = T
+        if k.shape[2] < q.shape[2]:
+            q = q[:, :, :k.shape[2]]
+        H, Hkv = q.shape[1], k.shape[1]
+        out = {"qkv": np.ascontiguousarray(np.concatenate([rows(q), rows(k), rows(v)], axis=2)),
+               "n_head": H, "n_kv_head": Hkv, "causal": kw["causal"], "scale": kw["scale"]}
+        if "do" in kw:
+            o, lse = _attention_forward_ref(*(a.astype(np.float64) for a in (q, k, v)), kw["causal"], kw["scale"])
+            out = {"do": np.ascontiguousarray(rows(kw["do"][:, :, :q.shape[2]])), **out,
+                   "o": np.ascontiguousarray(rows(o)).astype(dtype), "lse": lse.astype(dtype)}
+        return out
+
+    def ref(qkv, n_head, n_kv_head=None, causal=False, scale=None, do=None, o=None, lse=None):
+        if not isinstance(n_head, int) or not isinstance(n_kv_head, (int, type(None))):
+            raise TypeError("n_head")
+        H, Hkv = n_head, n_kv_head or n_head
+        if qkv.ndim != 3 or H < 1 or Hkv < 1 or H % Hkv or qkv.shape[2] % (H + 2 * Hkv) \
+                or not 1 <= qkv.shape[2] // (H + 2 * Hkv) <= 256:
+            raise ValueError("shapes")
+        q, k, v = split(qkv, H, Hkv)
+        B, T, D = qkv.shape[0], qkv.shape[1], q.shape[3]
+        if do is None:
+            o_, lse_ = _attention_forward_ref(q, k, v, causal, scale)
+            return rows(o_), lse_
+        if do.shape != (B, T, H * D) or o.shape != do.shape or lse.shape != (B, H, T):
+            raise ValueError("shapes")
+        heads = lambda a: a.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        dq, dk, dv = _attention_backward_ref(heads(do), q, k, v, heads(o), lse, causal, scale)
+        return np.concatenate([rows(dq), rows(dk), rows(dv)], axis=2)
+
+    def atol_scale(kw):
+        q, k, v = split(kw["qkv"], kw["n_head"], kw["n_kv_head"] or kw["n_head"])
+        return _attention_backward_scale({"q": q, "k": k, "v": v, "do": kw["do"], "scale": kw["scale"]})
+
+    back = name.endswith("backward")
+    return Spec(name, make, ref, returns_like="qkv", tol=(2e-4, 1e-9), huge=False,
+                atol_scale=atol_scale if back else None,
+                kinds=tuple(k for k in PERTURBATIONS if k != "alias") if back else None,
+                value_args=("do",) if back else None,
+                scalars={"scale": [math.nan, math.inf, "x"], "causal": [None], "n_head": [0, -1, "x"],
+                         "n_kv_head": [0, 3, "x"]})
+
+
 # ----- nn.functional: the Tensor API on top of the kernels ----------------------------------
 # Each call runs forward and backward of sum(y * w) (w a fixed pattern) and returns
 # (y, d/d each float input); the reference does the same in float64. Perturbations are those a
@@ -821,6 +879,8 @@ SPECS: list[Spec] = [
     _embedding_backward(),
     _attention("attention_forward"),
     _attention("attention_backward"),
+    _attention_qkv("attention_qkv_forward"),
+    _attention_qkv("attention_qkv_backward"),
     _sgd(),
     _adam("adam_step"),
     _adam("adamw_step"),

@@ -204,3 +204,109 @@ def test_attention_bad_input(rng):
 def test_attention_d256_works(rng):
     q, k, v, do = make(rng, 1, 1, 1, 3, 4, 256, np.float64)
     check_against_reference(q, k, v, do, False, None, rtol=1e-10, atol=1e-12)
+
+
+# ----- the packed entry points: qkv (B, T, (H + 2 Hkv) D) -> o (B, T, H D) -------------------
+def _pack(q, k, v):
+    rows = lambda x: x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], x.shape[1] * x.shape[3])
+    return np.ascontiguousarray(np.concatenate([rows(q), rows(k), rows(v)], axis=2))
+
+
+def _heads(a, h):
+    B, T, W = a.shape
+    return np.ascontiguousarray(a.reshape(B, T, h, W // h).transpose(0, 2, 1, 3))
+
+
+# (B, H, Hkv, T, D): fast path sizes, D % 16 != 0 (split/merge fallback), odd T, GQA/MQA,
+# B * Hkv >= 16 (the AVX2 backward's per-kv-head schedule), size 1
+QKV_CASES = [(1, 1, 1, 1, 16), (2, 4, 2, 7, 64), (1, 3, 1, 130, 32), (2, 2, 2, 65, 48), (1, 2, 1, 33, 24),
+             (4, 4, 4, 70, 64), (2, 8, 8, 66, 32), (1, 2, 2, 257, 128), (1, 2, 1, 9, 3)]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", QKV_CASES, ids=lambda c: "B{}H{}Hkv{}T{}D{}".format(*c))
+def test_attention_qkv_equals_split_heads_bitwise(isa, rng, case, causal):
+    B, H, Hkv, T, D = case
+    q, k, v, _ = make(rng, B, H, Hkv, T, T, D, np.float32)
+    qkv = _pack(q, k, v)
+    do = rng.standard_normal((B, T, H * D)).astype(np.float32)
+    o, lse = ops.attention_qkv_forward(qkv, H, Hkv, causal=causal)
+    assert o.shape == (B, T, H * D) and lse.shape == (B, H, T) and o.dtype == np.float32
+    ro, rl = ops.attention_forward(q, k, v, causal=causal)
+    np.testing.assert_array_equal(_heads(o, H), ro)
+    np.testing.assert_array_equal(lse, rl)
+    dqkv = ops.attention_qkv_backward(do, qkv, o, lse, H, Hkv, causal=causal)
+    assert dqkv.shape == qkv.shape and dqkv.dtype == np.float32
+    rdq, rdk, rdv = ops.attention_backward(_heads(do, H), q, k, v, ro, rl, causal=causal)
+    np.testing.assert_array_equal(dqkv, _pack(rdq, rdk, rdv))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_qkv_matches_reference_float64(rng, causal):
+    B, H, Hkv, T, D = 2, 4, 2, 19, 8
+    q, k, v, _ = make(rng, B, H, Hkv, T, T, D, np.float64)
+    do = rng.standard_normal((B, T, H * D))
+    o, lse = ops.attention_qkv_forward(_pack(q, k, v), H, Hkv, causal=causal, scale=0.3)
+    ro, rl = ref.attention_forward(q, k, v, causal, 0.3)
+    np.testing.assert_allclose(_heads(o, H), ro, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lse, rl, rtol=1e-12, atol=1e-13)
+    dqkv = ops.attention_qkv_backward(do, _pack(q, k, v), o, lse, H, Hkv, causal=causal, scale=0.3)
+    rd = ref.attention_backward(_heads(do, H), q, k, v, causal, 0.3)
+    np.testing.assert_allclose(dqkv, _pack(*rd), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_qkv_finite_differences(rng):
+    B, H, Hkv, T, D = 1, 2, 1, 5, 3
+    qkv = rng.standard_normal((B, T, (H + 2 * Hkv) * D))
+    do = rng.standard_normal((B, T, H * D))
+    o, lse = ops.attention_qkv_forward(qkv, H, Hkv, causal=True)
+    dqkv = ops.attention_qkv_backward(do, qkv, o, lse, H, Hkv, causal=True)
+    loss = lambda x: float(np.sum(ops.attention_qkv_forward(x, H, Hkv, causal=True)[0] * do))
+    np.testing.assert_allclose(dqkv, numerical_grad(loss, qkv), rtol=1e-6, atol=1e-8)
+
+
+def test_attention_qkv_threads_bitwise_identical(isa, threads, rng):
+    B, H, Hkv, T, D = 2, 4, 2, 150, 64
+    qkv = rng.standard_normal((B, T, (H + 2 * Hkv) * D)).astype(np.float32)
+    do = rng.standard_normal((B, T, H * D)).astype(np.float32)
+    res = []
+    for n in (1, 2):
+        threads(n)
+        o, lse = ops.attention_qkv_forward(qkv, H, Hkv, causal=True)
+        res.append((o, lse, ops.attention_qkv_backward(do, qkv, o, lse, H, Hkv, causal=True)))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attention_qkv_bad_input(rng):
+    qkv = rng.standard_normal((2, 5, 32)).astype(np.float32)  # H=2, Hkv=1 -> D=8
+    o, lse = ops.attention_qkv_forward(qkv, 2, 1)
+    do = np.ones_like(o)
+    f, b = ops.attention_qkv_forward, ops.attention_qkv_backward
+    with pytest.raises(TypeError, match="attention_qkv_forward: qkv must be float32 or float64, got int64"):
+        f(qkv.astype(np.int64), 2, 1)
+    with pytest.raises(ValueError, match="attention_qkv_forward: qkv must have 3 dimensions, got 2"):
+        f(qkv[0], 2, 1)
+    with pytest.raises(ValueError, match="attention_qkv_forward: qkv must be C-contiguous"):
+        f(qkv[:, ::2], 2, 1)
+    with pytest.raises(ValueError, match=r"attention_qkv_forward: qkv must have shape \(B, T, \(n_head \+ 2 n_kv_head\) D\) with 1 <= D <= 256; got \(2, 5, 32\) for n_head=3, n_kv_head=3"):
+        f(qkv, 3)
+    with pytest.raises(ValueError, match=r"attention_qkv_forward: n_head \(2\) must be a positive multiple of n_kv_head \(3\)"):
+        f(qkv, 2, 3)
+    with pytest.raises(ValueError, match="attention_qkv_forward: n_head must be >= 1, got 0"):
+        f(qkv, 0)
+    with pytest.raises(TypeError, match="attention_qkv_forward: n_kv_head must be an int or None"):
+        f(qkv, 2, "one")
+    with pytest.raises(ValueError, match=r"attention_qkv_backward: do must have shape \(2, 5, 16\), got \(2, 5, 15\)"):
+        b(do[..., :15].copy(), qkv, o, lse, 2, 1)
+    with pytest.raises(ValueError, match=r"attention_qkv_backward: lse must have shape \(2, 2, 5\), got \(2, 5, 2\)"):
+        b(do, qkv, o, np.zeros((2, 5, 2), np.float32), 2, 1)
+    with pytest.raises(TypeError, match="attention_qkv_backward: o must be float32"):
+        b(do, qkv, o.astype(np.float64), lse, 2, 1)
+    with pytest.raises(ValueError, match="attention_qkv_backward: do must be C-contiguous"):
+        b(np.ones((2, 5, 32), np.float32)[..., ::2], qkv, o, lse, 2, 1)
+    # empty batch / sequence: empty results, no crash
+    e, el = f(np.zeros((0, 3, 32), np.float32), 2, 1)
+    assert e.shape == (0, 3, 16) and el.shape == (0, 2, 3)
+    e, el = f(np.zeros((1, 0, 32), np.float32), 2, 1)
+    assert e.shape == (1, 0, 16) and b(e, np.zeros((1, 0, 32), np.float32), e, el, 2, 1).shape == (1, 0, 32)

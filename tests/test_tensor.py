@@ -306,6 +306,12 @@ def _kernel_args(name, g):
     if name == "attention_backward":
         o, lse = KK._attention_forward(q, k, v, True, None)
         return (g.standard_normal(o.shape), q, k, v, o, lse, True, None)
+    qkv = g.standard_normal((2, 5, 32))  # n_head 2, n_kv_head 1, D 8
+    if name == "attention_qkv_forward":
+        return (qkv, 2, 1, True, None)
+    if name == "attention_qkv_backward":
+        o, lse = KK._attention_qkv_forward(qkv, 2, 1, True, None)
+        return (g.standard_normal(o.shape), qkv, o, lse, 2, 1, True, None)
     return None
 
 

@@ -98,9 +98,90 @@ py::tuple backward(const py::object& do_obj, const py::object& q_obj, const py::
   });
 }
 
+// n_head / n_kv_head of the packed entry points, and the head size from qkv's width.
+struct Packed { int64_t B, T, H, Hkv, D; };
+
+Packed check_packed(const py::array& qkv, int64_t H, const py::object& hkv_obj, const char* fn) {
+  check_ndim(qkv, 3, fn, "qkv");
+  check_contiguous(qkv, fn, "qkv");
+  if (H < 1) value_error(cat(fn, ": n_head must be >= 1, got ", H));
+  int64_t Hkv = H;
+  if (!hkv_obj.is_none()) {
+    try { Hkv = hkv_obj.cast<int64_t>(); } catch (const py::cast_error&) {
+      type_error(cat(fn, ": n_kv_head must be an int or None"));
+    }
+  }
+  if (Hkv < 1 || H % Hkv != 0)
+    value_error(cat(fn, ": n_head (", H, ") must be a positive multiple of n_kv_head (", Hkv, ")"));
+  const int64_t W = qkv.shape(2), nh = H + 2 * Hkv;
+  if (W % nh != 0 || W / nh < 1 || W / nh > kMaxD)
+    value_error(cat(fn, ": qkv must have shape (B, T, (n_head + 2 n_kv_head) D) with 1 <= D <= ", kMaxD,
+                    "; got ", shape_str(qkv), " for n_head=", H, ", n_kv_head=", Hkv));
+  return {qkv.shape(0), qkv.shape(1), H, Hkv, W / nh};
+}
+
+py::tuple qkv_forward(const py::object& qkv_obj, int64_t H, const py::object& hkv_obj, bool causal,
+                      const py::object& scale_obj) {
+  const char* fn = "attention_qkv_forward";
+  py::array qkv = as_array(qkv_obj, fn, "qkv");
+  DType d = float_input(qkv, fn, "qkv");
+  const Packed s = check_packed(qkv, H, hkv_obj, fn);
+  const double scale = get_scale(scale_obj, s.D, fn);
+  return dispatch_float(d, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array o = py::array_t<T>(std::vector<py::ssize_t>{s.B, s.T, s.H * s.D});
+    py::array lse = py::array_t<T>(std::vector<py::ssize_t>{s.B, s.H, s.T});
+    T *po = ptr<T>(o), *pl = ptr<T>(lse);
+    const T* pqkv = cptr<T>(qkv);
+    {
+      py::gil_scoped_release nogil;
+      attention_qkv_forward<T>(po, pl, pqkv, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale));
+    }
+    return py::make_tuple(o, lse);
+  });
+}
+
+py::array qkv_backward(const py::object& do_obj, const py::object& qkv_obj, const py::object& o_obj,
+                       const py::object& lse_obj, int64_t H, const py::object& hkv_obj, bool causal,
+                       const py::object& scale_obj) {
+  const char* fn = "attention_qkv_backward";
+  py::array qkv = as_array(qkv_obj, fn, "qkv");
+  DType d = float_input(qkv, fn, "qkv");
+  const Packed s = check_packed(qkv, H, hkv_obj, fn);
+  py::array dO = as_array(do_obj, fn, "do"), o = as_array(o_obj, fn, "o"), lse = as_array(lse_obj, fn, "lse");
+  for (auto [a, name] : {std::pair<py::array*, const char*>{&dO, "do"}, {&o, "o"}, {&lse, "lse"}}) {
+    check_dtype(*a, d, fn, name);
+    check_contiguous(*a, fn, name);
+  }
+  check_shape(dO, {s.B, s.T, s.H * s.D}, fn, "do");
+  check_shape(o, {s.B, s.T, s.H * s.D}, fn, "o");
+  check_shape(lse, {s.B, s.H, s.T}, fn, "lse");
+  const double scale = get_scale(scale_obj, s.D, fn);
+  return dispatch_float(d, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array dqkv = py::array_t<T>(shape_of(qkv));
+    T* pd = ptr<T>(dqkv);
+    const T *pdo = cptr<T>(dO), *pqkv = cptr<T>(qkv), *po = cptr<T>(o), *pl = cptr<T>(lse);
+    {
+      py::gil_scoped_release nogil;
+      attention_qkv_backward<T>(pd, pdo, pqkv, po, pl, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale));
+    }
+    return dqkv;
+  });
+}
+
 }  // namespace
 
 void bind_attention(py::module_& m) {
+  m.def("attention_qkv_forward", &qkv_forward, py::arg("qkv"), py::arg("n_head"), py::arg("n_kv_head") = py::none(),
+        py::arg("causal") = false, py::arg("scale") = py::none(),
+        "(o, lse) = attention_forward on the packed projection of a transformer block, without\n"
+        "head split/merge copies: qkv: (B, T, (H + 2 Hkv) D), each row [q heads | k heads | v heads]\n"
+        "(H = n_head, Hkv = n_kv_head, default H); o: (B, T, H D) with heads side by side, lse: (B, H, T).");
+  m.def("attention_qkv_backward", &qkv_backward, py::arg("do"), py::arg("qkv"), py::arg("o"), py::arg("lse"),
+        py::arg("n_head"), py::arg("n_kv_head") = py::none(), py::arg("causal") = false,
+        py::arg("scale") = py::none(),
+        "dqkv (B, T, (H + 2 Hkv) D) for attention_qkv_forward (same packing as qkv).");
   m.def("attention_forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("causal") = false, py::arg("scale") = py::none(),
         "(o, lse) = softmax(scale * q k^T + mask) v and its per-row log-sum-exp.\n"

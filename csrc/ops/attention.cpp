@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -76,6 +77,73 @@ void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* 
   attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
 }
 
+namespace {
+// dst head rows <- src head rows, for every (b, h, t) of a (B, nh, T, D) operand.
+template <typename T>
+void copy_heads(T* dst, HeadLayout Ld, const T* src, HeadLayout Ls, int64_t B, int64_t nh, int64_t Tq, int64_t D) {
+  parallel_for(B * nh * Tq, 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t bh = i / Tq, t = i % Tq;
+      const T* s = src + Ls.head(bh, nh) + t * Ls.st;
+      std::copy(s, s + D, dst + Ld.head(bh, nh) + t * Ld.st);
+    }
+  });
+}
+}  // namespace
+
+template <typename T>
+void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
+                           int64_t D, bool causal, T scale) {
+  const int64_t W = (H + 2 * Hkv) * D;
+  const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
+  const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2() &&
+        avx2::attention_forward_strided(o, Lo, lse, q, Lin, k, Lin, v, Lin, B, H, Hkv, Tq, Tq, D, causal, scale))
+      return;
+  }
+#endif
+  // The other kernels read contiguous heads: split, attend, merge.
+  const HeadLayout Cq = heads_contiguous(H, Tq, D), Ckv = heads_contiguous(Hkv, Tq, D);
+  std::vector<T> qc(B * H * Tq * D), kc(B * Hkv * Tq * D), vc(B * Hkv * Tq * D), oc(B * H * Tq * D);
+  copy_heads(qc.data(), Cq, q, Lin, B, H, Tq, D);
+  copy_heads(kc.data(), Ckv, k, Lin, B, Hkv, Tq, D);
+  copy_heads(vc.data(), Ckv, v, Lin, B, Hkv, Tq, D);
+  attention_forward<T>(oc.data(), lse, qc.data(), kc.data(), vc.data(), B, H, Hkv, Tq, Tq, D, causal, scale);
+  copy_heads(o, Lo, oc.data(), Cq, B, H, Tq, D);
+}
+
+template <typename T>
+void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, const T* lse, int64_t B,
+                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale) {
+  const int64_t W = (H + 2 * Hkv) * D;
+  const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
+  const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
+  T *dq = dqkv, *dk = dqkv + H * D, *dv = dqkv + (H + Hkv) * D;
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2() && avx2::attention_backward_strided(dq, Lin, dk, Lin, dv, Lin, do_, Lo, q, Lin, k, Lin, v, Lin, o,
+                                                       Lo, lse, B, H, Hkv, Tq, Tq, D, causal, scale))
+      return;
+  }
+#endif
+  const HeadLayout Cq = heads_contiguous(H, Tq, D), Ckv = heads_contiguous(Hkv, Tq, D);
+  const int64_t nq = B * H * Tq * D, nkv = B * Hkv * Tq * D;
+  std::vector<T> buf(4 * nq + 4 * nkv);
+  T *qc = buf.data(), *doc = qc + nq, *oc = doc + nq, *dqc = oc + nq;
+  T *kc = dqc + nq, *vc = kc + nkv, *dkc = vc + nkv, *dvc = dkc + nkv;
+  copy_heads(qc, Cq, q, Lin, B, H, Tq, D);
+  copy_heads(kc, Ckv, k, Lin, B, Hkv, Tq, D);
+  copy_heads(vc, Ckv, v, Lin, B, Hkv, Tq, D);
+  copy_heads(doc, Cq, do_, Lo, B, H, Tq, D);
+  copy_heads(oc, Cq, o, Lo, B, H, Tq, D);
+  attention_backward<T>(dqc, dkc, dvc, doc, qc, kc, vc, oc, lse, B, H, Hkv, Tq, Tq, D, causal, scale);
+  copy_heads(dq, Lin, dqc, Cq, B, H, Tq, D);
+  copy_heads(dk, Lin, dkc, Ckv, B, Hkv, Tq, D);
+  copy_heads(dv, Lin, dvc, Ckv, B, Hkv, Tq, D);
+}
+
 #define FG_INST(T)                                                                               \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t,      \
                                      int64_t, int64_t, int64_t, int64_t, bool, T);                \
@@ -83,7 +151,11 @@ void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* 
                                       const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
                                       int64_t, int64_t, bool, T);                                 \
   template void attention_naive_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,         \
-                                           int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);
+                                           int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);  \
+  template void attention_qkv_forward<T>(T*, T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
+                                         int64_t, bool, T);                                        \
+  template void attention_qkv_backward<T>(T*, const T*, const T*, const T*, const T*, int64_t,     \
+                                          int64_t, int64_t, int64_t, int64_t, bool, T);
 FG_INST(float)
 FG_INST(double)
 #undef FG_INST

@@ -14,6 +14,28 @@
 
 namespace fg {
 
+// Where the rows of head bh (= b * nh + h) of a (B, nh, T, D) operand live: element
+// (b, h, t, d) at base[b * sb + h * sh + t * st + d].
+struct HeadLayout {
+  int64_t sb, sh, st;
+  int64_t head(int64_t bh, int64_t nh) const { return (bh / nh) * sb + (bh % nh) * sh; }
+};
+// (B, nh, T, D) contiguous.
+inline HeadLayout heads_contiguous(int64_t nh, int64_t T, int64_t D) { return {nh * T * D, T * D, D}; }
+// Heads interleaved in the rows of a (B, T, W) activation, head h at columns [c0 + h D, c0 + h D + D).
+inline HeadLayout heads_in_rows(int64_t T, int64_t W, int64_t D) { return {T * W, D, W}; }
+
+// Attention on the packed projection of a transformer block, without head split/merge copies:
+//   qkv: (B, T, (H + 2 Hkv) D) = [q heads | k heads | v heads] per row, o: (B, T, H D),
+//   lse: (B, H, T); backward writes dqkv (B, T, (H + 2 Hkv) D). Same math, masks and
+//   determinism as attention_forward/backward with S = T.
+template <typename T>
+void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
+                           int64_t D, bool causal, T scale);
+template <typename T>
+void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, const T* lse, int64_t B,
+                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale);
+
 template <typename T>
 void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H,
                        int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale);
@@ -35,6 +57,16 @@ void attention_backward(float* dq, float* dk, float* dv, const float* do_, const
                         const float* k, const float* v, const float* o, const float* lse,
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                         bool causal, float scale);
+// Any layouts; only for D % 16 == 0 (returns false, doing nothing, otherwise).
+bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,
+                               const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,
+                               int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
+                               float scale);
+bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv,
+                                HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,
+                                HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,
+                                const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,
+                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale);
 }  // namespace avx2
 
 }  // namespace fg

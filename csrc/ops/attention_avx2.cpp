@@ -157,13 +157,18 @@ inline float hsum8(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
-// Kt[d * kK + j] = K[j, d] for j < n, zero-padded to kK keys.
+// Kt[d * kK + j] = K[j * ldk + d] for j < n, zero-padded to kK keys.
 template <int DC>
-inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t n, int64_t Drt) {
+inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t ldk, int64_t n, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   if (n < kK) std::fill(Kt, Kt + D * kK, 0.f);
   for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * D + d];
+    for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * ldk + d];
+}
+
+// Sets rows [t0, t1) of head `base` (row stride ld) to zero.
+inline void zero_rows(float* base, int64_t ld, int64_t t0, int64_t t1, int64_t D) {
+  for (int64_t t = t0; t < t1; ++t) std::fill(base + t * ld, base + t * ld + D, 0.f);
 }
 
 inline int64_t nvis(int64_t i, int64_t off, int64_t j0, int64_t nk, bool causal) {
@@ -220,14 +225,14 @@ class Buf {
 // Kt[(t * D + d) * kK + j] = K[t * kK + j, d] for every key tile t of every kv head:
 // all key (or value) tiles transposed and zero-padded once, scratch the size of k.
 template <int DC>
-Buf transpose_all(const float* k, int64_t BHkv, int64_t S, int64_t Drt) {
+Buf transpose_all(const float* k, HeadLayout Lk, int64_t Hkv, int64_t BHkv, int64_t S, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t nkt = (S + kK - 1) / kK;
   Buf Kt(BHkv * nkt * D * kK, /*zero=*/false);  // transpose_keys writes every element
   parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
-      transpose_keys<DC>(Kt.data() + t * D * kK, k + (hk * S + j0) * D, std::min(kK, S - j0), D);
+      transpose_keys<DC>(Kt.data() + t * D * kK, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, std::min(kK, S - j0), D);
     }
   });
   return Kt;
@@ -238,8 +243,9 @@ Buf transpose_all(const float* k, int64_t BHkv, int64_t S, int64_t Drt) {
 // softmax runs down the columns with 8 queries per vector (no horizontal reductions), then
 // acc += St^T V. Keys are read in place: no transposed copy of k.
 template <int DC>
-void fast_forward(float* o, float* lse, const float* q, const float* k, const float* v, int64_t B,
-                  int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq, const float* k,
+                  HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
+                  int64_t S, bool causal, float scale, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
@@ -250,12 +256,14 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
-      const float* Q = q + (bh * Tq + i0) * D;
+      const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
+      const float* Kh = k + Lk.head(hk, Hkv);
+      const float* Vh = v + Lv.head(hk, Hkv);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
       if (nr < kQ) std::fill(Qt, Qt + D * kQ, 0.f);
       for (int64_t r = 0; r < nr; ++r)
-        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * D + d];
+        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * Lq.st + d];
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
       std::fill(acc, acc + nr * D, 0.f);
@@ -264,7 +272,7 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
         // diagonal tile: query r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
         const bool masked = diag != kNoDiag;
-        gemm(St, kQ, k + (hk * S + j0) * D, D, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
+        gemm(St, kQ, Kh + j0 * Lk.st, Lk.st, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
         for (int64_t r = 0; r < nr; r += 8) {
           // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag
           const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
@@ -299,10 +307,10 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
         }
         // acc += P V with P[r, c] = St[c, r]
-        gemm(acc, D, St, 1, kQ, v + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
+        gemm(acc, D, St, 1, kQ, Vh + j0 * Lv.st, Lv.st, nr, D, nk, true, Tri::kend, diag);
       }
       for (int64_t r = 0; r < nr; ++r) {
-        float* orow = o + (bh * Tq + i0 + r) * D;
+        float* orow = o + Lo.head(bh, H) + (i0 + r) * Lo.st;
         const float* ar = acc + r * D;
         // no visible key: zeros. (A NaN score can leave m = -inf, because max drops a NaN
         // followed by a masked lane, but it has made l NaN: that row falls through to NaN.)
@@ -323,14 +331,14 @@ void fast_forward(float* o, float* lse, const float* q, const float* k, const fl
 // rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
 // entries, padding keys and rows with no visible key are 0.
 template <int DC>
-inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, const float* dO,
-                     const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
+inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, int64_t ldq, const float* dO,
+                     int64_t ldo, const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
                      int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
                      int64_t diag, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const float ninf = -std::numeric_limits<float>::infinity();
-  gemm(P, kK, Q + i0 * D, D, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
-  gemm(dS, kK, dO + i0 * D, D, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
+  gemm(P, kK, Q + i0 * ldq, ldq, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
+  gemm(dS, kK, dO + i0 * ldo, ldo, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
   const __m256 vs = _mm256_set1_ps(scale);
   for (int64_t r = 0; r < nr; ++r) {
     float* p = P + r * kK;
@@ -369,17 +377,21 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
 constexpr int64_t kManyHeads = 16;
 
 template <int DC>
-void fast_backward(float* dq, float* dk, float* dv, const float* do_, const float* q, const float* k,
-                   const float* v, const float* o, const float* lse, int64_t B, int64_t H, int64_t Hkv,
-                   int64_t Tq, int64_t S, bool causal, float scale, int64_t Drt) {
+void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv, HeadLayout Ldv,
+                   const float* do_, HeadLayout Ldo, const float* q, HeadLayout Lq, const float* k,
+                   HeadLayout Lk, const float* v, HeadLayout Lv, const float* o, HeadLayout Lo,
+                   const float* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal,
+                   float scale, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   std::vector<float> Di(B * H * Tq);
   parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
+      const int64_t bh = i / Tq, t = i % Tq;
+      const float* dorow = do_ + Ldo.head(bh, H) + t * Ldo.st;
+      const float* orow = o + Lo.head(bh, H) + t * Lo.st;
       __m256 a = _mm256_setzero_ps();
-      for (int64_t d = 0; d < D; d += 8)
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(do_ + i * D + d), _mm256_loadu_ps(o + i * D + d), a);
+      for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(dorow + d), _mm256_loadu_ps(orow + d), a);
       Di[i] = hsum8(a);
     }
   });
@@ -393,29 +405,30 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
       Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
       float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
       for (int64_t hk = tb; hk < te; ++hk) {
-        const float* Kh = k + hk * S * D;
-        const float* Vh = v + hk * S * D;
-        float* dKh = dk + hk * S * D;
-        float* dVh = dv + hk * S * D;
+        const float* Kh = k + Lk.head(hk, Hkv);
+        const float* Vh = v + Lv.head(hk, Hkv);
+        float* dKh = dk + Ldk.head(hk, Hkv);
+        float* dVh = dv + Ldv.head(hk, Hkv);
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
-        std::fill(dKh, dKh + S * D, 0.f);
-        std::fill(dVh, dVh + S * D, 0.f);
-        std::fill(dq + bh0 * Tq * D, dq + (bh0 + G) * Tq * D, 0.f);
+        zero_rows(dKh, Ldk.st, 0, S, D);
+        zero_rows(dVh, Ldv.st, 0, S, D);
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, Tq, D);
         for (int64_t j0 = 0; j0 < S; j0 += kK) {
           const int64_t nk = std::min(kK, S - j0);
-          transpose_keys<DC>(Kt, Kh + j0 * D, nk, D);
-          transpose_keys<DC>(Vt, Vh + j0 * D, nk, D);
+          transpose_keys<DC>(Kt, Kh + j0 * Lk.st, Lk.st, nk, D);
+          transpose_keys<DC>(Vt, Vh + j0 * Lv.st, Lv.st, nk, D);
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
-            const float* Qh = q + bh * Tq * D;
-            const float* dOh = do_ + bh * Tq * D;
-            float* dQh = dq + bh * Tq * D;
+            const float* Qh = q + Lq.head(bh, H);
+            const float* dOh = do_ + Ldo.head(bh, H);
+            float* dQh = dq + Ldq.head(bh, H);
             for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
-              bwd_tile<DC>(P, dS, Qh, dOh, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
-              gemm(dVh + j0 * D, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dKh + j0 * D, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dQh + i0 * D, D, dS, kK, 1, Kh + j0 * D, D, nr, D, nk, true, Tri::kend, diag);
+              bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
+                           causal, scale, diag, D);
+              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
+              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kh + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
             }
           }
         }
@@ -424,7 +437,7 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
     return;
   }
 
-  const Buf Kt = transpose_all<DC>(k, B * Hkv, S, D), Vt = transpose_all<DC>(v, B * Hkv, S, D);
+  const Buf Kt = transpose_all<DC>(k, Lk, Hkv, B * Hkv, S, D), Vt = transpose_all<DC>(v, Lv, Hkv, B * Hkv, S, D);
   // dK, dV: one task per (b, kv head, key tile)
   parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
@@ -434,19 +447,20 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
       const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
       const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
       const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
-      float* dKt = dk + (hk * S + j0) * D;
-      float* dVt = dv + (hk * S + j0) * D;
-      std::fill(dKt, dKt + nk * D, 0.f);
-      std::fill(dVt, dVt + nk * D, 0.f);
+      float* dKt = dk + Ldk.head(hk, Hkv) + j0 * Ldk.st;
+      float* dVt = dv + Ldv.head(hk, Hkv) + j0 * Ldv.st;
+      zero_rows(dKt, Ldk.st, 0, nk, D);
+      zero_rows(dVt, Ldv.st, 0, nk, D);
       for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
-        const float* Qh = q + bh * Tq * D;
-        const float* dOh = do_ + bh * Tq * D;
+        const float* Qh = q + Lq.head(bh, H);
+        const float* dOh = do_ + Ldo.head(bh, H);
         for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
           const int64_t nr = std::min(kQ, Tq - i0);
           const int64_t diag = diagonal(i0, j0);
-          bwd_tile<DC>(P, dS, Qh, dOh, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
-          gemm(dVt, D, P, 1, kK, dOh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
-          gemm(dKt, D, dS, 1, kK, Qh + i0 * D, D, nk, D, nr, true, Tri::kbegin, diag);
+          bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
+                       causal, scale, diag, D);
+          gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
+          gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
         }
       }
     }
@@ -458,15 +472,15 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
     for (int64_t t = tb; t < te; ++t) {
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
-      float* dQt = dq + (bh * Tq + i0) * D;
-      std::fill(dQt, dQt + nr * D, 0.f);
+      float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
+      zero_rows(dQt, Ldq.st, 0, nr, D);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         const int64_t nk = std::min(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
-        bwd_tile<DC>(P, dS, q + bh * Tq * D, do_ + bh * Tq * D, Kt.data() + tile, Vt.data() + tile,
-                     lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
-        gemm(dQt, D, dS, kK, 1, k + (hk * S + j0) * D, D, nr, D, nk, true, Tri::kend, diag);
+        bwd_tile<DC>(P, dS, q + Lq.head(bh, H), Lq.st, do_ + Ldo.head(bh, H), Ldo.st, Kt.data() + tile,
+                     Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
+        gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
       }
     }
   });
@@ -474,34 +488,59 @@ void fast_backward(float* dq, float* dk, float* dv, const float* do_, const floa
 
 }  // namespace
 
+bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,
+                               const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,
+                               int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
+                               float scale) {
+  // the common head sizes as compile-time constants (loops over D unroll fully); any other
+  // multiple of 16 on the same tile kernels with D read at run time
+  switch (D) {
+    case 32: fast_forward<32>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
+    case 64: fast_forward<64>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
+    case 128: fast_forward<128>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
+    default:
+      if (D % 16 != 0) return false;
+      fast_forward<0>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D);
+      return true;
+  }
+}
+
+bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv,
+                                HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,
+                                HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,
+                                const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,
+                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale) {
+#define FG_BWD(DC) \
+  fast_backward<DC>(dq, Ldq, dk, Ldk, dv, Ldv, do_, Ldo, q, Lq, k, Lk, v, Lv, o, Lo, lse, B, H, Hkv, Tq, S, causal, scale, D)
+  switch (D) {
+    case 32: FG_BWD(32); return true;
+    case 64: FG_BWD(64); return true;
+    case 128: FG_BWD(128); return true;
+    default:
+      if (D % 16 != 0) return false;
+      FG_BWD(0);
+      return true;
+  }
+#undef FG_BWD
+}
+
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                        bool causal, float scale) {
-  // the common head sizes as compile-time constants (loops over D unroll fully); any other
-  // multiple of 16 on the same tile kernels with D read at run time; the rest on the
-  // vectorized portable tiles
-  switch (D) {
-    case 32: return fast_forward<32>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
-    case 64: return fast_forward<64>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
-    case 128: return fast_forward<128>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
-    default:
-      if (D % 16 == 0) return fast_forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, causal, scale, D);
-      return attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-  }
+  const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
+  if (attention_forward_strided(o, Lq, lse, q, Lq, k, Lkv, v, Lkv, B, H, Hkv, Tq, S, D, causal, scale)) return;
+  attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,
                         const float* k, const float* v, const float* o, const float* lse,
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
                         bool causal, float scale) {
-  switch (D) {
-    case 32: return fast_backward<32>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
-    case 64: return fast_backward<64>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
-    case 128: return fast_backward<128>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
-    default:
-      if (D % 16 == 0) return fast_backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, causal, scale, D);
-      return attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
-  }
+  const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
+  if (attention_backward_strided(dq, Lq, dk, Lkv, dv, Lkv, do_, Lq, q, Lq, k, Lkv, v, Lkv, o, Lq, lse, B, H, Hkv,
+                                 Tq, S, D, causal, scale))
+    return;
+  attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
 }
 
 }  // namespace fg::avx2

@@ -211,6 +211,36 @@ def _attention_backward(do, q, k, v, o, lse, causal=False, scale=None):
     return dq.astype(q.dtype), dk.astype(q.dtype), dv.astype(q.dtype)
 
 
+def _split_qkv(qkv, H, Hkv):
+    B, T, W = qkv.shape
+    x = qkv.reshape(B, T, H + 2 * Hkv, W // (H + 2 * Hkv)).transpose(0, 2, 1, 3)
+    return _c(x[:, :H]), _c(x[:, H:H + Hkv]), _c(x[:, H + Hkv:])
+
+
+def _attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None):
+    q, k, v = _split_qkv(qkv, n_head, n_kv_head or n_head)
+    o, lse = attention_forward(q, k, v, causal, scale)  # the dispatched kernel (module global)
+    B, H, T, D = o.shape
+    return _c(o.transpose(0, 2, 1, 3)).reshape(B, T, H * D), lse
+
+
+def _attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None):
+    H, Hkv = n_head, n_kv_head or n_head
+    q, k, v = _split_qkv(qkv, H, Hkv)
+    B, T, W = qkv.shape
+    D = W // (H + 2 * Hkv)
+
+    def heads(a):
+        return _c(a.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+
+    dq, dk, dv = attention_backward(heads(do), q, k, v, heads(o), lse, causal, scale)
+    d = np.empty((B, T, H + 2 * Hkv, D), dtype=qkv.dtype)
+    d[:, :, :H] = dq.transpose(0, 2, 1, 3)
+    d[:, :, H:H + Hkv] = dk.transpose(0, 2, 1, 3)
+    d[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
+    return d.reshape(qkv.shape)
+
+
 # ----- optimizer updates (in place) -----
 def _sgd_step(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov):
     g = grad + weight_decay * param if weight_decay else grad.copy()
@@ -238,7 +268,8 @@ _NAMES = [
     "log_softmax_forward", "log_softmax_backward", "cross_entropy_forward",
     "cross_entropy_backward", "layernorm_forward", "layernorm_backward", "matmul",
     "linear_forward", "linear_backward", "mse_forward", "mse_backward", "embedding_forward",
-    "embedding_backward", "attention_forward", "attention_backward", "sgd_step", "adamw_step",
+    "embedding_backward", "attention_forward", "attention_backward", "attention_qkv_forward",
+    "attention_qkv_backward", "sgd_step", "adamw_step",
 ]
 
 #: which names run on the C++ kernels (the rest on the NumPy fallbacks above)

@@ -116,32 +116,38 @@ def _split_heads(qkv, H, Hkv, D, rope=None):
             np.ascontiguousarray(v.transpose(0, 2, 1, 3)))
 
 
+def _rope_qkv(qkv, H, Hkv, D, rope, inverse=False, out=None):
+    """Rotates the q and k heads of a packed (B, T, (H + 2 Hkv) D) array; v is copied (into
+    ``out``, a new array unless given; ``out`` may be ``qkv`` itself)."""
+    B, T, _ = qkv.shape
+    x = qkv.reshape(B, T, H + 2 * Hkv, D)
+    y = np.empty_like(x) if out is None else out.reshape(x.shape)
+    y[:, :, :H + Hkv] = _rope(x[:, :, :H + Hkv], *rope, inverse=inverse)
+    if y is not x:
+        y[:, :, H + Hkv:] = x[:, :, H + Hkv:]
+    return y.reshape(qkv.shape)
+
+
 class _CausalSelfAttention(Function):
-    """y (B, T, H D) = merge_heads(attention(split_heads(qkv))): one autograd op around the
-    fused attention kernel (the same kernels as ``F.scaled_dot_product_attention``), with the
-    head split/merge (and rotary embedding) folded into its forward and backward."""
+    """y (B, T, H D) = causal attention on the packed projection qkv (B, T, (H + 2 Hkv) D):
+    one autograd op around the fused attention kernel (the same kernels as
+    ``F.scaled_dot_product_attention``), which reads the heads in place and writes them side by
+    side, so there are no head split/merge copies (rotary embedding, when used, rotates q and k
+    in one pass before)."""
 
     def forward(self, qkv, H, Hkv, rope=None):
-        B, T, W = qkv.shape
-        D = W // (H + 2 * Hkv)
-        self.shape, self.H, self.Hkv, self.D, self.rope = qkv.shape, H, Hkv, D, rope
-        self.q, self.k, self.v = _split_heads(qkv, H, Hkv, D, rope)
-        self.o, self.lse = K.attention_forward(self.q, self.k, self.v, True, None)
-        return np.ascontiguousarray(self.o.transpose(0, 2, 1, 3)).reshape(B, T, H * D)
+        D = qkv.shape[2] // (H + 2 * Hkv)
+        if rope is not None:
+            qkv = _rope_qkv(qkv, H, Hkv, D, rope)
+        self.qkv, self.H, self.Hkv, self.D, self.rope = qkv, H, Hkv, D, rope
+        self.o, self.lse = K.attention_qkv_forward(qkv, H, Hkv, True, None)
+        return self.o
 
     def backward(self, g):
-        B, T, _ = self.shape
-        H, Hkv, D = self.H, self.Hkv, self.D
-        do = np.ascontiguousarray(g.reshape(B, T, H, D).transpose(0, 2, 1, 3))
-        dq, dk, dv = K.attention_backward(do, self.q, self.k, self.v, self.o, self.lse, True, None)
-        dqkv = np.empty((B, T, H + 2 * Hkv, D), dtype=g.dtype)
-        dq, dk = dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3)
+        dqkv = K.attention_qkv_backward(_kc(g), self.qkv, self.o, self.lse, self.H, self.Hkv, True, None)
         if self.rope is not None:
-            dq, dk = _rope(dq, *self.rope, inverse=True), _rope(dk, *self.rope, inverse=True)
-        dqkv[:, :, :H] = dq
-        dqkv[:, :, H:H + Hkv] = dk
-        dqkv[:, :, H + Hkv:] = dv.transpose(0, 2, 1, 3)
-        return (dqkv.reshape(self.shape),)
+            _rope_qkv(dqkv, self.H, self.Hkv, self.D, self.rope, inverse=True, out=dqkv)
+        return (dqkv,)
 
 
 class CausalSelfAttention(Module):
