@@ -81,3 +81,40 @@ def test_embedding_bad_inputs():
         ops.embedding_backward(np.zeros((2, 4, 3)), np.zeros((2, 3), np.int64), 4)
     with pytest.raises(ValueError, match=r"embedding_backward: num_embeddings must be >= 1, got 0"):
         ops.embedding_backward(np.zeros((1, 3)), np.array([0]), 0)
+
+
+@pytest.mark.parametrize("n,C", [(1, 1), (33, 7), (1000, 128)])
+def test_embedding_backward_into_out_and_accumulate(isa, rng, n, C):
+    V = 50
+    ids = rng.integers(0, V, n)
+    dout = rng.standard_normal((n, C))
+    base = rng.standard_normal((V, C))
+    want = ref.embedding_backward(dout, ids, V)
+    out = np.full((V, C), 7.0)  # overwritten: with out= and no accumulate the old values go
+    assert ops.embedding_backward(dout, ids, V, out=out) is out
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    acc = base.copy()
+    assert ops.embedding_backward(dout, ids, V, out=acc, accumulate=True) is acc
+    np.testing.assert_allclose(acc, base + want, rtol=1e-12, atol=1e-12)
+    untouched = np.setdiff1d(np.arange(V), ids)
+    np.testing.assert_array_equal(acc[untouched], base[untouched])
+
+
+def test_embedding_backward_out_bad_inputs(rng):
+    ids, dout = np.array([0, 2]), np.ones((2, 3), np.float32)
+    f = ops.embedding_backward
+    with pytest.raises(ValueError, match=r"embedding_backward: accumulate=True needs out"):
+        f(dout, ids, 4, accumulate=True)
+    with pytest.raises(ValueError, match=r"embedding_backward: out must have shape \(4, 3\), got \(4, 2\)"):
+        f(dout, ids, 4, out=np.zeros((4, 2), np.float32))
+    with pytest.raises(TypeError, match="embedding_backward: out must be float32"):
+        f(dout, ids, 4, out=np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="embedding_backward: out must be C-contiguous"):
+        f(dout, ids, 4, out=np.zeros((4, 6), np.float32)[:, ::2])
+    ro = np.zeros((4, 3), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="embedding_backward: out must be writeable"):
+        f(dout, ids, 4, out=ro)
+    shared = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match="embedding_backward: out must not share memory with dout"):
+        f(shared[:2], ids, 4, out=shared)

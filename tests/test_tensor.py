@@ -378,3 +378,43 @@ def test_backward_leaf_grads_never_alias():
     g1 = w.grad.data.copy()
     y.backward()
     np.testing.assert_allclose(w.grad.data, 2 * g1)
+
+
+# ---- embedding gradients (IndexedRows): added in place into a tied table's gradient ----
+@pytest.mark.parametrize("order", ["head_last", "head_first", "two_lookups", "lookup_only"])
+def test_tied_embedding_gradient(order):
+    g = np.random.default_rng(5)
+    V, C = 13, 6
+    W = fg.tensor(g.standard_normal((V, C)), requires_grad=True)
+    ids, ids2 = g.integers(0, V, (2, 5)), g.integers(0, V, (3,))
+    x = fg.tensor(g.standard_normal((4, C)))
+    wy, we, we2 = g.standard_normal((4, V)), g.standard_normal((2, 5, C)), g.standard_normal((3, C))
+    y = F.linear(x, W)  # (4, V): dW = wy^T x
+    e = F.embedding(fg.tensor(ids), W)
+    terms = {"head_last": [(e, we), (y, wy)], "head_first": [(y, wy), (e, we)],
+             "two_lookups": [(e, we), (F.embedding(fg.tensor(ids2), W), we2)], "lookup_only": [(e, we)]}[order]
+    loss = None
+    for t, w in terms:
+        s = (t * fg.tensor(w)).sum()
+        loss = s if loss is None else loss + s
+    loss.backward()
+    want = np.zeros((V, C))
+    np.add.at(want, ids.reshape(-1), we.reshape(-1, C))
+    if order in ("head_last", "head_first"):
+        want += wy.T @ x.data
+    if order == "two_lookups":
+        np.add.at(want, ids2, we2)
+    np.testing.assert_allclose(W.grad.data, want, rtol=1e-12, atol=1e-12)
+
+
+def test_tied_gpt_embedding_gradient_is_added_in_place(monkeypatch):
+    import sys
+    from fusegrad.models import GPT, GPTConfig
+    IR = sys.modules["fusegrad.tensor"].IndexedRows
+    calls = []
+    monkeypatch.setattr(IR, "add_to", lambda self, acc, f=IR.add_to: (calls.append(acc.shape), f(self, acc))[1])
+    m = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16), seed=0)
+    x = np.random.default_rng(0).integers(0, 64, (2, 8))
+    _, loss = m(x, x)
+    loss.backward()
+    assert calls == [(64, 16)]  # the token table (tied to the output layer), not a dense copy

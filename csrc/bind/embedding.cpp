@@ -56,7 +56,8 @@ void bind_embedding(py::module_& m) {
       });
     });
   }, py::arg("ids"), py::arg("table"), "out[..., :] = table[ids[...], :]; ids int32/int64 of any shape, table (V, C).");
-  m.def("embedding_backward", [](const py::object& dout_obj, const py::object& ids_obj, int64_t V) {
+  m.def("embedding_backward", [](const py::object& dout_obj, const py::object& ids_obj, int64_t V,
+                                  const py::object& out_obj, bool accumulate) {
     const char* fn = "embedding_backward";
     py::array dout = as_array(dout_obj, fn, "dout"), ids = as_array(ids_obj, fn, "ids");
     DType di = check_index(ids, fn, "ids");
@@ -68,10 +69,27 @@ void bind_embedding(py::module_& m) {
     want.push_back(C);
     check_shape(dout, want, fn, "dout");
     check_ids(ids, di, V, fn);
+    py::array dtable;
+    const bool have_out = !out_obj.is_none();
+    if (!have_out) {
+      if (accumulate) value_error(cat(fn, ": accumulate=True needs out (the array to add into)"));
+    } else {
+      dtable = as_array(out_obj, fn, "out");
+      check_dtype(dtable, d, fn, "out");
+      check_shape(dtable, {V, C}, fn, "out");
+      check_contiguous(dtable, fn, "out");
+      check_writeable(dtable, fn, "out");
+      check_no_alias(dtable, dout, fn, "out", "dout");
+    }
     return dispatch_float(d, [&](auto tag) -> py::array {
       using T = decltype(tag);
-      // numpy.zeros uses calloc: fresh zero pages, so only rows that ids hit get touched
-      py::array dtable = py::module_::import("numpy").attr("zeros")(py::make_tuple(V, C), py::dtype::of<T>());
+      bool zero = true;  // dtable holds zeros (or the values to add to) already
+      if (!have_out) {
+        // numpy.zeros uses calloc: fresh zero pages, so only rows that ids hit get touched
+        dtable = py::module_::import("numpy").attr("zeros")(py::make_tuple(V, C), py::dtype::of<T>());
+      } else {
+        zero = accumulate;
+      }
       T* pd = ptr<T>(dtable);
       const T* po = cptr<T>(dout);
       const int64_t N = ids.size();
@@ -79,12 +97,15 @@ void bind_embedding(py::module_& m) {
         using I = decltype(itag);
         const I* pi = cptr<I>(ids);
         py::gil_scoped_release nogil;
-        embedding_backward<T, I>(pd, po, pi, N, V, C, /*dtable_is_zero=*/true);
+        embedding_backward<T, I>(pd, po, pi, N, V, C, /*dtable_is_zero=*/zero);
         return dtable;
       });
     });
-  }, py::arg("dout"), py::arg("ids"), py::arg("num_embeddings"),
-     "dtable (V, C) = scatter-add of dout rows at ids; deterministic (same bits for any thread count).");
+  }, py::arg("dout"), py::arg("ids"), py::arg("num_embeddings"), py::arg("out") = py::none(),
+     py::arg("accumulate") = false,
+     "dtable (V, C) = scatter-add of dout rows at ids; deterministic (same bits for any thread count).\n"
+     "With out (V, C), writes there; with accumulate=True too, adds into it (only the rows ids hit\n"
+     "are touched: how a tied embedding adds its gradient to the output layer's).");
 }
 
 }  // namespace fg::bind

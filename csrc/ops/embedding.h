@@ -1,8 +1,8 @@
 // Embedding lookup, forward and backward.
 //   ids: (N,) int32/int64 in [0, V) (checked by the binding), table/dtable: (V, C), out/dout: (N, C).
 // embedding_backward overwrites (=) dtable: zero, then dtable[ids[n]] += dout[n] in order of n
-// (dtable_is_zero: the caller passes memory that is already zero, e.g. from calloc, and the
-// zeroing pass is skipped, so untouched rows stay untouched pages).
+// (dtable_is_zero: the zeroing pass is skipped: the caller passes memory that is already zero,
+// e.g. from calloc, so untouched rows stay untouched pages; or values to add the rows to).
 // Threads split the C columns, so each element's sum order is fixed: same bits for any thread count.
 #pragma once
 #include <cstdint>

@@ -159,8 +159,10 @@ def _embedding_forward(ids, table):
     return table[ids]
 
 
-def _embedding_backward(dout, ids, num_embeddings):
-    d = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
+def _embedding_backward(dout, ids, num_embeddings, out=None, accumulate=False):
+    d = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype) if out is None else out
+    if out is not None and not accumulate:
+        d[...] = 0
     np.add.at(d, ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
     return d
 

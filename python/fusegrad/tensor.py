@@ -91,6 +91,27 @@ def _sole(a, refs) -> bool:
             and sys.getrefcount(a) <= refs)
 
 
+class IndexedRows:
+    """A gradient that is zero except at rows ``ids`` of a ``(num, C)`` table, where it is the
+    sum of the matching rows of ``values`` (an embedding's gradient). The engine adds it in
+    place to a gradient already accumulated for the same table (a tied output layer's), so
+    only the rows it names are touched; otherwise it becomes a dense array."""
+    __slots__ = ("values", "ids", "num")
+
+    def __init__(self, values, ids, num):
+        self.values, self.ids, self.num = values, ids, num
+
+    def can_add_to(self, acc) -> bool:
+        return (acc.shape == (self.num, self.values.shape[-1]) and acc.dtype == self.values.dtype
+                and acc.flags.c_contiguous)
+
+    def add_to(self, acc):
+        K.embedding_backward(self.values, self.ids, self.num, acc, True)
+
+    def dense(self):
+        return K.embedding_backward(self.values, self.ids, self.num)
+
+
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
@@ -233,10 +254,18 @@ class Tensor:
                 gin = (gin,)
             for p, need, gp in zip(ctx.inputs, ctx.needs, gin):
                 if need and gp is not None:
+                    k = id(p)
+                    if isinstance(gp, IndexedRows):
+                        acc = grads.get(k)
+                        if acc is not None and gp.can_add_to(acc) and _sole(acc, 4):
+                            gp.add_to(acc)  # engine-owned: only the rows it names are touched
+                            del acc
+                            continue
+                        acc = None
+                        gp = gp.dense()
                     gp = np.asarray(gp, dtype=p.dtype)
                     if gp.shape != p.shape:
                         gp = _unbroadcast(gp, p.shape)
-                    k = id(p)
                     if k not in grads:
                         grads[k] = gp
                         continue

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels as K
-from ..tensor import Function, Gelu, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
+from ..tensor import Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
 
 __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm",
            "embedding", "dropout", "mse_loss", "cross_entropy", "scaled_dot_product_attention"]
@@ -97,7 +97,7 @@ class _Embedding(Function):
 
     def backward(self, g):
         C = g.shape[-1]
-        return None, K.embedding_backward(_kc(g).reshape(-1, C), self.ids.reshape(-1), self.n)
+        return None, IndexedRows(_kc(g).reshape(-1, C), self.ids.reshape(-1), self.n)
 
 
 def embedding(input, weight):
