@@ -14,6 +14,8 @@ from fusegrad import optim
 from fusegrad.models import GPT, GPTConfig
 
 CONFIGS = [
+    # the model `python -m fusegrad train` trains by default (Python overhead per op matters most)
+    ("default", dict(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128), 16, 128),
     ("small", dict(vocab_size=256, block_size=256, n_layer=4, n_head=4, n_embd=256), 8, 256),
     ("gpt2-small", dict(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768), 4, 64),
 ]
@@ -51,7 +53,7 @@ def _torch_model(model):
 def run(limits, quick=False):
     rows = []
     torch_threads(limits.threads)
-    for name, kw, B, T in CONFIGS[:1] if quick else CONFIGS:
+    for name, kw, B, T in CONFIGS[:2] if quick else CONFIGS:
         cfg = GPTConfig(**kw)
         model = GPT(cfg, seed=0)
         r = np.random.default_rng(0)
