@@ -5,6 +5,11 @@
 //  1. Pack all of op(A) into MR x kc panels and all of op(B) into kc x NR panels, once, with
 //     AVX loads/transposes; K is cut into nearly equal blocks of at most KC. Both threads share
 //     the packed copies. Packing work is handed out dynamically through atomic counters.
+//     When every tile spans all columns (one K block, or at most TW columns), no two tiles read
+//     the same rows of A: then each tile packs its own A block by block into a thread-local
+//     buffer that stays in L2, and only B is packed up front.
+//     Tile shapes are chosen per problem so the threads get equal shares of tiles. A very long
+//     K is cut into chunks accumulated one after another (same K blocks, same order).
 //  2. C is cut into tiles of about MC x TW; threads take tiles from an atomic counter (dynamic
 //     scheduling keeps both cores busy even when the machine is shared and one is preempted).
 //     In a tile: for each K block, for each NR panel of B (kept in L1), for each MR panel of A
@@ -78,6 +83,7 @@ struct Workspace {
 
 struct Workspaces {
   Workspace a, b[2];
+  Workspace tile_a;  // one tile's block of A, packed by the thread running the tile
   void trim() {
     if (a.bytes + b[0].bytes + b[1].bytes > kKeepBytes) {
       a.release();
@@ -316,6 +322,7 @@ struct Plan {
   int64_t kcb, nkb;         // K block size and count: block pb covers [pb*kcb, min(K, +kcb))
   int64_t mch, nch;         // rows / columns per chunk (multiples of MR / NR)
   int64_t tm, tw;           // tile rows / columns (multiples of MR / NR)
+  bool tile_packs_a;        // each tile packs its own rows of A, one K block at a time
 };
 
 // Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), K blocks [pb0, pb1), into ap.
@@ -351,20 +358,36 @@ __attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0
   }
 }
 
+// Packs rows [r0, r0 + rows) of op(A), K block [p0, p0 + kc), into d as consecutive MR x kc panels.
+void pack_a_block(const Plan& P, float* d, int64_t r0, int64_t rows, int64_t p0, int64_t kc) {
+  const int64_t npan = (rows + MR - 1) / MR;
+  if (!P.ta) {
+    for (int64_t ip = 0; ip < npan; ++ip)
+      pack_a_rows(d + ip * MR * kc, P.a, P.lda, r0 + ip * MR, std::min<int64_t>(MR, rows - ip * MR), p0, kc);
+  } else {
+    pack_a_cols(d, P.a + r0, P.lda, rows, 0, npan, p0, kc);
+  }
+}
+
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
+// With P.tile_packs_a, A comes from the caller's thread-local block buffer instead of ap: no other
+// tile reads these rows, so packing them here (into L2) replaces a shared pass through memory.
 __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
               int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
+  float* own_a = P.tile_packs_a ? tls_ws.tile_a.get(P.tm * P.kcb + 64) : nullptr;
   for (int64_t pb = 0; pb < P.nkb; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     const bool add = P.accumulate || pb > 0;
     const float* bias = !add && P.bias ? P.bias + n0 : nullptr;
-    const float* ablk = ap + p0 * mpad;
+    const float* ablk = own_a ? own_a : ap + p0 * mpad;
+    const int64_t ifirst = own_a ? i0 : 0;  // panel (i - ifirst) / MR of ablk holds rows i..i+5
+    if (own_a) pack_a_block(P, own_a, m0 + i0, mt, p0, kc);
     const float* bblk = bp + p0 * npad;
     for (int64_t j = j0; j < j0 + nt; j += NR) {
       const float* bpp = bblk + (j / NR) * NR * kc;
       const int64_t nr = std::min<int64_t>(NR, ncols - j);
       for (int64_t i = i0; i < i0 + mt; i += MR) {
-        const float* app = ablk + (i / MR) * MR * kc;
+        const float* app = ablk + ((i - ifirst) / MR) * MR * kc;
         const int64_t mr = std::min<int64_t>(MR, mrows - i);
         float* cij = P.c + (m0 + i) * P.N + n0 + j;
         const float* bj = bias ? bias + j : nullptr;
@@ -388,16 +411,42 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
   P.kcb = kcb;
   P.nkb = (K + kcb - 1) / kcb;
   // Chunks bound the packed buffers (usually one chunk each way).
-  P.mch = std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
   P.nch = std::max<int64_t>(TW, kMaxPackB / (4 * K) / TW * TW);
-  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
   const int64_t nch = std::min(P.nch, (N + NR - 1) / NR * NR);
-  const int64_t n_mchunks = (M + mch - 1) / mch, n_nchunks = (N + nch - 1) / nch;
+  const int64_t n_nchunks = (N + nch - 1) / nch;
 
   // Threads: serial below ~0.1 ms of work (waking a second thread costs more than it gains).
   const double flops = 2.0 * M * N * K;
   int nt = std::max(1, nthreads);
   if (flops < 1.2e7) nt = 1;
+
+  // Tiles that span all columns of a chunk read rows of A no other tile reads: then each tile
+  // packs its own A, one K block at a time, into a thread-local buffer that stays in L2, and
+  // there is no shared pass over A (half of A's memory traffic, and no wait for it). Possible
+  // with one K block (C is written once, so a tile may be as wide as the chunk) or when the
+  // chunk is at most TW wide (the C tile stays in L2 across K blocks), provided there are
+  // enough row tiles for the threads.
+  P.tile_packs_a = false;
+  {
+    const int64_t nc0 = std::min(nch, N);
+    if (P.nkb == 1 || nc0 <= TW) {
+      const int64_t ntm0 = (M + MC - 1) / MC;
+      double best = 1e300;
+      for (int64_t ntm = ntm0; ntm <= (nt > 1 ? 2 * ntm0 + 1 : ntm0); ++ntm) {
+        const int64_t tm = ((M + ntm - 1) / ntm + MR - 1) / MR * MR, t = (M + tm - 1) / tm;
+        const double cost = double((t + nt - 1) / nt) * (double(tm) * double(nc0) + 4.0 * double(tm + nc0));
+        if (t >= nt && cost < best * (1 - 1e-9)) {
+          best = cost;
+          P.tm = tm;
+          P.tw = (nc0 + NR - 1) / NR * NR;
+          P.tile_packs_a = true;
+        }
+      }
+    }
+  }
+  P.mch = P.tile_packs_a ? (M + MR - 1) / MR * MR : std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
+  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
+  const int64_t n_mchunks = (M + mch - 1) / mch;
 
   // Tiles: about MC x TW, evened out over the chunk. With several threads, more and smaller
   // tiles where that shortens the estimated finish: the busiest thread runs ceil(tiles / nt)
@@ -412,8 +461,8 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
       return ((mr0 + tm - 1) / tm) * ((nc0 + tw - 1) / tw);
     };
     const int64_t ntm0 = (mr0 + MC - 1) / MC, ntn0 = (nc0 + TW - 1) / TW;
-    int64_t tiles = shape(ntm0, ntn0, P.tm, P.tw);
-    if (nt > 1) {
+    int64_t tiles = P.tile_packs_a ? (mr0 + P.tm - 1) / P.tm * ((nc0 + P.tw - 1) / P.tw) : shape(ntm0, ntn0, P.tm, P.tw);
+    if (nt > 1 && !P.tile_packs_a) {
       double best = 1e300;
       for (int64_t ntm = ntm0; ntm <= 2 * ntm0 + 1; ++ntm)
         for (int64_t ntn = ntn0; ntn <= 2 * ntn0 + 1; ++ntn) {
@@ -433,7 +482,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
 
   const bool two_b = n_nchunks > 1;
   Workspaces& ws = tls_ws;
-  float* abufp = ws.a.get(mch * K + 64);
+  float* abufp = P.tile_packs_a ? nullptr : ws.a.get(mch * K + 64);
   float* bbufs[2] = {ws.b[0].get(nch * K + 64), two_b ? ws.b[1].get(nch * K + 64) : nullptr};
 
   // Phases: one per (row chunk, column chunk), usually just one. Each has a packing step and a
@@ -458,7 +507,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
     const int64_t mc = q / n_nchunks, nc = q % n_nchunks;
     f.m0 = mc * mch; f.mrows = std::min(mch, M - f.m0);
     f.n0 = nc * nch; f.ncols = std::min(nch, N - f.n0);
-    f.na = nc == 0 ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
+    f.na = nc == 0 && !P.tile_packs_a ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
     f.nb = ((f.ncols + NR - 1) / NR + b_pg - 1) / b_pg * b_kb;
     f.ntm = (f.mrows + P.tm - 1) / P.tm;
     f.ntn = (f.ncols + P.tw - 1) / P.tw;
