@@ -255,3 +255,51 @@ def test_matmul_concurrent_callers(isa, threads, rng):
     for t in ts:
         t.join()
     assert not errors
+
+
+# Tile shapes (chosen per problem and thread count), tiles packing their own rows of A or sharing
+# one packed A, the long-K chunking of the float32 AVX2 path and the bias it adds inside the
+# kernel must never change a result: every C element is summed in the same order whatever the
+# threads and tiles.
+@pytest.mark.parametrize("mnk", [(2048, 256, 256), (256, 768, 256), (64, 768, 256), (67, 113, 300), (301, 33, 700),
+                                 (67, 700, 200), (95, 250, 1030), (301, 260, 530), (770, 260, 2053), (2100, 20, 4096)])
+@pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, False)])
+def test_matmul_threads_bit_identical(isa, threads, rng, mnk, ta, tb):
+    m, n, k = mnk
+    a, b = operands(rng, m, n, k, ta, tb, np.float32)
+    threads(1)
+    one = ops.matmul(a, b, trans_a=ta, trans_b=tb)
+    threads(2)
+    two = ops.matmul(a, b, trans_a=ta, trans_b=tb)
+    np.testing.assert_array_equal(one, two)
+    check(two, a, b, ta, tb, np.float32)
+
+
+@pytest.mark.parametrize("mnk", [(4200, 20, 2304), (258, 40, 50304)])
+def test_matmul_long_k_chunks(isa, threads, rng, mnk):
+    # float32 AVX2: K cut into chunks when all of A does not fit 32 MiB (the first shape also
+    # needs row chunks inside its first K chunk; the second is the dx of a vocabulary head)
+    threads(2)
+    m, n, k = mnk
+    for ta, tb, accumulate in [(False, False, False), (True, True, True)]:
+        a, b = operands(rng, m, n, k, ta, tb, np.float32)
+        acc = rng.standard_normal((m, n)).astype(np.float32) if accumulate else None
+        out = acc.copy() if accumulate else np.empty((m, n), np.float32)
+        ops.matmul(a, b, trans_a=ta, trans_b=tb, out=out, accumulate=accumulate)
+        check(out, a, b, ta, tb, np.float32, acc=acc)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 5), (127, 1000, 33), (301, 257, 31), (33, 700, 127),
+                                   (2100, 4096, 20), (5, 0, 3)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shape, nthreads):
+    # the AVX2 path adds the bias where it first stores a C tile; it must equal y = b; y += x @ w^T
+    threads(nthreads)
+    n, n_in, n_out = shape
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    want = np.broadcast_to(b, (n, n_out)).copy()
+    ops.matmul(x, w, trans_b=True, out=want, accumulate=True)
+    np.testing.assert_array_equal(ops.linear_forward(x, w, b), want)
+    np.testing.assert_array_equal(ops.linear_forward(x, w, None), ops.matmul(x, w, trans_b=True))

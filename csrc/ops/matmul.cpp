@@ -80,6 +80,12 @@ void matmul_naive(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_
 
 template <typename T>
 void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  // float32 AVX2: the bias is added where the kernel first stores each C tile (no extra pass over y)
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), bias);
+  }
+#endif
   // y = bias (broadcast over rows), then y += x @ w^T
   if (bias) {
     parallel_for(N, 256, [&](int64_t b, int64_t e) {

@@ -35,8 +35,10 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
 
 namespace avx2 {
 // float32 fast path (same contract as fg::matmul for one matrix, no batch).
+// bias: (N,) or nullptr; when given (and !accumulate), c = bias (broadcast over rows) + op(A) @ op(B),
+// bit-identical to filling c with bias and accumulating.
 void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-           bool trans_b, bool accumulate, int nthreads);
+           bool trans_b, bool accumulate, int nthreads, const float* bias = nullptr);
 }  // namespace avx2
 
 }  // namespace fg

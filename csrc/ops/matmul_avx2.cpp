@@ -5,6 +5,11 @@
 //  1. Pack all of op(A) into MR x kc panels and all of op(B) into kc x NR panels, once, with
 //     AVX loads/transposes; K is cut into nearly equal blocks of at most KC. Both threads share
 //     the packed copies. Packing work is handed out dynamically through atomic counters.
+//     When every tile spans all columns (one K block, or at most TW columns), no two tiles read
+//     the same rows of A: then each tile packs its own A block by block into a thread-local
+//     buffer that stays in L2, and only B is packed up front.
+//     Tile shapes are chosen per problem so the threads get equal shares of tiles. A very long
+//     K is cut into chunks accumulated one after another (same K blocks, same order).
 //  2. C is cut into tiles of about MC x TW; threads take tiles from an atomic counter (dynamic
 //     scheduling keeps both cores busy even when the machine is shared and one is preempted).
 //     In a tile: for each K block, for each NR panel of B (kept in L1), for each MR panel of A
@@ -78,6 +83,7 @@ struct Workspace {
 
 struct Workspaces {
   Workspace a, b[2];
+  Workspace tile_a;  // one tile's block of A, packed by the thread running the tile
   void trim() {
     if (a.bytes + b[0].bytes + b[1].bytes > kKeepBytes) {
       a.release();
@@ -91,10 +97,12 @@ thread_local Workspaces tls_ws;
 // ---------------------------------------------------------------------------------------------
 // Micro-kernel: c[0:6, 0:16] (= or +=) sum_p ap[p][0:6]^T bp[p][0:16].
 // ap: (kc, 6) packed, bp: (kc, 16) packed and 32-byte aligned, c: row stride ldc.
+// bias (16,) or nullptr, only with !add: c = acc + bias (the bias broadcast over the 6 rows).
 // The k loop is inline asm: GCC's scheduler spills accumulators when it interleaves unrolled
 // steps. One k step = 2 aligned loads of B, 6 broadcasts of A, 12 FMAs; 12 accumulators + 2 B
 // + 1 A = 15 ymm, no spills. Unrolled by 4, A prefetched 8 steps ahead.
-void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool add) {
+void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool add,
+                 const float* bias = nullptr) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
@@ -165,10 +173,18 @@ void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t
     ap += 6;
     bp += 16;
   }
+  __m256 bias0 = _mm256_setzero_ps(), bias1 = _mm256_setzero_ps();
+  if (bias) {
+    bias0 = _mm256_loadu_ps(bias);
+    bias1 = _mm256_loadu_ps(bias + 8);
+  }
   auto st = [&](float* row, __m256 v0, __m256 v1) {
     if (add) {
       v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
       v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
+    } else if (bias) {
+      v0 = _mm256_add_ps(v0, bias0);
+      v1 = _mm256_add_ps(v1, bias1);
     }
     _mm256_storeu_ps(row, v0);
     _mm256_storeu_ps(row + 8, v1);
@@ -184,11 +200,12 @@ void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t
 // A tile that sticks out of C (mr < 6 or nr < 16): compute the full 6x16 into scratch (the
 // packed panels are zero-padded), then write the valid part.
 void kernel_edge(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int64_t mr, int64_t nr,
-                 bool add) {
+                 bool add, const float* bias) {
   alignas(64) float tile[MR * NR];
   kernel_6x16(kc, ap, bp, tile, NR, false);
   for (int64_t r = 0; r < mr; ++r)
-    for (int64_t q = 0; q < nr; ++q) c[r * ldc + q] = add ? c[r * ldc + q] + tile[r * NR + q] : tile[r * NR + q];
+    for (int64_t q = 0; q < nr; ++q)
+      c[r * ldc + q] = add ? c[r * ldc + q] + tile[r * NR + q] : bias ? tile[r * NR + q] + bias[q] : tile[r * NR + q];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,11 +257,20 @@ void pack_a_rows(float* d, const float* a, int64_t lda, int64_t i0, int64_t mr, 
 }
 
 // A(i, p) = a[p * lda + i] (A transposed): panels [ip0, ip1) of MR rows, K block [p0, p0 + kc).
-// Walks the stored rows p, copying 6 contiguous floats into each panel.
+// Walks the stored rows p, copying 6 contiguous floats into each panel. Each row contributes only
+// (ip1 - ip0) * 24 bytes before the walk jumps to the next one, too little for the hardware
+// prefetcher: the row kPfRows ahead is prefetched by hand (dW packs 2x faster).
+constexpr int64_t kPfRows = 8;
 void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip0, int64_t ip1, int64_t p0,
                  int64_t kc) {
+  const int64_t span = (std::min(M, ip1 * MR) - ip0 * MR) * int64_t(sizeof(float));  // bytes per row
   for (int64_t p = 0; p < kc; ++p) {
     const float* s = a + (p0 + p) * lda;
+    if (p + kPfRows < kc) {
+      const char* pf = reinterpret_cast<const char*>(s + kPfRows * lda + ip0 * MR);
+      for (int64_t off = 0; off < span; off += 64) _mm_prefetch(pf + off, _MM_HINT_T0);
+      _mm_prefetch(pf + span - 1, _MM_HINT_T0);
+    }
     for (int64_t ip = ip0; ip < ip1; ++ip) {
       float* d = dblk + ip * MR * kc + p * MR;
       const int64_t i = ip * MR;
@@ -300,9 +326,12 @@ struct Plan {
   const float* a;
   const float* b;
   float* c;
+  const float* bias;        // (N,) added to every row of C by the first K block, or nullptr
+  int64_t lda, ldb;         // row strides of a and b as stored
   int64_t kcb, nkb;         // K block size and count: block pb covers [pb*kcb, min(K, +kcb))
   int64_t mch, nch;         // rows / columns per chunk (multiples of MR / NR)
   int64_t tm, tw;           // tile rows / columns (multiples of MR / NR)
+  bool tile_packs_a;        // each tile packs its own rows of A, one K block at a time
 };
 
 // Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), K blocks [pb0, pb1), into ap.
@@ -314,10 +343,10 @@ __attribute__((noinline)) void pack_a_range(const Plan& P, float* ap, int64_t m0
     float* blk = ap + p0 * mpad;
     if (!P.ta) {
       for (int64_t ip = ip0; ip < ip1; ++ip)
-        pack_a_rows(blk + ip * MR * kc, P.a, P.K, m0 + ip * MR, std::min<int64_t>(MR, mrows - ip * MR), p0, kc);
+        pack_a_rows(blk + ip * MR * kc, P.a, P.lda, m0 + ip * MR, std::min<int64_t>(MR, mrows - ip * MR), p0, kc);
     } else {
       // A stored (K, M): shift the origin to row m0 so panel indices are chunk-relative.
-      pack_a_cols(blk, P.a + m0, P.M, mrows, ip0, ip1, p0, kc);
+      pack_a_cols(blk, P.a + m0, P.lda, mrows, ip0, ip1, p0, kc);
     }
   }
 }
@@ -330,81 +359,139 @@ __attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     float* blk = bp + p0 * npad;
     if (!P.tb) {
-      pack_b_rows(blk, P.b + n0, P.N, ncols, jp0, jp1, p0, kc);
+      pack_b_rows(blk, P.b + n0, P.ldb, ncols, jp0, jp1, p0, kc);
     } else {
       for (int64_t jp = jp0; jp < jp1; ++jp)
-        pack_b_cols(blk + jp * NR * kc, P.b, P.K, n0 + jp * NR, std::min<int64_t>(NR, ncols - jp * NR), p0, kc);
+        pack_b_cols(blk + jp * NR * kc, P.b, P.ldb, n0 + jp * NR, std::min<int64_t>(NR, ncols - jp * NR), p0, kc);
     }
   }
 }
 
+// Packs rows [r0, r0 + rows) of op(A), K block [p0, p0 + kc), into d as consecutive MR x kc panels.
+void pack_a_block(const Plan& P, float* d, int64_t r0, int64_t rows, int64_t p0, int64_t kc) {
+  const int64_t npan = (rows + MR - 1) / MR;
+  if (!P.ta) {
+    for (int64_t ip = 0; ip < npan; ++ip)
+      pack_a_rows(d + ip * MR * kc, P.a, P.lda, r0 + ip * MR, std::min<int64_t>(MR, rows - ip * MR), p0, kc);
+  } else {
+    pack_a_cols(d, P.a + r0, P.lda, rows, 0, npan, p0, kc);
+  }
+}
+
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
+// With P.tile_packs_a, A comes from the caller's thread-local block buffer instead of ap: no other
+// tile reads these rows, so packing them here (into L2) replaces a shared pass through memory.
 __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
               int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
+  float* own_a = P.tile_packs_a ? tls_ws.tile_a.get(P.tm * P.kcb + 64) : nullptr;
   for (int64_t pb = 0; pb < P.nkb; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     const bool add = P.accumulate || pb > 0;
-    const float* ablk = ap + p0 * mpad;
+    const float* bias = !add && P.bias ? P.bias + n0 : nullptr;
+    const float* ablk = own_a ? own_a : ap + p0 * mpad;
+    const int64_t ifirst = own_a ? i0 : 0;  // panel (i - ifirst) / MR of ablk holds rows i..i+5
+    if (own_a) pack_a_block(P, own_a, m0 + i0, mt, p0, kc);
     const float* bblk = bp + p0 * npad;
     for (int64_t j = j0; j < j0 + nt; j += NR) {
       const float* bpp = bblk + (j / NR) * NR * kc;
       const int64_t nr = std::min<int64_t>(NR, ncols - j);
       for (int64_t i = i0; i < i0 + mt; i += MR) {
-        const float* app = ablk + (i / MR) * MR * kc;
+        const float* app = ablk + ((i - ifirst) / MR) * MR * kc;
         const int64_t mr = std::min<int64_t>(MR, mrows - i);
         float* cij = P.c + (m0 + i) * P.N + n0 + j;
+        const float* bj = bias ? bias + j : nullptr;
         if (mr == MR && nr == NR)
-          kernel_6x16(kc, app, bpp, cij, P.N, add);
+          kernel_6x16(kc, app, bpp, cij, P.N, add, bj);
         else
-          kernel_edge(kc, app, bpp, cij, P.N, mr, nr, add);
+          kernel_edge(kc, app, bpp, cij, P.N, mr, nr, add, bj);
       }
     }
   }
 }
 
-}  // namespace
 
-void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-           bool trans_b, bool accumulate, int nthreads) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate) std::memset(c, 0, sizeof(float) * M * N);
-    return;
-  }
+// One pass over K (all of it, or one K chunk of a longer product: see sgemm) with K blocks of
+// kcb. a and b point at the chunk's first K index; lda and ldb are the stored row strides.
+void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int64_t M, int64_t N, int64_t K,
+                int64_t lda, int64_t ldb, bool trans_a, bool trans_b, bool accumulate, int nthreads, int64_t kcb) {
   Plan P;
   P.M = M; P.N = N; P.K = K; P.ta = trans_a; P.tb = trans_b; P.accumulate = accumulate;
-  P.a = a; P.b = b; P.c = c;
-  // K blocks of nearly equal size <= KC (a multiple of 8 when K allows).
-  P.nkb = (K + KC - 1) / KC;
-  P.kcb = (K + P.nkb - 1) / P.nkb;
-  if (P.nkb > 1) P.kcb = std::min<int64_t>(KC, (P.kcb + 7) / 8 * 8);
-  P.nkb = (K + P.kcb - 1) / P.kcb;
+  P.a = a; P.b = b; P.c = c; P.bias = accumulate ? nullptr : bias; P.lda = lda; P.ldb = ldb;
+  P.kcb = kcb;
+  P.nkb = (K + kcb - 1) / kcb;
   // Chunks bound the packed buffers (usually one chunk each way).
-  P.mch = std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
   P.nch = std::max<int64_t>(TW, kMaxPackB / (4 * K) / TW * TW);
-  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
   const int64_t nch = std::min(P.nch, (N + NR - 1) / NR * NR);
-  // Tiles: about MC x TW, evened out over the chunk.
-  {
-    const int64_t ntm = (std::min(mch, M) + MC - 1) / MC;
-    P.tm = ((std::min(mch, M) + ntm - 1) / ntm + MR - 1) / MR * MR;
-    const int64_t ntn = (std::min(nch, N) + TW - 1) / TW;
-    P.tw = ((std::min(nch, N) + ntn - 1) / ntn + NR - 1) / NR * NR;
-  }
-  const int64_t n_mchunks = (M + mch - 1) / mch, n_nchunks = (N + nch - 1) / nch;
+  const int64_t n_nchunks = (N + nch - 1) / nch;
 
   // Threads: serial below ~0.1 ms of work (waking a second thread costs more than it gains).
   const double flops = 2.0 * M * N * K;
   int nt = std::max(1, nthreads);
   if (flops < 1.2e7) nt = 1;
+
+  // Tiles that span all columns of a chunk read rows of A no other tile reads: then each tile
+  // packs its own A, one K block at a time, into a thread-local buffer that stays in L2, and
+  // there is no shared pass over A (half of A's memory traffic, and no wait for it). Possible
+  // with one K block (C is written once, so a tile may be as wide as the chunk) or when the
+  // chunk is at most TW wide (the C tile stays in L2 across K blocks), provided there are
+  // enough row tiles for the threads.
+  P.tile_packs_a = false;
   {
-    const int64_t tiles = ((std::min(mch, M) + P.tm - 1) / P.tm) * ((std::min(nch, N) + P.tw - 1) / P.tw);
+    const int64_t nc0 = std::min(nch, N);
+    if (P.nkb == 1 || nc0 <= TW) {
+      const int64_t ntm0 = (M + MC - 1) / MC;
+      double best = 1e300;
+      for (int64_t ntm = ntm0; ntm <= (nt > 1 ? 2 * ntm0 + 1 : ntm0); ++ntm) {
+        const int64_t tm = ((M + ntm - 1) / ntm + MR - 1) / MR * MR, t = (M + tm - 1) / tm;
+        const double cost = double((t + nt - 1) / nt) * (double(tm) * double(nc0) + 4.0 * double(tm + nc0));
+        if (t >= nt && cost < best * (1 - 1e-9)) {
+          best = cost;
+          P.tm = tm;
+          P.tw = (nc0 + NR - 1) / NR * NR;
+          P.tile_packs_a = true;
+        }
+      }
+    }
+  }
+  P.mch = P.tile_packs_a ? (M + MR - 1) / MR * MR : std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
+  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
+  const int64_t n_mchunks = (M + mch - 1) / mch;
+
+  // Tiles: about MC x TW, evened out over the chunk. With several threads, more and smaller
+  // tiles where that shortens the estimated finish: the busiest thread runs ceil(tiles / nt)
+  // tiles, each costing its area tm * tw plus ~4 (tm + tw) for streaming its A and B panels
+  // in (e.g. 15 row tiles become 16, so 2 threads get 8 each instead of 8 and 7). The tile
+  // shape never changes the order in which a C element is summed.
+  {
+    const int64_t mr0 = std::min(mch, M), nc0 = std::min(nch, N);
+    auto shape = [&](int64_t ntm, int64_t ntn, int64_t& tm, int64_t& tw) {
+      tm = ((mr0 + ntm - 1) / ntm + MR - 1) / MR * MR;
+      tw = ((nc0 + ntn - 1) / ntn + NR - 1) / NR * NR;
+      return ((mr0 + tm - 1) / tm) * ((nc0 + tw - 1) / tw);
+    };
+    const int64_t ntm0 = (mr0 + MC - 1) / MC, ntn0 = (nc0 + TW - 1) / TW;
+    int64_t tiles = P.tile_packs_a ? (mr0 + P.tm - 1) / P.tm * ((nc0 + P.tw - 1) / P.tw) : shape(ntm0, ntn0, P.tm, P.tw);
+    if (nt > 1 && !P.tile_packs_a) {
+      double best = 1e300;
+      for (int64_t ntm = ntm0; ntm <= 2 * ntm0 + 1; ++ntm)
+        for (int64_t ntn = ntn0; ntn <= 2 * ntn0 + 1; ++ntn) {
+          int64_t tm, tw;
+          const int64_t t = shape(ntm, ntn, tm, tw);
+          const double cost = double((t + nt - 1) / nt) * (double(tm) * double(tw) + 4.0 * double(tm + tw));
+          if (cost < best * (1 - 1e-9)) {
+            best = cost;
+            P.tm = tm;
+            P.tw = tw;
+            tiles = t;
+          }
+        }
+    }
     if (n_mchunks * n_nchunks == 1) nt = static_cast<int>(std::min<int64_t>(nt, tiles));
   }
 
   const bool two_b = n_nchunks > 1;
   Workspaces& ws = tls_ws;
-  float* abufp = ws.a.get(mch * K + 64);
+  float* abufp = P.tile_packs_a ? nullptr : ws.a.get(mch * K + 64);
   float* bbufs[2] = {ws.b[0].get(nch * K + 64), two_b ? ws.b[1].get(nch * K + 64) : nullptr};
 
   // Phases: one per (row chunk, column chunk), usually just one. Each has a packing step and a
@@ -429,7 +516,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     const int64_t mc = q / n_nchunks, nc = q % n_nchunks;
     f.m0 = mc * mch; f.mrows = std::min(mch, M - f.m0);
     f.n0 = nc * nch; f.ncols = std::min(nch, N - f.n0);
-    f.na = nc == 0 ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
+    f.na = nc == 0 && !P.tile_packs_a ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
     f.nb = ((f.ncols + NR - 1) / NR + b_pg - 1) / b_pg * b_kb;
     f.ntm = (f.mrows + P.tm - 1) / P.tm;
     f.ntn = (f.ncols + P.tw - 1) / P.tw;
@@ -482,6 +569,43 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
   // late only costs its share (the work is handed out dynamically).
   parallel_region(nt, [&](int, int) { work(); });
   ws.trim();
+}
+
+}  // namespace
+
+void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
+           bool trans_b, bool accumulate, int nthreads, const float* bias) {
+  if (M <= 0 || N <= 0) return;
+  if (accumulate) bias = nullptr;
+  if (K <= 0) {
+    if (accumulate) return;
+    for (int64_t i = 0; i < M; ++i)
+      if (bias)
+        std::memcpy(c + i * N, bias, sizeof(float) * N);
+      else
+        std::memset(c + i * N, 0, sizeof(float) * N);
+    return;
+  }
+  // K blocks of nearly equal size <= KC (a multiple of 8 when K allows).
+  int64_t nkb = (K + KC - 1) / KC;
+  int64_t kcb = (K + nkb - 1) / nkb;
+  if (nkb > 1) kcb = std::min<int64_t>(KC, (kcb + 7) / 8 * 8);
+  nkb = (K + kcb - 1) / kcb;
+  const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
+  // Long K (e.g. dx of a vocabulary head, K = 50304): packing all of A would take row chunks
+  // of one tile row each, leaving one tile per phase. Instead cut K into chunks (whole K blocks,
+  // at least 8) for which all of A and, where possible, all of B fit the packing limits, and
+  // accumulate over the chunks: each C element still adds the same K blocks in the same order.
+  int64_t kchunk = nkb;
+  const int64_t mpad = (M + MR - 1) / MR * MR, npad = (N + NR - 1) / NR * NR;
+  if (mpad * K * 4 > kMaxPackA)
+    kchunk = std::max<int64_t>(8, std::min(kMaxPackA / (4 * mpad * kcb), kMaxPackB / (4 * npad * kcb)));
+  for (int64_t pb = 0; pb < nkb; pb += kchunk) {
+    const int64_t p0 = pb * kcb, kc = std::min(K - p0, kchunk * kcb);
+    const float* ak = trans_a ? a + p0 * lda : a + p0;
+    const float* bk = trans_b ? b + p0 : b + p0 * ldb;
+    sgemm_pass(c, ak, bk, bias, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb);
+  }
 }
 
 }  // namespace fg::avx2
