@@ -5,6 +5,7 @@
 #include "ops/softmax_xent.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -17,6 +18,21 @@ namespace fg {
 
 namespace {
 int64_t row_grain(int64_t V) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(V, 1)); }
+
+// Calls fn(b, e) on blocks of ~64K elements of rows [0, N), handed out first come, first served
+// (at least row_grain(V) rows per thread, as parallel_for). On a shared machine a thread that the
+// OS preempts holds up one block, not half of the rows. Every row is still computed by one thread
+// with the same code, so results do not depend on the schedule or the thread count.
+template <typename F>
+void for_rows(int64_t N, int64_t V, F&& fn) {
+  const int64_t block = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(V, 1));
+  const int nt = static_cast<int>(std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, N / row_grain(V))));
+  if (nt <= 1 || N <= block) { if (N > 0) fn(int64_t{0}, N); return; }
+  std::atomic<int64_t> next{0};
+  parallel_region(nt, [&](int, int) {
+    for (int64_t b; (b = next.fetch_add(block, std::memory_order_relaxed)) < N;) fn(b, std::min(N, b + block));
+  });
+}
 
 // sum of f(i) over [0, V) in double with 8 independent lanes (vectorizable, fixed order)
 template <typename F>
@@ -64,7 +80,7 @@ void row_lse(const T* x, int64_t V, T* m_out, T* log_s_out) {
 
 template <typename T>
 void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
     if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_forward_rows(y, x, b, e, V, stream_out<T>(N, V));
 #endif
@@ -82,7 +98,7 @@ void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
 
 template <typename T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
     if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_backward_rows(dx, dy, y, b, e, V, stream_out<T>(N, V));
 #endif
@@ -97,7 +113,7 @@ void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
 
 template <typename T>
 void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
     if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_forward_rows(y, x, b, e, V, stream_out<T>(N, V));
 #endif
@@ -111,7 +127,7 @@ void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
 
 template <typename T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
     if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_backward_rows(dx, dy, y, b, e, V, stream_out<T>(N, V));
 #endif
@@ -128,7 +144,7 @@ template <typename T, typename I>
 double cross_entropy_forward(T* lse, const T* logits, const I* targets, int64_t ignore_index,
                              int64_t N, int64_t V) {
   std::vector<double> loss_rows(static_cast<size_t>(N));
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
       T m, ls;
@@ -156,7 +172,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
   for (int64_t r = 0; r < N; ++r) count += static_cast<int64_t>(targets[r]) != ignore_index;
   const T scale = count ? static_cast<T>(dloss / static_cast<double>(count)) : T(0);
   const bool stream = stream_out<T>(N, V);
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
       T* dr = dlogits + r * V;

@@ -135,6 +135,8 @@ FG_INLINE bool row_stats_fast(const float* x, int64_t V, float* m_out, double* s
     __m256 s0 = _mm256_setzero_ps();
     float* e = kStore ? E + c : nullptr;
     for (i = 0; i < n; i += 8) {
+      // while the exps run, ask for the next chunk (the max sweep above then finds it arriving)
+      if ((i & 15) == 0) _mm_prefetch(reinterpret_cast<const char*>(p + kChunk + i), _MM_HINT_T0);
       const int64_t k = std::min<int64_t>(8, n - i);
       const __m256 e0 = exp8(_mm256_sub_ps(load(p + i, k, ninf), vm));
       if constexpr (kStore) {
