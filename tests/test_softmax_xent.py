@@ -111,9 +111,9 @@ def test_cross_entropy_matches_torch(rng):
     assert np.isnan(allign.item()) and np.isnan(ops.cross_entropy_forward(logits, np.full(9, -100))[0])
 
 
-# The AVX2 float32 kernels walk a row in chunks of 512 with a running max (online softmax), keep
-# the exps in a scratch row, and write outputs of >= 8 MiB with non-temporal stores. These rows
-# make the running max grow chunk after chunk, start mid-chunk, and end in a partial vector.
+# The AVX2 float32 kernels walk a row in chunks of 512 with a running max (online softmax) and
+# keep the exps in a scratch row. These rows make the running max grow chunk after chunk, start
+# mid-chunk, and end in a partial vector.
 @pytest.mark.parametrize("V", [511, 513, 1500, 5003])
 def test_rows_whose_max_grows_across_chunks(isa, V):
     x = np.stack([np.linspace(-40, 40, V), np.linspace(40, -40, V), np.r_[np.zeros(V - 1), 90.0],
@@ -165,8 +165,8 @@ def test_all_minus_inf_row_is_nan_softmax_and_minus_inf_lse(isa):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "log_softmax", "cross_entropy"])
-def test_streamed_outputs_match_reference_and_any_thread_count(isa, threads, rng, kind):
-    # 9.6 MiB outputs take the non-temporal store path; rows start at 16-byte (not 32) offsets
+def test_long_rows_match_reference_and_any_thread_count(isa, threads, rng, kind):
+    # rows handed out to threads in blocks, first come first served; rows start at odd offsets
     N, V = 50, 50301
     x = (3 * rng.standard_normal((N, V))).astype(np.float32)
     dy = rng.standard_normal((N, V)).astype(np.float32)

@@ -25,9 +25,9 @@ int64_t row_grain(int64_t V) { return std::max<int64_t>(1, (1 << 15) / std::max<
 // with the same code, so results do not depend on the schedule or the thread count.
 template <typename F>
 void for_rows(int64_t N, int64_t V, F&& fn) {
-  const int64_t block = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(V, 1));
   const int nt = static_cast<int>(std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, N / row_grain(V))));
-  if (nt <= 1 || N <= block) { if (N > 0) fn(int64_t{0}, N); return; }
+  if (nt <= 1) { if (N > 0) fn(int64_t{0}, N); return; }
+  const int64_t block = std::max<int64_t>(1, std::min((1 << 16) / std::max<int64_t>(V, 1), (N + nt - 1) / nt));
   std::atomic<int64_t> next{0};
   parallel_region(nt, [&](int, int) {
     for (int64_t b; (b = next.fetch_add(block, std::memory_order_relaxed)) < N;) fn(b, std::min(N, b + block));
@@ -45,13 +45,6 @@ double lane_sum(int64_t V, F&& f) {
   for (; i < V; ++i) s += static_cast<double>(f(i));
   return s;
 }
-
-// Outputs at least this large are written with non-temporal stores by the AVX2 kernels: they
-// cannot stay in the cache for the next op anyway, and streaming skips reading every output
-// line before writing it.
-constexpr int64_t kStreamBytes = int64_t{8} << 20;
-template <typename T>
-bool stream_out(int64_t N, int64_t V) { return N * V * static_cast<int64_t>(sizeof(T)) >= kStreamBytes; }
 
 template <typename T>
 T max_of(const T* x, int64_t V) {
@@ -82,7 +75,7 @@ template <typename T>
 void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_forward_rows(y, x, b, e, V, stream_out<T>(N, V));
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_forward_rows(y, x, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * V;
@@ -100,7 +93,7 @@ template <typename T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_backward_rows(dx, dy, y, b, e, V, stream_out<T>(N, V));
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_backward_rows(dx, dy, y, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
@@ -115,7 +108,7 @@ template <typename T>
 void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_forward_rows(y, x, b, e, V, stream_out<T>(N, V));
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_forward_rows(y, x, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       T m, ls;
@@ -129,7 +122,7 @@ template <typename T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_backward_rows(dx, dy, y, b, e, V, stream_out<T>(N, V));
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_backward_rows(dx, dy, y, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
@@ -171,7 +164,6 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
   int64_t count = 0;
   for (int64_t r = 0; r < N; ++r) count += static_cast<int64_t>(targets[r]) != ignore_index;
   const T scale = count ? static_cast<T>(dloss / static_cast<double>(count)) : T(0);
-  const bool stream = stream_out<T>(N, V);
   for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
@@ -183,14 +175,11 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
       }
       const T l = lse[r];
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-      if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::xent_grad_row(dr, xr, V, l, scale, t, stream); continue; }
+      if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::xent_grad_row(dr, xr, V, l, scale, t); continue; }
 #endif
       for (int64_t i = 0; i < V; ++i) dr[i] = scale * std::exp(xr[i] - l);
       dr[t] -= scale;
     }
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2() && stream) avx2::stream_fence();
-#endif
   });
 }
 

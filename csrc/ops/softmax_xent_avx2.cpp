@@ -3,9 +3,9 @@
 //  - row statistics (max, sum exp) in ONE read of the row from memory: the row is walked in
 //    chunks of kChunk floats; a chunk's max is taken as it streams in, then its exps are summed
 //    from L1 against the running max (the sum is rescaled when the max grows: online softmax);
-//  - the second pass of a row (writing y / dx) reads it back from L1/L2, never from memory;
-//  - outputs far larger than the cache are written with non-temporal stores (`stream`), which
-//    skip the read-for-ownership of every output line (1/3 of the traffic of y = f(x)).
+//  - the second pass of a row (writing y / dx) reads it back from L1/L2, never from memory.
+// Outputs use ordinary stores: non-temporal stores were measured (2-core Zen 3 VM, shapes of
+// bench_softmax_xent) to be no faster for fwd+bwd pairs, and slower for cross-entropy.
 // Every row is computed by one thread in a fixed order, so results do not depend on the
 // number of threads. NaN/inf rows take an exact slow path with the portable semantics.
 #include <immintrin.h>
@@ -51,19 +51,11 @@ inline float hmax(__m256 v) {
 }
 
 // y[i] = f(i, k) for i in [0, n), where f returns the 8 values at [i, i + 8) computed from
-// inputs read with load(p + i, k) (k valid lanes). Elementwise, so the lane grouping is free to
-// follow y's alignment: with `stream`, the aligned body uses non-temporal stores.
+// inputs read with load(p + i, k) (k valid lanes).
 template <typename F>
-FG_INLINE void write_row(float* y, int64_t n, bool stream, F&& f) {
+FG_INLINE void write_row(float* y, int64_t n, F&& f) {
   int64_t i = 0;
-  const auto addr = reinterpret_cast<uintptr_t>(y);
-  if (stream && (addr & 3) == 0) {
-    const int64_t h = std::min<int64_t>(n, static_cast<int64_t>(((32 - (addr & 31)) & 31) / 4));
-    if (h > 0) _mm256_maskstore_ps(y, lanes_below(h), f(int64_t{0}, h));
-    for (i = h; i + 8 <= n; i += 8) _mm256_stream_ps(y + i, f(i, int64_t{8}));
-  } else {
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(i, int64_t{8}));
-  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, f(i, int64_t{8}));
   if (i < n) _mm256_maskstore_ps(y + i, lanes_below(n - i), f(i, n - i));
 }
 
@@ -182,7 +174,7 @@ void row_lse(const float* x, int64_t V, float* m, float* log_s) {
   *log_s = std::isfinite(*m) ? static_cast<float>(std::log(s)) : 0.f;
 }
 
-void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V, bool stream) {
+void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V) {
   Scratch& S = scratch(V);
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * V;
@@ -195,7 +187,7 @@ void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int6
       for (int64_t c = 0; c < V; c += kChunk) {
         const __m256 f = _mm256_mul_ps(exp8(_mm256_set1_ps(S.mc[c / kChunk] - m)), inv);
         const float* e = S.e.data() + c;
-        write_row(yr + c, std::min(kChunk, V - c), stream, [&](int64_t i, int64_t k) { return _mm256_mul_ps(f, load(e + i, k)); });
+        write_row(yr + c, std::min(kChunk, V - c), [&](int64_t i, int64_t k) { return _mm256_mul_ps(f, load(e + i, k)); });
       }
       continue;
     }
@@ -203,60 +195,54 @@ void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int6
     // a NaN or +-inf max makes every exp(x - m) / s NaN (inf - inf, or NaN), as in the portable path
     const __m256 vm = _mm256_set1_ps(m);
     const __m256 inv = _mm256_set1_ps(std::isfinite(m) ? static_cast<float>(1.0 / s) : NAN);
-    write_row(yr, V, stream, [&](int64_t i, int64_t k) { return _mm256_mul_ps(inv, exp8(_mm256_sub_ps(load(xr + i, k), vm))); });
+    write_row(yr, V, [&](int64_t i, int64_t k) { return _mm256_mul_ps(inv, exp8(_mm256_sub_ps(load(xr + i, k), vm))); });
   }
-  if (stream) _mm_sfence();
 }
 
-void softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V, bool stream) {
+void softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V) {
   for (int64_t r = r0; r < r1; ++r) {
     const float *dyr = dy + r * V, *yr = y + r * V;
     // dx = y * (dy - sum(dy * y))
     const __m256 s = _mm256_set1_ps(static_cast<float>(
         chunked_sum(V, [&](int64_t i, int64_t k) { return _mm256_mul_ps(load(dyr + i, k), load(yr + i, k)); })));
-    write_row(dx + r * V, V, stream, [&](int64_t i, int64_t k) {
+    write_row(dx + r * V, V, [&](int64_t i, int64_t k) {
       return _mm256_mul_ps(load(yr + i, k), _mm256_sub_ps(load(dyr + i, k), s));
     });
   }
-  if (stream) _mm_sfence();
 }
 
-void log_softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V, bool stream) {
+void log_softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * V;
     float m, ls;
     row_lse(xr, V, &m, &ls);
     // y = (x - m) - log_s: exact-ish even for |m| ~ 1e4
     const __m256 vm = _mm256_set1_ps(m), vl = _mm256_set1_ps(ls);
-    write_row(y + r * V, V, stream, [&](int64_t i, int64_t k) { return _mm256_sub_ps(_mm256_sub_ps(load(xr + i, k), vm), vl); });
+    write_row(y + r * V, V, [&](int64_t i, int64_t k) { return _mm256_sub_ps(_mm256_sub_ps(load(xr + i, k), vm), vl); });
   }
-  if (stream) _mm_sfence();
 }
 
-void log_softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V, bool stream) {
+void log_softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V) {
   for (int64_t r = r0; r < r1; ++r) {
     const float *dyr = dy + r * V, *yr = y + r * V;
     // dx = dy - exp(y) * sum(dy)
     const __m256 s = _mm256_set1_ps(static_cast<float>(chunked_sum(V, [&](int64_t i, int64_t k) { return load(dyr + i, k); })));
-    write_row(dx + r * V, V, stream, [&](int64_t i, int64_t k) {
+    write_row(dx + r * V, V, [&](int64_t i, int64_t k) {
       return _mm256_fnmadd_ps(exp8(load(yr + i, k)), s, load(dyr + i, k));
     });
   }
-  if (stream) _mm_sfence();
 }
 
-void xent_grad_row(float* d, const float* x, int64_t V, float lse, float scale, int64_t t, bool stream) {
+void xent_grad_row(float* d, const float* x, int64_t V, float lse, float scale, int64_t t) {
   // d = scale * (exp(x - lse) - [i == t]); the target lane is fixed in the group that holds it
   const __m256 vl = _mm256_set1_ps(lse), vs = _mm256_set1_ps(scale);
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  write_row(d, V, stream, [&](int64_t i, int64_t k) {
+  write_row(d, V, [&](int64_t i, int64_t k) {
     const __m256 g = _mm256_mul_ps(vs, exp8(_mm256_sub_ps(load(x + i, k), vl)));
     if (static_cast<uint64_t>(t - i) >= 8) return g;
     const __m256i hit = _mm256_cmpeq_epi32(iota, _mm256_set1_epi32(static_cast<int>(t - i)));
     return _mm256_sub_ps(g, _mm256_and_ps(vs, _mm256_castsi256_ps(hit)));
   });
 }
-
-void stream_fence() { _mm_sfence(); }
 
 }  // namespace fg::avx2
