@@ -4,10 +4,18 @@ Rules (CONVENTIONS.md): validate against the reference before timing; time the
 alternatives interleaved in the same run (round-robin, so machine noise hits all of them
 alike); report medians, ratios, and the fraction of the machine's limits measured in the
 same run. Benchmarks never assert.
+
+Interleaving has one trap: after a call, a library's worker threads keep spinning for a while
+(OpenBLAS ~0.1 s, OpenMP in PyTorch and in fusegrad ~10 ms, measured on the 2-core dev VM),
+and on a machine with few cores they steal the CPU from whichever library is timed next
+(NumPy's square-512 matmul ran 2.3x slower right after ours). So `interleaved` waits,
+before timing a function, until no other thread of the process is runnable (settle()).
 """
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -37,26 +45,75 @@ def measure_limits(threads: int) -> Limits:
     return Limits(threads=threads, peak_gflops=peak, copy_gbs=bw)
 
 
+_TASKS = "/proc/self/task"
+_always_running: set = set()  # threads found runnable for a whole settle(): never waited for again
+
+
+def _runnable_threads() -> set:
+    """Native ids of this process's threads, other than the caller, that are running or runnable."""
+    me, out = threading.get_native_id(), set()
+    for tid in os.listdir(_TASKS):
+        if tid == str(me) or tid in _always_running:
+            continue
+        try:
+            with open(f"{_TASKS}/{tid}/stat", "rb") as f:
+                st = f.read()
+        except OSError:  # the thread exited
+            continue
+        if st[st.rindex(b")") + 2:st.rindex(b")") + 3] == b"R":  # state follows "(comm) "
+            out.add(tid)
+    return out
+
+
+def settle(max_wait: float = 0.3, poll: float = 1e-3) -> float:
+    """Wait until the worker threads left spinning by the previous call have gone to sleep.
+
+    A spinning thread is runnable (state R) even while it waits for a CPU, so this does not
+    mistake a descheduled spinner for an idle one. Returns the seconds waited. Without Linux
+    /proc it does nothing.
+    """
+    if not os.path.isdir(_TASKS):
+        return 0.0
+    t0 = time.perf_counter()
+    while True:
+        busy = _runnable_threads()
+        if not busy:
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > max_wait:
+            _always_running.update(busy)
+            return time.perf_counter() - t0
+        time.sleep(poll)
+
+
 def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0) -> dict:
     """Median seconds per call for each named callable, timed round-robin.
 
     Each timed sample repeats the call `inner` times, chosen so one sample lasts at least
-    ~2 ms (or `min_time`), which keeps timer resolution out of small kernels.
+    ~2 ms (or `min_time`), which keeps timer resolution out of small kernels. Before each
+    sample, settle() lets the previous function's worker threads stop spinning; a function
+    faster than 5 ms then gets one untimed call, so its own threads are awake when timed.
     """
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
-    inner = {}
+    inner, short = {}, {}
     for n in names:
+        settle()
+        fns[n]()
         t0 = time.perf_counter()
         fns[n]()
         dt = time.perf_counter() - t0
         inner[n] = max(1, int(max(2e-3, min_time) / max(dt, 1e-7)))
+        short[n] = dt < 5e-3
     samples = {n: [] for n in names}
     for _ in range(reps):
         for n in names:
             k = inner[n]
+            if len(names) > 1:
+                settle()
+                if short[n]:  # wake its threads untimed: a short call would time their wake-up
+                    fns[n]()
             t0 = time.perf_counter()
             for _ in range(k):
                 fns[n]()

@@ -111,6 +111,91 @@ def test_cross_entropy_matches_torch(rng):
     assert np.isnan(allign.item()) and np.isnan(ops.cross_entropy_forward(logits, np.full(9, -100))[0])
 
 
+# The AVX2 float32 kernels walk a row in chunks of 512 with a running max (online softmax) and
+# keep the exps in a scratch row. These rows make the running max grow chunk after chunk, start
+# mid-chunk, and end in a partial vector.
+@pytest.mark.parametrize("V", [511, 513, 1500, 5003])
+def test_rows_whose_max_grows_across_chunks(isa, V):
+    x = np.stack([np.linspace(-40, 40, V), np.linspace(40, -40, V), np.r_[np.zeros(V - 1), 90.0],
+                  np.where(np.arange(V) % 600 == 599, 30.0, -30.0)]).astype(np.float32)
+    t = np.array([V - 1, 0, 3, V // 2])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(ops.softmax_forward(x), ref.softmax_forward(x64), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ops.log_softmax_forward(x), ref.log_softmax_forward(x64), rtol=1e-6, atol=1e-5)
+    loss, lse = ops.cross_entropy_forward(x, t)
+    rloss, rlse = ref.cross_entropy_forward(x64, t)
+    np.testing.assert_allclose(lse, rlse, rtol=1e-6)
+    np.testing.assert_allclose(loss, rloss, rtol=1e-6)
+    np.testing.assert_allclose(ops.cross_entropy_backward(x, t, lse, 1.0),
+                               ref.cross_entropy_backward(x64, t, rlse, 1.0), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("pos", [0, 511, 512, 1300, 1499])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_logit_in_a_later_chunk(isa, pos, bad):
+    x = np.random.default_rng(0).standard_normal((3, 1500)).astype(np.float32)
+    x[1, pos] = bad
+    t = np.array([0, 7, 2])
+    x64 = x.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_y, want_ly = ref.softmax_forward(x64), x64 - ref.cross_entropy_forward(x64, t)[1][:, None]
+        want_lse = ref.cross_entropy_forward(x64, t)[1]
+    y, ly = ops.softmax_forward(x), ops.log_softmax_forward(x)
+    loss, lse = ops.cross_entropy_forward(x, t)
+    if bad == -np.inf:  # an ordinary row that has one zero probability
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
+        assert ly[1, pos] == -np.inf and np.isfinite(loss)
+    else:  # NaN: the row is NaN; +inf: softmax NaN (inf - inf), lse = +inf
+        assert np.isnan(y[1]).all()
+        assert np.isnan(lse[1]) if np.isnan(bad) else lse[1] == np.inf
+        assert not np.isfinite(loss)
+    np.testing.assert_allclose(y[[0, 2]], want_y[[0, 2]], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(ly[[0, 2]], want_ly[[0, 2]], rtol=1e-5, atol=1e-5)
+
+
+def test_all_minus_inf_row_is_nan_softmax_and_minus_inf_lse(isa):
+    x = np.full((2, 1030), -np.inf, np.float32)
+    x[0] = 0
+    y = ops.softmax_forward(x)
+    np.testing.assert_allclose(y[0], 1 / 1030, rtol=1e-6)
+    assert np.isnan(y[1]).all()
+    _, lse = ops.cross_entropy_forward(x, np.array([0, -100]))
+    assert lse[1] == -np.inf
+
+
+@pytest.mark.parametrize("kind", ["softmax", "log_softmax", "cross_entropy"])
+def test_long_rows_match_reference_and_any_thread_count(isa, threads, rng, kind):
+    # rows handed out to threads in blocks, first come first served; rows start at odd offsets
+    N, V = 50, 50301
+    x = (3 * rng.standard_normal((N, V))).astype(np.float32)
+    dy = rng.standard_normal((N, V)).astype(np.float32)
+    t = rng.integers(0, V, N)
+    x64 = x.astype(np.float64)
+    outs = []
+    for n in (1, 2, 3):
+        threads(n)
+        if kind == "cross_entropy":
+            loss, lse = ops.cross_entropy_forward(x, t)
+            outs.append((loss, lse, ops.cross_entropy_backward(x, t, lse, 1.0)))
+        else:
+            y = getattr(ops, f"{kind}_forward")(x)
+            outs.append((y, getattr(ops, f"{kind}_backward")(dy, y)))
+    for o in outs[1:]:  # bitwise the same for any thread count
+        for a, b in zip(outs[0], o):
+            np.testing.assert_array_equal(a, b)
+    if kind == "cross_entropy":
+        rloss, rlse = ref.cross_entropy_forward(x64, t)
+        np.testing.assert_allclose(outs[0][0], rloss, rtol=1e-5)
+        np.testing.assert_allclose(outs[0][1], rlse, rtol=1e-6)
+        np.testing.assert_allclose(outs[0][2], ref.cross_entropy_backward(x64, t, rlse, 1.0), rtol=1e-4, atol=1e-10)
+    else:
+        y, dx = outs[0]
+        np.testing.assert_allclose(y, getattr(ref, f"{kind}_forward")(x64), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(dx, getattr(ref, f"{kind}_backward")(dy.astype(np.float64), y.astype(np.float64)),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_softmax_xent_bad_input():
     x = np.ones((2, 5), np.float32)
     t = np.array([0, 4])

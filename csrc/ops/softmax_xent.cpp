@@ -1,8 +1,11 @@
 // Portable softmax / log-softmax / cross-entropy kernels (float32 and float64).
 // Rows are split over threads; each row is read from memory once per pass and revisited in cache.
+// float32 on AVX2 CPUs goes to the row kernels of softmax_xent_avx2.cpp; the loops here are the
+// plain reference versions (float64, and float32 on the portable path).
 #include "ops/softmax_xent.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -16,6 +19,21 @@ namespace fg {
 namespace {
 int64_t row_grain(int64_t V) { return std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(V, 1)); }
 
+// Calls fn(b, e) on blocks of ~64K elements of rows [0, N), handed out first come, first served
+// (at least row_grain(V) rows per thread, as parallel_for). On a shared machine a thread that the
+// OS preempts holds up one block, not half of the rows. Every row is still computed by one thread
+// with the same code, so results do not depend on the schedule or the thread count.
+template <typename F>
+void for_rows(int64_t N, int64_t V, F&& fn) {
+  const int nt = static_cast<int>(std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, N / row_grain(V))));
+  if (nt <= 1) { if (N > 0) fn(int64_t{0}, N); return; }
+  const int64_t block = std::max<int64_t>(1, std::min((1 << 16) / std::max<int64_t>(V, 1), (N + nt - 1) / nt));
+  std::atomic<int64_t> next{0};
+  parallel_region(nt, [&](int, int) {
+    for (int64_t b; (b = next.fetch_add(block, std::memory_order_relaxed)) < N;) fn(b, std::min(N, b + block));
+  });
+}
+
 // sum of f(i) over [0, V) in double with 8 independent lanes (vectorizable, fixed order)
 template <typename F>
 double lane_sum(int64_t V, F&& f) {
@@ -28,19 +46,8 @@ double lane_sum(int64_t V, F&& f) {
   return s;
 }
 
-// true when the float32 AVX2 row helpers should be used for T
-template <typename T>
-bool fast() {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) return use_avx2();
-#endif
-  return false;
-}
 template <typename T>
 T max_of(const T* x, int64_t V) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::row_max(x, V);
-#endif
   // NaN-propagating max: std::max(m, NaN) returns m, which would let a NaN logit vanish from
   // the row (softmax/cross-entropy must return NaN for it, so a diverged run is noticed)
   T m = -std::numeric_limits<T>::infinity();
@@ -52,13 +59,13 @@ T max_of(const T* x, int64_t V) {
 // (x - m) - log_s, which stays exact-ish when |m| is large (1e4 in float32 has ulp 1e-3).
 template <typename T>
 void row_lse(const T* x, int64_t V, T* m_out, T* log_s_out) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::row_lse(x, V, m_out, log_s_out); return; }
+#endif
   const T m = max_of(x, V);
   if (!std::isfinite(m)) { *m_out = m; *log_s_out = 0; return; }  // +-inf / NaN rows propagate
   double s = 0;  // row sums accumulate in double: 50304 float terms would lose ~1e-4 relative
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) if (use_avx2()) s = avx2::exp_sum(x, V, m);
-#endif
-  if (!fast<T>()) for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
+  for (int64_t i = 0; i < V; ++i) s += std::exp(x[i] - m);
   *m_out = m;
   *log_s_out = static_cast<T>(std::log(s));
 }
@@ -66,17 +73,16 @@ void row_lse(const T* x, int64_t V, T* m_out, T* log_s_out) {
 
 template <typename T>
 void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_forward_rows(y, x, b, e, V);
+#endif
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * V;
       T* yr = y + r * V;
       const T m = max_of(xr, V);
       double s = 0;
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-      if constexpr (std::is_same_v<T, float>) if (use_avx2() && std::isfinite(m)) s = avx2::exp_store_sum(yr, xr, V, m);
-#endif
-      if (!fast<T>() || !std::isfinite(m))
-        for (int64_t i = 0; i < V; ++i) { yr[i] = std::exp(xr[i] - m); s += yr[i]; }
+      for (int64_t i = 0; i < V; ++i) { yr[i] = std::exp(xr[i] - m); s += yr[i]; }
       const T inv = static_cast<T>(1.0 / s);
       for (int64_t i = 0; i < V; ++i) yr[i] *= inv;
     }
@@ -85,7 +91,10 @@ void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
 
 template <typename T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_backward_rows(dx, dy, y, b, e, V);
+#endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
       T* dxr = dx + r * V;
@@ -97,7 +106,10 @@ void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
 
 template <typename T>
 void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_forward_rows(y, x, b, e, V);
+#endif
     for (int64_t r = b; r < e; ++r) {
       T m, ls;
       row_lse(x + r * V, V, &m, &ls);
@@ -108,7 +120,10 @@ void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
 
 template <typename T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_backward_rows(dx, dy, y, b, e, V);
+#endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
       T* dxr = dx + r * V;
@@ -122,7 +137,7 @@ template <typename T, typename I>
 double cross_entropy_forward(T* lse, const T* logits, const I* targets, int64_t ignore_index,
                              int64_t N, int64_t V) {
   std::vector<double> loss_rows(static_cast<size_t>(N));
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
       T m, ls;
@@ -149,7 +164,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
   int64_t count = 0;
   for (int64_t r = 0; r < N; ++r) count += static_cast<int64_t>(targets[r]) != ignore_index;
   const T scale = count ? static_cast<T>(dloss / static_cast<double>(count)) : T(0);
-  parallel_for(N, row_grain(V), [&](int64_t b, int64_t e) {
+  for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
       T* dr = dlogits + r * V;
@@ -160,7 +175,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
       }
       const T l = lse[r];
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-      if constexpr (std::is_same_v<T, float>) if (use_avx2() && std::isfinite(l)) { avx2::exp_scale(dr, xr, V, l, scale); dr[t] -= scale; continue; }
+      if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::xent_grad_row(dr, xr, V, l, scale, t); continue; }
 #endif
       for (int64_t i = 0; i < V; ++i) dr[i] = scale * std::exp(xr[i] - l);
       dr[t] -= scale;

@@ -28,11 +28,17 @@ template <typename T, typename I>
 void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const T* lse,
                             double dloss, int64_t ignore_index, int64_t N, int64_t V);
 
-namespace avx2 {  // float32 row helpers (softmax_xent_avx2.cpp); m is the row max
-double exp_sum(const float* x, int64_t V, float m);                  // sum exp(x - m)
-double exp_store_sum(float* y, const float* x, int64_t V, float m);  // y = exp(x - m); sum y
-void exp_scale(float* y, const float* x, int64_t V, float m, float scale);  // y = scale exp(x - m)
-float row_max(const float* x, int64_t V);
+// float32 AVX2 kernels (softmax_xent_avx2.cpp) over rows [r0, r1) of (N, V) arrays, same math and
+// NaN/inf semantics as above.
+namespace avx2 {
+void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V);
+void softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V);
+void log_softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V);
+void log_softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V);
+// one row, one read of x: lse = m + log_s; m is NaN when the row holds a NaN, log_s = 0 when m is not finite
+void row_lse(const float* x, int64_t V, float* m, float* log_s);
+// one row of the cross-entropy gradient: d = scale * (exp(x - lse) - onehot(t))
+void xent_grad_row(float* d, const float* x, int64_t V, float lse, float scale, int64_t t);
 }  // namespace avx2
 
 }  // namespace fg

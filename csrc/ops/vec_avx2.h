@@ -9,7 +9,7 @@ namespace fg::avx2 {
 // ~2e-7), 2^n through the exponent bits. x < -87.3 gives 0 (this includes -inf), x > 88.72
 // gives +inf (not the clamp's ~2e38), NaN gives NaN (the clamps alone would turn it into a
 // finite value and let a NaN vanish, e.g. from a softmax).
-inline __m256 exp8(__m256 x) {
+__attribute__((always_inline)) inline __m256 exp8(__m256 x) {
   const __m256 x0 = x;
   const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.7f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
