@@ -310,3 +310,23 @@ def test_attention_qkv_bad_input(rng):
     assert e.shape == (0, 3, 16) and el.shape == (0, 2, 3)
     e, el = f(np.zeros((1, 0, 32), np.float32), 2, 1)
     assert e.shape == (1, 0, 16) and b(e, np.zeros((1, 0, 32), np.float32), e, el, 2, 1).shape == (1, 0, 32)
+
+
+def test_attention_minus_inf_score_gets_no_weight(isa, rng):
+    # query 0 (causal) sees only key 0, whose score is -inf: no key to attend to, o = 0 and
+    # lse = -inf (the AVX2 exp once gave exp(-inf) = 2^-126 there, so o came out as v[0]);
+    # query 1 sees keys 0 and 1: key 0 (-inf) gets weight 0, so o = v[1]
+    for D in (16, 64, 24):
+        q = rng.standard_normal((1, 1, 8, D)).astype(np.float32)
+        k = rng.standard_normal((1, 1, 8, D)).astype(np.float32)
+        v = rng.standard_normal((1, 1, 8, D)).astype(np.float32)
+        k[0, 0, 0] = 0
+        k[0, 0, 0, 0] = 10
+        q[0, 0, :2] = 0
+        q[0, 0, 0, 0] = -np.inf  # q[0] . k[0] = -inf
+        q[0, 0, 1, 0] = -3e38    # q[1] . k[0] overflows to -inf
+        k[0, 0, 1, 0] = 0        # q[1] . k[1] = 0
+        o, lse = ops.attention_forward(q, k, v, causal=True)
+        np.testing.assert_array_equal(o[0, 0, 0], 0)
+        assert lse[0, 0, 0] == -np.inf
+        np.testing.assert_allclose(o[0, 0, 1], v[0, 0, 1], rtol=1e-6)

@@ -184,9 +184,10 @@ inline __m256 vis_mask(int64_t j, int64_t nv) {
 
 // e^x for 8 floats via 2^t, t = x log2(e) = n + r, |r| <= 1/2, degree-5 minimax polynomial
 // for 2^r (max rel. error 1.9e-7 in float32), 2^n added into the exponent bits. t is
-// clamped to [-126, 127], so x < -87.3 (and -inf) gives a result below 2^-126, not 0:
-// callers zero masked lanes explicitly. NaN in, NaN out: max/min return their second operand
-// when either is NaN, so the clamp is written with t second (a NaN score must poison its row).
+// clamped to [-126, 127]; x < -87.33 (and -inf) gives exactly 0, so a visible key whose
+// score is -inf gets no weight (a row whose every visible score is -inf has no key, o = 0).
+// NaN in, NaN out: max/min return their second operand when either is NaN, so the clamp is
+// written with t second (a NaN score must poison its row), and the underflow test is false.
 inline __m256 fast_exp8(__m256 x) {
   __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
   t = _mm256_min_ps(_mm256_set1_ps(127.f), _mm256_max_ps(_mm256_set1_ps(-126.f), t));
@@ -199,7 +200,8 @@ inline __m256 fast_exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931470037e-01f));
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
   const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+  const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
 }
 
 // Tile order inside one head: 0, n-1, 1, n-2, ... so that the contiguous chunks of
