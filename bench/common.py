@@ -8,8 +8,9 @@ same run. Benchmarks never assert.
 Interleaving has one trap: after a call, a library's worker threads keep spinning for a while
 (OpenBLAS ~0.1 s, OpenMP in PyTorch and in fusegrad ~10 ms, measured on the 2-core dev VM),
 and on a machine with few cores they steal the CPU from whichever library is timed next
-(NumPy's square-512 matmul ran 2.3x slower right after ours). So `interleaved` waits,
-before timing a function, until no other thread of the process is runnable (settle()).
+(square-512 matmul: ours 12.0 -> 7.4 ms, PyTorch 24 -> 14-20 ms once they no longer ran next
+to spinning threads). So `interleaved` waits, before timing a function, until no other thread
+of the process is runnable (settle(); ~0.15 s per round of numpy + torch + ours).
 """
 from __future__ import annotations
 

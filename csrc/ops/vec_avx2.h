@@ -8,11 +8,12 @@ namespace fg::avx2 {
 // exp(x) for 8 floats: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r (rel. err
 // ~2e-7), 2^n through the exponent bits. x < -87.3 gives 0 (this includes -inf), x > 88.72
 // gives +inf (not the clamp's ~2e38), NaN gives NaN (the clamps alone would turn it into a
-// finite value and let a NaN vanish, e.g. from a softmax).
+// finite value and let a NaN vanish, e.g. from a softmax). Those fix-ups run only for vectors
+// with a lane outside |x| <= 87.3 (softmax rows of ordinary logits never have one): a branch
+// is cheaper than the six blend/compare steps, and the results are the same bits either way.
 __attribute__((always_inline)) inline __m256 exp8(__m256 x) {
   const __m256 x0 = x;
   const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.7f);
-  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -26,9 +27,12 @@ __attribute__((always_inline)) inline __m256 exp8(__m256 x) {
   p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 res = _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  const __m256 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x0);  // |x|; NaN compares as outside
+  if (__builtin_expect(_mm256_movemask_ps(_mm256_cmp_ps(ax, _mm256_set1_ps(87.3f), _CMP_NLE_UQ)) == 0, 1)) return res;
+  const __m256 under = _mm256_cmp_ps(x0, lo, _CMP_LT_OQ);
   const __m256 big = _mm256_cmp_ps(x0, _mm256_set1_ps(88.72283935546875f), _CMP_GT_OQ);
-  const __m256 r2 = _mm256_blendv_ps(res, _mm256_set1_ps(__builtin_inff()), big);
+  const __m256 r2 = _mm256_blendv_ps(_mm256_andnot_ps(under, res), _mm256_set1_ps(__builtin_inff()), big);
   return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
 }
 
