@@ -262,7 +262,7 @@ def test_matmul_concurrent_callers(isa, threads, rng):
 # kernel must never change a result: every C element is summed in the same order whatever the
 # threads and tiles.
 @pytest.mark.parametrize("mnk", [(2048, 256, 256), (256, 768, 256), (64, 768, 256), (67, 113, 300), (301, 33, 700),
-                                 (67, 700, 200), (95, 250, 1030), (301, 260, 530), (770, 260, 2053), (2100, 20, 4096)])
+                                 (67, 700, 200), (95, 250, 1030), (95, 256, 530), (95, 257, 530), (301, 260, 530), (770, 260, 2053), (2100, 20, 4096)])
 @pytest.mark.parametrize("ta,tb", [(False, True), (False, False), (True, False)])
 def test_matmul_threads_bit_identical(isa, threads, rng, mnk, ta, tb):
     m, n, k = mnk

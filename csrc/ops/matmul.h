@@ -8,8 +8,9 @@
 //                 KC x NR panels shared by all threads, each thread packs MC x KC blocks of A into
 //                 MR x KC panels and runs a register-blocked MR x NR micro-kernel over them.
 //                 Portable micro-kernel here (4x8). The AVX2/FMA float32 path (matmul_avx2.cpp)
-//                 packs all of A and B once, then threads take MC x TW tiles of C dynamically
-//                 (6x16 asm micro-kernel, C tile kept in L2 across K, dynamic tiles).
+//                 packs B (and A, unless each tile packs its own rows of A into L2) once, then
+//                 threads take tiles of C, shaped per problem, dynamically (6x16 asm micro-kernel,
+//                 C tile kept in L2 across K; very long K runs in accumulated chunks).
 // matmul_naive(): a plain triple loop kept for tests; obviously correct, slow.
 #pragma once
 #include <cstdint>

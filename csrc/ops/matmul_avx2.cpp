@@ -276,7 +276,7 @@ void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip
       const int64_t i = ip * MR;
       if (i + MR <= M) {
         _mm_storeu_ps(d, _mm_loadu_ps(s + i));
-        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(s + i + 4))));
+        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(s + i + 4)));
       } else {
         for (int r = 0; r < MR; ++r) d[r] = i + r < M ? s[i + r] : 0.f;
       }
