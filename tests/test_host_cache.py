@@ -99,6 +99,24 @@ def test_limit_bounds_idle_memory_and_empty_cache_frees_it(limit):
         _C._alloc_set_limit(-1)
 
 
+def test_a_full_cache_pushes_out_the_blocks_idle_longest(limit):
+    fusegrad.empty_cache()
+    limit(3 * BIG * 8)
+    a = [np.empty(BIG) for _ in range(3)]
+    addr = [_addr(x) for x in a]
+    del a  # freed in order 0, 1, 2: the cache is full
+    b = np.empty(BIG // 2 + 4096)  # another size: a miss, a fresh block
+    del b  # in: block 0 (idle longest) goes out to make room
+    st = fusegrad.memory_stats()
+    assert st["cached_blocks"] == 3 and st["cached_bytes"] <= 3 * BIG * 8
+    c = np.empty(BIG)
+    assert _addr(c) in addr[1:]  # a hit on a block that stayed, not on the pushed-out one
+    hits = fusegrad.memory_stats()["hits"]
+    d = np.empty(BIG // 2 + 4096)  # the newest free is kept
+    assert fusegrad.memory_stats()["hits"] == hits + 1
+    del c, d
+
+
 def test_arrays_outlive_switching_the_handler_off():
     a = np.arange(BIG, dtype=np.float64)
     live = fusegrad.memory_stats()["live_blocks"]

@@ -28,10 +28,9 @@ void* HostCache::take_or_new(size_t bytes, bool* fresh) {
     // The smallest idle block that fits, unless it is more than 1/8 too big.
     auto it = idle_.lower_bound(cap);
     if (it != idle_.end() && it->first <= cap + cap / 8) {
-      void* p = it->second;
+      void* p = it->second.p;
       const size_t got = it->first;
-      idle_.erase(it);
-      idle_bytes_ -= got;
+      drop_idle(it);
       live_.emplace(p, got);
       live_bytes_ += got;
       ++hits_;
@@ -85,12 +84,20 @@ void* HostCache::reallocate(void* p, size_t bytes) {
   return q;
 }
 
+void HostCache::drop_idle(IdleMap::iterator it) {
+  idle_bytes_ -= it->first;
+  lru_.erase(it->second.seq);
+  idle_.erase(it);
+}
+
 void HostCache::release(void* p, size_t bytes) {
   if (!p) return;
   if (bytes < kMinBytes) {
     std::free(p);
     return;
   }
+  std::vector<void*> evicted;
+  bool kept = false;
   {
     std::lock_guard<std::mutex> lk(m_);
     auto it = live_.find(p);
@@ -98,22 +105,32 @@ void HostCache::release(void* p, size_t bytes) {
       const size_t cap = it->second;
       live_.erase(it);
       live_bytes_ -= cap;
-      if (idle_bytes_ + cap <= limit_) {
-        idle_.emplace(cap, p);
+      if (cap <= limit_) {
+        // make room by pushing out the blocks idle longest (a training loop's shapes change
+        // between phases, e.g. evaluation; the newest frees are the likeliest to be reused)
+        while (idle_bytes_ + cap > limit_) {
+          auto old = lru_.begin()->second;
+          evicted.push_back(old->second.p);
+          drop_idle(old);
+        }
+        const uint64_t seq = seq_++;
+        lru_.emplace(seq, idle_.emplace(cap, Idle{p, seq}));
         idle_bytes_ += cap;
-        return;
+        kept = true;
       }
     }
   }
-  std::free(p);
+  for (void* q : evicted) std::free(q);
+  if (!kept) std::free(p);
 }
 
 void HostCache::empty() {
   std::vector<void*> drop;
   {
     std::lock_guard<std::mutex> lk(m_);
-    for (auto& kv : idle_) drop.push_back(kv.second);
+    for (auto& kv : idle_) drop.push_back(kv.second.p);
     idle_.clear();
+    lru_.clear();
     idle_bytes_ = 0;
   }
   for (void* p : drop) std::free(p);

@@ -6,7 +6,8 @@
 // shootdowns): for memory-bound kernels that costs as much as the kernel itself (measured:
 // 20% of a small GPT training step). This cache keeps freed blocks of at least kMinBytes and
 // hands them to the next request of (nearly) the same size, like PyTorch's caching
-// allocator does for GPU memory. Idle memory is bounded by a limit; empty() releases it.
+// allocator does for GPU memory. Idle memory is bounded by a limit: a block freed into a full
+// cache pushes out the blocks that have been idle longest. empty() releases it all.
 //
 // Blocks of >= 4 MiB are 2 MiB aligned and asked for transparent huge pages. Thread-safe.
 #pragma once
@@ -44,11 +45,20 @@ class HostCache {
   void* take_or_new(size_t bytes, bool* fresh);
   static size_t capacity_for(size_t bytes);
 
+  struct Idle {
+    void* p;
+    uint64_t seq;  // when it was freed
+  };
+  using IdleMap = std::multimap<size_t, Idle>;  // capacity -> block
+
+  void drop_idle(IdleMap::iterator it);  // forget an idle entry (caller holds m_)
+
   std::mutex m_;
-  std::multimap<size_t, void*> idle_;        // capacity -> block
-  std::unordered_map<void*, size_t> live_;   // block -> capacity
+  IdleMap idle_;
+  std::map<uint64_t, IdleMap::iterator> lru_;  // freed order: oldest first
+  std::unordered_map<void*, size_t> live_;     // block -> capacity
   size_t limit_, idle_bytes_ = 0, live_bytes_ = 0;
-  uint64_t hits_ = 0, misses_ = 0;
+  uint64_t hits_ = 0, misses_ = 0, seq_ = 0;
 };
 
 // The process-wide cache (never destroyed: arrays may outlive static destructors).
