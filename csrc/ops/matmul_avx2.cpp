@@ -424,10 +424,11 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
   const int64_t nch = std::min(P.nch, (N + NR - 1) / NR * NR);
   const int64_t n_nchunks = (N + nch - 1) / nch;
 
-  // Threads: serial below ~0.1 ms of work (waking a second thread costs more than it gains).
+  // Threads: serial below ~30 us of work (square ~115): waking a second thread costs more
+  // than it gains there (measured: 2 threads at square 128-192 are 1.3-1.5x faster than 1).
   const double flops = 2.0 * M * N * K;
   int nt = std::max(1, nthreads);
-  if (flops < 1.2e7) nt = 1;
+  if (flops < 3e6) nt = 1;
 
   // Tiles that span all columns of a chunk read rows of A no other tile reads: then each tile
   // packs its own A, one K block at a time, into a thread-local buffer that stays in L2, and
