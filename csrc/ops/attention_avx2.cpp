@@ -150,13 +150,6 @@ inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs
   }
 }
 
-inline float hsum8(__m256 x) {
-  __m128 m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_add_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
 // Kt[d * kK + j] = K[j * ldk + d] for j < n, zero-padded to kK keys.
 template <int DC>
 inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t ldk, int64_t n, int64_t Drt) {

@@ -14,14 +14,11 @@
 
 #include "core/parallel.h"
 #include "ops/layernorm.h"
+#include "ops/vec_avx2.h"
 
 namespace fg::avx2 {
 
 namespace {
-inline double hsum_pd(__m256d a) {
-  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
 // Rows are prefetched ahead only while 4 rows of this many floats fit in half the L2.
 constexpr int64_t kPrefetchMaxC = 16384;
 

@@ -39,19 +39,9 @@ FG_INLINE __m256 load(const float* p, int64_t k, __m256 fill) {
   return _mm256_blendv_ps(fill, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
 }
 FG_INLINE __m256 load(const float* p, int64_t k) { return load(p, k, _mm256_setzero_ps()); }
-inline double hsum_pd(__m256d a) {
-  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
-  return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
-}
 FG_INLINE __m256d widen_add(__m256d acc, __m256 v) {  // acc += the 8 lanes of v, in double
   acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
   return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-}
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
 }
 
 // y[i] = f(i, k) for i in [0, n), where f returns the 8 values at [i, i + 8) computed from
@@ -92,7 +82,7 @@ float row_max_exact(const float* x, int64_t V) {
     nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   }
   if (_mm256_movemask_ps(nan)) return NAN;
-  float m = hmax(a);
+  float m = hmax8(a);
   for (; i < V; ++i) m = x[i] > m || x[i] != x[i] ? x[i] : m;
   return m;
 }
@@ -119,7 +109,7 @@ FG_INLINE bool row_stats_fast(const float* x, int64_t V, float* m_out, double* s
       a3 = _mm256_max_ps(a3, _mm256_loadu_ps(p + i + 24));
     }
     for (; i < n; i += 8) a0 = _mm256_max_ps(a0, load(p + i, n - i, ninf));
-    const float cm = hmax(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+    const float cm = hmax8(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
     top = cm > top ? cm : top;
     if (cm > m) {  // rescale the sum to the new max (exp(m - cm) <= 1; 0 for the first chunk)
       acc = _mm256_mul_pd(acc, _mm256_set1_pd(_mm256_cvtss_f32(exp8(_mm256_set1_ps(m - cm)))));
