@@ -159,13 +159,18 @@ def _ids(rng, shape, V, dtype, draw):
     return ids
 
 
+def _embedding_dims(draw):
+    """(rng, table rows V, columns C, id dtype, ids shape) for the embedding specs."""
+    rng = draw_rng(draw)
+    V = draw(st().sampled_from([1, 2, 5, 17, 100]))
+    C = draw(st().sampled_from([0, 1, 3, 8, 9, 33]))
+    idt = draw(st().sampled_from([np.int32, np.int64]))
+    return rng, V, C, idt, draw_shape(draw, max_dims=2, max_elems=512, big=False)
+
+
 def _embedding_forward():
     def make(draw, dtype):
-        rng = draw_rng(draw)
-        V = draw(st().sampled_from([1, 2, 5, 17, 100]))
-        C = draw(st().sampled_from([0, 1, 3, 8, 9, 33]))
-        idt = draw(st().sampled_from([np.int32, np.int64]))
-        shape = draw_shape(draw, max_dims=2, max_elems=512, big=False)
+        rng, V, C, idt, shape = _embedding_dims(draw)
         return {"ids": _ids(rng, shape, V, idt, draw), "table": randn(rng, (V, C), dtype)}
     return Spec("embedding_forward", make, lambda ids, table: R.embedding_forward(ids, table),
                 ids={"ids": lambda kw: (0, kw["table"].shape[0], ())}, returns_like="table")
@@ -173,11 +178,7 @@ def _embedding_forward():
 
 def _embedding_backward():
     def make(draw, dtype):
-        rng = draw_rng(draw)
-        V = draw(st().sampled_from([1, 2, 5, 17, 100]))
-        C = draw(st().sampled_from([0, 1, 3, 8, 9, 33]))
-        idt = draw(st().sampled_from([np.int32, np.int64]))
-        shape = draw_shape(draw, max_dims=2, max_elems=512, big=False)
+        rng, V, C, idt, shape = _embedding_dims(draw)
         return {"dout": randn(rng, shape + (C,), dtype), "ids": _ids(rng, shape, V, idt, draw),
                 "num_embeddings": V}
     def ref(dout, ids, num_embeddings):
