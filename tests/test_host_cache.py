@@ -182,3 +182,23 @@ def test_env_var_disables_or_sizes_the_cache():
     assert r.stdout.split() == ["True", str(64 << 20)]
     r = _child(code, FUSEGRAD_HOST_CACHE_MB="lots")
     assert r.returncode != 0 and "FUSEGRAD_HOST_CACHE_MB must be a number of MiB" in r.stderr
+
+
+def test_fork_while_another_thread_holds_the_cache_lock():
+    # The child of a fork must not inherit the cache's lock held by a thread that does not exist
+    # there: its first large array would hang forever. (fork waits for the holder instead.)
+    code = r"""
+import os, sys
+import numpy as np
+import fusegrad
+from fusegrad import _C
+_C._alloc_test_hold_lock(0.3)
+pid = os.fork()
+if pid == 0:
+    x = np.ones(1 << 16)
+    os._exit(0 if float(x.sum()) == 65536.0 else 3)
+_, status = os.waitpid(pid, 0)
+print("ok" if status == 0 else f"child status {status}")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr

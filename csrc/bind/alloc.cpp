@@ -6,8 +6,11 @@
 // handler on or off at any time is safe. We reach the two C-API functions through NumPy's
 // exported API table (stable indices, the same mechanism NumPy's own headers use), so the
 // build needs no NumPy headers.
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "bind/bind.h"
 #include "bind/check.h"
@@ -96,6 +99,21 @@ void bind_alloc(py::module_& m) {
       },
       py::arg("bytes"));
   m.def("empty_cache", [] { host_cache().empty(); }, "Free the idle blocks of the host memory cache.");
+  m.def(
+      "_alloc_test_hold_lock",
+      [](double seconds) {
+        // Test hook: a thread that is not the caller holds the cache's lock for `seconds`
+        // (how a fork can find it taken); returns once the thread has it.
+        std::atomic<bool> held{false};
+        std::thread([&held, seconds] {
+          host_cache().lock_for_fork();
+          held = true;
+          std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+          host_cache().unlock_after_fork();
+        }).detach();
+        while (!held) std::this_thread::yield();
+      },
+      py::arg("seconds"));
   m.def("memory_stats", [] {
     const HostCacheStats s = host_cache().stats();
     py::dict d;

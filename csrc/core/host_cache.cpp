@@ -8,6 +8,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 
 namespace fg {
 
@@ -159,7 +162,14 @@ HostCacheStats HostCache::stats() {
 }
 
 HostCache& host_cache() {
-  static HostCache* c = new HostCache(size_t{1} << 30);
+  static HostCache* c = [] {
+    auto* h = new HostCache(size_t{1} << 30);
+#if defined(__unix__) || defined(__APPLE__)
+    pthread_atfork([] { host_cache().lock_for_fork(); }, [] { host_cache().unlock_after_fork(); },
+                   [] { host_cache().unlock_after_fork(); });
+#endif
+    return h;
+  }();
   return *c;
 }
 

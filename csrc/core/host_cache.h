@@ -38,6 +38,10 @@ class HostCache {
   void release(void* p, size_t bytes);
 
   void empty();                    // free every idle block
+  // fork(): the parent holds the lock across it, so the child never inherits it locked by a
+  // thread that does not exist there (registered with pthread_atfork by host_cache()).
+  void lock_for_fork() { m_.lock(); }
+  void unlock_after_fork() { m_.unlock(); }
   void set_limit(size_t bytes);    // idle bytes kept at most (0: cache nothing)
   HostCacheStats stats();
 
