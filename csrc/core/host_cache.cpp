@@ -24,7 +24,7 @@ size_t HostCache::capacity_for(size_t bytes) {
   return (bytes + unit - 1) / unit * unit;
 }
 
-void* HostCache::take_or_new(size_t bytes, bool* fresh) {
+void* HostCache::take_or_new(size_t bytes) {
   const size_t cap = capacity_for(bytes);
   {
     std::lock_guard<std::mutex> lk(m_);
@@ -37,7 +37,6 @@ void* HostCache::take_or_new(size_t bytes, bool* fresh) {
       live_.emplace(p, got);
       live_bytes_ += got;
       ++hits_;
-      *fresh = false;
       return p;
     }
     ++misses_;
@@ -51,21 +50,18 @@ void* HostCache::take_or_new(size_t bytes, bool* fresh) {
   std::lock_guard<std::mutex> lk(m_);
   live_.emplace(p, cap);
   live_bytes_ += cap;
-  *fresh = true;
   return p;
 }
 
 void* HostCache::allocate(size_t bytes) {
   if (bytes < kMinBytes || bytes > limit_) return std::malloc(bytes ? bytes : 1);
-  bool fresh;
-  return take_or_new(bytes, &fresh);
+  return take_or_new(bytes);
 }
 
 void* HostCache::allocate_zeroed(size_t bytes) {
   // Blocks beyond the limit keep calloc's lazily zeroed pages (a huge np.zeros stays cheap).
   if (bytes < kMinBytes || bytes > limit_) return std::calloc(bytes ? bytes : 1, 1);
-  bool fresh;
-  void* p = take_or_new(bytes, &fresh);
+  void* p = take_or_new(bytes);
   if (p) std::memset(p, 0, bytes);
   return p;
 }

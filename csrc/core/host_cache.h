@@ -46,7 +46,7 @@ class HostCache {
   HostCacheStats stats();
 
  private:
-  void* take_or_new(size_t bytes, bool* fresh);
+  void* take_or_new(size_t bytes);
   static size_t capacity_for(size_t bytes);
 
   struct Idle {
