@@ -419,12 +419,18 @@ def _matmul():
     return Spec("matmul", make, ref, inout=("out",), returns_like="a", tol=(3e-5, 1e-10), huge=False)
 
 
+def _linear_dims(draw):
+    """(rng, strategies, leading shape, in features, out features) for the linear specs."""
+    rng = draw_rng(draw)
+    s = st()
+    lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
+    IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
+    return rng, s, lead, IN, OUT
+
+
 def _linear_forward():
     def make(draw, dtype):
-        rng = draw_rng(draw)
-        s = st()
-        lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
-        IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
+        rng, s, lead, IN, OUT = _linear_dims(draw)
         kw = {"x": randn(rng, lead + (IN,), dtype), "w": randn(rng, (OUT, IN), dtype)}
         kw["b"] = randn(rng, (OUT,), dtype) if draw(s.booleans()) else None
         return kw
@@ -438,10 +444,7 @@ def _linear_forward():
 
 def _linear_backward():
     def make(draw, dtype):
-        rng = draw_rng(draw)
-        s = st()
-        lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
-        IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
+        rng, s, lead, IN, OUT = _linear_dims(draw)
         return {"dy": randn(rng, lead + (OUT,), dtype), "x": randn(rng, lead + (IN,), dtype),
                 "w": randn(rng, (OUT, IN), dtype)}
 
@@ -697,10 +700,7 @@ def _f_rows(fname, fwd, bwd):
 
 def _f_linear():
     def make(draw, dtype):
-        rng = draw_rng(draw)
-        s = st()
-        lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
-        IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
+        rng, s, lead, IN, OUT = _linear_dims(draw)
         kw = {"input": randn(rng, lead + (IN,), dtype), "weight": randn(rng, (OUT, IN), dtype)}
         if draw(s.booleans()):
             kw["bias"] = randn(rng, (OUT,), dtype)
