@@ -86,19 +86,21 @@ def settle(max_wait: float = 0.3, poll: float = 1e-3) -> float:
         time.sleep(poll)
 
 
-def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0) -> dict:
+def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02) -> dict:
     """Median seconds per call for each named callable, timed round-robin.
 
     Each timed sample repeats the call `inner` times, chosen so one sample lasts at least
     ~2 ms (or `min_time`), which keeps timer resolution out of small kernels. Before each
-    sample, settle() lets the previous function's worker threads stop spinning; a function
-    faster than 5 ms then gets one untimed call, so its own threads are awake when timed.
+    sample, settle() lets the previous function's worker threads stop spinning; the function
+    then runs untimed for about `ramp` seconds (at least once), so the sample does not time the
+    machine waking up: after settle()'s idle wait, the first calls on the 2-core dev VM run up
+    to 3x slow for ~2-5 ms (square-256 matmul: 700, 500, 430, ... 240 us; NumPy's alike).
     """
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
-    inner, short = {}, {}
+    inner = {}
     for n in names:
         settle()
         fns[n]()
@@ -106,14 +108,15 @@ def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.
         fns[n]()
         dt = time.perf_counter() - t0
         inner[n] = max(1, int(max(2e-3, min_time) / max(dt, 1e-7)))
-        short[n] = dt < 5e-3
     samples = {n: [] for n in names}
     for _ in range(reps):
         for n in names:
             k = inner[n]
             if len(names) > 1:
                 settle()
-                if short[n]:  # wake its threads untimed: a short call would time their wake-up
+                t0 = time.perf_counter()
+                fns[n]()
+                while time.perf_counter() - t0 < ramp:
                     fns[n]()
             t0 = time.perf_counter()
             for _ in range(k):
