@@ -303,3 +303,36 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
     ops.matmul(x, w, trans_b=True, out=want, accumulate=True)
     np.testing.assert_array_equal(ops.linear_forward(x, w, b), want)
     np.testing.assert_array_equal(ops.linear_forward(x, w, None), ops.matmul(x, w, trans_b=True))
+
+
+# ----- linear_backward's bias gradient ------------------------------------------------------
+# float32 AVX2 sums db while dW's GEMM packs dy^T (else a plain pass): either way db adds the rows
+# of dy in order, the bits of a plain loop (np.cumsum is sequential), whatever the threads, tile
+# shapes, edge tiles and K chunks; dx and dw are the plain matmuls'.
+DB_SHAPES = [(1, 1, 1), (7, 5, 3), (33, 17, 29), (127, 33, 1000), (301, 257, 31), (100, 300, 7),
+             (2048, 256, 1024), (2048, 1024, 256), (13, 7000, 9), (300, 2, 513), (5, 0, 3), (0, 4, 6)]
+
+
+@pytest.mark.parametrize("shape", DB_SHAPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_linear_backward_db_sums_rows_in_order(isa, threads, rng, shape, nthreads):
+    threads(nthreads)
+    _check_linear_backward_bits(rng, *shape)
+
+
+def _check_linear_backward_bits(rng, n, n_in, n_out):
+    x = rng.standard_normal((n, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    dy = rng.standard_normal((n, n_out)).astype(np.float32)
+    dx, dw, db = ops.linear_backward(dy, x, w)
+    np.testing.assert_array_equal(db, np.cumsum(dy, axis=0, dtype=np.float32)[-1] if n else np.zeros(n_out, np.float32))
+    np.testing.assert_array_equal(dw, ops.matmul(dy, x, trans_a=True))
+    np.testing.assert_array_equal(dx, ops.matmul(dy, w))
+
+
+@pytest.mark.parametrize("rows,n_in,n_out", [(180_000, 20, 48), (4000, 300, 7)])
+def test_linear_backward_db_over_k_chunks(threads, rng, rows, n_in, n_out):
+    # float32 AVX2: dW's K (the rows) is cut into chunks when all of dy^T does not fit the packing
+    # limit (first shape); the second has tiles that do not pack their own A (db from a plain pass)
+    threads(2)
+    _check_linear_backward_bits(rng, rows, n_in, n_out)

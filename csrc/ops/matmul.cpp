@@ -83,7 +83,11 @@ void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int6
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   // float32 AVX2: the bias is added where the kernel first stores each C tile (no extra pass over y)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), bias);
+    if (use_avx2()) {
+      avx2::GemmExtras ex;
+      ex.bias = bias;
+      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), ex);
+    }
   }
 #endif
   // y = bias (broadcast over rows), then y += x @ w^T
@@ -100,6 +104,16 @@ template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t IN,
                      int64_t OUT) {
   matmul<T>(dx, dy, w, 1, N, IN, OUT, false, false, false, 0, 0);  // dx (N,IN) = dy (N,OUT) @ w (OUT,IN)
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  // float32 AVX2: db is summed while dW's GEMM packs dy^T (no extra pass over dy), same bits.
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) {
+      avx2::GemmExtras ex;
+      ex.a_row_sums = db;
+      return avx2::sgemm(dw, dy, x, OUT, IN, N, true, false, false, get_num_threads(), ex);
+    }
+  }
+#endif
   matmul<T>(dw, dy, x, 1, OUT, IN, N, true, false, false, 0, 0);   // dw (OUT,IN) = dy^T @ x
   // db[o] = sum_i dy[i, o]; each thread owns a range of columns, rows summed in order.
   parallel_for(OUT, 64, [&](int64_t b, int64_t e) {

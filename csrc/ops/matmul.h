@@ -35,11 +35,18 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
                      int64_t OUT);
 
 namespace avx2 {
+// Work done where the GEMM already holds the data.
+struct GemmExtras {
+  // (N,): c = bias (broadcast over rows) + op(A) @ op(B), bit-identical to filling c with bias
+  // and accumulating. Not with accumulate.
+  const float* bias = nullptr;
+  // (M,): sum over K of op(A)(i, :), added in K order starting from 0 (the bits of a plain loop).
+  // With trans_a, summed while A is packed (a linear layer's bias gradient for free).
+  float* a_row_sums = nullptr;
+};
 // float32 fast path (same contract as fg::matmul for one matrix, no batch).
-// bias: (N,) or nullptr; when given (and !accumulate), c = bias (broadcast over rows) + op(A) @ op(B),
-// bit-identical to filling c with bias and accumulating.
 void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-           bool trans_b, bool accumulate, int nthreads, const float* bias = nullptr);
+           bool trans_b, bool accumulate, int nthreads, const GemmExtras& extras = {});
 }  // namespace avx2
 
 }  // namespace fg

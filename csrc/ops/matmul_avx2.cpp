@@ -260,10 +260,19 @@ void pack_a_rows(float* d, const float* a, int64_t lda, int64_t i0, int64_t mr, 
 // Walks the stored rows p, copying 6 contiguous floats into each panel. Each row contributes only
 // (ip1 - ip0) * 24 bytes before the walk jumps to the next one, too little for the hardware
 // prefetcher: the row kPfRows ahead is prefetched by hand (dW packs 2x faster).
+// sums (with ip0 == 0 and at most kSumPanels panels, else null): sums[i] += A(i, p) for each p in
+// order (from 0 when init), rows i < M.
 constexpr int64_t kPfRows = 8;
+constexpr int64_t kSumPanels = MC / MR + 1;
 void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip0, int64_t ip1, int64_t p0,
-                 int64_t kc) {
+                 int64_t kc, float* sums = nullptr, bool init = false) {
   const int64_t span = (std::min(M, ip1 * MR) - ip0 * MR) * int64_t(sizeof(float));  // bytes per row
+  alignas(16) float acc[kSumPanels * 8];  // panel ip's rows at acc[ip * 8 + r]; lanes 6, 7 unused
+  if (sums) {
+    for (int64_t i = 0; i < ip1 * 8; ++i) acc[i] = 0.f;
+    if (!init)
+      for (int64_t i = 0; i < M; ++i) acc[i / MR * 8 + i % MR] = sums[i];
+  }
   for (int64_t p = 0; p < kc; ++p) {
     const float* s = a + (p0 + p) * lda;
     if (p + kPfRows < kc) {
@@ -275,13 +284,24 @@ void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip
       float* d = dblk + ip * MR * kc + p * MR;
       const int64_t i = ip * MR;
       if (i + MR <= M) {
-        _mm_storeu_ps(d, _mm_loadu_ps(s + i));
-        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(s + i + 4)));
+        const __m128 lo = _mm_loadu_ps(s + i);
+        const __m128 hi = _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(s + i + 4));
+        _mm_storeu_ps(d, lo);
+        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4), hi);
+        if (sums) {
+          float* ac = acc + ip * 8;
+          _mm_store_ps(ac, _mm_add_ps(_mm_load_ps(ac), lo));
+          _mm_store_ps(ac + 4, _mm_add_ps(_mm_load_ps(ac + 4), hi));
+        }
       } else {
         for (int r = 0; r < MR; ++r) d[r] = i + r < M ? s[i + r] : 0.f;
+        if (sums)
+          for (int r = 0; r < MR && i + r < M; ++r) acc[ip * 8 + r] += s[i + r];
       }
     }
   }
+  if (sums)
+    for (int64_t i = 0; i < M; ++i) sums[i] = acc[i / MR * 8 + i % MR];
 }
 
 // B(p, j) = b[p * ldb + j] (B not transposed): panels [jp0, jp1) of NR columns, K block.
@@ -327,6 +347,9 @@ struct Plan {
   const float* b;
   float* c;
   const float* bias;        // (N,) added to every row of C by the first K block, or nullptr
+  float* a_row_sums;        // GemmExtras::a_row_sums, or nullptr
+  bool first_pass;          // this pass holds the first K chunk of the product
+  bool sums_in_pack;        // a_row_sums summed by the tiles while they pack A (else a plain pass)
   int64_t lda, ldb;         // row strides of a and b as stored
   int64_t kcb, nkb;         // K block size and count: block pb covers [pb*kcb, min(K, +kcb))
   int64_t mch, nch;         // rows / columns per chunk (multiples of MR / NR)
@@ -368,14 +391,42 @@ __attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0
 }
 
 // Packs rows [r0, r0 + rows) of op(A), K block [p0, p0 + kc), into d as consecutive MR x kc panels.
-void pack_a_block(const Plan& P, float* d, int64_t r0, int64_t rows, int64_t p0, int64_t kc) {
+// sums (rows,) or null: sums[r] += A(r0 + r, p) for the block's p in order (from 0 when init).
+void pack_a_block(const Plan& P, float* d, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* sums,
+                  bool init) {
   const int64_t npan = (rows + MR - 1) / MR;
   if (!P.ta) {
     for (int64_t ip = 0; ip < npan; ++ip)
       pack_a_rows(d + ip * MR * kc, P.a, P.lda, r0 + ip * MR, std::min<int64_t>(MR, rows - ip * MR), p0, kc);
+    if (sums)
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* s = P.a + (r0 + r) * P.lda + p0;
+        float acc = init ? 0.f : sums[r];
+        for (int64_t p = 0; p < kc; ++p) acc += s[p];
+        sums[r] = acc;
+      }
   } else {
-    pack_a_cols(d, P.a + r0, P.lda, rows, 0, npan, p0, kc);
+    pack_a_cols(d, P.a + r0, P.lda, rows, 0, npan, p0, kc, sums, init);
   }
+}
+
+// sums[i] (+)= sum over p < K of op(A)(i, p) in p order (from 0 when init), rows split between
+// threads. a_row_sums where tiles do not pack their own A, or C is empty.
+void row_sums_plain(float* sums, const float* a, int64_t M, int64_t K, int64_t lda, bool ta, bool init) {
+  parallel_for(M, 64, [&](int64_t b, int64_t e) {
+    if (init)
+      for (int64_t i = b; i < e; ++i) sums[i] = 0.f;
+    if (ta) {
+      for (int64_t p = 0; p < K; ++p)
+        for (int64_t i = b; i < e; ++i) sums[i] += a[p * lda + i];
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        float acc = sums[i];
+        for (int64_t p = 0; p < K; ++p) acc += a[i * lda + p];
+        sums[i] = acc;
+      }
+    }
+  });
 }
 
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
@@ -390,7 +441,10 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
     const float* bias = !add && P.bias ? P.bias + n0 : nullptr;
     const float* ablk = own_a ? own_a : ap + p0 * mpad;
     const int64_t ifirst = own_a ? i0 : 0;  // panel (i - ifirst) / MR of ablk holds rows i..i+5
-    if (own_a) pack_a_block(P, own_a, m0 + i0, mt, p0, kc);
+    // Row sums of A: by the tile in the first column of the first column chunk (packing is
+    // the only read of these rows there).
+    float* sums = P.sums_in_pack && n0 == 0 && j0 == 0 ? P.a_row_sums + m0 + i0 : nullptr;
+    if (own_a) pack_a_block(P, own_a, m0 + i0, mt, p0, kc, sums, P.first_pass && pb == 0);
     const float* bblk = bp + p0 * npad;
     for (int64_t j = j0; j < j0 + nt; j += NR) {
       const float* bpp = bblk + (j / NR) * NR * kc;
@@ -412,11 +466,15 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
 
 // One pass over K (all of it, or one K chunk of a longer product: see sgemm) with K blocks of
 // kcb. a and b point at the chunk's first K index; lda and ldb are the stored row strides.
-void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int64_t M, int64_t N, int64_t K,
-                int64_t lda, int64_t ldb, bool trans_a, bool trans_b, bool accumulate, int nthreads, int64_t kcb) {
+// first: this pass holds the product's first K chunk.
+void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, int64_t M, int64_t N, int64_t K,
+                int64_t lda, int64_t ldb, bool trans_a, bool trans_b, bool accumulate, int nthreads, int64_t kcb,
+                bool first) {
   Plan P;
   P.M = M; P.N = N; P.K = K; P.ta = trans_a; P.tb = trans_b; P.accumulate = accumulate;
-  P.a = a; P.b = b; P.c = c; P.bias = accumulate ? nullptr : bias; P.lda = lda; P.ldb = ldb;
+  P.a = a; P.b = b; P.c = c; P.bias = accumulate ? nullptr : ex.bias; P.lda = lda; P.ldb = ldb;
+  P.a_row_sums = ex.a_row_sums;
+  P.first_pass = first;
   P.kcb = kcb;
   P.nkb = (K + kcb - 1) / kcb;
   // Chunks bound the packed buffers (usually one chunk each way).
@@ -454,6 +512,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
       }
     }
   }
+  P.sums_in_pack = P.a_row_sums && P.tile_packs_a && P.tm <= kSumPanels * MR;
   P.mch = P.tile_packs_a ? (M + MR - 1) / MR * MR : std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
   const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
   const int64_t n_mchunks = (M + mch - 1) / mch;
@@ -569,20 +628,26 @@ void sgemm_pass(float* c, const float* a, const float* b, const float* bias, int
   // The OpenMP team's workers keep spinning between back-to-back calls, and one that starts
   // late only costs its share (the work is handed out dynamically).
   parallel_region(nt, [&](int, int) { work(); });
+  if (P.a_row_sums && !P.sums_in_pack) row_sums_plain(P.a_row_sums, a, M, K, lda, trans_a, first);
   ws.trim();
 }
 
 }  // namespace
 
 void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-           bool trans_b, bool accumulate, int nthreads, const float* bias) {
-  if (M <= 0 || N <= 0) return;
-  if (accumulate) bias = nullptr;
+           bool trans_b, bool accumulate, int nthreads, const GemmExtras& extras) {
+  if (M <= 0) return;
+  if (N <= 0 || K <= 0) {
+    if (extras.a_row_sums) row_sums_plain(extras.a_row_sums, a, M, std::max<int64_t>(K, 0), trans_a ? M : K, trans_a, true);
+    if (N <= 0) return;
+  }
+  GemmExtras ex = extras;
+  if (accumulate) ex.bias = nullptr;
   if (K <= 0) {
     if (accumulate) return;
     for (int64_t i = 0; i < M; ++i)
-      if (bias)
-        std::memcpy(c + i * N, bias, sizeof(float) * N);
+      if (ex.bias)
+        std::memcpy(c + i * N, ex.bias, sizeof(float) * N);
       else
         std::memset(c + i * N, 0, sizeof(float) * N);
     return;
@@ -605,7 +670,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     const int64_t p0 = pb * kcb, kc = std::min(K - p0, kchunk * kcb);
     const float* ak = trans_a ? a + p0 * lda : a + p0;
     const float* bk = trans_b ? b + p0 : b + p0 * ldb;
-    sgemm_pass(c, ak, bk, bias, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb);
+    sgemm_pass(c, ak, bk, ex, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb, pb == 0);
   }
 }
 

@@ -36,6 +36,28 @@ __attribute__((always_inline)) inline __m256 exp8(__m256 x) {
   return _mm256_blendv_ps(r2, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q));
 }
 
+// GELU, tanh approximation: gelu(x) = 0.5 x (1 + tanh u) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3).
+// gelu_sig8 gives s = sigmoid(2u) = 1 / (1 + exp(-2u)); exp overflow gives s = 0 exactly, never NaN
+// (same math as the portable path in activations.cpp). Shared by the activation kernels and the
+// GEMM epilogues (matmul_avx2.cpp), so fused and separate GELUs give the same bits.
+__attribute__((always_inline)) inline __m256 gelu_sig8(__m256 v) {
+  const __m256 v2 = _mm256_mul_ps(v, v);
+  const __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v2), v, v);  // x + c x^3
+  const __m256 e = exp8(_mm256_mul_ps(_mm256_set1_ps(-2.f * 0.7978845608028654f), inner));
+  return _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_add_ps(_mm256_set1_ps(1.f), e));
+}
+__attribute__((always_inline)) inline __m256 gelu_tanh8(__m256 v) { return _mm256_mul_ps(v, gelu_sig8(v)); }
+// gelu'(x) = s + 2 x s (1 - s) k (1 + 3 c x^2), k = sqrt(2/pi); where s saturates (s (1 - s) == 0)
+// just s.
+__attribute__((always_inline)) inline __m256 gelu_tanh_grad8(__m256 v) {
+  const __m256 one = _mm256_set1_ps(1.f);
+  const __m256 s = gelu_sig8(v);
+  const __m256 sp = _mm256_mul_ps(s, _mm256_sub_ps(one, s));
+  const __m256 poly = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(3.f * 0.044715f), v), v, one);
+  const __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(2.f * 0.7978845608028654f), v), sp), poly, s);
+  return _mm256_blendv_ps(g, s, _mm256_cmp_ps(sp, _mm256_setzero_ps(), _CMP_EQ_OQ));
+}
+
 // Horizontal reductions of one vector.
 inline float hsum8(__m256 x) {
   __m128 m = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));

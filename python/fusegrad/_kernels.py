@@ -278,11 +278,3 @@ _NAMES = [
 NATIVE = {n for n in _NAMES if hasattr(_ops, n)}
 for _n in _NAMES:
     globals()[_n] = getattr(_ops, _n) if _n in NATIVE else globals()["_" + _n]
-
-if "linear_forward" in NATIVE:
-    _native_linear_forward = _ops.linear_forward
-
-    def linear_forward(x, w, b):  # noqa: F811 - the autograd layer passes b=None for bias-free layers
-        if b is None:
-            b = np.zeros(w.shape[0], dtype=w.dtype)
-        return _native_linear_forward(x, w, b)
