@@ -150,13 +150,46 @@ inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs
   }
 }
 
+// Dt[c * ldd + r] = scale * X[r * ldx + c] for r < n, 0 for n <= r < npad (npad % 8 == 0),
+// c < D (D % 8 == 0): 8 x 8 blocks transposed in registers.
+inline void transpose_scaled(float* __restrict Dt, int64_t ldd, const float* __restrict X, int64_t ldx, int64_t n,
+                             int64_t npad, int64_t D, float scale) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t r0 = 0; r0 < npad; r0 += 8) {
+    if (r0 >= n) {
+      for (int64_t c = 0; c < D; ++c) _mm256_storeu_ps(Dt + c * ldd + r0, _mm256_setzero_ps());
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < D; c0 += 8) {
+      __m256 x[8];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r)
+        x[r] = r0 + r < n ? _mm256_mul_ps(vs, _mm256_loadu_ps(X + (r0 + r) * ldx + c0)) : _mm256_setzero_ps();
+      const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* d = Dt + c0 * ldd + r0;
+      _mm256_storeu_ps(d + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+  }
+}
+
 // Kt[d * kK + j] = K[j * ldk + d] for j < n, zero-padded to kK keys.
 template <int DC>
 inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t ldk, int64_t n, int64_t Drt) {
-  const int64_t D = DC > 0 ? DC : Drt;
-  if (n < kK) std::fill(Kt, Kt + D * kK, 0.f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * ldk + d];
+  transpose_scaled(Kt, kK, K, ldk, n, kK, DC > 0 ? DC : Drt, 1.f);
 }
 
 // Sets rows [t0, t1) of head `base` (row stride ld) to zero.
@@ -256,9 +289,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
       const float* Vh = v + Lv.head(hk, Hkv);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
-      if (nr < kQ) std::fill(Qt, Qt + D * kQ, 0.f);
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * Lq.st + d];
+      transpose_scaled(Qt, kQ, Q, Lq.st, nr, kQ, D, scale);
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
       std::fill(acc, acc + nr * D, 0.f);
@@ -405,25 +436,32 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
         float* dKh = dk + Ldk.head(hk, Hkv);
         float* dVh = dv + Ldv.head(hk, Hkv);
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
-        zero_rows(dKh, Ldk.st, 0, S, D);
-        zero_rows(dVh, Ldv.st, 0, S, D);
-        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, Tq, D);
+        // The first product into a dK/dV/dQ tile overwrites it (gemm with acc = false writes
+        // every row, masked ones as 0); only rows that get no product at all are zeroed.
+        // dQ rows below first_qtile(0) see no key (S < T).
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, first_qtile(0), D);
         for (int64_t j0 = 0; j0 < S; j0 += kK) {
-          const int64_t nk = std::min(kK, S - j0);
+          const int64_t nk = std::min(kK, S - j0), iq = first_qtile(j0);
+          if (iq >= Tq) {  // no query sees this key tile
+            zero_rows(dKh, Ldk.st, j0, j0 + nk, D);
+            zero_rows(dVh, Ldv.st, j0, j0 + nk, D);
+            continue;
+          }
           transpose_keys<DC>(Kt, Kh + j0 * Lk.st, Lk.st, nk, D);
           transpose_keys<DC>(Vt, Vh + j0 * Lv.st, Lv.st, nk, D);
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
             const float* Qh = q + Lq.head(bh, H);
             const float* dOh = do_ + Ldo.head(bh, H);
             float* dQh = dq + Ldq.head(bh, H);
-            for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+            for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
+              const bool acc_kv = bh != bh0 || i0 != iq;
               bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
                            causal, scale, diag, D);
-              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kh + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
+              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kh + j0 * Lk.st, Lk.st, nr, D, nk, j0 != 0, Tri::kend, diag);
             }
           }
         }
@@ -444,18 +482,22 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
       const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
       float* dKt = dk + Ldk.head(hk, Hkv) + j0 * Ldk.st;
       float* dVt = dv + Ldv.head(hk, Hkv) + j0 * Ldv.st;
-      zero_rows(dKt, Ldk.st, 0, nk, D);
-      zero_rows(dVt, Ldv.st, 0, nk, D);
+      const int64_t iq = first_qtile(j0);
+      if (iq >= Tq) {  // no query sees this key tile
+        zero_rows(dKt, Ldk.st, 0, nk, D);
+        zero_rows(dVt, Ldv.st, 0, nk, D);
+      }
       for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
         const float* Qh = q + Lq.head(bh, H);
         const float* dOh = do_ + Ldo.head(bh, H);
-        for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+        for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
           const int64_t nr = std::min(kQ, Tq - i0);
           const int64_t diag = diagonal(i0, j0);
+          const bool acc_kv = bh != bh0 || i0 != iq;  // the first product overwrites
           bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
                        causal, scale, diag, D);
-          gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
-          gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
+          gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
+          gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
         }
       }
     }
@@ -468,14 +510,14 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
       const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
-      zero_rows(dQt, Ldq.st, 0, nr, D);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      if (kend <= 0) zero_rows(dQt, Ldq.st, 0, nr, D);  // else the j0 = 0 product overwrites
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         const int64_t nk = std::min(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
         bwd_tile<DC>(P, dS, q + Lq.head(bh, H), Lq.st, do_ + Ldo.head(bh, H), Ldo.st, Kt.data() + tile,
                      Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
-        gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
+        gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, j0 != 0, Tri::kend, diag);
       }
     }
   });
