@@ -56,33 +56,6 @@ constexpr int64_t kQ = 64;  // query rows per tile
 constexpr int64_t kK = 64;  // keys per tile
 static_assert(kQ % 8 == 0 && kK % 16 == 0, "row vectors of 8, micro-kernel columns of 16");
 
-template <int M>
-__attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
-                                                int64_t ars, int64_t acs, const float* __restrict B,
-                                                int64_t ldb, int64_t K, bool acc) {
-  __m256 c0[M], c1[M];
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    c0[i] = acc ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
-    c1[i] = acc ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
-    const float* a = A + k * acs;
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i * ars);
-      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    _mm256_storeu_ps(C + i * ldc, c0[i]);
-    _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
-  }
-}
-
 // Causal trimming of a tile on the diagonal, where tile row r (query) sees tile column c (key)
 // iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
 //   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
@@ -95,6 +68,54 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
 enum class Tri { cols, rows, kend, kbegin };
 constexpr int64_t kNoDiag = int64_t(1) << 40;
 
+// One k step of the micro-kernel for the rows m with m0 <= m < m1 (all rows: 0, M).
+#define FG_MK16_STEP(m0, m1)                                                                   \
+  do {                                                                                         \
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);    \
+    const float* a = A + k * acs;                                                              \
+    _Pragma("GCC unroll 8") for (int i = 0; i < M; ++i) {                                      \
+      if (i < (m0) || i >= (m1)) continue;                                                     \
+      const __m256 ai = _mm256_broadcast_ss(a + i * ars);                                      \
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);                                                  \
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);                                                  \
+    }                                                                                          \
+  } while (0)
+
+// Row m of the micro-tile sums k over [0, K) (Tri::cols, Tri::rows), over [rel + m, K)
+// (Tri::kbegin), or over [0, rel + m + 1) (Tri::kend), clamped to [0, K), one FMA per k in
+// increasing k order; rows that see no k are left as initialized (0, or C when acc). The
+// triangle where only some rows see k is done in registers, skipping the other rows, so a row
+// never touches a B row it cannot see (0 * NaN would make it NaN).
+template <int M>
+__attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
+                                                int64_t ars, int64_t acs, const float* __restrict B,
+                                                int64_t ldb, int64_t K, bool acc, Tri tri = Tri::cols,
+                                                int64_t rel = 0) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    c0[i] = acc ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
+    c1[i] = acc ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
+  }
+  if (tri == Tri::kbegin) {  // k in [rel, rel + M - 1): rows m <= k - rel
+    int64_t k = std::max<int64_t>(0, rel);
+    for (const int64_t e = std::min<int64_t>(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
+    for (; k < K; ++k) FG_MK16_STEP(0, M);
+  } else if (tri == Tri::kend) {  // k in [rel + 1, rel + M): rows m >= k - rel
+    int64_t k = 0;
+    for (const int64_t e = std::clamp<int64_t>(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
+    for (const int64_t e = std::min<int64_t>(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
+  } else {
+    for (int64_t k = 0; k < K; ++k) FG_MK16_STEP(0, M);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    _mm256_storeu_ps(C + i * ldc, c0[i]);
+    _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+  }
+}
+#undef FG_MK16_STEP
+
 template <int M>
 inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
                        int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
@@ -105,30 +126,10 @@ inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64
   }
   if (diag == kNoDiag || tri == Tri::cols || tri == Tri::rows) {
     mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc);
-    return;
-  }
-  // kend / kbegin on a diagonal tile: the micro-kernel runs over the k range every row of the
-  // micro-tile sees; the triangle where only some rows see k is added row by row, so a row
-  // never touches a B row it cannot see (0 * NaN would make it NaN). Each row still sums its
-  // k in increasing order, one FMA per k, so the bits do not depend on where the rows fall.
-  auto add = [&](int m, int64_t k) {
-    float* c = C + (i + m) * ldc + n;
-    const __m256 a = _mm256_set1_ps(A[(i + m) * ars + k * acs]);
-    _mm256_storeu_ps(c, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n), _mm256_loadu_ps(c)));
-    _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n + 8), _mm256_loadu_ps(c + 8)));
-  };
-  if (tri == Tri::kend) {  // row m sees k <= i + m + diag
-    const int64_t kf = std::clamp<int64_t>(i + 1 + diag, 0, K);  // seen by every row: k < kf
-    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, kf, acc);
-    for (int m = 1; m < M; ++m)
-      for (int64_t k = kf, e = std::clamp<int64_t>(i + m + 1 + diag, 0, K); k < e; ++k) add(m, k);
+  } else if (tri == Tri::kend) {  // row m (a query) sees k <= i + m + diag
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc, Tri::kend, i + diag);
   } else {  // kbegin: row m (a key) is seen by k >= i + m - diag
-    const int64_t kf = std::clamp<int64_t>(i + M - 1 - diag, 0, K);  // seen by every row: k >= kf
-    if (!acc)
-      for (int m = 0; m < M; ++m) std::fill(C + (i + m) * ldc + n, C + (i + m) * ldc + n + 16, 0.f);
-    for (int m = 0; m < M - 1; ++m)
-      for (int64_t k = std::clamp<int64_t>(i + m - diag, 0, K); k < kf; ++k) add(m, k);
-    mk16<M>(C + i * ldc + n, ldc, A + i * ars + kf * acs, ars, acs, B + kf * ldb + n, ldb, K - kf, true);
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc, Tri::kbegin, i - diag);
   }
 }
 
