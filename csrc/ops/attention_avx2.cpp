@@ -193,6 +193,15 @@ inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int6
   transpose_scaled(Kt, kK, K, ldk, n, kK, DC > 0 ? DC : Drt, 1.f);
 }
 
+// Y[r * ldy + d] = X[r * ldx + d] for r < n, d < D (D % 8 == 0).
+inline void copy_rows(float* __restrict Y, int64_t ldy, const float* __restrict X, int64_t ldx, int64_t n, int64_t D) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(Y + r * ldy + d, _mm256_loadu_ps(X + r * ldx + d));
+}
+
+// Most floats of q and do rows copied to contiguous scratch by one backward task (per thread).
+constexpr int64_t kPackMax = int64_t(1) << 16;
+
 // Sets rows [t0, t1) of head `base` (row stride ld) to zero.
 inline void zero_rows(float* base, int64_t ld, int64_t t0, int64_t t1, int64_t D) {
   for (int64_t t = t0; t < t1; ++t) std::fill(base + t * ld, base + t * ld + D, 0.f);
@@ -354,40 +363,102 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   });
 }
 
+// Micro-kernel with an epilogue: the M x 16 block sum_k A[i * ars + k * acs] * B[k * ldb + :16]
+// is computed in registers and handed to epi(i, lanes 0..7, lanes 8..15) row by row.
+template <int M, typename Epi>
+__attribute__((always_inline)) inline void mk16_epi(const float* __restrict A, int64_t ars, int64_t acs,
+                                                    const float* __restrict B, int64_t ldb, int64_t K, Epi&& epi) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+    const float* a = A + k * acs;
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i * ars);
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) epi(i, c0[i], c1[i]);
+}
+
+// Rows [i, i + M) x columns [n, n + 16) of the backward tile: S and dP on the micro-kernel,
+// P and dS written straight from its registers. nv[r]: visible keys of row r (0 for a row
+// with no key); masked entries are 0.
+template <int M>
+__attribute__((always_inline)) inline void bwd_block(float* __restrict P, float* __restrict dS, const float* Q,
+                                                     int64_t ldq, const float* dO, int64_t ldo, const float* Kt,
+                                                     const float* Vt, const int64_t* nv, const float* L,
+                                                     const float* Dd, int64_t i, int64_t n, int64_t D, float scale) {
+  bool none = true;  // nothing visible in the block: zeros, no products
+  for (int m = 0; m < M; ++m) none = none && nv[i + m] <= n;
+  if (none) {
+    for (int m = 0; m < M; ++m) {
+      _mm256_storeu_ps(P + (i + m) * kK + n, _mm256_setzero_ps());
+      _mm256_storeu_ps(P + (i + m) * kK + n + 8, _mm256_setzero_ps());
+      _mm256_storeu_ps(dS + (i + m) * kK + n, _mm256_setzero_ps());
+      _mm256_storeu_ps(dS + (i + m) * kK + n + 8, _mm256_setzero_ps());
+    }
+    return;
+  }
+  const __m256 vs = _mm256_set1_ps(scale);
+  // P = exp(scale * S - lse)
+  mk16_epi<M>(Q + i * ldq, ldq, 1, Kt + n, kK, D, [&](int m, __m256 s0, __m256 s1) __attribute__((always_inline)) {
+    const __m256 vL = _mm256_broadcast_ss(L + i + m);
+    __m256 p0 = fast_exp8(_mm256_fmsub_ps(s0, vs, vL)), p1 = fast_exp8(_mm256_fmsub_ps(s1, vs, vL));
+    const int64_t v = nv[i + m];
+    if (v < n + 16) {  // masked lanes may hold anything
+      p0 = _mm256_and_ps(p0, vis_mask(n, v));
+      p1 = _mm256_and_ps(p1, vis_mask(n + 8, v));
+    }
+    _mm256_storeu_ps(P + (i + m) * kK + n, p0);
+    _mm256_storeu_ps(P + (i + m) * kK + n + 8, p1);
+  });
+  // dS = scale * P * (dP - Di), dP = dO V^T
+  mk16_epi<M>(dO + i * ldo, ldo, 1, Vt + n, kK, D, [&](int m, __m256 d0, __m256 d1) __attribute__((always_inline)) {
+    const __m256 vD = _mm256_broadcast_ss(Dd + i + m);
+    const float* p = P + (i + m) * kK + n;
+    __m256 g0 = _mm256_mul_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(p)), _mm256_sub_ps(d0, vD));
+    __m256 g1 = _mm256_mul_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(p + 8)), _mm256_sub_ps(d1, vD));
+    const int64_t v = nv[i + m];
+    if (v < n + 16) {
+      g0 = _mm256_and_ps(g0, vis_mask(n, v));
+      g1 = _mm256_and_ps(g1, vis_mask(n + 8, v));
+    }
+    _mm256_storeu_ps(dS + (i + m) * kK + n, g0);
+    _mm256_storeu_ps(dS + (i + m) * kK + n + 8, g1);
+  });
+}
+
 // Backward tile: P = exp(scale * Q K^T - lse) and dS = scale * P * (dO V^T - Di) for query
-// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
-// entries, padding keys and rows with no visible key are 0.
+// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles), both
+// kQ x kK row-major. Masked entries, padding keys and rows with no visible key are 0.
 template <int DC>
 inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, int64_t ldq, const float* dO,
                      int64_t ldo, const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
                      int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
-                     int64_t diag, int64_t Drt) {
+                     int64_t /*diag*/, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const float ninf = -std::numeric_limits<float>::infinity();
-  gemm(P, kK, Q + i0 * ldq, ldq, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
-  gemm(dS, kK, dO + i0 * ldo, ldo, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
-  const __m256 vs = _mm256_set1_ps(scale);
-  for (int64_t r = 0; r < nr; ++r) {
-    float* p = P + r * kK;
-    float* ds = dS + r * kK;
-    const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-    const float Lr = L[i0 + r];
-    if (nv <= 0 || Lr == ninf) {
-      std::fill(p, p + kK, 0.f);
-      std::fill(ds, ds + kK, 0.f);
-      continue;
-    }
-    const __m256 vL = _mm256_set1_ps(Lr), vD = _mm256_set1_ps(Dd[i0 + r]);
-    for (int64_t j = 0; j < kK; j += 8) {
-      __m256 pv = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
-      __m256 dsv = _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD));
-      if (nv < kK) {  // masked lanes may hold anything (gemm skips masked micro-tiles)
-        const __m256 ok = vis_mask(j, nv);
-        pv = _mm256_and_ps(pv, ok);
-        dsv = _mm256_and_ps(dsv, ok);
-      }
-      _mm256_storeu_ps(p + j, pv);
-      _mm256_storeu_ps(ds + j, dsv);
+  int64_t nv[kQ];
+  for (int64_t r = 0; r < nr; ++r) nv[r] = L[i0 + r] == ninf ? 0 : nvis(i0 + r, off, j0, nk, causal);
+  Q += i0 * ldq;
+  dO += i0 * ldo;
+  L += i0;
+  Dd += i0;
+  for (int64_t n = 0; n < kK; n += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= nr; i += 6) bwd_block<6>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale);
+    switch (nr - i) {
+      case 5: bwd_block<5>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 4: bwd_block<4>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 3: bwd_block<3>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 2: bwd_block<2>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 1: bwd_block<1>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      default: break;
     }
   }
 }
@@ -428,15 +499,28 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
   auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
 
   if (B * Hkv >= kManyHeads) {
+    // q and do rows of the group's heads, and k rows of the key tile, are copied to contiguous
+    // scratch when the group is small enough (rows D floats apart: operands read by rows with
+    // the large strides of packed qkv (3 H D floats) map to a few cache sets and evict each other).
+    const bool pack = G * Tq * D <= kPackMax;
     parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
-      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
-      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
+      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK), Kcv(kK * D, false);
+      Buf Qcv(pack ? G * Tq * D : 1, false), dOcv(pack ? G * Tq * D : 1, false);
+      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data(), *Kc = Kcv.data();
+      const int64_t ldq = pack ? D : Lq.st, ldo = pack ? D : Ldo.st;
       for (int64_t hk = tb; hk < te; ++hk) {
         const float* Kh = k + Lk.head(hk, Hkv);
         const float* Vh = v + Lv.head(hk, Hkv);
         float* dKh = dk + Ldk.head(hk, Hkv);
         float* dVh = dv + Ldv.head(hk, Hkv);
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
+        auto Qof = [&](int64_t bh) { return pack ? Qcv.data() + (bh - bh0) * Tq * D : q + Lq.head(bh, H); };
+        auto dOof = [&](int64_t bh) { return pack ? dOcv.data() + (bh - bh0) * Tq * D : do_ + Ldo.head(bh, H); };
+        if (pack)
+          for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+            copy_rows(Qcv.data() + (bh - bh0) * Tq * D, D, q + Lq.head(bh, H), Lq.st, Tq, D);
+            copy_rows(dOcv.data() + (bh - bh0) * Tq * D, D, do_ + Ldo.head(bh, H), Ldo.st, Tq, D);
+          }
         // The first product into a dK/dV/dQ tile overwrites it (gemm with acc = false writes
         // every row, masked ones as 0); only rows that get no product at all are zeroed.
         // dQ rows below first_qtile(0) see no key (S < T).
@@ -450,19 +534,20 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
           }
           transpose_keys<DC>(Kt, Kh + j0 * Lk.st, Lk.st, nk, D);
           transpose_keys<DC>(Vt, Vh + j0 * Lv.st, Lv.st, nk, D);
+          copy_rows(Kc, D, Kh + j0 * Lk.st, Lk.st, nk, D);
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
-            const float* Qh = q + Lq.head(bh, H);
-            const float* dOh = do_ + Ldo.head(bh, H);
+            const float* Qh = Qof(bh);
+            const float* dOh = dOof(bh);
             float* dQh = dq + Ldq.head(bh, H);
             for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
               const bool acc_kv = bh != bh0 || i0 != iq;
-              bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
+              bwd_tile<DC>(P, dS, Qh, ldq, dOh, ldo, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
                            causal, scale, diag, D);
-              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
-              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
-              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kh + j0 * Lk.st, Lk.st, nr, D, nk, j0 != 0, Tri::kend, diag);
+              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * ldo, ldo, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * ldq, ldq, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kc, D, nr, D, nk, j0 != 0, Tri::kend, diag);
             }
           }
         }
