@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -240,9 +241,29 @@ inline __m256 fast_exp8(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
 }
 
-// Tile order inside one head: 0, n-1, 1, n-2, ... so that the contiguous chunks of
-// parallel_for get equal causal work (the cost of a tile grows or shrinks with its index).
-inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
+// Runs body(next) on up to get_num_threads() threads; next() hands out the task indices
+// 0..n-1 in order, each to whichever thread asks first, then returns -1. Each task writes its
+// own outputs and computes them the same way on any thread, so results do not depend on the
+// thread count or on which thread ran what; a thread slowed down (another process on its core)
+// just takes fewer tasks.
+template <typename F>
+void dynamic_tasks(int64_t n, F&& body) {
+  if (n <= 0) return;
+  std::atomic<int64_t> ctr{0};
+  auto next = [&]() -> int64_t {
+    const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
+    return t < n ? t : -1;
+  };
+  parallel_region(static_cast<int>(std::min<int64_t>(get_num_threads(), n)), [&](int, int) { body(next); });
+}
+
+// Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile t / nh of head
+// t % nh, the tile index counted from the costly end (causal: the last query tile, the first
+// key tile), so the cheap tasks come last and even out the threads' finishing times.
+inline void tile_task(int64_t t, int64_t nh, int64_t& head, int64_t& u) {
+  head = t % nh;
+  u = t / nh;
+}
 
 // A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
 // line (unaligned tiles cost the micro-kernel ~6%). Zero-filled unless `zero` is false (for
@@ -287,12 +308,14 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+  dynamic_tasks(B * H * nqt, [&](auto next) {
     Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ);
     float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
     const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+    for (int64_t t; (t = next()) >= 0;) {
+      int64_t bh, u;
+      tile_task(t, B * H, bh, u);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
       const float* Kh = k + Lk.head(hk, Hkv);
@@ -503,12 +526,12 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     // scratch when the group is small enough (rows D floats apart: operands read by rows with
     // the large strides of packed qkv (3 H D floats) map to a few cache sets and evict each other).
     const bool pack = G * Tq * D <= kPackMax;
-    parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
+    dynamic_tasks(B * Hkv, [&](auto next) {
       Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK), Kcv(kK * D, false);
       Buf Qcv(pack ? G * Tq * D : 1, false), dOcv(pack ? G * Tq * D : 1, false);
       float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data(), *Kc = Kcv.data();
       const int64_t ldq = pack ? D : Lq.st, ldo = pack ? D : Ldo.st;
-      for (int64_t hk = tb; hk < te; ++hk) {
+      for (int64_t hk; (hk = next()) >= 0;) {
         const float* Kh = k + Lk.head(hk, Hkv);
         const float* Vh = v + Lv.head(hk, Hkv);
         float* dKh = dk + Ldk.head(hk, Hkv);
@@ -558,11 +581,13 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
 
   const Buf Kt = transpose_all<DC>(k, Lk, Hkv, B * Hkv, S, D), Vt = transpose_all<DC>(v, Lv, Hkv, B * Hkv, S, D);
   // dK, dV: one task per (b, kv head, key tile)
-  parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
+  dynamic_tasks(B * Hkv * nkt, [&](auto next) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t hk = t / nkt, jt = zigzag(t % nkt, nkt), j0 = jt * kK, nk = std::min(kK, S - j0);
+    for (int64_t t; (t = next()) >= 0;) {
+      int64_t hk, jt;
+      tile_task(t, B * Hkv, hk, jt);
+      const int64_t j0 = jt * kK, nk = std::min(kK, S - j0);
       const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
       const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
       const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
@@ -589,11 +614,13 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     }
   });
   // dQ: one task per (b, h, query tile)
-  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+  dynamic_tasks(B * H * nqt, [&](auto next) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+    for (int64_t t; (t = next()) >= 0;) {
+      int64_t bh, u;
+      tile_task(t, B * H, bh, u);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
