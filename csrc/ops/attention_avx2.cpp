@@ -333,11 +333,13 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
         const bool masked = diag != kNoDiag;
         gemm(St, kQ, Kh + j0 * Lk.st, Lk.st, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
         for (int64_t r = 0; r < nr; r += 8) {
-          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag
+          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag, so rows c >= ce are
+          // masked for all 8 lanes: not read here, and never read by the P V product (Tri::kend)
           const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
+          const int64_t ce = masked ? std::clamp<int64_t>(r + 8 + diag, 0, nk) : nk;
           // pass 1: column maxima over the visible keys
           __m256 mx = vninf;
-          for (int64_t c = 0; c < nk; ++c) {
+          for (int64_t c = 0; c < ce; ++c) {
             __m256 x = _mm256_loadu_ps(St + c * kQ + r);
             if (masked) x = _mm256_blendv_ps(vninf, x, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
             mx = _mm256_max_ps(mx, x);
@@ -349,7 +351,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           // is -inf (m_new = -inf) subtract 0 instead, so p = 0, not exp(-inf + inf) = NaN.
           const __m256 msub = _mm256_andnot_ps(_mm256_cmp_ps(mnv, vninf, _CMP_EQ_OQ), mnv);
           __m256 sum = _mm256_setzero_ps();
-          for (int64_t c = 0; c < nk; ++c) {
+          for (int64_t c = 0; c < ce; ++c) {
             __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), msub));
             if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
             _mm256_storeu_ps(St + c * kQ + r, p);
