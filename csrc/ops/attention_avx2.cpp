@@ -57,16 +57,15 @@ constexpr int64_t kQ = 64;  // query rows per tile
 constexpr int64_t kK = 64;  // keys per tile
 static_assert(kQ % 8 == 0 && kK % 16 == 0, "row vectors of 8, micro-kernel columns of 16");
 
-// Causal trimming of a tile on the diagonal, where tile row r (query) sees tile column c (key)
-// iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
-//   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
-//                (those entries of C are left unwritten: callers mask them);
-//   Tri::rows    C = transposed scores (rows: keys, columns: queries); likewise;
+// Causal trimming of the products into dK/dV/dQ and O on a diagonal tile, where tile row r
+// (query) sees tile column c (key) iff c <= r + diag:
+//   Tri::none    no trimming;
 //   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
 //   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
-//                sees the block's first key.
-// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention).
-enum class Tri { cols, rows, kend, kbegin };
+//                sees the row's key.
+// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention). (The score
+// products trim and mask in their own epilogues: bwd_block, fwd_block.)
+enum class Tri { none, kend, kbegin };
 constexpr int64_t kNoDiag = int64_t(1) << 40;
 
 // One k step of the micro-kernel for the rows m with m0 <= m < m1 (all rows: 0, M).
@@ -82,7 +81,7 @@ constexpr int64_t kNoDiag = int64_t(1) << 40;
     }                                                                                          \
   } while (0)
 
-// Row m of the micro-tile sums k over [0, K) (Tri::cols, Tri::rows), over [rel + m, K)
+// Row m of the micro-tile sums k over [0, K) (Tri::none), over [rel + m, K)
 // (Tri::kbegin), or over [0, rel + m + 1) (Tri::kend), clamped to [0, K), one FMA per k in
 // increasing k order; rows that see no k are left as initialized (0, or C when acc). The
 // triangle where only some rows see k is done in registers, skipping the other rows, so a row
@@ -90,7 +89,7 @@ constexpr int64_t kNoDiag = int64_t(1) << 40;
 template <int M>
 __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
                                                 int64_t ars, int64_t acs, const float* __restrict B,
-                                                int64_t ldb, int64_t K, bool acc, Tri tri = Tri::cols,
+                                                int64_t ldb, int64_t K, bool acc, Tri tri = Tri::none,
                                                 int64_t rel = 0) {
   __m256 c0[M], c1[M];
 #pragma GCC unroll 8
@@ -117,15 +116,32 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
 }
 #undef FG_MK16_STEP
 
+// Micro-kernel with an epilogue: the M x 16 block sum_k A[i * ars + k * acs] * B[k * ldb + :16]
+// is computed in registers and handed to epi(i, lanes 0..7, lanes 8..15) row by row.
+template <int M, typename Epi>
+__attribute__((always_inline)) inline void mk16_epi(const float* __restrict A, int64_t ars, int64_t acs,
+                                                    const float* __restrict B, int64_t ldb, int64_t K, Epi&& epi) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+    const float* a = A + k * acs;
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i * ars);
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) epi(i, c0[i], c1[i]);
+}
+
 template <int M>
 inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
                        int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
-  if (tri == Tri::cols) {
-    if (i + M + diag <= n) return;
-  } else if (tri == Tri::rows) {
-    if (n + 16 + diag <= i) return;
-  }
-  if (diag == kNoDiag || tri == Tri::cols || tri == Tri::rows) {
+  if (diag == kNoDiag || tri == Tri::none) {
     mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc);
   } else if (tri == Tri::kend) {  // row m (a query) sees k <= i + m + diag
     mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc, Tri::kend, i + diag);
@@ -136,7 +152,7 @@ inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64
 
 // C (M x N, ldc) (+)= A (M x K, strides ars/acs) * B (K x N, ldb); N % 16 == 0.
 inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
-                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::cols,
+                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::none,
                  int64_t diag = kNoDiag) {
   for (int64_t n = 0; n < N; n += 16) {
     int64_t i = 0;
@@ -297,6 +313,52 @@ Buf transpose_all(const float* k, HeadLayout Lk, int64_t Hkv, int64_t BHkv, int6
   return Kt;
 }
 
+// Rows [i, i + M) (keys) x columns [n, n + 16) (queries) of the forward's transposed scores
+// St = K Qt, and cmax[n..n+16] = max(cmax, visible scores of the block): key row c is visible
+// to query column r iff c <= r + diag. Blocks with no visible entry are skipped (left unwritten).
+template <int M>
+__attribute__((always_inline)) inline void fwd_block(float* __restrict St, float* __restrict cmax, const float* K,
+                                                     int64_t ldk, const float* Qt, int64_t i, int64_t n, int64_t D,
+                                                     int64_t diag) {
+  if (n + 16 + diag <= i) return;
+  const __m256 vninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 r0 = _mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(n)));
+  const __m256 r1 = _mm256_add_ps(r0, _mm256_set1_ps(8.f));
+  __m256 mx0 = _mm256_loadu_ps(cmax + n), mx1 = _mm256_loadu_ps(cmax + n + 8);
+  mk16_epi<M>(K + i * ldk, ldk, 1, Qt + n, kQ, D, [&](int m, __m256 s0, __m256 s1) __attribute__((always_inline)) {
+    _mm256_storeu_ps(St + (i + m) * kQ + n, s0);
+    _mm256_storeu_ps(St + (i + m) * kQ + n + 8, s1);
+    const int64_t c = i + m;
+    if (c - diag > n) {  // query lanes r < c - diag do not see key c
+      const __m256 lim = _mm256_set1_ps(float(c - diag));
+      s0 = _mm256_blendv_ps(vninf, s0, _mm256_cmp_ps(r0, lim, _CMP_GE_OQ));
+      s1 = _mm256_blendv_ps(vninf, s1, _mm256_cmp_ps(r1, lim, _CMP_GE_OQ));
+    }
+    mx0 = _mm256_max_ps(mx0, s0);
+    mx1 = _mm256_max_ps(mx1, s1);
+  });
+  _mm256_storeu_ps(cmax + n, mx0);
+  _mm256_storeu_ps(cmax + n + 8, mx1);
+}
+
+// St (nk x kQ) = K Qt for one key tile and the column maxima cmax (kQ) over visible keys.
+inline void fwd_scores(float* St, float* cmax, const float* K, int64_t ldk, const float* Qt, int64_t nk, int64_t D,
+                       int64_t diag) {
+  std::fill(cmax, cmax + kQ, -std::numeric_limits<float>::infinity());
+  for (int64_t n = 0; n < kQ; n += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= nk; i += 6) fwd_block<6>(St, cmax, K, ldk, Qt, i, n, D, diag);
+    switch (nk - i) {
+      case 5: fwd_block<5>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 4: fwd_block<4>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 3: fwd_block<3>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 2: fwd_block<2>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 1: fwd_block<1>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      default: break;
+    }
+  }
+}
+
 // Forward, one task per (b, h, query tile of kQ rows), with the scores transposed: per key tile
 // St = K Qt (keys x queries, Qt = scale * Q^T of the task's tile, made once), so the online
 // softmax runs down the columns with 8 queries per vector (no horizontal reductions), then
@@ -309,8 +371,9 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
   dynamic_tasks(B * H * nqt, [&](auto next) {
-    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ);
+    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ), cmv(kQ);
     float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
+    float* cm = cmv.data();
     const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t t; (t = next()) >= 0;) {
       int64_t bh, u;
@@ -331,19 +394,14 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
         // diagonal tile: query r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
         const bool masked = diag != kNoDiag;
-        gemm(St, kQ, Kh + j0 * Lk.st, Lk.st, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
+        // scores and their column maxima over the visible keys
+        fwd_scores(St, cm, Kh + j0 * Lk.st, Lk.st, Qt, nk, D, diag);
         for (int64_t r = 0; r < nr; r += 8) {
           // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag, so rows c >= ce are
           // masked for all 8 lanes: not read here, and never read by the P V product (Tri::kend)
           const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
           const int64_t ce = masked ? std::clamp<int64_t>(r + 8 + diag, 0, nk) : nk;
-          // pass 1: column maxima over the visible keys
-          __m256 mx = vninf;
-          for (int64_t c = 0; c < ce; ++c) {
-            __m256 x = _mm256_loadu_ps(St + c * kQ + r);
-            if (masked) x = _mm256_blendv_ps(vninf, x, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
-            mx = _mm256_max_ps(mx, x);
-          }
+          const __m256 mx = _mm256_loadu_ps(cm + r);
           const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
           // alpha = exp(m_old - m_new), 0 while m_old = -inf
           const __m256 alpha = _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ));
@@ -386,28 +444,6 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
       }
     }
   });
-}
-
-// Micro-kernel with an epilogue: the M x 16 block sum_k A[i * ars + k * acs] * B[k * ldb + :16]
-// is computed in registers and handed to epi(i, lanes 0..7, lanes 8..15) row by row.
-template <int M, typename Epi>
-__attribute__((always_inline)) inline void mk16_epi(const float* __restrict A, int64_t ars, int64_t acs,
-                                                    const float* __restrict B, int64_t ldb, int64_t K, Epi&& epi) {
-  __m256 c0[M], c1[M];
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
-    const float* a = A + k * acs;
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i * ars);
-      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) epi(i, c0[i], c1[i]);
 }
 
 // Rows [i, i + M) x columns [n, n + 16) of the backward tile: S and dP on the micro-kernel,
