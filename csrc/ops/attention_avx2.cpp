@@ -544,16 +544,16 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   std::vector<float> Di(B * H * Tq);
-  parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t bh = i / Tq, t = i % Tq;
+  // Di[bh * Tq + t] = dO_t . O_t for the rows [t0, t1) of head bh
+  auto rowdots = [&](int64_t bh, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
       const float* dorow = do_ + Ldo.head(bh, H) + t * Ldo.st;
       const float* orow = o + Lo.head(bh, H) + t * Lo.st;
       __m256 a = _mm256_setzero_ps();
       for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(dorow + d), _mm256_loadu_ps(orow + d), a);
-      Di[i] = hsum8(a);
+      Di[bh * Tq + t] = hsum8(a);
     }
-  });
+  };
   // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
   auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
   // tile (i0, j0) on the causal diagonal: row r sees key column c iff c <= r + diag
@@ -577,6 +577,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
         auto Qof = [&](int64_t bh) { return pack ? Qcv.data() + (bh - bh0) * Tq * D : q + Lq.head(bh, H); };
         auto dOof = [&](int64_t bh) { return pack ? dOcv.data() + (bh - bh0) * Tq * D : do_ + Ldo.head(bh, H); };
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) rowdots(bh, 0, Tq);  // the group's Di, in the task
         if (pack)
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
             copy_rows(Qcv.data() + (bh - bh0) * Tq * D, D, q + Lq.head(bh, H), Lq.st, Tq, D);
@@ -617,6 +618,13 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     return;
   }
 
+  parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e;) {
+      const int64_t bh = i / Tq, t1 = std::min(e, (bh + 1) * Tq);
+      rowdots(bh, i % Tq, t1 - bh * Tq);
+      i = t1;
+    }
+  });
   const Buf Kt = transpose_all<DC>(k, Lk, Hkv, B * Hkv, S, D), Vt = transpose_all<DC>(v, Lv, Hkv, B * Hkv, S, D);
   // dK, dV: one task per (b, kv head, key tile)
   dynamic_tasks(B * Hkv * nkt, [&](auto next) {
