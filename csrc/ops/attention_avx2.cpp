@@ -528,8 +528,9 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
 // S = Q K^T, dP = dO V^T (P, dS by bwd_tile), dV += P^T dO, dK += dS^T Q, dQ += dS K.
 // Two schedules, both deterministic for any thread count (each output element is summed by
 // one task in a fixed order); which one runs depends on the shape only, never on threads:
-//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing all five products
-//    for the heads of its group, dK/dV/dQ accumulated in place;
+//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing Di and all five
+//    products for the heads of its group, dK/dV/dQ accumulated in place (the first product
+//    into a tile overwrites it);
 //  - few heads: dK/dV by one task per (b, kv head, key tile) (4 products, query heads of the
 //    group in order), then dQ by one task per (b, h, query tile) (3 products), so the work
 //    spreads over all threads at the price of recomputing S and dP.
