@@ -388,7 +388,6 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
       transpose_scaled(Qt, kQ, Q, Lq.st, nr, kQ, D, scale);
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
-      std::fill(acc, acc + nr * D, 0.f);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
         const int64_t nk = std::min(kK, kend - j0);
         // diagonal tile: query r sees key j0 + c iff c <= r + diag
@@ -419,14 +418,14 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           _mm256_storeu_ps(m + r, mnv);
           _mm256_storeu_ps(al + r, alpha);
         }
-        for (int64_t r = 0; r < nr; ++r) {  // acc *= alpha
+        for (int64_t r = 0; r < nr && j0 > 0; ++r) {  // acc *= alpha (the first tile overwrites acc)
           if (al[r] == 1.f) continue;
           const __m256 va = _mm256_set1_ps(al[r]);
           float* ar = acc + r * D;
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
         }
         // acc += P V with P[r, c] = St[c, r]
-        gemm(acc, D, St, 1, kQ, Vh + j0 * Lv.st, Lv.st, nr, D, nk, true, Tri::kend, diag);
+        gemm(acc, D, St, 1, kQ, Vh + j0 * Lv.st, Lv.st, nr, D, nk, j0 > 0, Tri::kend, diag);
       }
       for (int64_t r = 0; r < nr; ++r) {
         float* orow = o + Lo.head(bh, H) + (i0 + r) * Lo.st;
