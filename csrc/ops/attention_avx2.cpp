@@ -273,12 +273,14 @@ void dynamic_tasks(int64_t n, F&& body) {
   parallel_region(static_cast<int>(std::min<int64_t>(get_num_threads(), n)), [&](int, int) { body(next); });
 }
 
-// Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile t / nh of head
-// t % nh, the tile index counted from the costly end (causal: the last query tile, the first
-// key tile), so the cheap tasks come last and even out the threads' finishing times.
-inline void tile_task(int64_t t, int64_t nh, int64_t& head, int64_t& u) {
-  head = t % nh;
-  u = t / nh;
+// Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile u = t % nt of head
+// t / nt, u counted from the costly end (causal: the last query tile, the first key tile).
+// Head-major, so the tasks running at one time share their head's k and v in cache (large T:
+// spread over all heads, they would stream from memory), and the cheapest tasks of the last
+// head come last, evening out the threads' finishing times.
+inline void tile_task(int64_t t, int64_t nt, int64_t& head, int64_t& u) {
+  head = t / nt;
+  u = t % nt;
 }
 
 // A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
@@ -370,14 +372,19 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  dynamic_tasks(B * H * nqt, [&](auto next) {
+  // One task per head (its query tiles in turn: k and v stay in the core's cache) when there
+  // are heads enough to keep every thread busy, else one per query tile. Rows do not depend on
+  // the grouping, so neither do the results.
+  const int64_t per = B * H >= 4 * get_num_threads() ? nqt : 1;
+  dynamic_tasks(B * H * nqt / per, [&](auto next) {
     Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ), cmv(kQ);
     float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
     float* cm = cmv.data();
     const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t t; (t = next()) >= 0;) {
+    for (int64_t t; (t = next()) >= 0;)
+    for (int64_t s = t * per; s < (t + 1) * per; ++s) {
       int64_t bh, u;
-      tile_task(t, B * H, bh, u);
+      tile_task(s, nqt, bh, u);
       const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
@@ -632,7 +639,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     float *P = Pv.data(), *dS = dSv.data();
     for (int64_t t; (t = next()) >= 0;) {
       int64_t hk, jt;
-      tile_task(t, B * Hkv, hk, jt);
+      tile_task(t, nkt, hk, jt);
       const int64_t j0 = jt * kK, nk = std::min(kK, S - j0);
       const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
       const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
@@ -665,7 +672,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     float *P = Pv.data(), *dS = dSv.data();
     for (int64_t t; (t = next()) >= 0;) {
       int64_t bh, u;
-      tile_task(t, B * H, bh, u);
+      tile_task(t, nqt, bh, u);
       const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
