@@ -76,6 +76,17 @@ def test_attention_large_case(isa, rng):
     check_against_reference(q, k, v, do, True, None, rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("case", [(16, 2, 1, 300, 300, 128), (4, 4, 4, 150, 20, 32)],
+                         ids=["rows_not_copied", "query_tiles_without_keys"])
+def test_attention_many_heads_schedule_edges(isa, rng, case):
+    # B * Hkv >= 16 (the AVX2 backward's one task per kv head): a group too long for the
+    # contiguous q/do scratch (G T D > 2^16 floats), and T - S >= 64 (whole query tiles see no key)
+    q, k, v, do = make(rng, *case, np.float32)
+    o, _ = check_against_reference(q, k, v, do, True, None, rtol=2e-4, atol=2e-5)
+    if case[3] - case[4] >= 64:
+        assert np.all(o[:, :, : case[3] - case[4]] == 0)
+
+
 def test_attention_matches_naive_kernel(rng):
     for causal in (False, True):
         q, k, v, _ = make(rng, 2, 4, 2, 37, 70, 24, np.float64)
@@ -218,9 +229,10 @@ def _heads(a, h):
 
 
 # (B, H, Hkv, T, D): fast path sizes, D % 16 != 0 (split/merge fallback), odd T, GQA/MQA,
-# B * Hkv >= 16 (the AVX2 backward's per-kv-head schedule), size 1
+# B * Hkv >= 16 (the AVX2 backward's per-kv-head schedule; with G T D > 2^16 floats the q/do
+# rows are read in place, not copied to scratch), size 1
 QKV_CASES = [(1, 1, 1, 1, 16), (2, 4, 2, 7, 64), (1, 3, 1, 130, 32), (2, 2, 2, 65, 48), (1, 2, 1, 33, 24),
-             (4, 4, 4, 70, 64), (2, 8, 8, 66, 32), (1, 2, 2, 257, 128), (1, 2, 1, 9, 3)]
+             (4, 4, 4, 70, 64), (2, 8, 8, 66, 32), (16, 2, 1, 300, 128), (1, 2, 2, 257, 128), (1, 2, 1, 9, 3)]
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -13,6 +13,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -56,16 +57,73 @@ constexpr int64_t kQ = 64;  // query rows per tile
 constexpr int64_t kK = 64;  // keys per tile
 static_assert(kQ % 8 == 0 && kK % 16 == 0, "row vectors of 8, micro-kernel columns of 16");
 
+// Causal trimming of the products into dK/dV/dQ and O on a diagonal tile, where tile row r
+// (query) sees tile column c (key) iff c <= r + diag:
+//   Tri::none    no trimming;
+//   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
+//   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
+//                sees the row's key.
+// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention). (The score
+// products trim and mask in their own epilogues: bwd_block, fwd_block.)
+enum class Tri { none, kend, kbegin };
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+
+// One k step of the micro-kernel for the rows m with m0 <= m < m1 (all rows: 0, M).
+#define FG_MK16_STEP(m0, m1)                                                                   \
+  do {                                                                                         \
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);    \
+    const float* a = A + k * acs;                                                              \
+    _Pragma("GCC unroll 8") for (int i = 0; i < M; ++i) {                                      \
+      if (i < (m0) || i >= (m1)) continue;                                                     \
+      const __m256 ai = _mm256_broadcast_ss(a + i * ars);                                      \
+      c0[i] = _mm256_fmadd_ps(ai, b0, c0[i]);                                                  \
+      c1[i] = _mm256_fmadd_ps(ai, b1, c1[i]);                                                  \
+    }                                                                                          \
+  } while (0)
+
+// Row m of the micro-tile sums k over [0, K) (Tri::none), over [rel + m, K)
+// (Tri::kbegin), or over [0, rel + m + 1) (Tri::kend), clamped to [0, K), one FMA per k in
+// increasing k order; rows that see no k are left as initialized (0, or C when acc). The
+// triangle where only some rows see k is done in registers, skipping the other rows, so a row
+// never touches a B row it cannot see (0 * NaN would make it NaN).
 template <int M>
 __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc, const float* __restrict A,
                                                 int64_t ars, int64_t acs, const float* __restrict B,
-                                                int64_t ldb, int64_t K, bool acc) {
+                                                int64_t ldb, int64_t K, bool acc, Tri tri = Tri::none,
+                                                int64_t rel = 0) {
   __m256 c0[M], c1[M];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) {
     c0[i] = acc ? _mm256_loadu_ps(C + i * ldc) : _mm256_setzero_ps();
     c1[i] = acc ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
   }
+  if (tri == Tri::kbegin) {  // k in [rel, rel + M - 1): rows m <= k - rel
+    int64_t k = std::max<int64_t>(0, rel);
+    for (const int64_t e = std::min<int64_t>(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
+    for (; k < K; ++k) FG_MK16_STEP(0, M);
+  } else if (tri == Tri::kend) {  // k in [rel + 1, rel + M): rows m >= k - rel
+    int64_t k = 0;
+    for (const int64_t e = std::clamp<int64_t>(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
+    for (const int64_t e = std::min<int64_t>(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
+  } else {
+    for (int64_t k = 0; k < K; ++k) FG_MK16_STEP(0, M);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    _mm256_storeu_ps(C + i * ldc, c0[i]);
+    _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+  }
+}
+#undef FG_MK16_STEP
+
+// Micro-kernel with an epilogue: the M x 16 block sum_k A[i * ars + k * acs] * B[k * ldb + :16]
+// is computed in registers and handed to epi(i, lanes 0..7, lanes 8..15) row by row.
+template <int M, typename Epi>
+__attribute__((always_inline)) inline void mk16_epi(const float* __restrict A, int64_t ars, int64_t acs,
+                                                    const float* __restrict B, int64_t ldb, int64_t K, Epi&& epi) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
     const float* a = A + k * acs;
@@ -77,64 +135,24 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
     }
   }
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    _mm256_storeu_ps(C + i * ldc, c0[i]);
-    _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
-  }
+  for (int i = 0; i < M; ++i) epi(i, c0[i], c1[i]);
 }
-
-// Causal trimming of a tile on the diagonal, where tile row r (query) sees tile column c (key)
-// iff c <= r + diag. Micro-tiles whose every entry is masked are skipped:
-//   Tri::cols    C = scores (rows: queries, columns: keys); skip column blocks past the mask
-//                (those entries of C are left unwritten: callers mask them);
-//   Tri::rows    C = transposed scores (rows: keys, columns: queries); likewise;
-//   Tri::kend    C rows are queries, the k loop runs over keys: stop at the last visible key;
-//   Tri::kbegin  C rows are keys, the k loop runs over queries: start at the first query that
-//                sees the block's first key.
-// diag = kNoDiag turns trimming off (off-diagonal tiles, non-causal attention).
-enum class Tri { cols, rows, kend, kbegin };
-constexpr int64_t kNoDiag = int64_t(1) << 40;
 
 template <int M>
 inline void mk16_range(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
                        int64_t ldb, int64_t i, int64_t n, int64_t K, bool acc, Tri tri, int64_t diag) {
-  if (tri == Tri::cols) {
-    if (i + M + diag <= n) return;
-  } else if (tri == Tri::rows) {
-    if (n + 16 + diag <= i) return;
-  }
-  if (diag == kNoDiag || tri == Tri::cols || tri == Tri::rows) {
+  if (diag == kNoDiag || tri == Tri::none) {
     mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc);
-    return;
-  }
-  // kend / kbegin on a diagonal tile: the micro-kernel runs over the k range every row of the
-  // micro-tile sees; the triangle where only some rows see k is added row by row, so a row
-  // never touches a B row it cannot see (0 * NaN would make it NaN). Each row still sums its
-  // k in increasing order, one FMA per k, so the bits do not depend on where the rows fall.
-  auto add = [&](int m, int64_t k) {
-    float* c = C + (i + m) * ldc + n;
-    const __m256 a = _mm256_set1_ps(A[(i + m) * ars + k * acs]);
-    _mm256_storeu_ps(c, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n), _mm256_loadu_ps(c)));
-    _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(a, _mm256_loadu_ps(B + k * ldb + n + 8), _mm256_loadu_ps(c + 8)));
-  };
-  if (tri == Tri::kend) {  // row m sees k <= i + m + diag
-    const int64_t kf = std::clamp<int64_t>(i + 1 + diag, 0, K);  // seen by every row: k < kf
-    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, kf, acc);
-    for (int m = 1; m < M; ++m)
-      for (int64_t k = kf, e = std::clamp<int64_t>(i + m + 1 + diag, 0, K); k < e; ++k) add(m, k);
+  } else if (tri == Tri::kend) {  // row m (a query) sees k <= i + m + diag
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc, Tri::kend, i + diag);
   } else {  // kbegin: row m (a key) is seen by k >= i + m - diag
-    const int64_t kf = std::clamp<int64_t>(i + M - 1 - diag, 0, K);  // seen by every row: k >= kf
-    if (!acc)
-      for (int m = 0; m < M; ++m) std::fill(C + (i + m) * ldc + n, C + (i + m) * ldc + n + 16, 0.f);
-    for (int m = 0; m < M - 1; ++m)
-      for (int64_t k = std::clamp<int64_t>(i + m - diag, 0, K); k < kf; ++k) add(m, k);
-    mk16<M>(C + i * ldc + n, ldc, A + i * ars + kf * acs, ars, acs, B + kf * ldb + n, ldb, K - kf, true);
+    mk16<M>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, K, acc, Tri::kbegin, i - diag);
   }
 }
 
 // C (M x N, ldc) (+)= A (M x K, strides ars/acs) * B (K x N, ldb); N % 16 == 0.
 inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs, const float* B,
-                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::cols,
+                 int64_t ldb, int64_t M, int64_t N, int64_t K, bool acc, Tri tri = Tri::none,
                  int64_t diag = kNoDiag) {
   for (int64_t n = 0; n < N; n += 16) {
     int64_t i = 0;
@@ -150,14 +168,56 @@ inline void gemm(float* C, int64_t ldc, const float* A, int64_t ars, int64_t acs
   }
 }
 
+// Dt[c * ldd + r] = scale * X[r * ldx + c] for r < n, 0 for n <= r < npad (npad % 8 == 0),
+// c < D (D % 8 == 0): 8 x 8 blocks transposed in registers.
+inline void transpose_scaled(float* __restrict Dt, int64_t ldd, const float* __restrict X, int64_t ldx, int64_t n,
+                             int64_t npad, int64_t D, float scale) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t r0 = 0; r0 < npad; r0 += 8) {
+    if (r0 >= n) {
+      for (int64_t c = 0; c < D; ++c) _mm256_storeu_ps(Dt + c * ldd + r0, _mm256_setzero_ps());
+      continue;
+    }
+    for (int64_t c0 = 0; c0 < D; c0 += 8) {
+      __m256 x[8];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r)
+        x[r] = r0 + r < n ? _mm256_mul_ps(vs, _mm256_loadu_ps(X + (r0 + r) * ldx + c0)) : _mm256_setzero_ps();
+      const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
+      const __m256 t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
+      const __m256 t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]);
+      const __m256 t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
+      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      float* d = Dt + c0 * ldd + r0;
+      _mm256_storeu_ps(d + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+      _mm256_storeu_ps(d + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+      _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+      _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+      _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+      _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+      _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+      _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+  }
+}
+
 // Kt[d * kK + j] = K[j * ldk + d] for j < n, zero-padded to kK keys.
 template <int DC>
 inline void transpose_keys(float* __restrict Kt, const float* __restrict K, int64_t ldk, int64_t n, int64_t Drt) {
-  const int64_t D = DC > 0 ? DC : Drt;
-  if (n < kK) std::fill(Kt, Kt + D * kK, 0.f);
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t d = 0; d < D; ++d) Kt[d * kK + j] = K[j * ldk + d];
+  transpose_scaled(Kt, kK, K, ldk, n, kK, DC > 0 ? DC : Drt, 1.f);
 }
+
+// Y[r * ldy + d] = X[r * ldx + d] for r < n, d < D (D % 8 == 0).
+inline void copy_rows(float* __restrict Y, int64_t ldy, const float* __restrict X, int64_t ldx, int64_t n, int64_t D) {
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(Y + r * ldy + d, _mm256_loadu_ps(X + r * ldx + d));
+}
+
+// Most floats of q and do rows copied to contiguous scratch by one backward task (per thread).
+constexpr int64_t kPackMax = int64_t(1) << 16;
 
 // Sets rows [t0, t1) of head `base` (row stride ld) to zero.
 inline void zero_rows(float* base, int64_t ld, int64_t t0, int64_t t1, int64_t D) {
@@ -197,9 +257,31 @@ inline __m256 fast_exp8(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
 }
 
-// Tile order inside one head: 0, n-1, 1, n-2, ... so that the contiguous chunks of
-// parallel_for get equal causal work (the cost of a tile grows or shrinks with its index).
-inline int64_t zigzag(int64_t u, int64_t n) { return (u & 1) ? n - 1 - u / 2 : u / 2; }
+// Runs body(next) on up to get_num_threads() threads; next() hands out the task indices
+// 0..n-1 in order, each to whichever thread asks first, then returns -1. Each task writes its
+// own outputs and computes them the same way on any thread, so results do not depend on the
+// thread count or on which thread ran what; a thread slowed down (another process on its core)
+// just takes fewer tasks.
+template <typename F>
+void dynamic_tasks(int64_t n, F&& body) {
+  if (n <= 0) return;
+  std::atomic<int64_t> ctr{0};
+  auto next = [&]() -> int64_t {
+    const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
+    return t < n ? t : -1;
+  };
+  parallel_region(static_cast<int>(std::min<int64_t>(get_num_threads(), n)), [&](int, int) { body(next); });
+}
+
+// Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile u = t % nt of head
+// t / nt, u counted from the costly end (causal: the last query tile, the first key tile).
+// Head-major, so the tasks running at one time share their head's k and v in cache (large T:
+// spread over all heads, they would stream from memory), and the cheapest tasks of the last
+// head come last, evening out the threads' finishing times.
+inline void tile_task(int64_t t, int64_t nt, int64_t& head, int64_t& u) {
+  head = t / nt;
+  u = t % nt;
+}
 
 // A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
 // line (unaligned tiles cost the micro-kernel ~6%). Zero-filled unless `zero` is false (for
@@ -233,6 +315,52 @@ Buf transpose_all(const float* k, HeadLayout Lk, int64_t Hkv, int64_t BHkv, int6
   return Kt;
 }
 
+// Rows [i, i + M) (keys) x columns [n, n + 16) (queries) of the forward's transposed scores
+// St = K Qt, and cmax[n..n+16] = max(cmax, visible scores of the block): key row c is visible
+// to query column r iff c <= r + diag. Blocks with no visible entry are skipped (left unwritten).
+template <int M>
+__attribute__((always_inline)) inline void fwd_block(float* __restrict St, float* __restrict cmax, const float* K,
+                                                     int64_t ldk, const float* Qt, int64_t i, int64_t n, int64_t D,
+                                                     int64_t diag) {
+  if (n + 16 + diag <= i) return;
+  const __m256 vninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m256 r0 = _mm256_add_ps(_mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_ps(float(n)));
+  const __m256 r1 = _mm256_add_ps(r0, _mm256_set1_ps(8.f));
+  __m256 mx0 = _mm256_loadu_ps(cmax + n), mx1 = _mm256_loadu_ps(cmax + n + 8);
+  mk16_epi<M>(K + i * ldk, ldk, 1, Qt + n, kQ, D, [&](int m, __m256 s0, __m256 s1) __attribute__((always_inline)) {
+    _mm256_storeu_ps(St + (i + m) * kQ + n, s0);
+    _mm256_storeu_ps(St + (i + m) * kQ + n + 8, s1);
+    const int64_t c = i + m;
+    if (c - diag > n) {  // query lanes r < c - diag do not see key c
+      const __m256 lim = _mm256_set1_ps(float(c - diag));
+      s0 = _mm256_blendv_ps(vninf, s0, _mm256_cmp_ps(r0, lim, _CMP_GE_OQ));
+      s1 = _mm256_blendv_ps(vninf, s1, _mm256_cmp_ps(r1, lim, _CMP_GE_OQ));
+    }
+    mx0 = _mm256_max_ps(mx0, s0);
+    mx1 = _mm256_max_ps(mx1, s1);
+  });
+  _mm256_storeu_ps(cmax + n, mx0);
+  _mm256_storeu_ps(cmax + n + 8, mx1);
+}
+
+// St (nk x kQ) = K Qt for one key tile and the column maxima cmax (kQ) over visible keys.
+inline void fwd_scores(float* St, float* cmax, const float* K, int64_t ldk, const float* Qt, int64_t nk, int64_t D,
+                       int64_t diag) {
+  std::fill(cmax, cmax + kQ, -std::numeric_limits<float>::infinity());
+  for (int64_t n = 0; n < kQ; n += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= nk; i += 6) fwd_block<6>(St, cmax, K, ldk, Qt, i, n, D, diag);
+    switch (nk - i) {
+      case 5: fwd_block<5>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 4: fwd_block<4>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 3: fwd_block<3>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 2: fwd_block<2>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      case 1: fwd_block<1>(St, cmax, K, ldk, Qt, i, n, D, diag); break;
+      default: break;
+    }
+  }
+}
+
 // Forward, one task per (b, h, query tile of kQ rows), with the scores transposed: per key tile
 // St = K Qt (keys x queries, Qt = scale * Q^T of the task's tile, made once), so the online
 // softmax runs down the columns with 8 queries per vector (no horizontal reductions), then
@@ -244,40 +372,42 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
-  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ);
+  // One task per head (its query tiles in turn: k and v stay in the core's cache) when there
+  // are heads enough to keep every thread busy, else one per query tile. Rows do not depend on
+  // the grouping, so neither do the results.
+  const int64_t per = B * H >= 4 * get_num_threads() ? nqt : 1;
+  dynamic_tasks(B * H * nqt / per, [&](auto next) {
+    Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ), cmv(kQ);
     float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
+    float* cm = cmv.data();
     const __m256 vninf = _mm256_set1_ps(ninf), iota = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+    for (int64_t t; (t = next()) >= 0;)
+    for (int64_t s = t * per; s < (t + 1) * per; ++s) {
+      int64_t bh, u;
+      tile_task(s, nqt, bh, u);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
       const float* Kh = k + Lk.head(hk, Hkv);
       const float* Vh = v + Lv.head(hk, Hkv);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
       // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
-      if (nr < kQ) std::fill(Qt, Qt + D * kQ, 0.f);
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t d = 0; d < D; ++d) Qt[d * kQ + r] = scale * Q[r * Lq.st + d];
+      transpose_scaled(Qt, kQ, Q, Lq.st, nr, kQ, D, scale);
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
-      std::fill(acc, acc + nr * D, 0.f);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
         const int64_t nk = std::min(kK, kend - j0);
         // diagonal tile: query r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
         const bool masked = diag != kNoDiag;
-        gemm(St, kQ, Kh + j0 * Lk.st, Lk.st, 1, Qt, kQ, nk, kQ, D, false, Tri::rows, diag);
+        // scores and their column maxima over the visible keys
+        fwd_scores(St, cm, Kh + j0 * Lk.st, Lk.st, Qt, nk, D, diag);
         for (int64_t r = 0; r < nr; r += 8) {
-          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag
+          // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag, so rows c >= ce are
+          // masked for all 8 lanes: not read here, and never read by the P V product (Tri::kend)
           const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
-          // pass 1: column maxima over the visible keys
-          __m256 mx = vninf;
-          for (int64_t c = 0; c < nk; ++c) {
-            __m256 x = _mm256_loadu_ps(St + c * kQ + r);
-            if (masked) x = _mm256_blendv_ps(vninf, x, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
-            mx = _mm256_max_ps(mx, x);
-          }
+          const int64_t ce = masked ? std::clamp<int64_t>(r + 8 + diag, 0, nk) : nk;
+          const __m256 mx = _mm256_loadu_ps(cm + r);
           const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
           // alpha = exp(m_old - m_new), 0 while m_old = -inf
           const __m256 alpha = _mm256_and_ps(fast_exp8(_mm256_sub_ps(mo, mnv)), _mm256_cmp_ps(mo, vninf, _CMP_NEQ_OQ));
@@ -285,7 +415,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           // is -inf (m_new = -inf) subtract 0 instead, so p = 0, not exp(-inf + inf) = NaN.
           const __m256 msub = _mm256_andnot_ps(_mm256_cmp_ps(mnv, vninf, _CMP_EQ_OQ), mnv);
           __m256 sum = _mm256_setzero_ps();
-          for (int64_t c = 0; c < nk; ++c) {
+          for (int64_t c = 0; c < ce; ++c) {
             __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), msub));
             if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
             _mm256_storeu_ps(St + c * kQ + r, p);
@@ -295,14 +425,14 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           _mm256_storeu_ps(m + r, mnv);
           _mm256_storeu_ps(al + r, alpha);
         }
-        for (int64_t r = 0; r < nr; ++r) {  // acc *= alpha
+        for (int64_t r = 0; r < nr && j0 > 0; ++r) {  // acc *= alpha (the first tile overwrites acc)
           if (al[r] == 1.f) continue;
           const __m256 va = _mm256_set1_ps(al[r]);
           float* ar = acc + r * D;
           for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(ar + d, _mm256_mul_ps(_mm256_loadu_ps(ar + d), va));
         }
         // acc += P V with P[r, c] = St[c, r]
-        gemm(acc, D, St, 1, kQ, Vh + j0 * Lv.st, Lv.st, nr, D, nk, true, Tri::kend, diag);
+        gemm(acc, D, St, 1, kQ, Vh + j0 * Lv.st, Lv.st, nr, D, nk, j0 > 0, Tri::kend, diag);
       }
       for (int64_t r = 0; r < nr; ++r) {
         float* orow = o + Lo.head(bh, H) + (i0 + r) * Lo.st;
@@ -322,40 +452,80 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   });
 }
 
+// Rows [i, i + M) x columns [n, n + 16) of the backward tile: S and dP on the micro-kernel,
+// P and dS written straight from its registers. nv[r]: visible keys of row r (0 for a row
+// with no key); masked entries are 0.
+template <int M>
+__attribute__((always_inline)) inline void bwd_block(float* __restrict P, float* __restrict dS, const float* Q,
+                                                     int64_t ldq, const float* dO, int64_t ldo, const float* Kt,
+                                                     const float* Vt, const int64_t* nv, const float* L,
+                                                     const float* Dd, int64_t i, int64_t n, int64_t D, float scale) {
+  bool none = true;  // nothing visible in the block: zeros, no products
+  for (int m = 0; m < M; ++m) none = none && nv[i + m] <= n;
+  if (none) {
+    for (int m = 0; m < M; ++m) {
+      _mm256_storeu_ps(P + (i + m) * kK + n, _mm256_setzero_ps());
+      _mm256_storeu_ps(P + (i + m) * kK + n + 8, _mm256_setzero_ps());
+      _mm256_storeu_ps(dS + (i + m) * kK + n, _mm256_setzero_ps());
+      _mm256_storeu_ps(dS + (i + m) * kK + n + 8, _mm256_setzero_ps());
+    }
+    return;
+  }
+  const __m256 vs = _mm256_set1_ps(scale);
+  // P = exp(scale * S - lse)
+  mk16_epi<M>(Q + i * ldq, ldq, 1, Kt + n, kK, D, [&](int m, __m256 s0, __m256 s1) __attribute__((always_inline)) {
+    const __m256 vL = _mm256_broadcast_ss(L + i + m);
+    __m256 p0 = fast_exp8(_mm256_fmsub_ps(s0, vs, vL)), p1 = fast_exp8(_mm256_fmsub_ps(s1, vs, vL));
+    const int64_t v = nv[i + m];
+    if (v < n + 16) {  // masked lanes may hold anything
+      p0 = _mm256_and_ps(p0, vis_mask(n, v));
+      p1 = _mm256_and_ps(p1, vis_mask(n + 8, v));
+    }
+    _mm256_storeu_ps(P + (i + m) * kK + n, p0);
+    _mm256_storeu_ps(P + (i + m) * kK + n + 8, p1);
+  });
+  // dS = scale * P * (dP - Di), dP = dO V^T
+  mk16_epi<M>(dO + i * ldo, ldo, 1, Vt + n, kK, D, [&](int m, __m256 d0, __m256 d1) __attribute__((always_inline)) {
+    const __m256 vD = _mm256_broadcast_ss(Dd + i + m);
+    const float* p = P + (i + m) * kK + n;
+    __m256 g0 = _mm256_mul_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(p)), _mm256_sub_ps(d0, vD));
+    __m256 g1 = _mm256_mul_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(p + 8)), _mm256_sub_ps(d1, vD));
+    const int64_t v = nv[i + m];
+    if (v < n + 16) {
+      g0 = _mm256_and_ps(g0, vis_mask(n, v));
+      g1 = _mm256_and_ps(g1, vis_mask(n + 8, v));
+    }
+    _mm256_storeu_ps(dS + (i + m) * kK + n, g0);
+    _mm256_storeu_ps(dS + (i + m) * kK + n + 8, g1);
+  });
+}
+
 // Backward tile: P = exp(scale * Q K^T - lse) and dS = scale * P * (dO V^T - Di) for query
-// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles). Masked
-// entries, padding keys and rows with no visible key are 0.
+// rows i0..i0+nr of one head against key tile j0..j0+nk (Kt, Vt: transposed tiles), both
+// kQ x kK row-major. Masked entries, padding keys and rows with no visible key are 0.
 template <int DC>
 inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, int64_t ldq, const float* dO,
                      int64_t ldo, const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
                      int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
-                     int64_t diag, int64_t Drt) {
+                     int64_t /*diag*/, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const float ninf = -std::numeric_limits<float>::infinity();
-  gemm(P, kK, Q + i0 * ldq, ldq, 1, Kt, kK, nr, kK, D, false, Tri::cols, diag);
-  gemm(dS, kK, dO + i0 * ldo, ldo, 1, Vt, kK, nr, kK, D, false, Tri::cols, diag);
-  const __m256 vs = _mm256_set1_ps(scale);
-  for (int64_t r = 0; r < nr; ++r) {
-    float* p = P + r * kK;
-    float* ds = dS + r * kK;
-    const int64_t nv = nvis(i0 + r, off, j0, nk, causal);
-    const float Lr = L[i0 + r];
-    if (nv <= 0 || Lr == ninf) {
-      std::fill(p, p + kK, 0.f);
-      std::fill(ds, ds + kK, 0.f);
-      continue;
-    }
-    const __m256 vL = _mm256_set1_ps(Lr), vD = _mm256_set1_ps(Dd[i0 + r]);
-    for (int64_t j = 0; j < kK; j += 8) {
-      __m256 pv = fast_exp8(_mm256_fmsub_ps(_mm256_loadu_ps(p + j), vs, vL));
-      __m256 dsv = _mm256_mul_ps(_mm256_mul_ps(vs, pv), _mm256_sub_ps(_mm256_loadu_ps(ds + j), vD));
-      if (nv < kK) {  // masked lanes may hold anything (gemm skips masked micro-tiles)
-        const __m256 ok = vis_mask(j, nv);
-        pv = _mm256_and_ps(pv, ok);
-        dsv = _mm256_and_ps(dsv, ok);
-      }
-      _mm256_storeu_ps(p + j, pv);
-      _mm256_storeu_ps(ds + j, dsv);
+  int64_t nv[kQ];
+  for (int64_t r = 0; r < nr; ++r) nv[r] = L[i0 + r] == ninf ? 0 : nvis(i0 + r, off, j0, nk, causal);
+  Q += i0 * ldq;
+  dO += i0 * ldo;
+  L += i0;
+  Dd += i0;
+  for (int64_t n = 0; n < kK; n += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= nr; i += 6) bwd_block<6>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale);
+    switch (nr - i) {
+      case 5: bwd_block<5>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 4: bwd_block<4>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 3: bwd_block<3>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 2: bwd_block<2>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 1: bwd_block<1>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      default: break;
     }
   }
 }
@@ -364,8 +534,9 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
 // S = Q K^T, dP = dO V^T (P, dS by bwd_tile), dV += P^T dO, dK += dS^T Q, dQ += dS K.
 // Two schedules, both deterministic for any thread count (each output element is summed by
 // one task in a fixed order); which one runs depends on the shape only, never on threads:
-//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing all five products
-//    for the heads of its group, dK/dV/dQ accumulated in place;
+//  - many heads (B * Hkv >= kManyHeads): one task per (b, kv head) doing Di and all five
+//    products for the heads of its group, dK/dV/dQ accumulated in place (the first product
+//    into a tile overwrites it);
 //  - few heads: dK/dV by one task per (b, kv head, key tile) (4 products, query heads of the
 //    group in order), then dQ by one task per (b, h, query tile) (3 products), so the work
 //    spreads over all threads at the price of recomputing S and dP.
@@ -380,50 +551,72 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   std::vector<float> Di(B * H * Tq);
-  parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t bh = i / Tq, t = i % Tq;
+  // Di[bh * Tq + t] = dO_t . O_t for the rows [t0, t1) of head bh
+  auto rowdots = [&](int64_t bh, int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
       const float* dorow = do_ + Ldo.head(bh, H) + t * Ldo.st;
       const float* orow = o + Lo.head(bh, H) + t * Lo.st;
       __m256 a = _mm256_setzero_ps();
       for (int64_t d = 0; d < D; d += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(dorow + d), _mm256_loadu_ps(orow + d), a);
-      Di[i] = hsum8(a);
+      Di[bh * Tq + t] = hsum8(a);
     }
-  });
+  };
   // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
   auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
   // tile (i0, j0) on the causal diagonal: row r sees key column c iff c <= r + diag
   auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
 
   if (B * Hkv >= kManyHeads) {
-    parallel_for(B * Hkv, 1, [&](int64_t tb, int64_t te) {
-      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK);
-      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data();
-      for (int64_t hk = tb; hk < te; ++hk) {
+    // q and do rows of the group's heads, and k rows of the key tile, are copied to contiguous
+    // scratch when the group is small enough (rows D floats apart: operands read by rows with
+    // the large strides of packed qkv (3 H D floats) map to a few cache sets and evict each other).
+    const bool pack = G * Tq * D <= kPackMax;
+    dynamic_tasks(B * Hkv, [&](auto next) {
+      Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK), Kcv(kK * D, false);
+      Buf Qcv(pack ? G * Tq * D : 1, false), dOcv(pack ? G * Tq * D : 1, false);
+      float *Kt = Ktv.data(), *Vt = Vtv.data(), *P = Pv.data(), *dS = dSv.data(), *Kc = Kcv.data();
+      const int64_t ldq = pack ? D : Lq.st, ldo = pack ? D : Ldo.st;
+      for (int64_t hk; (hk = next()) >= 0;) {
         const float* Kh = k + Lk.head(hk, Hkv);
         const float* Vh = v + Lv.head(hk, Hkv);
         float* dKh = dk + Ldk.head(hk, Hkv);
         float* dVh = dv + Ldv.head(hk, Hkv);
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
-        zero_rows(dKh, Ldk.st, 0, S, D);
-        zero_rows(dVh, Ldv.st, 0, S, D);
-        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, Tq, D);
+        auto Qof = [&](int64_t bh) { return pack ? Qcv.data() + (bh - bh0) * Tq * D : q + Lq.head(bh, H); };
+        auto dOof = [&](int64_t bh) { return pack ? dOcv.data() + (bh - bh0) * Tq * D : do_ + Ldo.head(bh, H); };
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) rowdots(bh, 0, Tq);  // the group's Di, in the task
+        if (pack)
+          for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
+            copy_rows(Qcv.data() + (bh - bh0) * Tq * D, D, q + Lq.head(bh, H), Lq.st, Tq, D);
+            copy_rows(dOcv.data() + (bh - bh0) * Tq * D, D, do_ + Ldo.head(bh, H), Ldo.st, Tq, D);
+          }
+        // The first product into a dK/dV/dQ tile overwrites it (gemm with acc = false writes
+        // every row, masked ones as 0); only rows that get no product at all are zeroed.
+        // dQ rows below first_qtile(0) see no key (S < T).
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, first_qtile(0), D);
         for (int64_t j0 = 0; j0 < S; j0 += kK) {
-          const int64_t nk = std::min(kK, S - j0);
+          const int64_t nk = std::min(kK, S - j0), iq = first_qtile(j0);
+          if (iq >= Tq) {  // no query sees this key tile
+            zero_rows(dKh, Ldk.st, j0, j0 + nk, D);
+            zero_rows(dVh, Ldv.st, j0, j0 + nk, D);
+            continue;
+          }
           transpose_keys<DC>(Kt, Kh + j0 * Lk.st, Lk.st, nk, D);
           transpose_keys<DC>(Vt, Vh + j0 * Lv.st, Lv.st, nk, D);
+          copy_rows(Kc, D, Kh + j0 * Lk.st, Lk.st, nk, D);
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
-            const float* Qh = q + Lq.head(bh, H);
-            const float* dOh = do_ + Ldo.head(bh, H);
+            const float* Qh = Qof(bh);
+            const float* dOh = dOof(bh);
             float* dQh = dq + Ldq.head(bh, H);
-            for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+            for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
               const int64_t nr = std::min(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
-              bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
+              const bool acc_kv = bh != bh0 || i0 != iq;
+              bwd_tile<DC>(P, dS, Qh, ldq, dOh, ldo, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
                            causal, scale, diag, D);
-              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
-              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kh + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
+              gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * ldo, ldo, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * ldq, ldq, nk, D, nr, acc_kv, Tri::kbegin, diag);
+              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kc, D, nr, D, nk, j0 != 0, Tri::kend, diag);
             }
           }
         }
@@ -432,50 +625,65 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     return;
   }
 
+  parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e;) {
+      const int64_t bh = i / Tq, t1 = std::min(e, (bh + 1) * Tq);
+      rowdots(bh, i % Tq, t1 - bh * Tq);
+      i = t1;
+    }
+  });
   const Buf Kt = transpose_all<DC>(k, Lk, Hkv, B * Hkv, S, D), Vt = transpose_all<DC>(v, Lv, Hkv, B * Hkv, S, D);
   // dK, dV: one task per (b, kv head, key tile)
-  parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
+  dynamic_tasks(B * Hkv * nkt, [&](auto next) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t hk = t / nkt, jt = zigzag(t % nkt, nkt), j0 = jt * kK, nk = std::min(kK, S - j0);
+    for (int64_t t; (t = next()) >= 0;) {
+      int64_t hk, jt;
+      tile_task(t, nkt, hk, jt);
+      const int64_t j0 = jt * kK, nk = std::min(kK, S - j0);
       const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
       const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
       const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
       float* dKt = dk + Ldk.head(hk, Hkv) + j0 * Ldk.st;
       float* dVt = dv + Ldv.head(hk, Hkv) + j0 * Ldv.st;
-      zero_rows(dKt, Ldk.st, 0, nk, D);
-      zero_rows(dVt, Ldv.st, 0, nk, D);
+      const int64_t iq = first_qtile(j0);
+      if (iq >= Tq) {  // no query sees this key tile
+        zero_rows(dKt, Ldk.st, 0, nk, D);
+        zero_rows(dVt, Ldv.st, 0, nk, D);
+      }
       for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
         const float* Qh = q + Lq.head(bh, H);
         const float* dOh = do_ + Ldo.head(bh, H);
-        for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+        for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
           const int64_t nr = std::min(kQ, Tq - i0);
           const int64_t diag = diagonal(i0, j0);
+          const bool acc_kv = bh != bh0 || i0 != iq;  // the first product overwrites
           bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
                        causal, scale, diag, D);
-          gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, true, Tri::kbegin, diag);
-          gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, true, Tri::kbegin, diag);
+          gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
+          gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
         }
       }
     }
   });
   // dQ: one task per (b, h, query tile)
-  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+  dynamic_tasks(B * H * nqt, [&](auto next) {
     Buf Pv(kQ * kK), dSv(kQ * kK);
     float *P = Pv.data(), *dS = dSv.data();
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = zigzag(t % nqt, nqt) * kQ, nr = std::min(kQ, Tq - i0);
+    for (int64_t t; (t = next()) >= 0;) {
+      int64_t bh, u;
+      tile_task(t, nqt, bh, u);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
-      zero_rows(dQt, Ldq.st, 0, nr, D);
       const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      if (kend <= 0) zero_rows(dQt, Ldq.st, 0, nr, D);  // else the j0 = 0 product overwrites
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         const int64_t nk = std::min(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
         bwd_tile<DC>(P, dS, q + Lq.head(bh, H), Lq.st, do_ + Ldo.head(bh, H), Ldo.st, Kt.data() + tile,
                      Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
-        gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, true, Tri::kend, diag);
+        gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, j0 != 0, Tri::kend, diag);
       }
     }
   });
