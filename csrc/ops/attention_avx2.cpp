@@ -567,10 +567,10 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
   auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
 
   if (B * Hkv >= kManyHeads) {
-    // q and do rows of the group's heads, and k rows of the key tile, are copied to contiguous
-    // scratch when the group is small enough (rows D floats apart: operands read by rows with
-    // the large strides of packed qkv (3 H D floats) map to a few cache sets and evict each other).
-    const bool pack = G * Tq * D <= kPackMax;
+    // Strided q and do rows of the group's heads, and k rows of the key tile, are copied to
+    // contiguous scratch (the group's when it is small enough): operands read by rows with the
+    // large strides of packed qkv (3 H D floats) map to a few cache sets and evict each other.
+    const bool pack = (Lq.st != D || Ldo.st != D) && G * Tq * D <= kPackMax, pack_k = Lk.st != D;
     dynamic_tasks(B * Hkv, [&](auto next) {
       Buf Ktv(D * kK), Vtv(D * kK), Pv(kQ * kK), dSv(kQ * kK), Kcv(kK * D, false);
       Buf Qcv(pack ? G * Tq * D : 1, false), dOcv(pack ? G * Tq * D : 1, false);
@@ -603,7 +603,8 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
           }
           transpose_keys<DC>(Kt, Kh + j0 * Lk.st, Lk.st, nk, D);
           transpose_keys<DC>(Vt, Vh + j0 * Lv.st, Lv.st, nk, D);
-          copy_rows(Kc, D, Kh + j0 * Lk.st, Lk.st, nk, D);
+          if (pack_k) copy_rows(Kc, D, Kh + j0 * Lk.st, Lk.st, nk, D);
+          const float* Kr = pack_k ? Kc : Kh + j0 * Lk.st;  // the key tile's rows, D floats apart
           for (int64_t bh = bh0; bh < bh0 + G; ++bh) {
             const float* Qh = Qof(bh);
             const float* dOh = dOof(bh);
@@ -616,7 +617,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
                            causal, scale, diag, D);
               gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * ldo, ldo, nk, D, nr, acc_kv, Tri::kbegin, diag);
               gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * ldq, ldq, nk, D, nr, acc_kv, Tri::kbegin, diag);
-              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kc, D, nr, D, nk, j0 != 0, Tri::kend, diag);
+              gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kr, D, nr, D, nk, j0 != 0, Tri::kend, diag);
             }
           }
         }
