@@ -41,7 +41,8 @@ struct GemmExtras {
   // and accumulating. Not with accumulate.
   const float* bias = nullptr;
   // (M,): sum over K of op(A)(i, :), added in K order starting from 0 (the bits of a plain loop).
-  // With trans_a, summed while A is packed (a linear layer's bias gradient for free).
+  // Summed while the tiles pack their own rows of A (then a linear layer's bias gradient costs
+  // no pass over dy), else by a plain pass after the product.
   float* a_row_sums = nullptr;
 };
 // float32 fast path (same contract as fg::matmul for one matrix, no batch).
