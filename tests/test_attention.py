@@ -342,3 +342,25 @@ def test_attention_minus_inf_score_gets_no_weight(isa, rng):
         np.testing.assert_array_equal(o[0, 0, 0], 0)
         assert lse[0, 0, 0] == -np.inf
         np.testing.assert_allclose(o[0, 0, 1], v[0, 0, 1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 2, 2, 0, 0, 64), (4, 8, 8, 0, 0, 32), (3, 4, 2, 0, 7, 48), (2, 2, 2, 3, 0, 64)])
+def test_attention_empty_sequences(isa, threads, shape, nthreads):
+    # no queries (or no keys) with many heads per thread: the forward's one-task-per-head
+    # schedule once divided by the number of query tiles (0 here) and died with SIGFPE
+    threads(nthreads)
+    B, H, Hkv, T, S, D = shape
+    q, k = np.ones((B, H, T, D), np.float32), np.ones((B, Hkv, S, D), np.float32)
+    o, lse = ops.attention_forward(q, k, k)
+    assert o.shape == (B, H, T, D) and lse.shape == (B, H, T)
+    assert np.all(o == 0) and np.all(lse == -np.inf)  # a query that sees no key: o = 0, lse = -inf
+    dq, dk, dv = ops.attention_backward(np.ones_like(o), q, k, k, o, lse)
+    assert dq.shape == q.shape and dk.shape == dv.shape == k.shape
+    assert not dq.any() and not dk.any() and not dv.any()
+    if T == S:
+        qkv = np.ones((B, T, (H + 2 * Hkv) * D), np.float32)
+        o2, lse2 = ops.attention_qkv_forward(qkv, n_head=H, n_kv_head=Hkv, causal=True)
+        assert o2.shape == (B, T, H * D) and lse2.shape == (B, H, T)
+        assert ops.attention_qkv_backward(np.ones_like(o2), qkv, o2, lse2, n_head=H, n_kv_head=Hkv,
+                                          causal=True).shape == qkv.shape

@@ -375,7 +375,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
   // One task per head (its query tiles in turn: k and v stay in the core's cache) when there
   // are heads enough to keep every thread busy, else one per query tile. Rows do not depend on
   // the grouping, so neither do the results.
-  const int64_t per = B * H >= 4 * get_num_threads() ? nqt : 1;
+  const int64_t per = B * H >= 4 * get_num_threads() && nqt > 0 ? nqt : 1;  // (no query tiles: no tasks)
   dynamic_tasks(B * H * nqt / per, [&](auto next) {
     Buf Qtv(D * kQ), Stv(kK * kQ), accv(kQ * D), mv(kQ), lv(kQ), alv(kQ), cmv(kQ);
     float *Qt = Qtv.data(), *St = Stv.data(), *acc = accv.data(), *m = mv.data(), *l = lv.data(), *al = alv.data();
