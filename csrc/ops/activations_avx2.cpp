@@ -2,8 +2,6 @@
 // CPU has them (see activations.cpp).
 #include <immintrin.h>
 
-#include <cmath>
-
 #include "core/parallel.h"
 #include "ops/activations.h"
 #include "ops/vec_avx2.h"

@@ -83,11 +83,8 @@ void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int6
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   // float32 AVX2: the bias is added where the kernel first stores each C tile (no extra pass over y)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) {
-      avx2::GemmExtras ex;
-      ex.bias = bias;
-      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), ex);
-    }
+    if (use_avx2())
+      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), {/*bias=*/bias});
   }
 #endif
   // y = bias (broadcast over rows), then y += x @ w^T
@@ -107,11 +104,9 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   // float32 AVX2: db is summed while dW's GEMM packs dy^T (no extra pass over dy), same bits.
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) {
-      avx2::GemmExtras ex;
-      ex.a_row_sums = db;
-      return avx2::sgemm(dw, dy, x, OUT, IN, N, true, false, false, get_num_threads(), ex);
-    }
+    if (use_avx2())
+      return avx2::sgemm(dw, dy, x, OUT, IN, N, true, false, false, get_num_threads(),
+                         {/*bias=*/nullptr, /*a_row_sums=*/db});
   }
 #endif
   matmul<T>(dw, dy, x, 1, OUT, IN, N, true, false, false, 0, 0);   // dw (OUT,IN) = dy^T @ x
