@@ -435,12 +435,19 @@ def _linear_forward():
         rng, s, lead, IN, OUT = _linear_dims(draw)
         kw = {"x": randn(rng, lead + (IN,), dtype), "w": randn(rng, (OUT, IN), dtype)}
         kw["b"] = randn(rng, (OUT,), dtype) if draw(s.booleans()) else None
+        if draw(s.booleans()):
+            kw["residual"] = randn(rng, lead + (OUT,), dtype)
         return kw
 
-    def ref(x, w, b=None):
+    def ref(x, w, b=None, residual=None):
         if x.ndim < 1 or w.ndim != 2 or (b is not None and b.shape != (w.shape[0],)):
             raise ValueError("shapes")
-        return R.linear_forward(x, w, b)
+        y = R.linear_forward(x, w, b)
+        if residual is not None:
+            if residual.shape != y.shape:
+                raise ValueError("shapes")
+            y = residual + y
+        return y
     return Spec("linear_forward", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False)
 
 

@@ -273,6 +273,39 @@ def test_generate_bad_arguments():
 
 
 # ------------------------------------------------------------------ bad input
+def test_block_fused_skip_connections_give_the_bits_of_separate_adds():
+    # Block.forward adds each skip connection inside the projection's kernel; it must equal the
+    # textbook x + attn(ln_1(x)), then + mlp(ln_2(x)), bit for bit, and so must the gradients
+    from fusegrad import Tensor
+    cfg = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=40)
+    blk = GPT(cfg, seed=0).blocks[0]
+    x0 = np.random.default_rng(0).standard_normal((3, 13, 40)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((3, 13, 40)).astype(np.float32)
+
+    def run(fused):
+        for p in blk.parameters():
+            p.grad = None
+        x = Tensor(x0, requires_grad=True)
+        if fused:
+            y = blk(x)
+        else:
+            a = x + blk.attn(blk.ln_1(x))
+            y = a + blk.mlp(blk.ln_2(a))
+        (y * Tensor(g)).sum().backward()
+        return [y.data, x.grad.data] + [p.grad.data for p in blk.parameters()]
+
+    for got, want in zip(run(True), run(False)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_linear_add_residual_shape_must_match():
+    from fusegrad import Tensor
+    from fusegrad.nn import functional as F
+    with pytest.raises(ValueError, match=r"linear: residual must have the output's shape \(2, 5\), got \(5,\)"):
+        F._linear_add(Tensor(np.ones(5, np.float32)), Tensor(np.ones((2, 4), np.float32)),
+                      Tensor(np.ones((5, 4), np.float32)))
+
+
 def test_bad_inputs_raise_clear_errors():
     cfg = GPTConfig(**TINY)
     model = GPT(cfg, seed=0)

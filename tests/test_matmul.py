@@ -305,6 +305,41 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
     np.testing.assert_array_equal(ops.linear_forward(x, w, None), ops.matmul(x, w, trans_b=True))
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 5), (127, 1000, 33), (301, 257, 31), (2048, 1024, 256),
+                                   (2100, 4096, 20), (258, 33000, 20), (5, 0, 3), (0, 4, 6)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_linear_forward_residual_equals_adding_after(isa, threads, rng, shape, nthreads):
+    # float32 AVX2 adds the residual where it stores C for the last time (the last K block of the
+    # last K chunk: (258, 33000, 20) is cut into K chunks); it must give residual + y's bits
+    threads(nthreads)
+    n, n_in, n_out = shape
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((n, n_in)).astype(dtype)
+        w = rng.standard_normal((n_out, n_in)).astype(dtype)
+        b = rng.standard_normal(n_out).astype(dtype)
+        r = rng.standard_normal((n, n_out)).astype(dtype)
+        for bias in (b, None):
+            y = ops.linear_forward(x, w, bias, r)
+            assert y.dtype == dtype and y.shape == (n, n_out)
+            np.testing.assert_array_equal(y, r + ops.linear_forward(x, w, bias))
+    # leading dimensions, and -0.0 + 0.0 = +0.0 as in the separate add
+    x = np.zeros((2, 3, 4), np.float32)
+    r = np.full((2, 3, 5), -0.0, np.float32)
+    y = ops.linear_forward(x, np.ones((5, 4), np.float32), None, r)
+    assert y.shape == (2, 3, 5) and not np.signbit(y).any()
+
+
+def test_linear_forward_residual_bad_input():
+    f32 = lambda *s: np.ones(s, np.float32)
+    x, w, b = f32(2, 3, 5), f32(4, 5), f32(4)
+    with pytest.raises(ValueError, match=r"linear_forward: residual must have shape \(2, 3, 4\), got \(6, 4\)"):
+        ops.linear_forward(x, w, b, f32(6, 4))
+    with pytest.raises(TypeError, match="linear_forward: residual must be float32"):
+        ops.linear_forward(x, w, b, np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="linear_forward: residual must be C-contiguous"):
+        ops.linear_forward(x, w, b, f32(2, 4, 3).transpose(0, 2, 1))
+
+
 # ----- linear_backward's bias gradient ------------------------------------------------------
 # float32 AVX2 sums db while dW's GEMM packs dy^T (else a plain pass): either way db adds the rows
 # of dy in order, the bits of a plain loop (np.cumsum is sequential), whatever the threads, tile

@@ -101,6 +101,9 @@ CASES = {
     "log_softmax": (lambda a: F.log_softmax(a, -1), [r(3, 5)]),
     "linear": (lambda x, w, b: F.linear(x, w, b), [r(2, 3, 4), r(5, 4), r(5)]),
     "linear_nobias": (lambda x, w: F.linear(x, w), [r(3, 4), r(5, 4)]),
+    # the skip connection fused into the projection (GPT blocks): one op with four inputs
+    "linear_add": (lambda res, x, w, b: F._linear_add(res, x, w, b), [r(2, 3, 5), r(2, 3, 4), r(5, 4), r(5)]),
+    "linear_add_nobias": (lambda res, x, w: F._linear_add(res, x, w), [r(3, 5), r(3, 4), r(5, 4)]),
     "layer_norm": (lambda x, w, b: F.layer_norm(x, (6,), w, b), [r(2, 3, 6), r(6), r(6)]),
     "mse": (lambda a, b: F.mse_loss(a, b), [r(3, 4), r(3, 4)]),
     "cross_entropy": (lambda a: F.cross_entropy(a, fg.tensor(np.array([1, 0, 3]))), [r(3, 4)]),
@@ -138,6 +141,7 @@ TORCH = {
     "softmax_dim0": lambda t, a: t.softmax(a, 0),
     "log_softmax": lambda t, a: t.log_softmax(a, -1),
     "linear": lambda t, x, w, b: t.nn.functional.linear(x, w, b),
+    "linear_add": lambda t, res, x, w, b: res + t.nn.functional.linear(x, w, b),
     "layer_norm": lambda t, x, w, b: t.nn.functional.layer_norm(x, (6,), w, b),
     "mse": lambda t, a, b: t.nn.functional.mse_loss(a, b),
     "cross_entropy_ignore": lambda t, a: t.nn.functional.cross_entropy(a, t.tensor([1, -100, 3])),
@@ -289,7 +293,7 @@ def _kernel_args(name, g):
     if name == "matmul":
         return (x, g.standard_normal((33, 5)))
     if name == "linear_forward":
-        return (x, g.standard_normal((5, 33)), g.standard_normal(5))
+        return (x, g.standard_normal((5, 33)), g.standard_normal(5), g.standard_normal((7, 5)))
     if name == "linear_backward":
         return (g.standard_normal((7, 5)), x, g.standard_normal((5, 33)))
     if name == "mse_forward":

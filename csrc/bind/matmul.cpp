@@ -82,7 +82,8 @@ py::object matmul_py(const py::object& a_obj, const py::object& b_obj, bool tran
   return out_obj.is_none() ? py::object(out) : out_obj;
 }
 
-py::array linear_forward_py(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj) {
+py::array linear_forward_py(const py::object& x_obj, const py::object& w_obj, const py::object& b_obj,
+                            const py::object& r_obj) {
   const char* fn = "linear_forward";
   py::array x = as_array(x_obj, fn, "x"), w = as_array(w_obj, fn, "w");
   DType d = float_input(x, fn, "x");
@@ -103,13 +104,22 @@ py::array linear_forward_py(const py::object& x_obj, const py::object& w_obj, co
   }
   std::vector<py::ssize_t> ys = shape_of(x);
   ys.back() = OUT;
+  py::array res;
+  const bool has_r = !r_obj.is_none();
+  if (has_r) {
+    res = as_array(r_obj, fn, "residual");
+    check_dtype(res, d, fn, "residual");
+    check_shape(res, std::vector<int64_t>(ys.begin(), ys.end()), fn, "residual");
+    check_contiguous(res, fn, "residual");
+  }
   return dispatch_float(d, [&](auto tag) -> py::array {
     using T = decltype(tag);
     py::array y = py::array_t<T>(ys);
     T* py_ = ptr<T>(y);
     const T *px = cptr<T>(x), *pw = cptr<T>(w), *pb = has_b ? cptr<T>(bias) : nullptr;
+    const T* pr = has_r ? cptr<T>(res) : nullptr;
     py::gil_scoped_release nogil;
-    linear_forward<T>(py_, px, pw, pb, N, IN, OUT);
+    linear_forward<T>(py_, px, pw, pb, N, IN, OUT, pr);
     return y;
   });
 }
@@ -155,7 +165,10 @@ void bind_matmul(py::module_& m) {
         ">>> import numpy as np; from fusegrad import ops\n"
         ">>> ops.matmul(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)).shape\n(2, 4)");
   m.def("linear_forward", &linear_forward_py, py::arg("x"), py::arg("w"), py::arg("b") = py::none(),
-        "y = x @ w.T + b; x: (..., in), w: (out, in) (PyTorch layout), b: (out,) or None.");
+        py::arg("residual") = py::none(),
+        "y = x @ w.T + b; x: (..., in), w: (out, in) (PyTorch layout), b: (out,) or None.\n"
+        "residual (..., out) or None: y = residual + (x @ w.T + b), the bits of adding it afterwards,\n"
+        "added where y is stored (a skip connection at no extra pass).");
   m.def("linear_backward", &linear_backward_py, py::arg("dy"), py::arg("x"), py::arg("w"),
         "(dx, dw, db) for y = x @ w.T + b: dx = dy @ w, dw = dy^T @ x (rows flattened), db = dy summed over rows.");
   m.def("_matmul_naive", [](const py::array& a, const py::array& b, bool trans_a, bool trans_b) {

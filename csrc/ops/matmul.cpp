@@ -79,12 +79,15 @@ void matmul_naive(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_
 }
 
 template <typename T>
-void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT) {
+void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT,
+                    const T* residual) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  // float32 AVX2: the bias is added where the kernel first stores each C tile (no extra pass over y)
+  // float32 AVX2: the bias is added where the kernel first stores each C tile and the residual
+  // where it stores it last (no extra passes over y)
   if constexpr (std::is_same_v<T, float>) {
     if (use_avx2())
-      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(), {/*bias=*/bias});
+      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(),
+                         {/*bias=*/bias, /*a_row_sums=*/nullptr, /*residual=*/residual});
   }
 #endif
   // y = bias (broadcast over rows), then y += x @ w^T
@@ -95,6 +98,11 @@ void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int6
     });
   }
   matmul<T>(y, x, w, 1, N, OUT, IN, false, true, bias != nullptr, 0, 0);
+  if (residual) {
+    parallel_for(N, 256, [&](int64_t b, int64_t e) {
+      for (int64_t i = b * OUT; i < e * OUT; ++i) y[i] = residual[i] + y[i];
+    });
+  }
 }
 
 template <typename T>
@@ -123,7 +131,7 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
                           int64_t, int64_t);                                                             \
   template void matmul_naive<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, bool, bool,  \
                                 bool, int64_t, int64_t);                                                 \
-  template void linear_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);         \
+  template void linear_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, const T*); \
   template void linear_backward<T>(T*, T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);
 FG_INST(float)
 FG_INST(double)

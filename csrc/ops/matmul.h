@@ -27,8 +27,11 @@ void matmul_naive(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_
 
 // Linear layer in PyTorch's layout, built on matmul.
 //   y: (N, OUT) = x: (N, IN) @ w^T + bias;  w: (OUT, IN); bias: (OUT,) or nullptr.  y is overwritten.
+//   residual: (N, OUT) or nullptr: y = residual + (x @ w^T + bias), the bits of adding it after
+//   (a transformer block's skip connection, added where the kernel stores y: no pass of its own).
 template <typename T>
-void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT);
+void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT,
+                    const T* residual = nullptr);
 // dx (N, IN) = dy @ w;  dw (OUT, IN) = dy^T @ x;  db (OUT,) = sum over rows of dy.  All overwritten (=).
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t IN,
@@ -44,6 +47,9 @@ struct GemmExtras {
   // Summed while the tiles pack their own rows of A (then a linear layer's bias gradient costs
   // no pass over dy), else by a plain pass after the product.
   float* a_row_sums = nullptr;
+  // (M, N), row stride N: added to each C element after its product (and bias or accumulated c)
+  // is complete, where C is stored for the last time: the bits of adding it in a pass afterwards.
+  const float* residual = nullptr;
 };
 // float32 fast path (same contract as fg::matmul for one matrix, no batch).
 void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,

@@ -31,7 +31,6 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <new>
 #include <thread>
 #include <vector>
@@ -98,22 +97,28 @@ thread_local Workspaces tls_ws;
 // Micro-kernel: c[0:6, 0:16] (= or +=) sum_p ap[p][0:6]^T bp[p][0:16].
 // ap: (kc, 6) packed, bp: (kc, 16) packed and 32-byte aligned, c: row stride ldc.
 // bias (16,) or nullptr, only with !add: c = acc + bias (the bias broadcast over the 6 rows).
+// res (6 x 16, row stride ldc) or nullptr: added last, to the sum just formed.
 // The k loop is inline asm: GCC's scheduler spills accumulators when it interleaves unrolled
 // steps. One k step = 2 aligned loads of B, 6 broadcasts of A, 12 FMAs; 12 accumulators + 2 B
 // + 1 A = 15 ymm, no spills. Unrolled by 4, A prefetched 8 steps ahead.
 void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, bool add,
-                 const float* bias = nullptr) {
+                 const float* bias = nullptr, const float* res = nullptr) {
   __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
   __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
   __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
   __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
   __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
   __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
-  // C is touched only after the k loop: start pulling its 6 rows in now.
+  // C (and the residual) are touched only after the k loop: start pulling their 6 rows in now.
   for (int r = 0; r < 6; ++r) {
     _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 15), _MM_HINT_T0);
   }
+  if (res)
+    for (int r = 0; r < 6; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(res + r * ldc), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(res + r * ldc + 15), _MM_HINT_T0);
+    }
   int64_t k4 = kc / 4, k1 = kc % 4;
   if (k4 > 0) {
 #define FG_KSTEP(B0, B1, A0)                                \
@@ -178,7 +183,8 @@ void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t
     bias0 = _mm256_loadu_ps(bias);
     bias1 = _mm256_loadu_ps(bias + 8);
   }
-  auto st = [&](float* row, __m256 v0, __m256 v1) {
+  auto st = [&](int64_t r, __m256 v0, __m256 v1) {
+    float* row = c + r * ldc;
     if (add) {
       v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
       v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row + 8));
@@ -186,26 +192,33 @@ void kernel_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t
       v0 = _mm256_add_ps(v0, bias0);
       v1 = _mm256_add_ps(v1, bias1);
     }
+    if (res) {
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res + r * ldc));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + r * ldc + 8));
+    }
     _mm256_storeu_ps(row, v0);
     _mm256_storeu_ps(row + 8, v1);
   };
-  st(c + 0 * ldc, c00, c01);
-  st(c + 1 * ldc, c10, c11);
-  st(c + 2 * ldc, c20, c21);
-  st(c + 3 * ldc, c30, c31);
-  st(c + 4 * ldc, c40, c41);
-  st(c + 5 * ldc, c50, c51);
+  st(0, c00, c01);
+  st(1, c10, c11);
+  st(2, c20, c21);
+  st(3, c30, c31);
+  st(4, c40, c41);
+  st(5, c50, c51);
 }
 
 // A tile that sticks out of C (mr < 6 or nr < 16): compute the full 6x16 into scratch (the
 // packed panels are zero-padded), then write the valid part.
 void kernel_edge(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int64_t mr, int64_t nr,
-                 bool add, const float* bias) {
+                 bool add, const float* bias, const float* res) {
   alignas(64) float tile[MR * NR];
   kernel_6x16(kc, ap, bp, tile, NR, false);
   for (int64_t r = 0; r < mr; ++r)
-    for (int64_t q = 0; q < nr; ++q)
-      c[r * ldc + q] = add ? c[r * ldc + q] + tile[r * NR + q] : bias ? tile[r * NR + q] + bias[q] : tile[r * NR + q];
+    for (int64_t q = 0; q < nr; ++q) {
+      const float t = tile[r * NR + q];
+      const float v = add ? c[r * ldc + q] + t : bias ? t + bias[q] : t;
+      c[r * ldc + q] = res ? v + res[r * ldc + q] : v;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,6 +360,7 @@ struct Plan {
   const float* b;
   float* c;
   const float* bias;        // (N,) added to every row of C by the first K block, or nullptr
+  const float* residual;    // (M, N) added to C by the last K block, or nullptr (not the last pass)
   float* a_row_sums;        // GemmExtras::a_row_sums, or nullptr
   bool first_pass;          // this pass holds the first K chunk of the product
   bool sums_in_pack;        // a_row_sums summed by the tiles while they pack A (else a plain pass)
@@ -439,6 +453,7 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     const bool add = P.accumulate || pb > 0;
     const float* bias = !add && P.bias ? P.bias + n0 : nullptr;
+    const float* res = pb == P.nkb - 1 ? P.residual : nullptr;
     const float* ablk = own_a ? own_a : ap + p0 * mpad;
     const int64_t ifirst = own_a ? i0 : 0;  // panel (i - ifirst) / MR of ablk holds rows i..i+5
     // Row sums of A: by the tile in the first column of the first column chunk (packing is
@@ -454,10 +469,11 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
         const int64_t mr = std::min<int64_t>(MR, mrows - i);
         float* cij = P.c + (m0 + i) * P.N + n0 + j;
         const float* bj = bias ? bias + j : nullptr;
+        const float* rij = res ? res + (m0 + i) * P.N + n0 + j : nullptr;
         if (mr == MR && nr == NR)
-          kernel_6x16(kc, app, bpp, cij, P.N, add, bj);
+          kernel_6x16(kc, app, bpp, cij, P.N, add, bj, rij);
         else
-          kernel_edge(kc, app, bpp, cij, P.N, mr, nr, add, bj);
+          kernel_edge(kc, app, bpp, cij, P.N, mr, nr, add, bj, rij);
       }
     }
   }
@@ -466,14 +482,15 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
 
 // One pass over K (all of it, or one K chunk of a longer product: see sgemm) with K blocks of
 // kcb. a and b point at the chunk's first K index; lda and ldb are the stored row strides.
-// first: this pass holds the product's first K chunk.
+// first / last: this pass holds the product's first / last K chunk.
 void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, int64_t M, int64_t N, int64_t K,
                 int64_t lda, int64_t ldb, bool trans_a, bool trans_b, bool accumulate, int nthreads, int64_t kcb,
-                bool first) {
+                bool first, bool last) {
   Plan P;
   P.M = M; P.N = N; P.K = K; P.ta = trans_a; P.tb = trans_b; P.accumulate = accumulate;
   P.a = a; P.b = b; P.c = c; P.bias = accumulate ? nullptr : ex.bias; P.lda = lda; P.ldb = ldb;
   P.a_row_sums = ex.a_row_sums;
+  P.residual = last ? ex.residual : nullptr;
   P.first_pass = first;
   P.kcb = kcb;
   P.nkb = (K + kcb - 1) / kcb;
@@ -644,12 +661,12 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
   GemmExtras ex = extras;
   if (accumulate) ex.bias = nullptr;
   if (K <= 0) {
-    if (accumulate) return;
+    const float* r = ex.residual;
     for (int64_t i = 0; i < M; ++i)
-      if (ex.bias)
-        std::memcpy(c + i * N, ex.bias, sizeof(float) * N);
-      else
-        std::memset(c + i * N, 0, sizeof(float) * N);
+      for (int64_t j = 0; j < N; ++j) {
+        const float v = accumulate ? c[i * N + j] : ex.bias ? ex.bias[j] : 0.f;
+        c[i * N + j] = r ? v + r[i * N + j] : v;
+      }
     return;
   }
   // K blocks of nearly equal size <= KC (a multiple of 8 when K allows).
@@ -670,7 +687,8 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     const int64_t p0 = pb * kcb, kc = std::min(K - p0, kchunk * kcb);
     const float* ak = trans_a ? a + p0 * lda : a + p0;
     const float* bk = trans_b ? b + p0 : b + p0 * ldb;
-    sgemm_pass(c, ak, bk, ex, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb, pb == 0);
+    sgemm_pass(c, ak, bk, ex, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb, pb == 0,
+               pb + kchunk >= nkb);
   }
 }
 

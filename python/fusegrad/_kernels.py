@@ -132,9 +132,11 @@ def _matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     return np.matmul(a, b)
 
 
-def _linear_forward(x, w, b):
+def _linear_forward(x, w, b, residual=None):
     y = x @ w.T
-    return y + b if b is not None else y
+    if b is not None:
+        y = y + b
+    return residual + y if residual is not None else y
 
 
 def _linear_backward(dy, x, w):

@@ -157,9 +157,11 @@ class CausalSelfAttention(Module):
         self.c_attn = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias, dtype=dtype)
         self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype)
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, residual=None):
+        """The attention output projected by c_proj; plus ``residual`` when given (added by the
+        projection's kernel)."""
         y = _CausalSelfAttention.apply(self.c_attn(x), H=self.n_head, Hkv=self.n_kv_head, rope=rope)
-        return self.c_proj(y)
+        return _project(self.c_proj, y, residual)
 
     def step(self, x, cache, pos, rope=None):
         """Incremental forward (no grad): x (B, t, C) new positions pos..pos+t-1; appends this
@@ -182,8 +184,14 @@ class MLP(Module):
         self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias, dtype=dtype)
         self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype)
 
-    def forward(self, x):
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+    def forward(self, x, residual=None):
+        return _project(self.c_proj, F.gelu(self.c_fc(x), approximate="tanh"), residual)
+
+
+def _project(lin: Linear, y, residual):
+    """lin(y), or residual + lin(y) as one kernel call (the skip connection added where the
+    projection is stored: the same bits, one op and one pass over the activations fewer)."""
+    return lin(y) if residual is None else F._linear_add(residual, y, lin.weight, lin.bias)
 
 
 class Block(Module):
@@ -196,8 +204,11 @@ class Block(Module):
         self.mlp = MLP(cfg, dtype)
 
     def forward(self, x, rope=None):
-        x = x + F.dropout(self.attn(self.ln_1(x), rope), self.p, self.training)
-        return x + F.dropout(self.mlp(self.ln_2(x)), self.p, self.training)
+        if self.p > 0 and self.training:
+            x = x + F.dropout(self.attn(self.ln_1(x), rope), self.p, self.training)
+            return x + F.dropout(self.mlp(self.ln_2(x)), self.p, self.training)
+        x = self.attn(self.ln_1(x), rope, residual=x)
+        return self.mlp(self.ln_2(x), residual=x)
 
     def step(self, x, cache, pos, rope=None):
         x = x + self.attn.step(self.ln_1(x), cache, pos, rope)

@@ -14,7 +14,10 @@ __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax"
 
 
 class _Linear(Function):
-    def forward(self, x, w, b=None):
+    """y = x @ w.T + b, or residual + (x @ w.T + b) with the residual added where the kernel
+    stores y (a skip connection without a pass of its own; the same bits as adding afterwards)."""
+
+    def forward(self, x, w, b=None, residual=None):
         if x.ndim < 1 or w.ndim != 2:
             raise ValueError(f"linear: input must have at least 1 dimension and weight 2 (out, in), "
                              f"got input {x.shape} and weight {w.shape}")
@@ -24,15 +27,22 @@ class _Linear(Function):
         self.x, self.w, self.has_b = _kc(x), _kc(w), b is not None
         if self.x.dtype != self.w.dtype:
             raise TypeError(f"linear: input dtype {x.dtype} differs from weight dtype {w.dtype}")
-        x2 = self.x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # not (-1, C): C may be 0
-        y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None)
-        return y.reshape(x.shape[:-1] + (w.shape[0],))
+        N = math.prod(x.shape[:-1])  # not reshape(-1, C): C may be 0
+        x2 = self.x.reshape(N, x.shape[-1])
+        shape = x.shape[:-1] + (w.shape[0],)
+        self.has_r = residual is not None
+        if self.has_r:
+            if residual.shape != shape:
+                raise ValueError(f"linear: residual must have the output's shape {shape}, got {residual.shape}")
+            residual = _kc(residual).reshape(N, w.shape[0])
+        y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None, residual)
+        return y.reshape(shape)
 
     def backward(self, g):
         N = math.prod(self.x.shape[:-1])
         x2 = self.x.reshape(N, self.x.shape[-1])
         dx, dw, db = K.linear_backward(_kc(g).reshape(N, g.shape[-1]), x2, self.w)
-        return dx.reshape(self.x.shape), dw, (db if self.has_b else None)
+        return dx.reshape(self.x.shape), dw, (db if self.has_b else None), (g if self.has_r else None)
 
 
 def linear(input, weight, bias=None):
@@ -40,6 +50,12 @@ def linear(input, weight, bias=None):
     if bias is None:
         return _Linear.apply(input, weight)
     return _Linear.apply(input, weight, bias)
+
+
+def _linear_add(residual, input, weight, bias=None):
+    """residual + linear(input, weight, bias) as one op (one kernel call, no separate add);
+    residual must have the output's shape. The bits are those of the two ops."""
+    return _Linear.apply(input, weight, bias, residual)
 
 
 def relu(input):
