@@ -305,6 +305,23 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
     np.testing.assert_array_equal(ops.linear_forward(x, w, None), ops.matmul(x, w, trans_b=True))
 
 
+@pytest.mark.parametrize("mnk", [(1, 257, 257), (7, 300, 513), (256, 1024, 2048), (133, 999, 777), (250, 4100, 300)])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_matmul_transposed_product_same_bits(isa, threads, rng, mnk, nthreads):
+    # float32 AVX2: with several K blocks, C at most 256 rows tall and wider than that (weight
+    # gradients), C^T = op(B)^T op(A)^T is computed and stored transposed. The bits must be those of
+    # the direct product, which accumulating into zeros still computes (accumulate never swaps).
+    threads(nthreads)
+    m, n, k = mnk
+    for ta, tb in itertools.product([False, True], repeat=2):
+        a, b = operands(rng, m, n, k, ta, tb, np.float32)
+        c = ops.matmul(a, b, trans_a=ta, trans_b=tb)
+        direct = np.zeros((m, n), np.float32)
+        ops.matmul(a, b, trans_a=ta, trans_b=tb, out=direct, accumulate=True)
+        np.testing.assert_array_equal(c, direct)
+        check(c, a, b, ta, tb, np.float32)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (7, 33, 5), (127, 1000, 33), (301, 257, 31), (2048, 1024, 256),
                                    (2100, 4096, 20), (258, 33000, 20), (5, 0, 3), (0, 4, 6)])
 @pytest.mark.parametrize("nthreads", [1, 2])

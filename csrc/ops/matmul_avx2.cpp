@@ -15,6 +15,9 @@
 //     In a tile: for each K block, for each NR panel of B (kept in L1), for each MR panel of A
 //     (the MC x kc block stays in L2): the 6x16 micro-kernel. The C tile (MC x TW floats) stays
 //     in L2 across the K blocks, so C goes to memory once.
+//  3. A short, wide C with several K blocks (a weight gradient dW = dy^T x of a layer with at
+//     most 256 outputs) is computed as C^T, whose tiles pack their own rows, and each tile is
+//     stored transposed (same bits).
 //  Very large operands are processed in chunks (rows of A, columns of B) to bound the packed
 //  buffers; B chunks are double-buffered. There are no barriers: a thread waits only for work
 //  another thread has claimed and not finished, so a late or preempted thread costs little.
@@ -83,6 +86,7 @@ struct Workspace {
 struct Workspaces {
   Workspace a, b[2];
   Workspace tile_a;  // one tile's block of A, packed by the thread running the tile
+  Workspace tile_c;  // one tile of C, when C is stored transposed (Plan::c_trans)
   void trim() {
     if (a.bytes + b[0].bytes + b[1].bytes > kKeepBytes) {
       a.release();
@@ -369,6 +373,7 @@ struct Plan {
   int64_t mch, nch;         // rows / columns per chunk (multiples of MR / NR)
   int64_t tm, tw;           // tile rows / columns (multiples of MR / NR)
   bool tile_packs_a;        // each tile packs its own rows of A, one K block at a time
+  bool c_trans;             // the product is C^T: element (i, j) goes to c[j * M + i] (see sgemm)
 };
 
 // Packs panels [ip0, ip1) of rows [m0, m0 + mrows) of op(A), K blocks [pb0, pb1), into ap.
@@ -449,6 +454,10 @@ void row_sums_plain(float* sums, const float* a, int64_t M, int64_t K, int64_t l
 __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
               int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
   float* own_a = P.tile_packs_a ? tls_ws.tile_a.get(P.tm * P.kcb + 64) : nullptr;
+  // With c_trans the tile is summed in a thread-local buffer (it stays in L2 across K, as C's
+  // tile would), padded to whole micro-tiles, and stored transposed after the last K block.
+  const int64_t ldt = (nt + NR - 1) / NR * NR;
+  float* tbuf = P.c_trans ? tls_ws.tile_c.get((mt + MR - 1) / MR * MR * ldt + 64) : nullptr;
   for (int64_t pb = 0; pb < P.nkb; ++pb) {
     const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
     const bool add = P.accumulate || pb > 0;
@@ -466,6 +475,10 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
       const int64_t nr = std::min<int64_t>(NR, ncols - j);
       for (int64_t i = i0; i < i0 + mt; i += MR) {
         const float* app = ablk + ((i - ifirst) / MR) * MR * kc;
+        if (tbuf) {  // the packed panels are zero-padded: whole micro-tiles, also at the edges
+          kernel_6x16(kc, app, bpp, tbuf + (i - i0) * ldt + (j - j0), ldt, add);
+          continue;
+        }
         const int64_t mr = std::min<int64_t>(MR, mrows - i);
         float* cij = P.c + (m0 + i) * P.N + n0 + j;
         const float* bj = bias ? bias + j : nullptr;
@@ -477,20 +490,40 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
       }
     }
   }
+  if (tbuf) {
+    // tile (i, j) -> c[(n0 + j0 + j) * M + m0 + i0 + i], 8x8 blocks transposed in registers
+    float* cbase = P.c + (n0 + j0) * P.M + m0 + i0;
+    int64_t i = 0;
+    for (; i + 8 <= mt; i += 8) {
+      int64_t j = 0;
+      for (; j + 8 <= nt; j += 8) {
+        __m256 v[8];
+        for (int r = 0; r < 8; ++r) v[r] = _mm256_loadu_ps(tbuf + (i + r) * ldt + j);
+        transpose8(v);
+        for (int r = 0; r < 8; ++r) _mm256_storeu_ps(cbase + (j + r) * P.M + i, v[r]);
+      }
+      for (; j < nt; ++j)
+        for (int r = 0; r < 8; ++r) cbase[j * P.M + i + r] = tbuf[(i + r) * ldt + j];
+    }
+    for (; i < mt; ++i)
+      for (int64_t j = 0; j < nt; ++j) cbase[j * P.M + i] = tbuf[i * ldt + j];
+  }
 }
 
 
 // One pass over K (all of it, or one K chunk of a longer product: see sgemm) with K blocks of
 // kcb. a and b point at the chunk's first K index; lda and ldb are the stored row strides.
 // first / last: this pass holds the product's first / last K chunk.
+// c_trans: store the product transposed (c is (N, M)); not with accumulate, bias or residual.
 void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, int64_t M, int64_t N, int64_t K,
                 int64_t lda, int64_t ldb, bool trans_a, bool trans_b, bool accumulate, int nthreads, int64_t kcb,
-                bool first, bool last) {
+                bool first, bool last, bool c_trans = false) {
   Plan P;
   P.M = M; P.N = N; P.K = K; P.ta = trans_a; P.tb = trans_b; P.accumulate = accumulate;
   P.a = a; P.b = b; P.c = c; P.bias = accumulate ? nullptr : ex.bias; P.lda = lda; P.ldb = ldb;
   P.a_row_sums = ex.a_row_sums;
   P.residual = last ? ex.residual : nullptr;
+  P.c_trans = c_trans;
   P.first_pass = first;
   P.kcb = kcb;
   P.nkb = (K + kcb - 1) / kcb;
@@ -681,6 +714,19 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
   // accumulate over the chunks: each C element still adds the same K blocks in the same order.
   int64_t kchunk = nkb;
   const int64_t mpad = (M + MR - 1) / MR * MR, npad = (N + NR - 1) / NR * NR;
+  // Several K blocks, C wider than a tile and at most a tile tall (a weight gradient
+  // dW (out, in) = dy^T x with out <= 256 < in): then no tile may pack its own A, and all of op(B)
+  // is packed up front. C^T = op(B)^T op(A)^T has the shape the tiles handle best (each packs
+  // its own rows, only the smaller operand is packed up front), so that is computed instead and
+  // each tile is stored transposed. Every element is the same sum of the same products in the
+  // same order (x * y == y * x exactly), so the bits are those of the direct product.
+  if (!accumulate && !ex.bias && !ex.residual && nkb > 1 && N > TW && M <= TW && npad * K * 4 <= kMaxPackA &&
+      mpad * K * 4 <= kMaxPackB) {
+    sgemm_pass(c, b, a, {}, N, M, K, ldb, lda, !trans_b, !trans_a, false, nthreads, kcb, true, true,
+               /*c_trans=*/true);
+    if (ex.a_row_sums) row_sums_plain(ex.a_row_sums, a, M, K, lda, trans_a, true);
+    return;
+  }
   if (mpad * K * 4 > kMaxPackA)
     kchunk = std::max<int64_t>(8, std::min(kMaxPackA / (4 * mpad * kcb), kMaxPackB / (4 * npad * kcb)));
   for (int64_t pb = 0; pb < nkb; pb += kchunk) {
