@@ -85,7 +85,7 @@ def run(limits, quick=False):
             a, b = ours(), theirs()
             err = abs(a - b) / abs(b)
             fns["torch"] = theirs
-        reps = 3 if name == "gpt2-small" else 5
+        reps = 3 if name == "gpt2-small" else 9  # medians of 9: the shared machine drifts ±10%
         t = interleaved(fns, reps=reps, warmup=1)
         toks = B * T
         n = model.num_params(non_embedding=True)
