@@ -154,6 +154,17 @@ def _mse(name):
                 scalars={"dloss": [math.nan, math.inf, 1e300]} if name == "mse_backward" else {})
 
 
+def _sum_squares():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        return {"x": randn(rng, draw_shape(draw), dtype, draw(st().sampled_from([1.0, 1e3])))}
+
+    def ref(x):
+        return float(np.sum(np.square(x, dtype=np.float64)))
+    # accumulated in float64 whatever x's dtype: within n 2^-53 of the exact sum
+    return Spec("sum_squares", make, ref, tol=(1e-12, 1e-12))
+
+
 def _ids(rng, shape, V, dtype, draw):
     ids = rng.integers(0, max(V, 1), size=shape).astype(dtype)
     return ids
@@ -889,6 +900,7 @@ SPECS: list[Spec] = [
     _xent("cross_entropy_forward"),
     _xent("cross_entropy_backward"),
     _mse("mse_forward"),
+    _sum_squares(),
     _mse("mse_backward"),
     _embedding_forward(),
     _embedding_backward(),

@@ -109,6 +109,25 @@ def test_clip_grad_norm():
     np.testing.assert_allclose(p.grad.data, [0.6, 0.8, 0, 0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, float("inf")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_matches_torch(rng, norm_type, dtype):
+    torch = pytest.importorskip("torch")
+    shapes = [(300, 257), (7,), (1,), (70_001,), (33, 5)]
+    gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    ps = [nn.Parameter(np.zeros(s, dtype=dtype)) for s in shapes]
+    tps = [torch.zeros(s, dtype=torch.from_numpy(np.zeros(1, dtype)).dtype, requires_grad=True) for s in shapes]
+    for p, tp, g in zip(ps, tps, gs):
+        p.grad = fg.tensor(g.copy())
+        tp.grad = torch.from_numpy(g.copy())
+    n = nn.utils.clip_grad_norm_(ps, 3.0, norm_type=norm_type)
+    tn = torch.nn.utils.clip_grad_norm_(tps, 3.0, norm_type=norm_type)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert n.item() == pytest.approx(tn.item(), rel=tol)
+    for p, tp in zip(ps, tps):
+        np.testing.assert_allclose(p.grad.data, tp.grad.numpy(), rtol=tol, atol=tol * 1e-3)
+
+
 @pytest.mark.parametrize("n,bs,drop,expect", [(10000, 32, False, 313), (10000, 32, True, 312), (7, 7, False, 1)])
 def test_dataloader_batches(n, bs, drop, expect):
     ds = TensorDataset(np.arange(n, dtype=np.float32), np.arange(n))

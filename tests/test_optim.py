@@ -125,3 +125,35 @@ def test_optim_bad_inputs():
         ops.sgd_step(p, g, m, 0.1, momentum=0.0, nesterov=True)
     with pytest.raises(ValueError, match=r"sgd_step: grad must be C-contiguous"):
         ops.sgd_step(p, np.zeros(8, np.float32)[::2], None, 0.1)
+
+
+# ----- sum_squares (clip_grad_norm_'s total norm) -------------------------------------------
+@pytest.mark.parametrize("n", [0, 1, 7, 33, 127, 1000, 65_536, 65_537, 300_000, (1 << 20) + 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_squares_matches_exact_sum(isa, threads, rng, n, dtype):
+    # float64 accumulation: any summation order is within n * 2^-53 of the exact sum (math.fsum)
+    import math
+    x = (rng.standard_normal(n) * 3).astype(dtype).reshape(-1, 1) if n % 2 else (rng.standard_normal(n) * 3).astype(dtype)
+    want = math.fsum((x.astype(np.float64).ravel() ** 2).tolist())
+    threads(1)
+    one = ops.sum_squares(x)
+    threads(2)
+    two = ops.sum_squares(x)
+    assert isinstance(one, float) and one == two  # fixed chunks, added in order
+    assert abs(one - want) <= n * 2.0**-52 * want
+
+
+def test_sum_squares_propagates_nan_and_inf(isa):
+    x = np.ones(100_001, np.float32)
+    x[70_000] = np.inf
+    assert ops.sum_squares(x) == np.inf
+    x[5] = np.nan
+    assert np.isnan(ops.sum_squares(x))
+    assert ops.sum_squares(np.float32(-3.0) * np.ones(3, np.float32)) == 27.0
+
+
+def test_sum_squares_bad_input():
+    with pytest.raises(TypeError, match="sum_squares: x must be"):
+        ops.sum_squares(np.ones(3, np.int32))
+    with pytest.raises(ValueError, match="sum_squares: x must be C-contiguous"):
+        ops.sum_squares(np.ones((4, 4), np.float32)[:, 1])

@@ -296,6 +296,8 @@ def _kernel_args(name, g):
         return (x, g.standard_normal((5, 33)), g.standard_normal(5), g.standard_normal((7, 5)))
     if name == "linear_backward":
         return (g.standard_normal((7, 5)), x, g.standard_normal((5, 33)))
+    if name == "sum_squares":
+        return (x,)
     if name == "mse_forward":
         return (x, dy)
     if name == "mse_backward":

@@ -58,6 +58,20 @@ void adam_impl(const py::object& p_obj, const py::object& g_obj, const py::objec
 }  // namespace
 
 void bind_optim(py::module_& m) {
+  m.def("sum_squares", [](const py::object& x_obj) {
+    const char* fn = "sum_squares";
+    py::array x = as_array(x_obj, fn, "x");
+    DType d = float_input(x, fn, "x");
+    const int64_t n = x.size();
+    return dispatch_float(d, [&](auto tag) -> double {
+      using T = decltype(tag);
+      const T* px = cptr<T>(x);
+      py::gil_scoped_release nogil;
+      return sum_squares<T>(px, n);
+    });
+  }, py::arg("x"),
+     "sum of x**2 over all elements, accumulated in float64 (clip_grad_norm_'s norm): fixed chunks summed\n"
+     "in order, so the result does not depend on the thread count. NaN and inf propagate.");
   m.def("sgd_step", [](const py::object& p_obj, const py::object& g_obj, const py::object& m_obj, double lr,
                        double momentum, double weight_decay, bool nesterov, double dampening, bool first_step) {
     const char* fn = "sgd_step";

@@ -2,8 +2,10 @@
 // each updated buffer; the compiler vectorizes the inner loops.
 #include "ops/optim.h"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "core/cpu.h"
 
@@ -61,6 +63,47 @@ void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, dou
   });
 }
 
+namespace {
+// One chunk, in order, with four interleaved accumulators (added pairwise at the end).
+template <typename T>
+double sum_squares_chunk(const T* x, int64_t n) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return avx2::sum_squares_chunk(x, n);
+  }
+#endif
+  double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const double v0 = x[i], v1 = x[i + 1], v2 = x[i + 2], v3 = x[i + 3];
+    a0 += v0 * v0;
+    a1 += v1 * v1;
+    a2 += v2 * v2;
+    a3 += v3 * v3;
+  }
+  for (; i < n; ++i) a0 += double(x[i]) * double(x[i]);
+  return (a0 + a1) + (a2 + a3);
+}
+}  // namespace
+
+template <typename T>
+double sum_squares(const T* x, int64_t n) {
+  if (n <= 0) return 0.0;
+  const int64_t nchunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
+  std::vector<double> part(nchunks);
+  parallel_for(nchunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const int64_t i0 = c * kSumSquaresChunk;
+      part[c] = sum_squares_chunk(x + i0, std::min(kSumSquaresChunk, n - i0));
+    }
+  });
+  double s = 0;
+  for (double p : part) s += p;
+  return s;
+}
+
+template double sum_squares<float>(const float*, int64_t);
+template double sum_squares<double>(const double*, int64_t);
 template void sgd_step<float>(float*, float*, const float*, int64_t, double, double, double, bool, double, bool);
 template void sgd_step<double>(double*, double*, const double*, int64_t, double, double, double, bool, double, bool);
 template void adam_step<float>(float*, float*, float*, const float*, int64_t, int64_t, double, double, double, double, double, bool);

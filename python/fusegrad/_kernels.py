@@ -255,6 +255,10 @@ def _sgd_step(param, grad, momentum_buf, lr, momentum, weight_decay, nesterov):
     param -= lr * g
 
 
+def _sum_squares(x):
+    return float(np.sum(np.square(x, dtype=np.float64)))
+
+
 def _adamw_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
     param *= 1 - lr * weight_decay
     m *= beta1
@@ -273,7 +277,7 @@ _NAMES = [
     "cross_entropy_backward", "layernorm_forward", "layernorm_backward", "matmul",
     "linear_forward", "linear_backward", "mse_forward", "mse_backward", "embedding_forward",
     "embedding_backward", "attention_forward", "attention_backward", "attention_qkv_forward",
-    "attention_qkv_backward", "sgd_step", "adamw_step",
+    "attention_qkv_backward", "sgd_step", "adamw_step", "sum_squares",
 ]
 
 #: which names run on the C++ kernels (the rest on the NumPy fallbacks above)

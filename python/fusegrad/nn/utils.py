@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .. import _kernels as K
+
 
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False):
     """Scale gradients in place so their total norm is at most ``max_norm``; returns the norm."""
@@ -17,6 +19,9 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         return Tensor(np.asarray(0.0, dtype=np.float32))
     if norm_type == math.inf:
         total = max(float(np.abs(g).max()) for g in grads)
+    elif norm_type == 2.0:  # one pass per gradient, summed in float64 (no float64 copies)
+        total = math.sqrt(sum(K.sum_squares(g) if g.dtype in (np.float32, np.float64) and g.flags.c_contiguous
+                              else float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
     else:
         total = float(sum(float((np.abs(g.astype(np.float64)) ** norm_type).sum()) for g in grads)) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
