@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, ratio, torch, torch_threads
+from bench.common import interleaved, paired_ratio, ratio, torch, torch_threads
 from fusegrad import optim
 from fusegrad.models import GPT, GPTConfig
 
@@ -86,7 +86,8 @@ def run(limits, quick=False):
             err = abs(a - b) / abs(b)
             fns["torch"] = theirs
         reps = 3 if name == "gpt2-small" else 9  # medians of 9: the shared machine drifts ±10%
-        t = interleaved(fns, reps=reps, warmup=1)
+        samples = {}
+        t = interleaved(fns, reps=reps, warmup=1, samples_out=samples)
         toks = B * T
         n = model.num_params(non_embedding=True)
         flops_tok = 6 * n + 12 * cfg.n_layer * T * cfg.n_embd
@@ -96,6 +97,7 @@ def run(limits, quick=False):
             "config": f"{name} B{B} T{T}", "params_M": n / 1e6, "loss_rel_err_step1": err,
             "ours_ms": t["ours"] * 1e3, "torch_ms": t["torch"] * 1e3 if "torch" in t else None,
             "ours_tok_s": tps, "torch_tok_s": ttps, "speedup_vs_torch": ratio(t.get("torch"), t["ours"]),
+            "speedup_paired": paired_ratio(samples, "torch", "ours"),
             "ours_gflops": flops_tok * tps / 1e9, "mfu": flops_tok * tps / (limits.peak_gflops * 1e9),
             "torch_mfu": flops_tok * ttps / (limits.peak_gflops * 1e9) if ttps else None,
         })

@@ -86,7 +86,8 @@ def settle(max_wait: float = 0.3, poll: float = 1e-3) -> float:
         time.sleep(poll)
 
 
-def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02) -> dict:
+def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02,
+                samples_out: dict | None = None) -> dict:
     """Median seconds per call for each named callable, timed round-robin.
 
     Each timed sample repeats the call `inner` times, chosen so one sample lasts at least
@@ -95,6 +96,7 @@ def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.
     then runs untimed for about `ramp` seconds (at least once), so the sample does not time the
     machine waking up: after settle()'s idle wait, the first calls on the 2-core dev VM run up
     to 3x slow for ~2-5 ms (square-256 matmul: 700, 500, 430, ... 240 us; NumPy's alike).
+    samples_out (a dict) receives each callable's per-round samples (see paired_ratio).
     """
     names = list(fns)
     for _ in range(warmup):
@@ -122,7 +124,18 @@ def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.
             for _ in range(k):
                 fns[n]()
             samples[n].append((time.perf_counter() - t0) / k)
+    if samples_out is not None:
+        samples_out.update(samples)
     return {n: statistics.median(s) for n, s in samples.items()}
+
+
+def paired_ratio(samples: dict, other: str, ours: str) -> float | None:
+    """Median over rounds of other's time / ours in the same round of interleaved(): the two
+    samples of a round are seconds apart, so a machine that drifts between rounds (a shared
+    host) moves both and the ratio less than either median."""
+    if other not in samples or ours not in samples:
+        return None
+    return statistics.median(o / u for o, u in zip(samples[other], samples[ours]) if u > 0)
 
 
 def ratio(other: float | None, ours: float | None) -> float | None:
