@@ -67,11 +67,6 @@ namespace {
 // One chunk, in order, with four interleaved accumulators (added pairwise at the end).
 template <typename T>
 double sum_squares_chunk(const T* x, int64_t n) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::sum_squares_chunk(x, n);
-  }
-#endif
   double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
@@ -90,11 +85,17 @@ template <typename T>
 double sum_squares(const T* x, int64_t n) {
   if (n <= 0) return 0.0;
   const int64_t nchunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
+  double (*chunk)(const T*, int64_t) = sum_squares_chunk<T>;
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) chunk = avx2::sum_squares_chunk;
+  }
+#endif
   std::vector<double> part(nchunks);
   parallel_for(nchunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
       const int64_t i0 = c * kSumSquaresChunk;
-      part[c] = sum_squares_chunk(x + i0, std::min(kSumSquaresChunk, n - i0));
+      part[c] = chunk(x + i0, std::min(kSumSquaresChunk, n - i0));
     }
   });
   double s = 0;

@@ -20,8 +20,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     if norm_type == math.inf:
         total = max(float(np.abs(g).max()) for g in grads)
     elif norm_type == 2.0:  # one pass per gradient, summed in float64 (no float64 copies)
-        total = math.sqrt(sum(K.sum_squares(g) if g.dtype in (np.float32, np.float64) and g.flags.c_contiguous
-                              else float(np.sum(np.square(g, dtype=np.float64))) for g in grads))
+        native = lambda g: g.dtype in (np.float32, np.float64) and g.flags.c_contiguous  # noqa: E731
+        total = math.sqrt(sum(K.sum_squares(g) if native(g) else K._sum_squares(g) for g in grads))
     else:
         total = float(sum(float((np.abs(g.astype(np.float64)) ** norm_type).sum()) for g in grads)) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
