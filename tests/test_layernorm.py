@@ -73,6 +73,23 @@ def test_layernorm_constant_rows(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("C", [1, 8, 34, 768])
+def test_layernorm_nan_or_inf_row_gives_nan_statistics(isa, rng, dtype, C):
+    # a row holding NaN or inf has no finite variance: rstd and y are NaN, as in PyTorch (the
+    # AVX2 path once clamped a NaN variance to 0 and returned rstd = 1/sqrt(eps)); the mean is
+    # NaN, or inf for an inf row (PyTorch's is inf or NaN, by C); the other rows are untouched
+    x = rng.standard_normal((4, C)).astype(dtype)
+    x[1, C // 2], x[2, C - 1] = np.nan, np.inf
+    y, mean, rstd = ops.layernorm_forward(x, None, None)
+    assert np.isnan(mean[1]) and not np.isfinite(mean[2])
+    for r in (1, 2):
+        assert np.isnan(rstd[r]) and np.isnan(y[r]).all()
+    ry, rmean, rrstd = ref.layernorm_forward(x[[0, 3]].astype(np.float64), None, None, 1e-5)
+    np.testing.assert_allclose(rstd[[0, 3]], rrstd, **TOL[dtype])
+    np.testing.assert_allclose(y[[0, 3]], ry, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_layernorm_offset_rows_and_outlier_first_element(isa, rng, dtype):
     # mean far from zero and the first element (the shift of the one-pass float32 statistics)
     # far from the mean: the worst case for cancellation in var = E[d^2] - E[d]^2

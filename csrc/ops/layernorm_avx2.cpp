@@ -67,7 +67,8 @@ inline void row_stats(const float* xr, int64_t C, double eps, float* m_out, floa
   }
   const double invC = 1.0 / static_cast<double>(C);
   const double md = a1 * invC;
-  const double var = std::max(0.0, a2 * invC - md * md);
+  double var = a2 * invC - md * md;
+  if (var < 0.0) var = 0.0;  // (not std::max(0.0, var), which turns a NaN variance into 0)
   *m_out = static_cast<float>(K + md);
   *rs_out = static_cast<float>(1.0 / std::sqrt(var + eps));
 }
