@@ -487,6 +487,14 @@ def _attention_scores(q, k, causal, scale):
     return s
 
 
+def _attention_visible(T, S, causal):
+    """(T, S): key j is visible to query i (the bottom-right causal mask, or all keys). A visible
+    key whose score is -inf is not masked: it gets weight 0, and 0 * v counts (NaN for a NaN v)."""
+    if not causal:
+        return np.ones((T, S), bool)
+    return np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T)
+
+
 def _attention_forward_ref(q, k, v, causal, scale):
     B, H, T, D = q.shape
     if B * T == 0 or k.shape[2] == 0:  # no query rows, or no key to attend to: o = 0, lse = -inf
@@ -497,10 +505,11 @@ def _attention_forward_ref(q, k, v, causal, scale):
     nan_rows = np.isnan(s).any(axis=-1)
     lse[nan_rows] = np.nan
     # o = sum over the VISIBLE keys of p v (R's einsum adds 0 * v for masked keys, NaN for a NaN v)
-    live = ~np.isneginf(s)
-    p = np.where(live, np.exp(s - np.where(np.isneginf(lse), 0.0, lse)[..., None]), 0.0)
+    vis = _attention_visible(T, k.shape[2], causal)
+    p = np.where(vis, np.exp(s - np.where(np.isneginf(lse), 0.0, lse)[..., None]), 0.0)
     vv = np.repeat(v, q.shape[1] // k.shape[1], axis=1)
-    o = np.where(live[..., None], p[..., None] * vv[:, :, None], 0.0).sum(axis=3)
+    o = np.where(vis[..., None], p[..., None] * vv[:, :, None], 0.0).sum(axis=3)
+    o[np.isneginf(lse)] = 0.0  # a row whose every visible score is -inf has no key: o = 0
     return o, lse
 
 
@@ -514,8 +523,8 @@ def _attention_backward_ref(do, q, k, v, o, lse, causal, scale):
     sc = 1.0 / np.sqrt(D) if scale is None else scale
     s = _attention_scores(q, k, causal, scale)
     # the kernel skips masked keys and rows with lse = -inf; every other pair counts, even
-    # where p underflows to 0 (so 0 * NaN there is NaN, as in the kernel)
-    live = ~np.isneginf(s) & ~np.isneginf(lse)[..., None]
+    # where p underflows to 0 or the score is -inf (so 0 * NaN there is NaN, as in the kernel)
+    live = _attention_visible(T, S, causal) & ~np.isneginf(lse)[..., None]
     p = np.where(live, np.exp(s - lse[..., None]), 0.0)
     kk, vv = np.repeat(k, G, axis=1), np.repeat(v, G, axis=1)
     dp = np.einsum("bhtd,bhsd->bhts", do, vv)
