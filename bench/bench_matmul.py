@@ -1,6 +1,7 @@
-"""matmul vs NumPy (OpenBLAS) and PyTorch (CPU): square sizes and the matmuls of a GPT-2 small
-training step (C=768, B*T=2048), forward and the transposed backward forms. Compute-bound, so
-each row reports GFLOP/s and the fraction of the FMA peak measured in the same run."""
+"""matmul vs NumPy (OpenBLAS) and PyTorch (CPU): square sizes and the matmuls of two GPT
+training steps, GPT-2 small (C=768, B*T=2048) and bench_gpt's small model (C=256, B*T=2048),
+forward and the transposed backward forms. Compute-bound, so each row reports GFLOP/s and the
+fraction of the FMA peak measured in the same run."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ def shapes(quick):
     sq = [64, 256, 1024] if quick else [64, 128, 256, 512, 1024, 2048]
     rows = [(f"square {n}", n, n, n, False, False) for n in sq]
     gpt = [(2048, 2304, 768), (2048, 3072, 768), (2048, 768, 3072)]  # qkv, fc, proj: x (M,K) @ w^T
+    gpt += [(2048, 768, 256), (2048, 256, 256), (2048, 1024, 256), (2048, 256, 1024)]  # the small model's
     for m, n, k in gpt:
         rows.append((f"fwd {m}x{k}.{k}x{n}", m, n, k, False, False))
         rows.append((f"dx {m}x{n}.{n}x{k}", m, k, n, False, False))   # dx = dy @ w
