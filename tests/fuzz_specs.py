@@ -866,7 +866,9 @@ def _gelu_bwd_accurate(w, x, y, approximate):
     u = k * (x + 0.044715 * x**3)
     e = np.exp(-2.0 * u)
     s = 1.0 / (1.0 + e)                                    # sigmoid(2u)
-    sp = np.where(np.isfinite(e), e / (1.0 + e) ** 2, 0.0)  # s (1 - s), no cancellation
+    # s (1 - s) = e / (1 + e)^2 without cancellation, and without squaring a huge e (u < -177
+    # overflows (1 + e)^2 to inf, which lost the x term, by far the larger one there)
+    sp = np.where(e > 1.0, s / (1.0 + 1.0 / e), e * s * s)
     return w * np.where(sp == 0, s, s + 2.0 * x * sp * k * (1.0 + 3 * 0.044715 * x * x))  # x = +-inf: s
 
 

@@ -168,8 +168,10 @@ def cross_entropy_backward(logits, targets, lse, dloss, ignore_index=-100):
     d = np.exp(logits - lse[:, None])
     rows = np.nonzero(keep)[0]
     d[rows, targets[rows]] -= 1.0
-    d[~keep] = 0.0
-    return d * (dloss / count) if count else np.zeros_like(logits)
+    out = np.zeros_like(d)  # ignored rows get no gradient, even from a NaN dloss (as in PyTorch)
+    if count:
+        out[keep] = d[keep] * (dloss / count)
+    return out
 
 
 # --- loss -----------------------------------------------------------------------------

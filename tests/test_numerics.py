@@ -243,6 +243,19 @@ def test_nan_logit_makes_the_row_nan(isa, dtype, pos):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [1, 3, 41])
+def test_cross_entropy_nan_dloss_leaves_ignored_rows_zero(isa, dtype, V):
+    # an ignored row is not part of the loss: its gradient is 0 even when dloss is NaN, as in
+    # PyTorch; the kept rows are NaN (the fuzz reference once expected NaN everywhere)
+    x = np.linspace(-1, 1, 4 * V).reshape(4, V).astype(dtype)
+    targets = np.array([0, -100, V - 1, -100], np.int64)
+    _, lse = ops.cross_entropy_forward(x, targets)
+    d = ops.cross_entropy_backward(x, targets, lse, math.nan)
+    assert np.isnan(d[[0, 2]]).all()
+    np.testing.assert_array_equal(d[[1, 3]], 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("D", [3, 32])
 def test_attention_nan_query_or_key_makes_nan(isa, dtype, D):
     rng = np.random.default_rng(0)
