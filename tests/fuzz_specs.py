@@ -842,9 +842,11 @@ def _log_softmax_ref(x):
 
 
 def _softmax_ref(x):
-    """exp(log_softmax) (R overflows for two entries at float max); R for non-finite rows."""
+    """exp(log_softmax) (R overflows for two entries at float max, also in a row that holds a
+    -inf beside them); R for rows whose max is not finite (+inf, NaN, all -inf)."""
     y = np.exp(_log_softmax_ref(x))
-    bad = ~np.isfinite(x).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(x.max(axis=-1)) if x.shape[-1] else np.zeros(x.shape[:-1], bool)
     if bad.any():
         y[bad] = R.softmax_forward(x[bad])
     return y
