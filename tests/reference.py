@@ -219,7 +219,9 @@ def adamw_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8, we
         param *= 1.0 - lr * weight_decay
     else:
         g = grad + weight_decay * param
-    m += (1.0 - beta1) * (g - m)
+    # torch.lerp's two-sided form (exact at beta1 = 0; an inf gradient then gives NaN, as in torch)
+    w = 1.0 - beta1
+    m[...] = m + w * (g - m) if w < 0.5 else g - (1.0 - w) * (g - m)
     v[...] = beta2 * v + (1.0 - beta2) * g * g
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step

@@ -71,6 +71,40 @@ def test_adam_against_torch(isa, rng, dtype, kind):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("fn", ["adamw_step", "adam_step"])
+def test_adam_first_moment_lerps_from_the_nearer_end(isa, rng, dtype, fn):
+    # m = lerp(m, g, 1 - beta1) is taken from g's end when beta1 < 1/2 (as torch.lerp does):
+    # beta1 = 0 then gives m = g exactly, and a small beta1 leaves no error of the size of the
+    # old m (the one-sided m + w (g - m) lost ~1e-4 relative with |m| = 1e4 in float32)
+    n = 37                                                        # 4 AVX2 vectors and a tail
+    g = rng.standard_normal(n).astype(dtype)
+    for beta1 in (0.0, 1e-3, 0.3):
+        p, m, v = np.ones(n, dtype), np.full(n, 1e4, dtype), np.ones(n, dtype)
+        getattr(ops, fn)(p, g, m, v, 3, 1e-3, beta1, 0.999, 1e-8, 0.0)
+        M = np.full(n, 1e4)
+        getattr(ref, fn)(np.ones(n), g.astype(np.float64), M, np.ones(n), 3, 1e-3, beta1, 0.999, 1e-8, 0.0)
+        if beta1 == 0.0:
+            np.testing.assert_array_equal(m, g)
+        eps = np.finfo(dtype).eps
+        np.testing.assert_allclose(m, M, rtol=4 * eps, atol=4 * eps * np.abs(g).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_inf_gradient_gives_the_first_moment_torch_gives(isa, dtype):
+    torch = pytest.importorskip("torch")
+    g = np.array([np.inf, -np.inf, 0.5, 2.0] * 3, dtype)
+    for beta1 in (0.0, 0.3, 0.9):                      # NaN from g's end (inf - 0 * inf), inf from m's
+        p, m, v = np.zeros(12, dtype), np.zeros(12, dtype), np.zeros(12, dtype)
+        tp = torch.nn.Parameter(torch.zeros(12, dtype=torch.from_numpy(g).dtype))
+        opt = torch.optim.Adam([tp], lr=1e-3, betas=(beta1, 0.999), foreach=False)
+        tp.grad = torch.from_numpy(g.copy())
+        opt.step()
+        ops.adam_step(p, g, m, v, 1, 1e-3, beta1, 0.999, 1e-8, 0.0)
+        np.testing.assert_array_equal(m, opt.state[tp]["exp_avg"].numpy())
+        np.testing.assert_array_equal(np.isnan(p), np.isnan(tp.detach().numpy()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("momentum,nesterov,dampening,wd", [(0.0, False, 0.0, 0.0), (0.9, False, 0.0, 0.01),
                                                             (0.9, True, 0.0, 0.01), (0.5, False, 0.3, 0.0)])
 def test_sgd_against_torch(isa, rng, dtype, momentum, nesterov, dampening, wd):

@@ -47,13 +47,18 @@ void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, dou
   const double bc2 = 1.0 - std::pow(beta2, double(step));
   const T step_size = T(lr / bc1), inv_bc2_sqrt = T(1.0 / std::sqrt(bc2));
   const T b1c = T(1.0 - beta1), b2 = T(beta2), b2c = T(1.0 - beta2), eps_ = T(eps);
+  // m = lerp(m, g, w) with w = 1-beta1, from whichever end is nearer (as torch.lerp does):
+  // m + w(g-m) for w < 1/2, else g - (1-w)(g-m), so beta1 = 0 gives m = g exactly
+  const bool lerp_from_m = b1c < T(0.5);
+  const T b1 = T(beta1);                                   // not 1 - b1c: beta1 = 1e-3 keeps its digits
   const T decay = T(1.0 - lr * weight_decay), wd = T(weight_decay);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       T p = param[i], g = grad[i];
       if (decoupled_wd) p = p * decay;                       // AdamW: p *= 1 - lr*wd
       else g = g + wd * p;                                   // Adam: g += wd*p
-      T mi = m[i] + b1c * (g - m[i]);                        // m = lerp(m, g, 1-beta1)
+      const T d = g - m[i];
+      T mi = lerp_from_m ? m[i] + b1c * d : g - b1 * d;      // m = lerp(m, g, 1-beta1)
       T vi = b2 * v[i] + b2c * g * g;                        // v = beta2*v + (1-beta2)*g^2
       T denom = std::sqrt(vi) * inv_bc2_sqrt + eps_;         // sqrt(v / bc2) + eps
       param[i] = p - step_size * (mi / denom);                 // p -= lr/bc1 * m / denom

@@ -35,10 +35,13 @@ void adam_step(float* param, float* m, float* v, const float* grad, int64_t N, i
   const double bc2 = 1.0 - std::pow(beta2, double(step));
   const float step_size = float(lr / bc1), inv_bc2_sqrt = float(1.0 / std::sqrt(bc2));
   const float b1c = float(1.0 - beta1), b2 = float(beta2), b2c = float(1.0 - beta2), eps_ = float(eps);
+  const bool lerp_from_m = b1c < 0.5f;                  // see the portable kernel (optim.cpp)
+  const float b1 = float(beta1);
   const float decay = float(1.0 - lr * weight_decay), wd = float(weight_decay);
   parallel_for(N, int64_t(1) << 15, [&](int64_t b, int64_t e) {
     const __m256 vss = _mm256_set1_ps(step_size), vib = _mm256_set1_ps(inv_bc2_sqrt);
-    const __m256 vb1c = _mm256_set1_ps(b1c), vb2 = _mm256_set1_ps(b2), vb2c = _mm256_set1_ps(b2c);
+    const __m256 vb1c = _mm256_set1_ps(b1c), vb1 = _mm256_set1_ps(b1);
+    const __m256 vb2 = _mm256_set1_ps(b2), vb2c = _mm256_set1_ps(b2c);
     const __m256 veps = _mm256_set1_ps(eps_), vdecay = _mm256_set1_ps(decay), vwd = _mm256_set1_ps(wd);
     int64_t i = b;
     for (; i + 8 <= e; i += 8) {
@@ -46,7 +49,9 @@ void adam_step(float* param, float* m, float* v, const float* grad, int64_t N, i
       __m256 mi = _mm256_loadu_ps(m + i), vi = _mm256_loadu_ps(v + i);
       if (decoupled_wd) p = _mm256_mul_ps(p, vdecay);
       else g = _mm256_fmadd_ps(vwd, p, g);
-      mi = _mm256_fmadd_ps(vb1c, _mm256_sub_ps(g, mi), mi);                      // m += (1-b1)(g-m)
+      const __m256 d = _mm256_sub_ps(g, mi);
+      mi = lerp_from_m ? _mm256_fmadd_ps(vb1c, d, mi)                             // m + (1-b1)(g-m)
+                       : _mm256_fnmadd_ps(vb1, d, g);                             // g - b1(g-m)
       vi = _mm256_fmadd_ps(_mm256_mul_ps(vb2c, g), g, _mm256_mul_ps(vb2, vi));   // v = b2 v + (1-b2) g^2
       __m256 denom = _mm256_fmadd_ps(_mm256_sqrt_ps(vi), vib, veps);             // sqrt(v)/sqrt(bc2) + eps
       p = _mm256_fnmadd_ps(vss, _mm256_div_ps(mi, denom), p);                    // p -= lr/bc1 * m/denom
@@ -57,7 +62,8 @@ void adam_step(float* param, float* m, float* v, const float* grad, int64_t N, i
     for (; i < e; ++i) {
       float p = param[i], g = grad[i];
       if (decoupled_wd) p = p * decay; else g = g + wd * p;
-      float mi = m[i] + b1c * (g - m[i]);
+      const float d = g - m[i];
+      float mi = lerp_from_m ? m[i] + b1c * d : g - b1 * d;
       float vi = b2 * v[i] + b2c * g * g;
       float denom = std::sqrt(vi) * inv_bc2_sqrt + eps_;
       param[i] = p - step_size * (mi / denom);
