@@ -262,14 +262,37 @@ def test_seeded_sampling_is_reproducible_and_greedy_is_argmax():
 
 def test_generate_bad_arguments():
     model = GPT(GPTConfig(**TINY), seed=0)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        model.generate(np.array([[1]]), 2, temperature=-1)
+    for t in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            model.generate(np.array([[1]]), 2, temperature=t)
     with pytest.raises(ValueError, match="top_k must be >= 1"):
         model.generate(np.array([[1]]), 2, top_k=0)
+    with pytest.raises(TypeError, match="top_k must be an integer"):
+        model.generate(np.array([[1]]), 2, top_k=2.5)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        model.generate(np.array([[1]]), -1)
+    for n in (2.5, True, "3", None):
+        with pytest.raises(TypeError, match="max_new_tokens must be an integer"):
+            model.generate(np.array([[1]]), n)
+    assert model.generate(np.array([[1]]), np.int64(0)).tolist() == [[1]]
     with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
         model.generate(np.array([[1]]), 2, top_p=1.5)
     with pytest.raises(ValueError, match="at least one token"):
         model.generate(np.zeros((1, 0), dtype=np.int64), 2)
+
+
+def test_generate_refuses_non_finite_logits_and_survives_a_tiny_temperature():
+    model = GPT(GPTConfig(**TINY), seed=0)
+    _perturb(model, scale=0.5)
+    idx = np.array([[1, 2, 3], [4, 5, 6]])
+    greedy = model.generate(idx, 4, temperature=0)
+    # the logits are shifted by their max before the division: 1e-320 is greedy, not inf - inf
+    np.testing.assert_array_equal(model.generate(idx, 4, temperature=1e-320, seed=0), greedy)
+    for bad in (np.nan, np.inf):
+        model.wte.weight.data[9, 0] = bad                             # tied: token 9's logit
+        for t in (0, 1.0):
+            with pytest.raises(RuntimeError, match="logits hold NaN or inf"):
+                model.generate(idx, 2, temperature=t, seed=0)
 
 
 # ------------------------------------------------------------------ bad input

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +216,19 @@ class Block(Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _count(v, name, lo):
+    """An integer argument of GPT.generate, at least ``lo`` (bools and floats are refused)."""
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"GPT.generate: {name} must be an integer, got {v!r}")
+    try:
+        v = operator.index(v)
+    except TypeError:
+        raise TypeError(f"GPT.generate: {name} must be an integer, got {type(v).__name__} {v!r}") from None
+    if v < lo:
+        raise ValueError(f"GPT.generate: {name} must be >= {lo}, got {v}")
+    return v
+
+
 def _ids(x, name, vocab_size, block_size=None, allow_ignore=False):
     """Validate an integer id array (B, T) (NumPy array, Tensor or nested lists)."""
     a = x.data if isinstance(x, Tensor) else np.asarray(x)
@@ -330,9 +344,16 @@ class GPT(Module):
     @staticmethod
     def _sample(logits, temperature, top_k, top_p, rng):
         """One id per row of logits (B, V)."""
+        if not np.isfinite(logits).all():
+            raise RuntimeError("GPT.generate: the model's logits hold NaN or inf (diverged or "
+                               "corrupt weights?); no token can be sampled from them")
         if temperature == 0:
             return logits.argmax(-1)
-        z = logits.astype(np.float64) / temperature
+        # shifted before the division, so a tiny temperature sends the others to -inf (weight 0)
+        # instead of overflowing the max to inf and making inf - inf
+        z = logits.astype(np.float64)
+        with np.errstate(over="ignore"):
+            z = (z - z.max(-1, keepdims=True)) / temperature
         if top_k is not None and top_k < z.shape[-1]:
             kth = np.partition(z, -top_k, axis=-1)[:, -top_k][:, None]
             z = np.where(z < kth, -np.inf, z)
@@ -360,11 +381,13 @@ class GPT(Module):
         idx = _ids(idx, "idx", c.vocab_size)
         if idx.shape[1] == 0:
             raise ValueError("GPT.generate: idx needs at least one token")
-        if temperature < 0:
-            raise ValueError(f"GPT.generate: temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"GPT.generate: top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
+        max_new_tokens = _count(max_new_tokens, "max_new_tokens", 0)
+        temperature = float(temperature)
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"GPT.generate: temperature must be a finite number >= 0, got {temperature}")
+        if top_k is not None:
+            top_k = _count(top_k, "top_k", 1)
+        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"GPT.generate: top_p must be in (0, 1], got {top_p}")
         rng = np.random.default_rng(seed)
         was_training = self.training
@@ -373,7 +396,7 @@ class GPT(Module):
         try:
             with no_grad():
                 cache, pos = None, 0
-                for _ in range(int(max_new_tokens)):
+                for _ in range(max_new_tokens):
                     if not use_cache:
                         ctx = out[:, -c.block_size:]
                         logits = self(ctx)[0].data[:, -1]
