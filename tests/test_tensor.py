@@ -206,6 +206,24 @@ def test_backward_nonscalar_needs_gradient():
         (x * 2.0).backward(gradient=np.ones(3))
 
 
+def test_complex_operands_are_refused_not_truncated():
+    # casting a complex value to the tensor's float dtype would drop its imaginary part
+    x = fg.tensor([1.0, 2.0], requires_grad=True)
+    for bad in (lambda: x * 1j, lambda: x + np.array([1 + 2j, 0j]), lambda: 1j - x):
+        with pytest.raises(TypeError, match="complex operand"):
+            bad()
+    with pytest.raises(TypeError, match=r"backward\(\): gradient is complex"):
+        (x * 2.0).backward(gradient=np.array([1 + 1j, 1.0]))
+    assert x.grad is None
+    for kw in (dict(target=np.array([1 + 1j, 0j])), dict(target=fg.Tensor(np.ones(2, np.complex64)))):
+        with pytest.raises(TypeError, match="mse_loss: target is complex"):
+            F.mse_loss(x, **kw)
+    with pytest.raises(TypeError, match="mse_loss: input is complex"):
+        F.mse_loss(fg.Tensor(np.ones(2, np.complex64)), np.ones(2, np.float32))
+    # real targets of other dtypes still promote, as in torch
+    assert F.mse_loss(x, np.array([1, 2])).item() == 0.0
+
+
 def test_backward_without_requires_grad():
     with pytest.raises(RuntimeError, match="does not require grad"):
         fg.tensor([1.0]).sum().backward()

@@ -218,7 +218,10 @@ class Tensor:
                                    f"got shape {self.shape}, pass gradient=")
             g = np.ones_like(self.data)
         else:
-            g = _as_array(gradient).astype(self.dtype, copy=False)
+            g = _as_array(gradient)
+            if g.dtype.kind == "c" and self.dtype.kind != "c":
+                raise TypeError(f"backward(): gradient is complex ({g.dtype}) but the tensor is {self.dtype}")
+            g = g.astype(self.dtype, copy=False)
             if g.shape != self.shape:
                 raise ValueError(f"backward(): gradient has shape {g.shape}, expected {self.shape}")
         # topological order (iterative DFS so deep graphs do not hit the recursion limit)
@@ -436,6 +439,10 @@ def _t(x, like: Tensor) -> Tensor:
     if isinstance(x, Tensor):
         return x
     a = np.asarray(x)
+    if a.dtype.kind == "c" and like.dtype.kind != "c":
+        # casting would drop the imaginary part: a silently wrong answer, so refuse
+        raise TypeError(f"a complex operand ({a.dtype}) cannot meet a {like.dtype} tensor: "
+                        f"fusegrad's autograd has no complex arithmetic")
     if like.dtype.kind == "f" and (a.dtype.kind != "f" or a.ndim == 0 or not isinstance(x, np.ndarray)):
         a = a.astype(like.dtype)
     return Tensor(a)

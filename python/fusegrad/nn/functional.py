@@ -153,6 +153,9 @@ class _MSE(Function):
 
 
 def mse_loss(input, target, reduction="mean"):
+    for name, a in (("input", input), ("target", target)):
+        if np.asarray(a.data if isinstance(a, Tensor) else a).dtype.kind == "c":
+            raise TypeError(f"mse_loss: {name} is complex ({a.dtype}); real values expected")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} differ")
     if reduction == "mean":
