@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import _kernels as K
+from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineWarmupLR", "LambdaLR"]
 
@@ -20,9 +21,23 @@ class Optimizer:
             params = [{"params": params}]
         self.defaults = defaults
         self.param_groups = []
+        seen = set()
+        name = type(self).__name__
         for g in params:
             g = dict(g)
             g["params"] = list(g["params"])
+            for p in g["params"]:
+                # the fused step updates each array in place: a parameter listed twice would be
+                # stepped twice; a non-leaf's update would be lost with the graph
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"{name}: parameters must be fusegrad Tensors, got {type(p).__name__}")
+                if not p.is_leaf:
+                    raise ValueError(f"{name}: cannot optimize a non-leaf tensor (the result of an op)")
+                if p.dtype.kind != "f":
+                    raise TypeError(f"{name}: parameters must be floating point, got {p.dtype}")
+                if id(p) in seen:
+                    raise ValueError(f"{name}: a parameter appears more than once in the parameter list")
+                seen.add(id(p))
             for k, v in defaults.items():
                 g.setdefault(k, v)
             self.param_groups.append(g)
@@ -70,8 +85,12 @@ class SGD(Optimizer):
     """SGD with momentum, dampening 0, nesterov and L2 weight decay (PyTorch's formulas)."""
 
     def __init__(self, params, lr=1e-3, momentum=0.0, weight_decay=0.0, nesterov=False):
-        if lr < 0:
+        if not lr >= 0:                                     # NaN included
             raise ValueError(f"SGD: invalid learning rate {lr}")
+        if not momentum >= 0:
+            raise ValueError(f"SGD: invalid momentum {momentum}")
+        if not weight_decay >= 0:
+            raise ValueError(f"SGD: invalid weight_decay {weight_decay}")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov momentum requires a momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov))
@@ -94,8 +113,10 @@ class AdamW(Optimizer):
     """Adam with decoupled weight decay (PyTorch's AdamW), fused in-place update."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+        if not (lr >= 0 and eps >= 0 and 0 <= betas[0] < 1 and 0 <= betas[1] < 1):     # NaN included
             raise ValueError(f"{type(self).__name__}: invalid hyperparameters lr={lr}, betas={betas}, eps={eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"{type(self).__name__}: invalid weight_decay {weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def _decay(self, w, gr, wd, lr):

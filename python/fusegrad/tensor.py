@@ -116,6 +116,8 @@ def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
     a = np.asarray(data, dtype=dtype)
+    if a.dtype.kind not in "biufc":
+        raise TypeError(f"tensor data must be numeric, got dtype {a.dtype} (from {type(data).__name__})")
     if dtype is None:
         if a.dtype == np.float64 and not isinstance(data, np.ndarray):
             a = a.astype(np.float32)  # Python floats/lists default to float32, like torch
@@ -372,8 +374,13 @@ class Tensor:
 
     def flatten(self, start_dim=0, end_dim=-1):
         s = self.shape
-        e = end_dim % len(s) if s else 0
-        return self.reshape(s[:start_dim] + (-1,) + s[e + 1:]) if s else self.reshape(1)
+        if not s:
+            _dim(start_dim, 0, "flatten"), _dim(end_dim, 0, "flatten")
+            return self.reshape(1)
+        b, e = _dim(start_dim, len(s), "flatten"), _dim(end_dim, len(s), "flatten")
+        if b > e:
+            raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+        return self.reshape(s[:b] + (-1,) + s[e + 1:])
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -382,6 +389,7 @@ class Tensor:
 
     def transpose(self, d0, d1):
         dims = list(range(self.ndim))
+        d0, d1 = _dim(d0, self.ndim, "transpose"), _dim(d1, self.ndim, "transpose")
         dims[d0], dims[d1] = dims[d1], dims[d0]
         return Permute.apply(self, dims=tuple(dims))
 
@@ -390,12 +398,16 @@ class Tensor:
         return Permute.apply(self, dims=tuple(reversed(range(self.ndim))))
 
     def unsqueeze(self, dim):
-        d = dim if dim >= 0 else self.ndim + 1 + dim
+        d = _dim(dim, self.ndim + 1, "unsqueeze")
         return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
 
     def squeeze(self, dim=None):
         if dim is None:
             return self.reshape(tuple(s for s in self.shape if s != 1))
+        if self.ndim == 0:
+            _dim(dim, 0, "squeeze")
+            return self
+        dim = _dim(dim, self.ndim, "squeeze")
         if self.shape[dim] != 1:
             return self
         s = list(self.shape)
@@ -600,15 +612,31 @@ class _Cast(Function):
         return (g.astype(self.src),)
 
 
-def _axes(dim, ndim):
+def _dim(d, ndim, op="dim"):
+    """``d`` as an axis in [0, ndim) (a 0-d tensor takes 0 or -1, as in torch); out of range
+    is an IndexError naming ``op`` (wrapping it around would reduce the wrong axis)."""
+    n = max(ndim, 1)
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+        raise TypeError(f"{op}: dim must be an integer, got {type(d).__name__} {d!r}")
+    if not -n <= d < n:
+        raise IndexError(f"{op}: dim {d} is out of range (expected in [{-n}, {n - 1}])")
+    return int(d) % n
+
+
+def _axes(dim, ndim, op="reduction"):
     if dim is None:
         return None
-    return tuple(d % ndim for d in dim) if isinstance(dim, (tuple, list)) else (dim % ndim,)
+    ax = tuple(_dim(d, ndim, op) for d in dim) if isinstance(dim, (tuple, list)) else (_dim(dim, ndim, op),)
+    if ndim == 0:
+        return None
+    if len(set(ax)) != len(ax):
+        raise ValueError(f"{op}: dim {dim} repeats an axis")
+    return ax
 
 
 class Sum(Function):
     def forward(self, a, dim=None, keepdim=False):
-        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim), keepdim
+        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim, "sum"), keepdim
         return np.asarray(a.sum(axis=self.ax, keepdims=keepdim))
 
     def backward(self, g):
@@ -619,7 +647,7 @@ class Sum(Function):
 
 class Mean(Function):
     def forward(self, a, dim=None, keepdim=False):
-        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim), keepdim
+        self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim, "mean"), keepdim
         self.n = a.size if self.ax is None else int(np.prod([a.shape[i] for i in self.ax]))
         return np.asarray(a.mean(axis=self.ax, keepdims=keepdim))
 
@@ -633,7 +661,7 @@ class Max(Function):
     """max over axes; the gradient is split evenly between tied maxima (like torch's amax)."""
 
     def forward(self, a, dim=None, keepdim=False):
-        self.a, self.ax, self.keep = a, _axes(dim, a.ndim), keepdim
+        self.a, self.ax, self.keep = a, _axes(dim, a.ndim, "max"), keepdim
         self.m = a.max(axis=self.ax, keepdims=True)
         return np.asarray(self.m if keepdim else a.max(axis=self.ax))
 
@@ -831,16 +859,25 @@ def matmul(a, b): return MatMul.apply(a, b)
 
 def cat(tensors, dim=0):
     tensors = list(tensors)
-    return Cat.apply(*tensors, dim=dim % tensors[0].ndim)
+    if not tensors:
+        raise ValueError("cat: expected a non-empty sequence of tensors")
+    return Cat.apply(*tensors, dim=_dim(dim, tensors[0].ndim, "cat"))
 
 
 def stack(tensors, dim=0):
     tensors = list(tensors)
-    return Stack.apply(*tensors, dim=dim % (tensors[0].ndim + 1))
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    return Stack.apply(*tensors, dim=_dim(dim, tensors[0].ndim + 1, "stack"))
 
 
 def split(x, split_size_or_sections, dim=0):
+    if x.ndim == 0:
+        raise ValueError("split: a 0-d tensor cannot be split")
+    dim = _dim(dim, x.ndim, "split")
     n = x.shape[dim]
+    if isinstance(split_size_or_sections, int) and split_size_or_sections <= 0:
+        raise ValueError(f"split: split_size must be positive, got {split_size_or_sections}")
     if isinstance(split_size_or_sections, int):
         sizes = [split_size_or_sections] * (n // split_size_or_sections)
         if n % split_size_or_sections:

@@ -104,6 +104,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 class _Embedding(Function):
     def forward(self, ids, table):
+        if np.asarray(ids).dtype.kind not in "iu":
+            # a float id would be truncated to a row silently; torch refuses them too
+            raise TypeError(f"embedding: input must hold integer ids, got dtype {np.asarray(ids).dtype}")
         self.ids, self.n = np.ascontiguousarray(ids, dtype=np.int64), table.shape[0]
         if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= self.n):
             raise ValueError(f"embedding: ids must be in [0, {self.n}), got range "
@@ -196,10 +199,12 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
     if tgt.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: target must hold integer class indices, got {tgt.dtype}")
     C = input.shape[-1]
+    if tgt.shape != input.shape[:-1]:
+        # a reshape alone would pair (4, 2) targets with (2, 4, C) logits silently
+        raise ValueError(f"cross_entropy: target shape {tgt.shape} must be input's shape without its "
+                         f"class dim, {input.shape[:-1]} (input {input.shape})")
     x2 = input.reshape(-1, C) if input.ndim != 2 else input
     tgt = tgt.reshape(-1)
-    if tgt.shape[0] != x2.shape[0]:
-        raise ValueError(f"cross_entropy: {x2.shape[0]} rows of logits but {tgt.shape[0]} targets")
     valid = tgt != ignore_index
     if np.any((tgt[valid] < 0) | (tgt[valid] >= C)):
         raise ValueError(f"cross_entropy: target class out of range [0, {C})")

@@ -51,6 +51,8 @@ def constant_(t, val):
 
 def kaiming_uniform_(t, a=0.0, nonlinearity="leaky_relu"):
     fan_in, _ = _fan(t)
+    if t.data.size == 0:                    # nothing to fill (and fan_in may be 0), as in torch
+        return t
     gain = math.sqrt(2.0 / (1 + a * a)) if nonlinearity == "leaky_relu" else (math.sqrt(2.0) if nonlinearity == "relu" else 1.0)
     bound = gain * math.sqrt(3.0 / fan_in)
     return uniform_(t, -bound, bound)
@@ -58,5 +60,7 @@ def kaiming_uniform_(t, a=0.0, nonlinearity="leaky_relu"):
 
 def xavier_uniform_(t, gain=1.0):
     fi, fo = _fan(t)
+    if t.data.size == 0:
+        return t
     a = gain * math.sqrt(6.0 / (fi + fo))
     return uniform_(t, -a, a)

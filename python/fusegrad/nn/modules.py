@@ -272,6 +272,8 @@ class Embedding(Module):
 class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
+        if not 0.0 <= p <= 1.0:                                  # NaN included
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = p
 
     def forward(self, x):

@@ -12,6 +12,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     """Scale gradients in place so their total norm is at most ``max_norm``; returns the norm."""
     from ..tensor import Tensor
 
+    if not max_norm >= 0:                                         # NaN included
+        raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm}")
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = [p.grad.data for p in parameters if p.grad is not None]
