@@ -1,6 +1,8 @@
 """Byte and BPE tokenizers: exact round trips, training, save/load, bad input."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -71,3 +73,30 @@ def test_bad_input(tmp_path, bpe):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="is not a fusegrad tokenizer file"):
         load_tokenizer(bad)
+
+
+def test_float_ids_and_vocab_sizes_are_refused_not_truncated(tmp_path, bpe):
+    for tok in (ByteTokenizer(), bpe):
+        with pytest.raises(TypeError, match="ids must be integers, got dtype float64"):
+            tok.decode([104.7])                                   # would have decoded as 104
+        assert tok.decode([]) == "" and tok.decode(np.array([104, 105], np.uint8)) == "hi"
+    with pytest.raises(TypeError, match="vocab_size must be an integer"):
+        BPETokenizer.train("abc", 300.5)
+    with pytest.raises(TypeError, match="vocab_size must be an integer"):
+        BPETokenizer.train("abc", True)
+
+
+@pytest.mark.parametrize("merges", [[[1, 2, 3]], [["a", "b"]], [[1.0, 2.0]], [[256, 1]], 7, [[True, 1]]])
+def test_load_refuses_malformed_merges(tmp_path, merges):
+    p = tmp_path / "tok.json"
+    p.write_text(json.dumps({"type": "bpe", "merges": merges}))
+    with pytest.raises(ValueError, match="holds no valid BPE merges"):
+        load_tokenizer(p)
+
+
+def test_save_replaces_the_file_whole(tmp_path, bpe):
+    p = tmp_path / "tok.json"
+    ByteTokenizer().save(p)
+    bpe.save(p)
+    assert load_tokenizer(p).merges == bpe.merges
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["tok.json"]     # no temporary left behind

@@ -33,6 +33,14 @@ def _as_bytes(text) -> bytes:
     raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
 
 
+def _id_array(ids) -> np.ndarray:
+    """Token ids as int64; floats are refused rather than truncated to a neighbouring id."""
+    a = np.asarray(ids)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
 class ByteTokenizer:
     """Each byte is a token: vocabulary of 256, ids are the byte values."""
 
@@ -42,7 +50,7 @@ class ByteTokenizer:
         return np.frombuffer(_as_bytes(text), dtype=np.uint8).astype(np.int64)
 
     def decode_bytes(self, ids) -> bytes:
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = _id_array(ids)
         if ids.size and (ids.min() < 0 or ids.max() > 255):
             raise ValueError(f"ids must be in [0, 256), got values in [{ids.min()}, {ids.max()}]")
         return ids.astype(np.uint8).tobytes()
@@ -58,7 +66,12 @@ class BPETokenizer(ByteTokenizer):
     """Byte-level BPE: ids 0..255 are bytes, id 256+i is the i-th learned merge."""
 
     def __init__(self, merges: list[tuple[int, int]] | None = None):
-        self.merges = [tuple(m) for m in (merges or [])]
+        self.merges = []
+        for m in merges or []:
+            m = tuple(m)
+            if len(m) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in m):
+                raise ValueError(f"a merge must be a pair of integer ids, got {m!r}")
+            self.merges.append((int(m[0]), int(m[1])))
         self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
         self.vocab = [bytes([i]) for i in range(256)]
         for a, b in self.merges:
@@ -73,6 +86,8 @@ class BPETokenizer(ByteTokenizer):
 
     @classmethod
     def train(cls, text, vocab_size: int, verbose: bool = False) -> "BPETokenizer":
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+            raise TypeError(f"vocab_size must be an integer, got {type(vocab_size).__name__} {vocab_size!r}")
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be >= 256, got {vocab_size}")
         data = _as_bytes(text).decode("utf-8", errors="surrogateescape")
@@ -155,7 +170,7 @@ class BPETokenizer(ByteTokenizer):
         return np.array(out, dtype=np.int64)
 
     def decode_bytes(self, ids) -> bytes:
-        ids = np.asarray(ids, dtype=np.int64).ravel()
+        ids = _id_array(ids).ravel()
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"ids must be in [0, {self.vocab_size}), got values in [{ids.min()}, {ids.max()}]")
         vocab = self.vocab
@@ -175,12 +190,18 @@ def load_tokenizer(path) -> ByteTokenizer:
     if kind == "byte":
         return ByteTokenizer()
     if kind == "bpe":
-        return BPETokenizer([tuple(m) for m in obj["merges"]])
+        try:
+            return BPETokenizer(obj["merges"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"load_tokenizer: {path} holds no valid BPE merges ({e})") from None
     raise ValueError(f"load_tokenizer: {path} has unknown tokenizer type {kind!r}")
 
 
 def _atomic_write_json(path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(obj))
+        f.flush()
+        os.fsync(f.fileno())            # the data is on disk before the name points at it
     os.replace(tmp, path)
