@@ -52,9 +52,39 @@ def test_train_errors(tmp_path, capsys):
     small = tmp_path / "small.txt"
     small.write_text("abc")
     assert main(["train", "--data", str(small), "--out", str(tmp_path / "o"), *TINY]) == 2
-    assert "fewer than block_size + 2" in capsys.readouterr().err
+    assert "the text has 3 tokens; it needs at least 2 x (block_size + 2) = 36" in capsys.readouterr().err
+    # 35 tokens used to leave the training split empty and report "the text has 0 tokens"
+    small.write_text("x" * 35)
+    assert main(["train", "--data", str(small), "--out", str(tmp_path / "o"), *TINY]) == 2
+    assert "the text has 35 tokens" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value,msg", [
+    ("--batch-size", "0", "batch_size (--batch-size) must be >= 1, got 0"),
+    ("--max-iters", "-5", "max_iters (--max-iters) must be >= 0"),
+    ("--warmup", "-1", "warmup (--warmup) must be >= 0"),
+    ("--eval-interval", "0", "eval_interval (--eval-interval) must be >= 1"),   # was a ZeroDivisionError
+    ("--eval-iters", "0", "eval_iters (--eval-iters) must be >= 1"),
+    ("--lr", "nan", "lr (--lr) must be a finite number"),
+    ("--grad-clip", "-1", "grad_clip (--grad-clip) must be >= 0.0"),
+    ("--max-time", "inf", "max_time (--max-time) must be a finite number"),
+    ("--threads", "0", "--threads must be >= 1, got 0"),
+])
+def test_train_refuses_bad_options_before_training(tmp_path, capsys, flag, value, msg):
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, flag, value]) == 2
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_options_refuse_non_integers():
+    with pytest.raises(ValueError, match=r"batch_size \(--batch-size\) must be an integer, got 2.5"):
+        TrainOptions(batch_size=2.5)
+    with pytest.raises(ValueError, match="must be an integer, got True"):
+        TrainOptions(n_layer=True)
 
 
 def test_linefit_and_info(capsys):

@@ -55,11 +55,13 @@ def _cmd_linefit(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .lm import TrainOptions, train_lm
 
-    opts = TrainOptions(**{k: v for k, v in vars(args).items() if k not in ("fn", "command", "threads")})
-    if args.threads:
-        from . import set_num_threads
-        set_num_threads(args.threads)
     try:
+        opts = TrainOptions(**{k: v for k, v in vars(args).items() if k not in ("fn", "command", "threads")})
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            from . import set_num_threads
+            set_num_threads(args.threads)
         hist = train_lm(opts)
     except (ValueError, FileNotFoundError) as e:
         print(f"fusegrad train: error: {e}", file=sys.stderr)
@@ -80,7 +82,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         tok = load_tokenizer(d / "tokenizer.json")
         text = sample(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
         print(f"fusegrad generate: error: {e}", file=sys.stderr)
         return 2
     print(text)

@@ -61,6 +61,26 @@ class TrainOptions:
     sample_tokens: int = 200
     log: object = field(default="stdout", repr=False)  # a file, "stdout" (current sys.stdout) or None
 
+    def __post_init__(self):
+        # (name, lowest allowed value, may be None); NaN fails every comparison, so it is refused
+        limits = [("max_bytes", 1, False), ("n_layer", 1, False), ("n_head", 1, False),
+                  ("n_embd", 1, False), ("n_kv_head", 1, True), ("block_size", 1, False), ("batch_size", 1, False),
+                  ("max_iters", 0, False), ("stop_at", 0, True), ("warmup", 0, False), ("eval_interval", 1, False),
+                  ("eval_iters", 1, False), ("sample_tokens", 0, False),
+                  ("lr", 0.0, False), ("min_lr", 0.0, False), ("weight_decay", 0.0, False),
+                  ("grad_clip", 0.0, False), ("max_time", 0.0, True)]
+        for name, lo, optional in limits:
+            v = getattr(self, name)
+            if v is None and optional:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if isinstance(lo, int) and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise ValueError(f"train: {name} ({flag}) must be an integer, got {v!r}")
+            if isinstance(lo, float) and not (isinstance(v, (int, float, np.number)) and math.isfinite(v)):
+                raise ValueError(f"train: {name} ({flag}) must be a finite number, got {v!r}")
+            if not v >= lo:
+                raise ValueError(f"train: {name} ({flag}) must be >= {lo}, got {v}")
+
 
 def _stream(opts):
     return sys.stdout if isinstance(opts.log, str) and opts.log == "stdout" else opts.log
@@ -142,9 +162,6 @@ def train_lm(opts: TrainOptions) -> dict:
     else:
         raise ValueError(f"train: tokenizer must be 'byte' or 'bpe', got {opts.tokenizer!r}")
     ids = np.asarray(tok.encode(text), dtype=np.int64)
-    n_val = max(len(ids) // 10, opts.block_size + 2)
-    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
-    H = unigram_entropy(train_ids, tok.vocab_size)
 
     if resume:
         model = GPT.load(out)
@@ -154,6 +171,15 @@ def train_lm(opts: TrainOptions) -> dict:
                         n_head=opts.n_head, n_embd=opts.n_embd, n_kv_head=opts.n_kv_head,
                         dropout=opts.dropout, pos=opts.pos)
         model = GPT(cfg, seed=opts.seed)
+    # the last tenth (at least one window of block_size + 2 tokens) validates; the rest trains
+    need = cfg.block_size + 2
+    if len(ids) < 2 * need:
+        raise ValueError(f"train: the text has {len(ids)} tokens; it needs at least 2 x (block_size + 2) = "
+                         f"{2 * need} (one window to train on, one to validate); use more text or a "
+                         f"smaller --block-size")
+    n_val = max(len(ids) // 10, need)
+    train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    H = unigram_entropy(train_ids, tok.vocab_size)
     train_b = _Batches(train_ids, cfg.block_size, opts.batch_size, opts.seed)
     val_b = _Batches(val_ids, cfg.block_size, opts.batch_size, opts.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
