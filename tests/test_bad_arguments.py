@@ -88,3 +88,16 @@ def test_valid_edge_cases_still_work():
     np.testing.assert_allclose(F.cross_entropy(logits, np.zeros((2, 4), np.int64)).item(), np.log(3), rtol=1e-6)
     assert F.embedding(np.array([[0, 4]], np.uint8), _t(5, 3)).shape == (1, 2, 3)
     assert F.mse_loss(x, np.ones((2, 3), np.int64)).item() == 0.0
+
+
+def test_data_loader_and_dataset_arguments():
+    from fusegrad.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(np.arange(6.0), np.arange(6))
+    with pytest.raises(TypeError, match="DataLoader: batch_size must be an integer, got 2.5"):
+        DataLoader(ds, batch_size=2.5)
+    with pytest.raises(ValueError, match="DataLoader: batch_size must be >= 1"):
+        DataLoader(ds, batch_size=0)
+    with pytest.raises(ValueError, match="TensorDataset: every tensor needs a first"):
+        TensorDataset(np.float32(3.0))
+    assert [b[1].data.tolist() for b in DataLoader(ds, batch_size=np.int64(4))] == [[0, 1, 2, 3], [4, 5]]

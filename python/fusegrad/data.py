@@ -14,6 +14,8 @@ class TensorDataset:
     def __init__(self, *tensors):
         if not tensors:
             raise ValueError("TensorDataset: needs at least one tensor")
+        if any(np.ndim(getattr(t, "data", t)) == 0 for t in tensors):
+            raise ValueError("TensorDataset: every tensor needs a first (row) dimension; got a 0-d one")
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError(f"TensorDataset: tensors have different lengths {[len(t) for t in tensors]}")
@@ -31,6 +33,8 @@ class DataLoader:
     With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``."""
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"DataLoader: batch_size must be an integer, got {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
