@@ -216,6 +216,31 @@ def test_from_pretrained_errors(tmp_path):
         GPT.from_pretrained(tmp_path)
 
 
+def test_from_pretrained_malformed_files_are_value_errors_naming_the_file(tmp_path):
+    cfg = GPTConfig(vocab_size=30, block_size=12, n_layer=1, n_head=2, n_embd=8)
+    _write_hf(GPT(cfg, seed=0), tmp_path)
+    good_cfg = (tmp_path / "config.json").read_text()
+    for text, msg in [("{bad", "config.json is not a readable JSON config"),
+                      ("[1, 2]", "config.json must hold a JSON object, got list"),
+                      (json.dumps({"vocab_size": 30, "n_layer": 1}), "config.json lacks n_head, n_embd")]:
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=msg):
+            GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(good_cfg)
+    st = tmp_path / "model.safetensors"
+    data = st.read_bytes()
+    st.write_bytes(data[:100])                                             # truncated
+    with pytest.raises(ValueError, match="model.safetensors is truncated or not a safetensors file"):
+        GPT.from_pretrained(tmp_path)
+    from safetensors.numpy import load_file, save_file
+    st.write_bytes(data)
+    w = load_file(str(st))
+    w["transformer.h.0.attn.c_attn.weight"] = np.ascontiguousarray(w["transformer.h.0.attn.c_attn.weight"].T)
+    save_file(w, str(st))                                                  # a Linear-layout weight
+    with pytest.raises(ValueError, match=r"c_attn.weight has shape \(24, 8\), expected \(8, 24\)"):
+        GPT.from_pretrained(tmp_path)
+
+
 # ------------------------------------------------------------------ generation
 @pytest.mark.parametrize("var", VARIANTS, ids=["learned", "rope-gqa-untied", "nobias-gqa"])
 def test_kv_cache_generation_equals_full_recompute(var):

@@ -479,10 +479,18 @@ class GPT(Module):
         from safetensors.numpy import load_file
 
         d = Path(directory)
+        cj = d / "config.json"
         try:
-            hf = json.loads((d / "config.json").read_text())
+            hf = json.loads(cj.read_text())
         except FileNotFoundError:
-            raise FileNotFoundError(f"GPT.from_pretrained: {d / 'config.json'} not found") from None
+            raise FileNotFoundError(f"GPT.from_pretrained: {cj} not found") from None
+        except (OSError, ValueError) as e:                       # unreadable, not UTF-8, not JSON
+            raise ValueError(f"GPT.from_pretrained: {cj} is not a readable JSON config ({e})") from None
+        if not isinstance(hf, dict):
+            raise ValueError(f"GPT.from_pretrained: {cj} must hold a JSON object, got {type(hf).__name__}")
+        missing = [k for k in ("vocab_size", "n_layer", "n_head", "n_embd") if k not in hf]
+        if missing:
+            raise ValueError(f"GPT.from_pretrained: {cj} lacks {', '.join(missing)} (not a GPT-2 config?)")
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"GPT.from_pretrained: activation_function {act!r} is not supported (gelu_new only)")
@@ -492,7 +500,11 @@ class GPT(Module):
         st = d / "model.safetensors"
         if not st.exists():
             raise FileNotFoundError(f"GPT.from_pretrained: {st} not found (only safetensors weights are supported)")
-        w = load_file(str(st))
+        try:
+            w = load_file(str(st))
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ValueError(f"GPT.from_pretrained: {st} is truncated or not a safetensors file "
+                             f"({type(e).__name__}: {e})") from None
         w = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in w.items()}
         model = cls(cfg, dtype=dtype)
         sd = {}
@@ -502,6 +514,10 @@ class GPT(Module):
                 raise ValueError(f"GPT.from_pretrained: {st} has no tensor {k!r}")
             a = w[src]
             if k.endswith(".weight") and any(s in k for s in ("c_attn", "c_proj", "c_fc")):
+                want = model.state_dict()[k].shape[::-1]
+                if a.shape != want:
+                    raise ValueError(f"GPT.from_pretrained: {st}: {k} has shape {a.shape}, expected {want} "
+                                     f"(GPT-2's Conv1D layout is (in, out))")
                 a = a.T  # Conv1D (in, out) -> Linear (out, in)
             sd[k] = np.ascontiguousarray(a, dtype=dtype)
         model.load_state_dict(sd)
