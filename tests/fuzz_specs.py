@@ -283,6 +283,19 @@ def _max_abs(a):
     return float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
 
 
+def _finite_abs(a):
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    return np.where(np.isfinite(a), a, 0.0)
+
+
+def _summed_terms(total, dtype, rtol):
+    """An atol_scale for a result summed from terms whose magnitudes add up to ``total``: with
+    cancellation (1e4 - 1e4 + 3.9) float rounding leaves ~eps * total, not eps * |result|.
+    Returned in units of rtol (the runner multiplies by it): 16 eps * total in all."""
+    eps = float(np.finfo(dtype).eps) if dtype is not None and np.dtype(dtype).kind == "f" else 0.0
+    return 16.0 * eps * total / rtol
+
+
 def _from_output(name, fwd):
     """Backward taking the forward OUTPUT y (sigmoid, tanh, softmax, log_softmax)."""
     def make(draw, dtype):
@@ -396,7 +409,12 @@ def _xent(name):
                 loss = -ls[keep].sum() / keep.sum() if keep.any() else loss
             return loss, lse
         return R.cross_entropy_backward(logits, targets, lse, dloss, ignore_index)
+    def terms(kw, dtype=None):  # dloss (p - onehot): p ~ 1 at the target cancels (seed 139, float64)
+        d = kw.get("dloss")
+        d = abs(float(d)) if isinstance(d, (int, float)) and math.isfinite(d) else 0.0
+        return _summed_terms(2.0 * d, dtype, 5e-5 if dtype == np.float32 else 1e-9)
     return Spec(name, make, ref, returns_like="logits", tol=(5e-5, 1e-9),
+                atol_scale=terms if name == "cross_entropy_backward" else None,
                 ids={"targets": lambda kw: (0, kw["logits"].shape[1], (kw["ignore_index"],))},
                 scalars={"ignore_index": [2**63, 5], **({"dloss": [math.nan, "x", None]} if "backward" in name else {})})
 
@@ -478,7 +496,16 @@ def _linear_backward():
         N = math.prod(x.shape[:-1])
         dy2, x2 = dy.reshape(N, w.shape[0]), x.reshape(N, w.shape[1])
         return (dy2 @ w).reshape(x.shape), dy2.T @ x2, dy2.sum(axis=0)
-    return Spec("linear_backward", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False)
+
+    def terms(kw, dtype=None):  # seed 137: db of a dy column holding -1e4 and 1e4 (float32 lost 1.7e-3)
+        dy, x, w = kw["dy"], kw["x"], kw["w"]
+        if x.ndim < 1 or w.ndim != 2 or dy.shape != x.shape[:-1] + (w.shape[0],):
+            return 0.0
+        N = math.prod(x.shape[:-1])
+        a, b, c = _finite_abs(dy).reshape(N, w.shape[0]), _finite_abs(x).reshape(N, w.shape[1]), _finite_abs(w)
+        total = max(np.max(a @ c, initial=0.0), np.max(a.T @ b, initial=0.0), np.max(a.sum(axis=0), initial=0.0))
+        return _summed_terms(float(total), dtype, 3e-5 if dtype == np.float32 else 1e-10)
+    return Spec("linear_backward", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False, atol_scale=terms)
 
 
 def _attention_scores(q, k, causal, scale):
@@ -781,7 +808,7 @@ def _f_layer_norm():
         # float32 gradient was further off than ours there); the factor is 1 for other rows
         eps, rtol = (1.2e-7, 2e-4) if dtype == np.float32 else (2.3e-16, 1e-9)  # rtol: the Spec's tol
         cond = np.maximum(1.0, eps * np.max(np.abs(rows), axis=1, initial=0.0) * rstd / rtol)
-        return float(np.max(rstd * cond, initial=0.0)) * float(np.max(np.abs(kw["weight"]), initial=0.0))
+        return float(np.max(rstd * cond, initial=0.0)) * _max_abs(kw["weight"])
     return Spec("F.layer_norm", make, ref, returns_like="input", tol=(2e-4, 1e-9), huge=False, atol_scale=terms,
                 call=_functional("layer_norm", ("input", "weight", "bias")),
                 errname=("layer_norm", "layernorm"), kinds=F_KINDS, grads=("input", "weight", "bias"))
@@ -1125,6 +1152,9 @@ def _close(got, exp, dtype, tol, what, case, extra_scale=0.0, inf_may_be_nan=Fal
         e = exp.astype(dtype).astype(np.float64)
         g = got.astype(np.float64)
         fin = np.isfinite(e)
+        if not math.isfinite(extra_scale):
+            raise FuzzFailure(f"{what}: the spec's atol_scale is {extra_scale}: a tolerance that "
+                              f"accepts any finite result (use finite magnitudes)\n  case: {case}")
         scale = max(float(np.max(np.abs(e[fin]))) if fin.any() else 0.0, extra_scale)
         floor = float(np.finfo(dtype).tiny)
         if inf_may_be_nan:
