@@ -164,3 +164,71 @@ def test_mlp_matches_torch():
     tg = dict(tm.named_parameters())
     for n, p in m.named_parameters():
         np.testing.assert_allclose(p.grad.data, tg[n].grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_module_list_and_dict_register_their_modules():
+    ml = nn.ModuleList([nn.Linear(2, 3), nn.Linear(3, 1)])
+    ml.append(nn.LayerNorm(1))
+    assert len(ml) == 3 and isinstance(ml[-1], nn.LayerNorm) and len(ml[:2]) == 2
+    assert [n for n, _ in ml.named_parameters()] == ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias"]
+    ml.insert(0, nn.Linear(2, 2))
+    assert [type(m).__name__ for m in ml] == ["Linear", "Linear", "Linear", "LayerNorm"]
+    assert ml[1].weight.shape == (3, 2)
+    with pytest.raises(IndexError, match="ModuleList index 4 is out of range"):
+        ml[4]
+    with pytest.raises(TypeError, match="ModuleList: int is not a Module"):
+        ml.append(3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+            self.heads = nn.ModuleDict({"a": nn.Linear(4, 1), "b": nn.Linear(4, 2)})
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.heads["b"](x)
+
+    net = Net()
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias",
+                     "heads.a.weight", "heads.a.bias", "heads.b.weight", "heads.b.bias"]
+    assert list(net.heads) == ["a", "b"] and "a" in net.heads and len(net.heads) == 2
+    net(fg.Tensor(np.ones((3, 4), np.float32))).sum().backward()
+    assert net.layers[0].weight.grad is not None and net.heads["a"].weight.grad is None
+    sd = net.state_dict()
+    net2 = Net()
+    net2.load_state_dict(sd)
+    np.testing.assert_array_equal(net2.heads["b"].weight.data, net.heads["b"].weight.data)
+    with pytest.raises(KeyError, match="keys must be non-empty strings without"):
+        nn.ModuleDict({"a.b": nn.Linear(1, 1)})
+
+
+def test_module_apply_to_and_requires_grad():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    seen = []
+    net.apply(lambda m: seen.append(type(m).__name__))
+    assert seen == ["Linear", "ReLU", "Linear", "Sequential"]             # children first, as torch
+    net.apply(lambda m: nn.init.zeros_(m.bias) if isinstance(m, nn.Linear) else None)
+    assert not net[0].bias.data.any()
+    w = net[0].weight.data.copy()
+    net(fg.Tensor(np.ones((2, 3), np.float32))).sum().backward()
+    assert net.double() is net and all(p.dtype == np.float64 for p in net.parameters())
+    assert all(p.grad.dtype == np.float64 for p in net.parameters())
+    np.testing.assert_array_equal(net[0].weight.data, w.astype(np.float64))
+    assert net(fg.Tensor(np.ones((2, 3)))).dtype == np.float64
+    assert net.float()[0].weight.dtype == np.float32 and net.to("cpu") is net
+    with pytest.raises(TypeError, match="Module.to: dtype must be float32 or float64"):
+        net.to(np.int32)
+    net.requires_grad_(False)
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_gpt_to_float64_matches_a_float64_gpt():
+    from fusegrad.models import GPT, GPTConfig
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, pos="rope")
+    a, b = GPT(cfg, seed=0).to(np.float64), GPT(cfg, seed=0, dtype=np.float64)
+    idx = np.array([[1, 2, 3, 4]])
+    np.testing.assert_allclose(a(idx)[0].data, b(idx)[0].data, rtol=1e-6)
+    assert a(idx)[0].dtype == np.float64 and a.generate(idx, 3, temperature=0).shape == (1, 7)

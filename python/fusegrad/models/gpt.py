@@ -414,6 +414,13 @@ class GPT(Module):
             self.train(was_training)
         return out
 
+    def to(self, dtype):
+        """Cast the weights (see ``Module.to``); later caches and rope tables use the new dtype."""
+        super().to(dtype)
+        if not (isinstance(dtype, str) and dtype == "cpu"):
+            self.dtype_ = np.dtype(dtype)
+        return self
+
     # ----- checkpoints -----
     def save(self, directory, optimizer=None, step: int = 0, meta: dict | None = None):
         """Write a crash-safe checkpoint (safetensors weights + JSON config [+ optimizer])."""

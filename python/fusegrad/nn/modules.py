@@ -126,6 +126,42 @@ class Module:
             t.data[...] = a
         return missing, unexpected
 
+    def apply(self, fn):
+        """Call ``fn(module)`` on every submodule, children first, then on self (as torch does);
+        the usual way to run a custom initialization."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, dtype):
+        """Cast every floating-point parameter and buffer to ``dtype`` (a NumPy dtype or its name:
+        float32/float64) in place and return self; ``"cpu"`` is accepted and changes nothing."""
+        if isinstance(dtype, str) and dtype == "cpu":
+            return self
+        dt = np.dtype(dtype)
+        if dt.kind != "f" or dt.itemsize < 4:
+            raise TypeError(f"Module.to: dtype must be float32 or float64, got {dt}")
+        for m in self.modules():
+            for d in (m._parameters, m._buffers):
+                for t in d.values():
+                    if isinstance(t, Tensor) and t.dtype.kind == "f" and t.dtype != dt:
+                        t.data = t.data.astype(dt)
+                        if t.grad is not None:
+                            t.grad = Tensor(np.asarray(getattr(t.grad, "data", t.grad)).astype(dt))
+        return self
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def requires_grad_(self, requires_grad: bool = True):
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
     def train(self, mode: bool = True):
         for m in self.modules():
             object.__setattr__(m, "training", mode)
@@ -238,6 +274,108 @@ class Sequential(Module):
         for m in self._modules.values():
             x = m(x)
         return x
+
+
+def _index(i, n, what):
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{what} indices must be integers or slices, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise IndexError(f"{what} index {i} is out of range for {n} modules")
+    return int(i) % n
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are registered (under names "0", "1", ...)."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _check(self, m):
+        if not isinstance(m, Module):
+            raise TypeError(f"ModuleList: {type(m).__name__} is not a Module")
+        return m
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), self._check(module))
+        return self
+
+    def extend(self, modules):
+        for m in modules:
+            self.append(m)
+        return self
+
+    def insert(self, index, module):
+        mods = list(self._modules.values())
+        mods.insert(index, self._check(module))
+        self._modules.clear()
+        self.extend(mods)
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return ModuleList(mods[i])
+        return mods[_index(i, len(mods), "ModuleList")]
+
+    def __setitem__(self, i, module):
+        self._modules[str(_index(i, len(self._modules), "ModuleList"))] = self._check(module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules.values()))
+
+    def forward(self, *args, **kw):
+        raise NotImplementedError("ModuleList has no forward: iterate over it in the parent's forward")
+
+
+class ModuleDict(Module):
+    """A dict of modules whose parameters are registered under their keys."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def update(self, modules):
+        for k, m in (modules.items() if hasattr(modules, "items") else modules):
+            self[k] = m
+
+    def __setitem__(self, key, module):
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ModuleDict: keys must be non-empty strings without '.', got {key!r}")
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: {type(module).__name__} is not a Module")
+        self._modules[key] = module
+
+    def __getitem__(self, key):
+        return self._modules[key]
+
+    def __delitem__(self, key):
+        del self._modules[key]
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(list(self._modules))
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def forward(self, *args, **kw):
+        raise NotImplementedError("ModuleDict has no forward: index it in the parent's forward")
 
 
 class LayerNorm(Module):
