@@ -284,18 +284,28 @@ def _index(i, n, what):
     return int(i) % n
 
 
-class ModuleList(Module):
-    """A list of modules whose parameters are registered (under names "0", "1", ...)."""
+class _Container(Module):
+    """Base of ModuleList/ModuleDict: holds registered modules, has no forward of its own."""
 
     def __init__(self, modules=None):
         super().__init__()
         if modules is not None:
-            self.extend(modules)
+            self._fill(modules)
 
     def _check(self, m):
         if not isinstance(m, Module):
-            raise TypeError(f"ModuleList: {type(m).__name__} is not a Module")
+            raise TypeError(f"{type(self).__name__}: {type(m).__name__} is not a Module")
         return m
+
+    def __len__(self):
+        return len(self._modules)
+
+    def forward(self, *args, **kw):
+        raise NotImplementedError(f"{type(self).__name__} has no forward: use its modules in the parent's forward")
+
+
+class ModuleList(_Container):
+    """A list of modules whose parameters are registered (under names "0", "1", ...)."""
 
     def append(self, module):
         self.add_module(str(len(self._modules)), self._check(module))
@@ -305,6 +315,8 @@ class ModuleList(Module):
         for m in modules:
             self.append(m)
         return self
+
+    _fill = extend
 
     def insert(self, index, module):
         mods = list(self._modules.values())
@@ -321,34 +333,23 @@ class ModuleList(Module):
     def __setitem__(self, i, module):
         self._modules[str(_index(i, len(self._modules), "ModuleList"))] = self._check(module)
 
-    def __len__(self):
-        return len(self._modules)
-
     def __iter__(self):
         return iter(list(self._modules.values()))
 
-    def forward(self, *args, **kw):
-        raise NotImplementedError("ModuleList has no forward: iterate over it in the parent's forward")
 
-
-class ModuleDict(Module):
+class ModuleDict(_Container):
     """A dict of modules whose parameters are registered under their keys."""
-
-    def __init__(self, modules=None):
-        super().__init__()
-        if modules is not None:
-            self.update(modules)
 
     def update(self, modules):
         for k, m in (modules.items() if hasattr(modules, "items") else modules):
             self[k] = m
 
+    _fill = update
+
     def __setitem__(self, key, module):
         if not isinstance(key, str) or not key or "." in key:
             raise KeyError(f"ModuleDict: keys must be non-empty strings without '.', got {key!r}")
-        if not isinstance(module, Module):
-            raise TypeError(f"ModuleDict: {type(module).__name__} is not a Module")
-        self._modules[key] = module
+        self._modules[key] = self._check(module)
 
     def __getitem__(self, key):
         return self._modules[key]
@@ -358,9 +359,6 @@ class ModuleDict(Module):
 
     def __contains__(self, key):
         return key in self._modules
-
-    def __len__(self):
-        return len(self._modules)
 
     def __iter__(self):
         return iter(list(self._modules))
@@ -373,9 +371,6 @@ class ModuleDict(Module):
 
     def items(self):
         return self._modules.items()
-
-    def forward(self, *args, **kw):
-        raise NotImplementedError("ModuleDict has no forward: index it in the parent's forward")
 
 
 class LayerNorm(Module):
