@@ -326,6 +326,21 @@ def _rows_fwd(name):
     return Spec(name, make, ref, returns_like="x", tol=(3e-5, 1e-10))
 
 
+def _layernorm_conditioning(x, eps, dtype, rtol):
+    """(rstd, cond) of x's finite rows (rows with a finite rstd): a row far from 0 relative to its
+    spread loses digits when centred, so xhat is off by ~eps |x| rstd; cond is that error in
+    units of rtol, at least 1 (seed 89: -80.0241, -80.0200; seed 157: 5.58406, 5.58254)."""
+    if x.ndim == 0 or x.shape[-1] == 0 or not (isinstance(eps, float) and math.isfinite(eps) and eps >= 0):
+        return np.zeros(0), np.zeros(0)
+    rows = x.reshape(-1, x.shape[-1])
+    rows = rows[np.isfinite(rows).all(axis=1)]  # a NaN row (a perturbation) leaves the others' scale
+    _, _, rstd = R.layernorm_forward(rows, None, None, eps)
+    ok = np.isfinite(rstd)
+    rows, rstd = rows[ok], rstd[ok]
+    u = 1.2e-7 if dtype == np.float32 else 2.3e-16
+    return rstd, np.maximum(1.0, u * np.max(np.abs(rows), axis=1, initial=0.0) * rstd / rtol)
+
+
 def _layernorm_forward():
     def make(draw, dtype):
         rng = draw_rng(draw)
@@ -348,8 +363,12 @@ def _layernorm_forward():
         return R.layernorm_forward(x, weight, bias, eps)
     # huge=False like the other reductions: a row holding +-FLT_MAX and ordinary values has a mean
     # that no summation order gets right (even float64 drops the small terms next to 3.4e38)
+    def terms(kw, dtype=None):  # y = xhat w + b: xhat's error from centring, times |w|
+        _, cond = _layernorm_conditioning(kw["x"], kw["eps"], dtype, 1e-4 if dtype == np.float32 else 1e-9)
+        w = kw["weight"]
+        return float(np.max(cond, initial=0.0)) * (_max_abs(w) if isinstance(w, np.ndarray) else 1.0)
     return Spec("layernorm_forward", make, ref, returns_like="x", tol=(1e-4, 1e-9), huge=False,
-                scalars={"eps": [-1.0, math.nan, math.inf]})
+                atol_scale=terms, scalars={"eps": [-1.0, math.nan, math.inf]})
 
 
 def _layernorm_backward():
@@ -800,14 +819,8 @@ def _f_layer_norm():
         x = kw["input"]
         if x.ndim == 0 or x.shape[-1] != kw["weight"].shape[-1]:
             return 0.0
-        rows = x.reshape(-1, x.shape[-1])  # a NaN row (a perturbation) leaves the others' scale
-        rows = rows[np.isfinite(rows).all(axis=1)]
-        _, _, rstd = R.layernorm_forward(rows, None, None, 1e-5)
-        # a row far from 0 relative to its spread (seed 89: -80.0241, -80.0200) loses digits
-        # centring it: xhat is off by ~eps |x| rstd, and dx by rstd |w| times that (PyTorch's
-        # float32 gradient was further off than ours there); the factor is 1 for other rows
-        eps, rtol = (1.2e-7, 2e-4) if dtype == np.float32 else (2.3e-16, 1e-9)  # rtol: the Spec's tol
-        cond = np.maximum(1.0, eps * np.max(np.abs(rows), axis=1, initial=0.0) * rstd / rtol)
+        # PyTorch's float32 gradient was further off than ours in the seed-89 row
+        rstd, cond = _layernorm_conditioning(x, 1e-5, dtype, 2e-4 if dtype == np.float32 else 1e-9)
         return float(np.max(rstd * cond, initial=0.0)) * _max_abs(kw["weight"])
     return Spec("F.layer_norm", make, ref, returns_like="input", tol=(2e-4, 1e-9), huge=False, atol_scale=terms,
                 call=_functional("layer_norm", ("input", "weight", "bias")),
