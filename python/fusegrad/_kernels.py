@@ -35,7 +35,7 @@ def _tanh_forward(x):
 
 
 def _tanh_backward(dy, y):
-    return dy * (1 - y * y)
+    return dy * ((1 - y) * (1 + y))    # as the kernel: exact 1 - |y| near saturation
 
 
 _K = math.sqrt(2.0 / math.pi)
