@@ -518,13 +518,22 @@ def _linear_backward():
 
     def terms(kw, dtype=None):  # seed 137: db of a dy column holding -1e4 and 1e4 (float32 lost 1.7e-3)
         dy, x, w = kw["dy"], kw["x"], kw["w"]
+        if not all(isinstance(v, np.ndarray) for v in (dy, x, w)):
+            return 0.0
         if x.ndim < 1 or w.ndim != 2 or dy.shape != x.shape[:-1] + (w.shape[0],):
             return 0.0
-        N = math.prod(x.shape[:-1])
-        a, b, c = _finite_abs(dy).reshape(N, w.shape[0]), _finite_abs(x).reshape(N, w.shape[1]), _finite_abs(w)
-        total = max(np.max(a @ c, initial=0.0), np.max(a.T @ b, initial=0.0), np.max(a.sum(axis=0), initial=0.0))
-        return _summed_terms(float(total), dtype, 3e-5 if dtype == np.float32 else 1e-10)
+        return _summed_terms(_linear_terms(dy, x, w), dtype, 3e-5 if dtype == np.float32 else 1e-10)
     return Spec("linear_backward", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False, atol_scale=terms)
+
+
+def _linear_terms(dy, x, w, b=None):
+    """The largest sum of |terms| behind any result of y = x w^T + b and its gradients
+    dx = dy w, dw = dy^T x, db = sum(dy) (non-finite entries count 0)."""
+    N = math.prod(x.shape[:-1])
+    a, bx, c = _finite_abs(dy).reshape(N, w.shape[0]), _finite_abs(x).reshape(N, w.shape[1]), _finite_abs(w)
+    fwd = bx @ c.T + (_finite_abs(b) if b is not None else 0.0)
+    return float(max(np.max(fwd, initial=0.0), np.max(a @ c, initial=0.0), np.max(a.T @ bx, initial=0.0),
+                     np.max(a.sum(axis=0), initial=0.0)))
 
 
 def _attention_scores(q, k, causal, scale):
@@ -793,7 +802,15 @@ def _f_linear():
         N = math.prod(input.shape[:-1])
         dy2, x2 = _w(y.shape).reshape(N, weight.shape[0]), input.reshape(N, weight.shape[1])
         return y, (dy2 @ weight).reshape(input.shape), dy2.T @ x2, (dy2.sum(0) if bias is not None else None)
-    return Spec("F.linear", make, ref, returns_like="input", tol=(3e-5, 1e-10), huge=False,
+    def terms(kw, dtype=None):  # seed 181: K = 0, so db = sum of 119 rows of cos weights ~ 1e-3
+        x, w, b = kw["input"], kw["weight"], kw.get("bias")
+        if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and (b is None or isinstance(b, np.ndarray))):
+            return 0.0
+        if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[1] or (b is not None and b.shape != (w.shape[0],)):
+            return 0.0
+        dy = _w(x.shape[:-1] + (w.shape[0],))
+        return _summed_terms(_linear_terms(dy, x, w, b), dtype, 3e-5 if dtype == np.float32 else 1e-10)
+    return Spec("F.linear", make, ref, returns_like="input", tol=(3e-5, 1e-10), huge=False, atol_scale=terms,
                 call=_functional("linear", ("input", "weight", "bias")), errname=("linear",), kinds=F_KINDS,
                 grads=("input", "weight", "bias"))
 
