@@ -94,3 +94,25 @@ def test_fit_stops_on_nonfinite_loss():
     h = fit(m, F.mse_loss, fg.optim.SGD(m.parameters(), lr=0.1), [(X, fg.tensor([[1.0]]))], epochs=3,
             progress=False, verbose=False)
     assert h.diverged and "non-finite" in h.message and h.train_loss == []
+
+
+def test_fit_takes_any_iterable_and_refuses_an_empty_or_spent_one(capsys, monkeypatch):
+    import sys
+
+    import fusegrad as fg
+    import fusegrad.nn.functional as F
+    from fusegrad.train import fit
+
+    m = fg.nn.Linear(1, 1)
+    opt = fg.optim.SGD(m.parameters(), lr=0.01)
+    data = [(fg.tensor([[float(i)]]), fg.tensor([[2.0 * i]])) for i in range(4)]
+    # an iterable without len() (a generator) trains, with a plain progress count (without tqdm)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    h = fit(m, F.mse_loss, opt, (b for b in data), epochs=1, progress=True, verbose=True)
+    assert len(h.train_loss) == 1 and h.step == 4
+    assert "epoch 1 4" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="fit: train_loader yielded no batches in epoch 1$"):
+        fit(m, F.mse_loss, opt, [], epochs=1, progress=False, verbose=False)
+    # a generator is spent after one epoch: the second would have reported a loss of 0
+    with pytest.raises(ValueError, match="no batches in epoch 2 .*one-shot iterator"):
+        fit(m, F.mse_loss, opt, (b for b in data), epochs=2, progress=False, verbose=False)

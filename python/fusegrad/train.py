@@ -35,10 +35,16 @@ def _bar(it, total, desc, enabled):
         return tqdm(it, total=total, desc=desc, leave=False)
     except ImportError:
         def plain():
+            i = 0
             for i, x in enumerate(it, 1):
-                if i == total or i % max(1, total // 10) == 0:
+                if total is None:                  # an iterable without len(): a count only
+                    if i & (i - 1) == 0:
+                        print(f"\r{desc} {i}", end="", file=sys.stderr)
+                elif i == total or i % max(1, total // 10) == 0:
                     print(f"\r{desc} {i}/{total}", end="" if i < total else "\n", file=sys.stderr)
                 yield x
+            if total is None and i:
+                print(f"\r{desc} {i}", file=sys.stderr)
         return plain()
 
 
@@ -89,7 +95,8 @@ def fit(model, loss_fn, optimizer, train_loader, epochs=1, val_loader=None, sche
 
     for epoch in range(1, epochs + 1):
         tot, n = 0.0, 0
-        batches = _bar(train_loader, len(train_loader), f"epoch {epoch}", progress and verbose)
+        total = len(train_loader) if hasattr(train_loader, "__len__") else None
+        batches = _bar(train_loader, total, f"epoch {epoch}", progress and verbose)
         for xb, yb in batches:
             loss = loss_fn(model(xb), yb)          # 1. forward  2. loss
             lv = float(loss.item())
@@ -107,6 +114,10 @@ def fit(model, loss_fn, optimizer, train_loader, epochs=1, val_loader=None, sche
             n += len(xb)
         if h.diverged:
             break
+        if n == 0:
+            # a loss of 0 / 0 would be reported as 0; a generator is also empty after one epoch
+            again = " (a one-shot iterator is spent after one epoch: pass a DataLoader or a list)" if epoch > 1 else ""
+            raise ValueError(f"fit: train_loader yielded no batches in epoch {epoch}{again}")
         if checkpoint_dir is not None and (epoch % checkpoint_every == 0 or epoch == epochs):
             _save(model, optimizer, checkpoint_dir, h.step, epoch, tot / max(n, 1))
             h.checkpoint_step = h.step
