@@ -59,6 +59,10 @@ BAD = {
                                       ValueError, "appears more than once"),
     "AdamW non-leaf": (lambda: optim.AdamW([_t(2) * 2]), ValueError, "AdamW: cannot optimize a non-leaf"),
     "AdamW ndarray": (lambda: optim.AdamW([np.ones(2)]), TypeError, "AdamW: parameters must be fusegrad Tensors"),
+    "StepLR step_size 0": (lambda: optim.StepLR(optim.SGD([_t(2)], lr=0.1), step_size=0), ValueError,
+                           "StepLR: step_size must be a positive integer, got 0"),         # was ZeroDivisionError
+    "CosineWarmupLR warmup -1": (lambda: optim.CosineWarmupLR(optim.SGD([_t(2)], lr=0.1), -1, 5), ValueError,
+                                 "warmup_steps must be >= 0"),
     "SGD int tensor": (lambda: optim.SGD([fg.Tensor(np.ones(2, np.int64))], lr=0.1), TypeError,
                        "SGD: parameters must be floating point"),
 }

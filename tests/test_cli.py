@@ -106,3 +106,9 @@ def test_default_train_run_learns(tmp_path):
     hist = train_lm(TrainOptions(out=str(tmp_path / "run"), log=log))
     val = hist["val_loss"][-1][1]
     assert val < hist["unigram_entropy"] - 0.5, log.getvalue()
+
+
+def test_train_with_zero_iterations_only_evaluates_and_samples(tmp_path):
+    h = train_lm(TrainOptions(text=TEXT, max_iters=0, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
+                              eval_iters=1, sample_tokens=4, out=str(tmp_path / "o"), log=None))
+    assert h["train_loss"] == []

@@ -186,7 +186,8 @@ def train_lm(opts: TrainOptions) -> dict:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
                        {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95))
-    sched = optim.CosineWarmupLR(opt, min(opts.warmup, opts.max_iters - 1), opts.max_iters, min_lr=opts.min_lr)
+    sched = optim.CosineWarmupLR(opt, max(0, min(opts.warmup, opts.max_iters - 1)), max(opts.max_iters, 1),
+                                 min_lr=opts.min_lr)
     step = 0
     hist = {"train_loss": [], "val_loss": [], "unigram_entropy": H, "tokens": len(ids), "source": source}
     if resume:

@@ -181,6 +181,8 @@ class StepLR(LRScheduler):
     """lr = base * gamma ** (epoch // step_size)."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer)
 
@@ -193,6 +195,8 @@ class CosineWarmupLR(LRScheduler):
     at ``total_steps`` (constant ``min_lr`` afterwards)."""
 
     def __init__(self, optimizer, warmup_steps, total_steps, min_lr=0.0):
+        if not warmup_steps >= 0:
+            raise ValueError(f"CosineWarmupLR: warmup_steps must be >= 0, got {warmup_steps}")
         if total_steps <= warmup_steps:
             raise ValueError("CosineWarmupLR: total_steps must exceed warmup_steps")
         self.warmup_steps, self.total_steps, self.min_lr = warmup_steps, total_steps, min_lr
