@@ -105,3 +105,20 @@ def test_data_loader_and_dataset_arguments():
     with pytest.raises(ValueError, match="TensorDataset: every tensor needs a first"):
         TensorDataset(np.float32(3.0))
     assert [b[1].data.tolist() for b in DataLoader(ds, batch_size=np.int64(4))] == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_optimizer_state_from_another_model_is_refused():
+    # state is matched by position: a 2-parameter model's state on a 3-parameter one (or on
+    # parameters of other shapes) would silently give tensors the wrong moments
+    a, b = nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    oa = optim.AdamW(a.parameters())
+    a(fg.Tensor(np.ones((1, 3), np.float32))).sum().backward()
+    oa.step()
+    sd = oa.state_dict()
+    with pytest.raises(ValueError, match="parameter group 0 holds 2 parameters in the saved state and 4 here"):
+        optim.AdamW(b.parameters()).load_state_dict(sd)
+    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter 0 has shape \(2, 3\), the parameter \(3, 2\)"):
+        optim.AdamW(nn.Linear(2, 3).parameters()).load_state_dict(sd)
+    same = optim.AdamW(nn.Linear(3, 2).parameters())
+    same.load_state_dict(sd)
+    assert [st["step"] for st in same.state.values()] == [1, 1]

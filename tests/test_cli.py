@@ -59,6 +59,8 @@ def test_train_errors(tmp_path, capsys):
     assert "the text has 35 tokens" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["generate", "--checkpoint", str(small), "--prompt", "x"]) == 2          # a file
+    assert "is a file; a checkpoint is a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag,value,msg", [

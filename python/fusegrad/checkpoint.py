@@ -140,6 +140,8 @@ def save_checkpoint(directory, model: dict, config: dict | None = None, optimize
 
 def _read_index(directory: Path) -> dict:
     path = directory / INDEX
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"load_checkpoint: {directory} is a file; a checkpoint is a directory")
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:

@@ -63,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             from . import set_num_threads
             set_num_threads(args.threads)
         hist = train_lm(opts)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"fusegrad train: error: {e}", file=sys.stderr)
         return 2
     return 1 if hist.get("diverged") else 0
@@ -82,7 +82,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         tok = load_tokenizer(d / "tokenizer.json")
         text = sample(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    except (ValueError, FileNotFoundError, TypeError, RuntimeError) as e:
+    except (ValueError, OSError, TypeError, RuntimeError) as e:
         print(f"fusegrad generate: error: {e}", file=sys.stderr)
         return 2
     print(text)

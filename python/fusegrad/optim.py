@@ -66,10 +66,26 @@ class Optimizer:
         params = [p for g in self.param_groups for p in g["params"]]
         if len(sd["param_groups"]) != len(self.param_groups):
             raise ValueError("load_state_dict: number of parameter groups differs")
+        for i, (g, sg) in enumerate(zip(self.param_groups, sd["param_groups"])):
+            if len(sg["params"]) != len(g["params"]):
+                # state is matched to parameters by position: another model's would land on the
+                # wrong tensors (as in torch, this is an error)
+                raise ValueError(f"load_state_dict: parameter group {i} holds {len(sg['params'])} parameters "
+                                 f"in the saved state and {len(g['params'])} here (a different model?)")
+        state = {}
+        for i, st in sd["state"].items():
+            i = int(i)
+            if not 0 <= i < len(params):
+                raise ValueError(f"load_state_dict: state for parameter {i}, but there are {len(params)}")
+            p = params[i]
+            for n, v in st.items():
+                if isinstance(v, np.ndarray) and v.ndim and v.shape != p.shape:
+                    raise ValueError(f"load_state_dict: state {n!r} of parameter {i} has shape {v.shape}, "
+                                     f"the parameter {p.shape}")
+            state[id(p)] = {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in st.items()}
         for g, sg in zip(self.param_groups, sd["param_groups"]):
             g.update({k: v for k, v in sg.items() if k != "params"})
-        self.state = {id(params[i]): {n: (np.array(v) if isinstance(v, np.ndarray) else v) for n, v in s.items()}
-                      for i, s in sd["state"].items()}
+        self.state = state
 
     @staticmethod
     def _arrays(p):
