@@ -103,7 +103,8 @@ def tanh_forward(x):
 
 
 def tanh_backward(dy, y):
-    return dy * (1.0 - y * y)
+    # (1 - y)(1 + y): exact 1 - |y| near saturation, where 1 - y*y cancels even in float64
+    return dy * ((1.0 - y) * (1.0 + y))
 
 
 # --- layernorm ------------------------------------------------------------------------
