@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from ._checks import is_int
 from .tensor import Tensor
 
 
@@ -33,7 +34,7 @@ class DataLoader:
     With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``."""
 
     def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        if not is_int(batch_size):
             raise TypeError(f"DataLoader: batch_size must be an integer, got {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import optim
+from ._checks import is_int
 from .models.gpt import GPT, GPTConfig
 from .nn.utils import clip_grad_norm_
 from .tensor import no_grad
@@ -74,7 +75,7 @@ class TrainOptions:
             if v is None and optional:
                 continue
             flag = "--" + name.replace("_", "-")
-            if isinstance(lo, int) and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            if isinstance(lo, int) and not is_int(v):
                 raise ValueError(f"train: {name} ({flag}) must be an integer, got {v!r}")
             if isinstance(lo, float) and not (isinstance(v, (int, float, np.number)) and math.isfinite(v)):
                 raise ValueError(f"train: {name} ({flag}) must be a finite number, got {v!r}")

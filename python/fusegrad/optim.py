@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import _kernels as K
+from ._checks import is_int
 from .tensor import Tensor
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineWarmupLR", "LambdaLR"]
@@ -197,7 +198,7 @@ class StepLR(LRScheduler):
     """lr = base * gamma ** (epoch // step_size)."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
+        if not is_int(step_size) or step_size < 1:
             raise ValueError(f"StepLR: step_size must be a positive integer, got {step_size!r}")
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer)

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from . import _kernels as K
+from ._checks import is_int
 
 _grad_enabled = True
 
@@ -616,7 +617,7 @@ def _dim(d, ndim, op="dim"):
     """``d`` as an axis in [0, ndim) (a 0-d tensor takes 0 or -1, as in torch); out of range
     is an IndexError naming ``op`` (wrapping it around would reduce the wrong axis)."""
     n = max(ndim, 1)
-    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
+    if not is_int(d):
         raise TypeError(f"{op}: dim must be an integer, got {type(d).__name__} {d!r}")
     if not -n <= d < n:
         raise IndexError(f"{op}: dim {d} is out of range (expected in [{-n}, {n - 1}])")

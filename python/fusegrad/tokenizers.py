@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import is_int
+
 # Letters (with an optional leading space), digits, other symbols, whitespace runs.
 _SPLIT = re.compile(r" ?[^\W\d_]+| ?\d{1,3}| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+|[\s\S]")
 
@@ -69,7 +71,7 @@ class BPETokenizer(ByteTokenizer):
         self.merges = []
         for m in merges or []:
             m = tuple(m)
-            if len(m) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in m):
+            if len(m) != 2 or not all(is_int(i) for i in m):
                 raise ValueError(f"a merge must be a pair of integer ids, got {m!r}")
             self.merges.append((int(m[0]), int(m[1])))
         self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
@@ -86,7 +88,7 @@ class BPETokenizer(ByteTokenizer):
 
     @classmethod
     def train(cls, text, vocab_size: int, verbose: bool = False) -> "BPETokenizer":
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        if not is_int(vocab_size):
             raise TypeError(f"vocab_size must be an integer, got {type(vocab_size).__name__} {vocab_size!r}")
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be >= 256, got {vocab_size}")

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .._checks import is_int
 from ..tensor import Tensor
 from . import functional as F
 from . import init
@@ -277,7 +278,7 @@ class Sequential(Module):
 
 
 def _index(i, n, what):
-    if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+    if not is_int(i):
         raise TypeError(f"{what} indices must be integers or slices, got {type(i).__name__}")
     if not -n <= i < n:
         raise IndexError(f"{what} index {i} is out of range for {n} modules")
