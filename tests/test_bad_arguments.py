@@ -122,3 +122,14 @@ def test_optimizer_state_from_another_model_is_refused():
     same = optim.AdamW(nn.Linear(3, 2).parameters())
     same.load_state_dict(sd)
     assert [st["step"] for st in same.state.values()] == [1, 1]
+
+
+def test_cross_entropy_reductions():
+    logits = fg.Tensor(np.random.default_rng(0).standard_normal((2, 4, 3)).astype(np.float32), requires_grad=True)
+    t = np.array([[0, 1, 2, -100], [2, 2, 0, 1]])
+    none = F.cross_entropy(logits, t, reduction="none")
+    assert none.shape == (2, 4) and none.data[0, 3] == 0.0                # the targets' shape; ignored -> 0
+    np.testing.assert_allclose(F.cross_entropy(logits, t, reduction="sum").item(), none.data.sum(), rtol=1e-6)
+    np.testing.assert_allclose(F.cross_entropy(logits, t).item(), none.data.sum() / 7, rtol=1e-6)
+    with pytest.raises(ValueError, match="cross_entropy: unknown reduction 'avg'"):   # was treated as 'none'
+        F.cross_entropy(logits, t, reduction="avg")

@@ -192,7 +192,10 @@ class _CrossEntropy(Function):
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
-    """Cross-entropy from logits ``(N, C)`` (or ``(..., C)``) and integer class targets."""
+    """Cross-entropy from logits ``(N, C)`` (or ``(..., C)``) and integer class targets of the
+    logits' shape without C; ``reduction='none'`` returns the losses in the targets' shape."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: unknown reduction {reduction!r} (use 'mean', 'sum' or 'none')")
     tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
     if input.ndim < 1:
         raise ValueError(f"cross_entropy: input must be logits (N, C) or (..., C), got shape {input.shape}")
@@ -204,7 +207,7 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
         raise ValueError(f"cross_entropy: target shape {tgt.shape} must be input's shape without its "
                          f"class dim, {input.shape[:-1]} (input {input.shape})")
     x2 = input.reshape(-1, C) if input.ndim != 2 else input
-    tgt = tgt.reshape(-1)
+    tshape, tgt = tgt.shape, tgt.reshape(-1)
     valid = tgt != ignore_index
     if np.any((tgt[valid] < 0) | (tgt[valid] >= C)):
         raise ValueError(f"cross_entropy: target class out of range [0, {C})")
@@ -212,7 +215,7 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
         return _CrossEntropy.apply(x2, tgt, ignore_index=ignore_index)
     lp = log_softmax(x2, -1)
     picked = -lp[np.arange(len(tgt)), np.where(valid, tgt, 0)] * Tensor(valid.astype(input.dtype))
-    return picked.sum() if reduction == "sum" else picked
+    return picked.sum() if reduction == "sum" else picked.reshape(tshape)
 
 
 class _Attention(Function):
@@ -227,7 +230,11 @@ class _Attention(Function):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
-    """softmax(scale * Q K^T [+ causal mask]) V with q (B, H, T, D), k/v (B, Hkv, S, D)."""
+    """softmax(scale * Q K^T [+ causal mask]) V with q (B, H, T, D), k/v (B, Hkv, S, D).
+
+    With ``is_causal`` and T != S the mask is aligned bottom-right: query i sees keys up to
+    S - T + i, what decoding with a key/value cache needs. PyTorch aligns it top-left (query i
+    sees keys up to i); the two agree when T == S."""
     if attn_mask is not None or dropout_p:
         raise NotImplementedError("scaled_dot_product_attention: attn_mask and dropout_p are not supported")
     if query.ndim != 4 or key.ndim != 4 or value.ndim != 4:
