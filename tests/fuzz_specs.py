@@ -288,12 +288,16 @@ def _finite_abs(a):
     return np.where(np.isfinite(a), a, 0.0)
 
 
+def _eps(dtype):
+    """Machine epsilon of a float dtype (0 for anything else)."""
+    return float(np.finfo(dtype).eps) if dtype is not None and np.dtype(dtype).kind == "f" else 0.0
+
+
 def _summed_terms(total, dtype, rtol):
     """An atol_scale for a result summed from terms whose magnitudes add up to ``total``: with
     cancellation (1e4 - 1e4 + 3.9) float rounding leaves ~eps * total, not eps * |result|.
     Returned in units of rtol (the runner multiplies by it): 16 eps * total in all."""
-    eps = float(np.finfo(dtype).eps) if dtype is not None and np.dtype(dtype).kind == "f" else 0.0
-    return 16.0 * eps * total / rtol
+    return 16.0 * _eps(dtype) * total / rtol
 
 
 def _from_output(name, fwd):
@@ -619,8 +623,7 @@ def _attention_forward_scale(q, k, v, scale, dtype, rtol):
         return 0.0
     kk = np.repeat(_finite_abs(k), q.shape[1] // k.shape[1], axis=1)
     terms = float(np.max(np.einsum("bhtd,bhsd->bhts", _finite_abs(q), kk), initial=0.0))
-    eps = float(np.finfo(dtype).eps) if dtype is not None and np.dtype(dtype).kind == "f" else 0.0
-    return 4.0 * eps * abs(sc) * terms * max(_max_abs(v), 1.0) / rtol
+    return 4.0 * _eps(dtype) * abs(sc) * terms * max(_max_abs(v), 1.0) / rtol
 
 
 def _attention(name):

@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import operator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import _kernels as K
+from .._checks import is_int
 from ..nn import functional as F
 from ..nn.modules import Embedding, LayerNorm, Linear, Module
 from ..tensor import Function, Tensor, _kc, no_grad
@@ -218,15 +218,11 @@ class Block(Module):
 
 def _count(v, name, lo):
     """An integer argument of GPT.generate, at least ``lo`` (bools and floats are refused)."""
-    if isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"GPT.generate: {name} must be an integer, got {v!r}")
-    try:
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"GPT.generate: {name} must be an integer, got {type(v).__name__} {v!r}") from None
+    if not is_int(v):
+        raise TypeError(f"GPT.generate: {name} must be an integer, got {type(v).__name__} {v!r}")
     if v < lo:
         raise ValueError(f"GPT.generate: {name} must be >= {lo}, got {v}")
-    return v
+    return int(v)
 
 
 def _ids(x, name, vocab_size, block_size=None, allow_ignore=False):
@@ -514,14 +510,15 @@ class GPT(Module):
                              f"({type(e).__name__}: {e})") from None
         w = {(k[len("transformer."):] if k.startswith("transformer.") else k): v for k, v in w.items()}
         model = cls(cfg, dtype=dtype)
+        shapes = {k: t.shape for k, t in model.state_dict().items()}
         sd = {}
-        for k in model.state_dict():
+        for k in shapes:
             src = k
             if src not in w:
                 raise ValueError(f"GPT.from_pretrained: {st} has no tensor {k!r}")
             a = w[src]
             if k.endswith(".weight") and any(s in k for s in ("c_attn", "c_proj", "c_fc")):
-                want = model.state_dict()[k].shape[::-1]
+                want = shapes[k][::-1]
                 if a.shape != want:
                     raise ValueError(f"GPT.from_pretrained: {st}: {k} has shape {a.shape}, expected {want} "
                                      f"(GPT-2's Conv1D layout is (in, out))")

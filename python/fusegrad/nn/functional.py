@@ -104,9 +104,10 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 class _Embedding(Function):
     def forward(self, ids, table):
-        if np.asarray(ids).dtype.kind not in "iu":
+        dt = np.asarray(ids).dtype
+        if dt.kind not in "iu":
             # a float id would be truncated to a row silently; torch refuses them too
-            raise TypeError(f"embedding: input must hold integer ids, got dtype {np.asarray(ids).dtype}")
+            raise TypeError(f"embedding: input must hold integer ids, got dtype {dt}")
         self.ids, self.n = np.ascontiguousarray(ids, dtype=np.int64), table.shape[0]
         if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= self.n):
             raise ValueError(f"embedding: ids must be in [0, {self.n}), got range "
@@ -157,8 +158,9 @@ class _MSE(Function):
 
 def mse_loss(input, target, reduction="mean"):
     for name, a in (("input", input), ("target", target)):
-        if np.asarray(a.data if isinstance(a, Tensor) else a).dtype.kind == "c":
-            raise TypeError(f"mse_loss: {name} is complex ({a.dtype}); real values expected")
+        dt = np.asarray(a.data if isinstance(a, Tensor) else a).dtype
+        if dt.kind == "c":
+            raise TypeError(f"mse_loss: {name} is complex ({dt}); real values expected")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} differ")
     if reduction == "mean":
