@@ -47,18 +47,23 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=int(os.environ.get("FUSEGRAD_BENCH_THREADS", "2")))
     p.add_argument("--out", default=str(HERE / "results" / "latest.json"))
+    p.add_argument("--isa", default=None, help="run fusegrad on this ISA path (portable, avx2, avx512); default: the best")
     args = p.parse_args(argv)
 
     import fusegrad
     from bench.common import measure_limits, torch_threads
 
     fusegrad.set_num_threads(args.threads)
+    if args.isa:
+        fusegrad._C.set_isa(args.isa)
     torch_threads(args.threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     limits = measure_limits(args.threads)
-    header = (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+    peaks = ", ".join(f"{k[len('peak_gflops_'):]} {v:.1f}" for k, v in limits.extra.items()
+                      if k.startswith("peak_gflops_"))
+    header = (f"machine: {fusegrad._config.cpu_model()}, {os.cpu_count()} cpus; "
               f"threads {args.threads}; isa {fusegrad._C.get_isa()}; "
-              f"measured peak fp32 FMA {limits.peak_gflops:.1f} GFLOP/s, copy {limits.copy_gbs:.1f} GB/s")
+              f"measured peak fp32 FMA {limits.peak_gflops:.1f} GFLOP/s ({peaks}), copy {limits.copy_gbs:.1f} GB/s")
     print(header, flush=True)
     results = {"header": header, "limits": vars(limits), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "benchmarks": {}}
     md = [f"{header}\n"]

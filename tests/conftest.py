@@ -7,12 +7,12 @@ import pytest
 import fusegrad
 from fusegrad import _C
 
-ISAS = ["portable"] + (["avx2"] if _C.cpu_has_avx2() else [])
+ISAS = list(_C.isas_supported())  # portable, then avx2 / avx512 where this CPU runs them
 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    """Run the test once per ISA path (portable, and avx2 where the CPU has it)."""
+    """Run the test once per ISA path this CPU can run (portable, avx2, avx512)."""
     old = _C.get_isa()
     _C.set_isa(request.param)
     yield request.param

@@ -1329,7 +1329,7 @@ def fuzz_op(spec, examples, seed=None):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
     from fusegrad import _C
-    isas = ["portable"] + (["avx2"] if _C.cpu_has_avx2() else [])
+    isas = list(_C.isas_supported())
     counts = {"ok": 0, "error": 0}
     s = st()
 

@@ -23,12 +23,58 @@ def test_set_num_threads_rejects_bad_values():
 
 def test_set_isa(isa):
     assert _C.get_isa() == isa
-    with pytest.raises(ValueError, match="isa must be 'portable' or 'avx2'"):
+    with pytest.raises(ValueError, match="isa must be 'portable', 'avx2' or 'avx512'"):
         _C.set_isa("sse9")
+
+
+def test_isa_lists_are_ordered_and_consistent():
+    compiled, supported = _C.isas_compiled(), _C.isas_supported()
+    order = ["portable", "avx2", "avx512"]
+    assert compiled[0] == supported[0] == "portable"
+    assert set(supported) <= set(compiled) <= set(order)
+    assert supported == [i for i in order if i in supported]
+    assert _C.best_isa() == supported[-1]
+    for name in set(compiled) - set(supported):
+        with pytest.raises(ValueError, match="has no"):
+            _C.set_isa(name)
+
+
+@pytest.mark.parametrize("env, expect_warning", [("portable", False), ("auto", False), ("avx9", True)])
+def test_isa_environment_variable(env, expect_warning):
+    import subprocess
+    import sys
+    code = "import warnings; warnings.simplefilter('always'); import fusegrad; print(fusegrad._C.get_isa())"
+    r = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "FUSEGRAD_ISA": env},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    want = {"portable": "portable", "auto": _C.best_isa(), "avx9": _C.best_isa()}[env]
+    assert r.stdout.strip() == want
+    assert ("FUSEGRAD_ISA" in r.stderr) == expect_warning
+
+
+def test_isa_environment_variable_beyond_cpu_falls_back_with_warning():
+    import subprocess
+    import sys
+    missing = [i for i in ("avx2", "avx512") if i not in _C.isas_supported()]
+    if not missing:
+        pytest.skip("this CPU runs every path: nothing to fall back from")
+    code = "import warnings; warnings.simplefilter('always'); import fusegrad; print(fusegrad._C.get_isa())"
+    r = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "FUSEGRAD_ISA": missing[-1]},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == _C.best_isa()
+    assert "FUSEGRAD_ISA" in r.stderr and "using" in r.stderr
+
+
+def test_peak_fma_per_isa():
+    for name in _C.isas_supported():
+        assert _C.peak_fma_gflops(1, 0.02, name) > 0
+    with pytest.raises(ValueError, match="isa must be"):
+        _C.peak_fma_gflops(1, 0.02, "sse9")
 
 
 def test_show_config(capsys):
     fusegrad.show_config()
     out = capsys.readouterr().out
-    for key in ("isa", "openmp", "num_threads", "cuda"):
+    for key in ("cpu", "isa", "isas_compiled", "isas_supported", "openmp", "num_threads", "cuda"):
         assert key in out

@@ -1,4 +1,9 @@
 // Build and run-time configuration: ISA path, kernel threads, OpenMP, machine limits.
+#include <string>
+#include <vector>
+
+#include <pybind11/stl.h>
+
 #include "bind/bind.h"
 #include "bind/check.h"
 #include "core/cpu.h"
@@ -21,27 +26,52 @@ void bind_config(py::module_& m) {
   m.def("avx2_compiled", &fg::avx2_compiled);
   m.def("get_isa", []() { return std::string(fg::isa_name(fg::active_isa())); });
   m.def(
+      "isas_compiled",
+      []() {
+        std::vector<std::string> r;
+        for (int i = 0; i < fg::kNumIsas; ++i)
+          if (fg::isa_compiled(static_cast<fg::Isa>(i))) r.push_back(fg::isa_name(static_cast<fg::Isa>(i)));
+        return r;
+      },
+      "The ISA paths built into this module, lowest first.");
+  m.def(
+      "isas_supported",
+      []() {
+        std::vector<std::string> r;
+        for (int i = 0; i < fg::kNumIsas; ++i)
+          if (fg::isa_supported(static_cast<fg::Isa>(i))) r.push_back(fg::isa_name(static_cast<fg::Isa>(i)));
+        return r;
+      },
+      "The ISA paths this CPU and OS can run (and this module has), lowest first.");
+  m.def("best_isa", []() { return std::string(fg::isa_name(fg::best_isa())); });
+  m.def("isa_env_note", []() { return fg::isa_env_note(); });
+  m.def("cpu_model", &fg::cpu_model);
+  m.def(
       "set_isa",
       [](const std::string& name) {
-        if (name == "portable") {
-          fg::set_active_isa(fg::Isa::portable);
-        } else if (name == "avx2") {
-          if (!fg::cpu_has_avx2_fma())
-            value_error("set_isa: this CPU (or this build) has no AVX2+FMA path; use 'portable'");
-          fg::set_active_isa(fg::Isa::avx2);
-        } else {
-          value_error(cat("set_isa: isa must be 'portable' or 'avx2', got '", name, "'"));
-        }
+        fg::Isa isa;
+        if (!fg::parse_isa(name, &isa))
+          value_error(cat("set_isa: isa must be 'portable', 'avx2' or 'avx512', got '", name, "'"));
+        if (!fg::isa_supported(isa))
+          value_error(cat("set_isa: this ", fg::isa_compiled(isa) ? "CPU (or its OS)" : "build", " has no '", name,
+                          "' path; available: ", fg::isa_name(fg::best_isa()), " and below"));
+        fg::set_active_isa(isa);
       },
       py::arg("isa"));
   m.def(
       "peak_fma_gflops",
-      [](int threads, double seconds) {
+      [](int threads, double seconds, const std::string& isa_name) {
         if (threads < 1) value_error("peak_fma_gflops: threads must be >= 1");
+        fg::Isa isa = fg::active_isa();
+        if (isa_name != "active") {
+          if (!fg::parse_isa(isa_name, &isa) || !fg::isa_supported(isa))
+            value_error(cat("peak_fma_gflops: isa must be 'active' or a supported path, got '", isa_name, "'"));
+        }
         py::gil_scoped_release nogil;
-        return fg::peak_fma_gflops(threads, seconds);
+        return fg::peak_fma_gflops(threads, seconds, isa);
       },
-      py::arg("threads"), py::arg("seconds") = 0.3);
+      py::arg("threads"), py::arg("seconds") = 0.3, py::arg("isa") = "active",
+      "fp32 FMA GFLOP/s of a register-resident loop on `threads` threads, with the vector width of `isa`.");
   m.def(
       "copy_bandwidth_gbs",
       [](int64_t bytes, int threads, int reps) {

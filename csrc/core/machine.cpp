@@ -23,15 +23,19 @@ double fma_loop_portable(int64_t iters) {
 
 }  // namespace detail
 
-double peak_fma_gflops(int threads, double seconds) {
-  const bool avx2 = use_avx2();
+double peak_fma_gflops(int threads, double seconds, Isa isa) {
   auto loop = [&](int64_t iters) {
+#ifdef FUSEGRAD_HAVE_AVX512_BUILD
+    if (isa == Isa::avx512) return detail::fma_loop_avx512(iters);
+#endif
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if (avx2) return detail::fma_loop_avx2(iters);
+    if (isa == Isa::avx2) return detail::fma_loop_avx2(iters);
 #endif
     return detail::fma_loop_portable(iters);
   };
-  const int64_t per_iter = avx2 ? detail::kFlopsPerIterAvx2 : detail::kFlopsPerIterPortable;
+  const int64_t per_iter = isa == Isa::avx512 ? detail::kFlopsPerIterAvx512
+                           : isa == Isa::avx2 ? detail::kFlopsPerIterAvx2
+                                              : detail::kFlopsPerIterPortable;
   // Calibrate the iteration count on one thread, then run on all threads at once.
   int64_t iters = 1 << 16;
   for (;;) {

@@ -1,6 +1,6 @@
 """fusegrad: a small, fast training engine.
 
-Hot kernels are C++ (``fusegrad._C``, with an AVX2/FMA path chosen at run time and an
+Hot kernels are C++ (``fusegrad._C``, with AVX2 and AVX-512 paths chosen at run time and an
 optional CUDA module); this package is the thin Python layer over them: the kernel API
 (:mod:`fusegrad.ops`), tensors with autograd, ``nn``, ``optim``, data, models and a CLI.
 
@@ -15,7 +15,7 @@ import warnings as _warnings
 from . import _C
 from . import ops
 from ._config import get_num_threads, set_num_threads, show_config, empty_cache, memory_stats
-from ._config import _install_host_cache
+from ._config import _install_host_cache, warn_isa_env as _warn_isa_env
 
 from .tensor import Tensor, tensor, no_grad, is_grad_enabled, zeros, ones, randn, cat, stack, split
 from . import nn, optim, data
@@ -24,6 +24,7 @@ from .models import GPT, GPTConfig
 __version__ = "0.1.0"
 
 _install_host_cache()
+_warn_isa_env()
 
 if not _C.have_openmp():
     _warnings.warn(

@@ -81,14 +81,35 @@ def _cuda_summary() -> str:
         return f"error: {e}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (CPUID brand string; /proc/cpuinfo or platform as a fallback)."""
+    name = _C.cpu_model()
+    if not name:
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+        except OSError:
+            name = ""
+    return name or platform.processor() or platform.machine()
+
+
+def warn_isa_env() -> None:
+    """Warn once at import when FUSEGRAD_ISA asked for a path this CPU or build cannot take."""
+    note = _C.isa_env_note()
+    if note:
+        import warnings
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+
+
 def config() -> dict:
     """The build and run-time configuration as a dict."""
     return {
         "version": __import__("fusegrad").__version__,
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "isa": _C.get_isa(),
-        "cpu_has_avx2_fma": _C.cpu_has_avx2(),
-        "avx2_compiled": _C.avx2_compiled(),
+        "isas_compiled": ", ".join(_C.isas_compiled()),
+        "isas_supported": ", ".join(_C.isas_supported()),
         "openmp": _C.have_openmp(),
         "num_threads": _C.get_num_threads(),
         "sanitized": bool(_C.sanitized),
@@ -99,6 +120,7 @@ def config() -> dict:
 
 
 def show_config() -> None:
-    """Print the ISA path, thread count, OpenMP and CUDA availability."""
+    """Print the CPU, the ISA paths compiled / runnable here / in use, thread count, OpenMP
+    and CUDA availability."""
     for k, v in config().items():
         print(f"{k:>18}: {v}")
