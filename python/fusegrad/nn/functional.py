@@ -185,12 +185,9 @@ class _CrossEntropy(Function):
         return np.asarray(loss, dtype=logits.dtype)
 
     def backward(self, g):
-        if K.cross_entropy_backward is K._cross_entropy_backward:
-            d = K.cross_entropy_backward(self.x, self.t, self.lse, float(g), self.ii)
-        else:
-            # native kernel: mean over non-ignored rows; ignored rows assumed zeroed by the kernel
-            d = K.cross_entropy_backward(self.x, self.t, self.lse, float(g))
-        return d, None
+        # the kernel (native or NumPy) zeroes the ignored rows and averages over the others,
+        # so it must be told which index is ignored (without it it assumed -100)
+        return K.cross_entropy_backward(self.x, self.t, self.lse, float(g), ignore_index=self.ii), None
 
 
 def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
