@@ -1,11 +1,12 @@
-// Portable activation kernels and the run-time dispatch to the AVX2 versions.
+// Portable activation kernels and the run-time dispatch to the float32 SIMD versions
+// (activations_body.h, compiled per ISA).
 #include "ops/activations.h"
 
 #include <cmath>
 #include <type_traits>
 
-#include "core/cpu.h"
 #include "core/parallel.h"
+#include "simd/dispatch.h"
 
 namespace fg {
 
@@ -15,11 +16,7 @@ constexpr int64_t kGrain = 1 << 15;  // elements per thread below which we stay 
 
 template <typename T>
 void relu_forward(T* y, const T* x, int64_t N) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::relu_forward(y, x, N);
-  }
-#endif
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(relu_forward, y, x, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     // x > 0 ? x : 0 keeps NaN as NaN (NaN > 0 is false, so write x only when it is NaN too)
     for (int64_t i = b; i < e; ++i) y[i] = (x[i] > T(0) || x[i] != x[i]) ? x[i] : T(0);
@@ -28,11 +25,7 @@ void relu_forward(T* y, const T* x, int64_t N) {
 
 template <typename T>
 void relu_backward(T* dx, const T* dy, const T* x, int64_t N) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::relu_backward(dx, dy, x, N);
-  }
-#endif
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(relu_backward, dx, dy, x, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
   });
@@ -44,11 +37,9 @@ void relu_backward(T* dx, const T* dy, const T* x, int64_t N) {
 // in the left tail too.
 template <typename T>
 void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (approx_tanh && use_avx2()) return avx2::gelu_tanh_forward(y, x, N);
+    if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_forward, y, x, N);
   }
-#endif
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
       const T k2 = T(2 * 0.7978845608028654), c = T(0.044715);
@@ -65,11 +56,9 @@ void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
 
 template <typename T>
 void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (approx_tanh && use_avx2()) return avx2::gelu_tanh_backward(dx, dy, x, N);
+    if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_backward, dx, dy, x, N);
   }
-#endif
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
       const T k = T(0.7978845608028654), c = T(0.044715);

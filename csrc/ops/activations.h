@@ -1,9 +1,11 @@
 // Elementwise activations, forward and backward side by side.
 //   x, y, dy, dx: (N,) flat, contiguous.
-// Backward kernels overwrite (=) dx. The *_avx2 variants (float only) live in
-// activations_avx2.cpp and are chosen at run time by the dispatching functions here.
+// Backward kernels overwrite (=) dx. The float32 SIMD variants are written once in
+// activations_body.h, compiled per ISA, and chosen at run time by the dispatching functions here.
 #pragma once
 #include <cstdint>
+
+#include "simd/dispatch.h"
 
 namespace fg {
 
@@ -22,11 +24,12 @@ template <typename T> void sigmoid_backward(T* dx, const T* dy, const T* y, int6
 template <typename T> void tanh_forward(T* y, const T* x, int64_t N);
 template <typename T> void tanh_backward(T* dx, const T* dy, const T* y, int64_t N);
 
-namespace avx2 {
+// float32 SIMD versions: activations_body.h, compiled once per ISA (activations_<isa>.cpp).
+FG_SIMD_DECLARE(
 void relu_forward(float* y, const float* x, int64_t N);
 void relu_backward(float* dx, const float* dy, const float* x, int64_t N);
 void gelu_tanh_forward(float* y, const float* x, int64_t N);
 void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N);
-}  // namespace avx2
+)
 
 }  // namespace fg

@@ -1,0 +1,41 @@
+// Activation kernels (float32) written once against the vector type of csrc/simd/vec_<isa>.h.
+// Included inside namespace fg::<isa> by activations_avx2.cpp and activations_avx512.cpp (which
+// include the headers used here first), so each ISA gets its own copy compiled with its flags.
+// Every element, tails included, goes through the same vector math (a tail is a masked vector):
+// results do not depend on where the threads' chunks end.
+
+namespace act_detail {
+constexpr int64_t kGrain = 1 << 15;
+constexpr int64_t kGeluGrain = 1 << 13;  // GELU does ~30 flops per element: split earlier
+
+// y = f(x) elementwise, and dx = dy * g(x)
+template <typename F>
+inline void map1(float* y, const float* x, int64_t N, int64_t grain, F f) {
+  parallel_for(N, grain, [&](int64_t b, int64_t e) {
+    for_each_vec(b, e, [&](int64_t i, int64_t n) { store_n(y + i, f(load_n(x + i, n)), n); });
+  });
+}
+template <typename F>
+inline void map2(float* dx, const float* dy, const float* x, int64_t N, int64_t grain, F f) {
+  parallel_for(N, grain, [&](int64_t b, int64_t e) {
+    for_each_vec(b, e, [&](int64_t i, int64_t n) { store_n(dx + i, f(load_n(dy + i, n), load_n(x + i, n)), n); });
+  });
+}
+}  // namespace act_detail
+
+// max(0, x) with x as the second operand returns x when x is NaN (and -0 for -0)
+void relu_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGrain, [](Vf v) { return max(zero(), v); });
+}
+
+void relu_backward(float* dx, const float* dy, const float* x, int64_t N) {
+  act_detail::map2(dx, dy, x, N, act_detail::kGrain, [](Vf g, Vf v) { return and_(cmp_gt(v, zero()), g); });
+}
+
+void gelu_tanh_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return gelu_tanh(v); });  // x sigmoid(2u)
+}
+
+void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N) {
+  act_detail::map2(dx, dy, x, N, act_detail::kGeluGrain, [](Vf g, Vf v) { return g * gelu_tanh_grad(v); });
+}
