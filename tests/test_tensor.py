@@ -442,3 +442,12 @@ def test_tied_gpt_embedding_gradient_is_added_in_place(monkeypatch):
     _, loss = m(x, x)
     loss.backward()
     assert calls == [(64, 16)]  # the token table (tied to the output layer), not a dense copy
+
+
+def test_float64_scalar_results_stay_float64():
+    # a 0-d op returns a NumPy scalar, not an array: it was taken for a Python float and
+    # rounded to float32 (a float64 loss times 0.5 lost 8 digits)
+    s = fg.tensor(np.full((3, 4), 1 / 3), requires_grad=True).sum()
+    assert (s * 0.5).dtype == np.float64 and (s * 0.5).item() == 2.0
+    assert fg.tensor(np.float64(0.1)).dtype == np.float64 and fg.tensor(np.int32(3)).dtype == np.int32
+    assert fg.tensor(0.1).dtype == np.float32          # Python floats still default to float32

@@ -120,13 +120,37 @@ def _as_array(data, dtype=None):
     if a.dtype.kind not in "biufc":
         raise TypeError(f"tensor data must be numeric, got dtype {a.dtype} (from {type(data).__name__})")
     if dtype is None:
-        if a.dtype == np.float64 and not isinstance(data, np.ndarray):
+        if a.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
             a = a.astype(np.float32)  # Python floats/lists default to float32, like torch
         elif a.dtype.kind in "b":
             pass
-        elif a.dtype.kind in "iu" and not isinstance(data, np.ndarray):
+        elif a.dtype.kind in "iu" and not isinstance(data, (np.ndarray, np.generic)):
             a = a.astype(np.int64)
     return a
+
+
+_callbacks = None   # while backward() runs: functions queued to run once it has finished
+
+
+def queue_callback(fn):
+    """Run ``fn()`` once the backward() pass now running has finished (from a hook; as
+    PyTorch's ``Variable._execution_engine.queue_callback``). Not run if the pass raises."""
+    if _callbacks is None:
+        raise RuntimeError("queue_callback: no backward() is running")
+    _callbacks.append(fn)
+
+
+class _HookHandle:
+    """What a hook registration returns: ``remove()`` unregisters the hook."""
+    _next = 0
+
+    def __init__(self, hooks, hook):
+        self._hooks, self.id = hooks, _HookHandle._next
+        _HookHandle._next += 1
+        hooks[self.id] = hook
+
+    def remove(self):
+        self._hooks.pop(self.id, None)
 
 
 class Tensor:
@@ -227,6 +251,8 @@ class Tensor:
             g = g.astype(self.dtype, copy=False)
             if g.shape != self.shape:
                 raise ValueError(f"backward(): gradient has shape {g.shape}, expected {self.shape}")
+        global _callbacks
+        outer, _callbacks = _callbacks, []      # queue_callback's list for this pass
         # topological order (iterative DFS so deep graphs do not hit the recursion limit)
         order, seen, stack = [], set(), [(self, False)]
         while stack:
@@ -253,6 +279,10 @@ class Tensor:
                 # may be shared (Add hands the same g to both inputs, a user's gradient=, a
                 # buffer a Function keeps) is copied, so in-place edits of .grad stay local
                 t.grad = Tensor(g if _sole(g, 3) else g.copy()) if t.grad is None else Tensor(t.grad.data + g)
+                if t.__dict__.get("_post_acc_hooks"):   # the leaf's gradient is final for this pass
+                    g = None
+                    for hook in list(t._post_acc_hooks.values()):
+                        hook(t)
                 continue
             ctx = t._ctx
             gin = ctx.backward(g)
@@ -285,7 +315,24 @@ class Tensor:
                 ctx.inputs = ()
                 t._ctx = _Freed
             ctx = gin = gp = None  # drop this step's references before the refcount tests
+        queued, _callbacks = _callbacks, outer
+        for fn in queued:
+            fn()
         return None
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(self)`` each time backward() has finished accumulating this leaf's
+        ``.grad`` (PyTorch's hook of the same name); returns a handle whose ``remove()`` undoes
+        it. A leaf that gets no gradient in a pass is not called. DistributedDataParallel uses
+        it to start a bucket's all-reduce while the rest of the backward pass runs."""
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if not self.is_leaf:
+            raise RuntimeError("register_post_accumulate_grad_hook: only leaf tensors have an accumulated .grad")
+        if not self.requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook: the tensor does not require grad")
+        hooks = self.__dict__.setdefault("_post_acc_hooks", {})
+        return _HookHandle(hooks, hook)
 
     # ----- arithmetic -----
     def __add__(self, o): return Add.apply(self, _t(o, self))
