@@ -9,6 +9,7 @@ Commands
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -57,14 +58,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     try:
         opts = TrainOptions(**{k: v for k, v in vars(args).items() if k not in ("fn", "command", "threads")})
+        from . import distributed as dist, set_num_threads
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
-            from . import set_num_threads
             set_num_threads(args.threads)
+        if dist.launcher_world_size() > 1 and not dist.is_initialized():     # under mpiexec
+            dist.init_process_group()
+            if args.threads is None:    # this machine's cores shared among its ranks
+                set_num_threads(max(1, len(os.sched_getaffinity(0)) // dist.get_local_world_size()))
         hist = train_lm(opts)
     except (ValueError, OSError) as e:
         print(f"fusegrad train: error: {e}", file=sys.stderr)
+        from . import distributed as dist
+        if dist.get_world_size() > 1:
+            dist.abort(2)               # the other ranks may be waiting in a collective
         return 2
     return 1 if hist.get("diverged") else 0
 
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--grad-clip", type=float, default=d.grad_clip)
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    g.add_argument("--threads", type=int, default=None, help="kernel threads per process (default: all cores, shared among the ranks under mpiexec)")
     g = sp.add_argument_group("evaluation and output")
     g.add_argument("--eval-interval", type=int, default=d.eval_interval)
     g.add_argument("--eval-iters", type=int, default=d.eval_iters)

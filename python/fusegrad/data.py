@@ -31,23 +31,30 @@ class TensorDataset:
 
 class DataLoader:
     """Batches of a dataset: ``ceil(N / batch_size)`` per epoch (``floor`` with drop_last).
-    With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``."""
+    With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``;
+    a ``sampler`` (e.g. ``distributed.DistributedSampler``) gives the indices instead."""
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None):
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, sampler=None):
         if not is_int(batch_size):
             raise TypeError(f"DataLoader: batch_size must be an integer, got {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be >= 1, got {batch_size}")
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: give shuffle or a sampler, not both (the sampler decides the order)")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
+        self.sampler = sampler
         self._rng = np.random.default_rng(seed)
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        n = len(self.dataset)
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        else:
+            n = len(self.dataset)
+            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if isinstance(self.dataset, TensorDataset):

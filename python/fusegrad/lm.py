@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from . import distributed as dist
 from . import optim
 from ._checks import is_int
 from .models.gpt import GPT, GPTConfig
@@ -145,8 +146,19 @@ def evaluate(model, batches, n, seed) -> float:
 
 
 def train_lm(opts: TrainOptions) -> dict:
-    """Train (or resume) a GPT; returns the history (losses per step, val losses, timings)."""
+    """Train (or resume) a GPT; returns the history (losses per step, val losses, timings).
+
+    Under ``mpiexec`` (after ``distributed.init_process_group()``) every rank trains on its
+    slice of each step's batch (``batch_size`` is the global batch) with averaged gradients;
+    rank 0 alone prints, evaluates, saves and samples."""
     t_start = time.perf_counter()
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world > 1:
+        if opts.batch_size % world:
+            raise ValueError(f"train: batch_size ({opts.batch_size}) must be a multiple of the number of ranks "
+                             f"({world}): each rank trains on batch_size / ranks rows of every batch")
+        if rank:
+            opts = replace(opts, log=None)
     out = Path(opts.out) if opts.out else None
     resume = bool(opts.resume and out is not None and (out / "checkpoint.json").exists())
     if opts.resume and not resume:
@@ -183,6 +195,7 @@ def train_lm(opts: TrainOptions) -> dict:
     H = unigram_entropy(train_ids, tok.vocab_size)
     train_b = _Batches(train_ids, cfg.block_size, opts.batch_size, opts.seed)
     val_b = _Batches(val_ids, cfg.block_size, opts.batch_size, opts.seed)
+    net = dist.DistributedDataParallel(model) if world > 1 else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
@@ -196,7 +209,7 @@ def train_lm(opts: TrainOptions) -> dict:
         step = info["step"]
         sched.load_state_dict(info["meta"]["scheduler"])
         _print(opts, f"resumed from {out} at step {step}")
-    elif out is not None:
+    elif out is not None and rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         tok.save(out / "tokenizer.json")
 
@@ -209,7 +222,7 @@ def train_lm(opts: TrainOptions) -> dict:
                  f"- a model that learns context gets below this")
 
     def save(val=None):
-        if out is not None:
+        if out is not None and rank == 0:
             model.save(out, optimizer=opt, step=step,
                        meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H})
 
@@ -221,7 +234,10 @@ def train_lm(opts: TrainOptions) -> dict:
     first = step
     while step < stop:
         x, y = train_b.get([opts.seed, step])
-        _, loss = model(x, y)
+        if world > 1:       # this rank's rows of the step's batch: no two ranks see the same window
+            b = opts.batch_size // world
+            x, y = x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b]
+        _, loss = net(x, y)
         opt.zero_grad()
         loss.backward()
         if opts.grad_clip:
@@ -230,12 +246,17 @@ def train_lm(opts: TrainOptions) -> dict:
         sched.step()
         step += 1
         lv = float(loss.data)
+        timed_out = opts.max_time is not None and time.perf_counter() - t_start > opts.max_time
+        if world > 1:       # the global loss, and rank 0's clock decides for every rank
+            agreed = np.array([lv, timed_out and rank == 0])
+            dist.all_reduce(agreed)
+            lv, timed_out = float(agreed[0]) / world, bool(agreed[1])
         hist["train_loss"].append(lv)
         if not math.isfinite(lv):
             _print(opts, f"\nstep {step}: the loss is not finite ({lv}); lower --lr")
             hist["diverged"] = True
             break
-        tok_count += x.size
+        tok_count += x.size * world
         el = time.perf_counter() - t0
         tps = tok_count / el
         if step % log_every == 0 or step == stop:
@@ -243,8 +264,7 @@ def train_lm(opts: TrainOptions) -> dict:
             line = (f"step {step:5d}/{stop} | loss {lv:.4f} | lr {opt.param_groups[0]['lr']:.2e} | "
                     f"{tps:,.0f} tok/s | elapsed {_fmt_time(el)} | ETA {_fmt_time(eta)}")
             _print(opts, ("\r" + line) if tty else line, end="" if tty else "\n")
-        timed_out = opts.max_time is not None and time.perf_counter() - t_start > opts.max_time
-        if step % opts.eval_interval == 0 or step == stop or timed_out:
+        if rank == 0 and (step % opts.eval_interval == 0 or step == stop or timed_out):
             val = evaluate(model, val_b, opts.eval_iters, opts.seed)
             hist["val_loss"].append((step, val))
             _print(opts, ("\n" if tty else "") + f"step {step:5d}: val loss {val:.4f} nats/token "
@@ -263,7 +283,7 @@ def train_lm(opts: TrainOptions) -> dict:
                      f"entropy {H:.4f} ({'below' if val < H else 'NOT below'} by {H - val:.3f})")
     if out is not None:
         _print(opts, f"checkpoint: {out}")
-    if opts.sample_tokens:
+    if opts.sample_tokens and rank == 0:
         prompt = tok.decode(val_ids[:min(32, cfg.block_size // 2)].tolist())
         s = sample(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40, seed=opts.seed)
         hist["sample"] = s
