@@ -220,8 +220,11 @@ class _FakeCupy:
 
 
 def test_cuda_arrays_route_to_the_cuda_module():
-    with pytest.raises(RuntimeError, match=r"relu_forward: got a CUDA array \(x: cupy._core.core._FakeCupy\), but this "
-                                           r"fusegrad install has no CUDA kernel for it \(fusegrad._cuda is not built\)"):
+    from fusegrad import cuda
+    if cuda.is_available():
+        pytest.skip("a GPU is here: CUDA arrays run instead of raising")
+    with pytest.raises(RuntimeError, match=r"relu_forward: got a CUDA array \(x: cupy._core.core._FakeCupy\), but "
+                                           r"(fusegrad._cuda is not built|no usable GPU|CuPy is not installed)"):
         ops.relu_forward(_FakeCupy())
     with pytest.raises(RuntimeError, match=r"relu_forward: got a CUDA array \(x: .*_DLPackOnly on DLPack device type 2\)"):
         ops.relu_forward(_DLPackOnly(_np(3), device=(2, 0)))

@@ -71,12 +71,12 @@ def _handler_name() -> str:
 
 
 def _cuda_summary() -> str:
+    from . import cuda
+
+    if cuda._cuda is None:
+        return "not built (no CUDA compiler at build time)"
     try:
-        from . import cuda  # noqa: F401
-    except ImportError:
-        return "not built"
-    try:
-        return "available" if cuda.is_available() else "built, no GPU found"
+        return "available" if cuda.is_available() else f"built; {cuda.unavailable_reason()}"
     except Exception as e:  # a broken driver must not break show_config
         return f"error: {e}"
 

@@ -141,24 +141,27 @@ def _from_numpy(r, cv):
 
 
 def _cuda_call(name, cv, args, kwargs):
-    """CUDA arrays go to fusegrad._cuda (built only where a CUDA compiler was found)."""
-    try:
-        from . import _cuda  # noqa: F401  (not built in CPU-only installs)
-    except ImportError:
-        _cuda = None
-    if _cuda is None or not hasattr(_cuda, name):
-        raise RuntimeError(
-            f"{name}: got a CUDA array ({cv.cuda}), but this fusegrad install has no CUDA kernel "
-            f"for it (fusegrad._cuda{'' if _cuda is None else '.' + name} is not built); pass CPU "
-            f"arrays, or install fusegrad on a machine with a CUDA compiler")
+    """CUDA arrays go to fusegrad.cuda's function of the same name (fusegrad._cuda's kernels,
+    built only where a CUDA compiler was found), on the caller's current CuPy stream."""
+    from . import cuda as _cu
+
+    f = getattr(_cu, name, None) if name in _cu.OPS else None
+    if f is None or not _cu.is_available():
+        why = (f"fusegrad.cuda has no kernel for {name}" if f is None else _cu.unavailable_reason())
+        raise RuntimeError(f"{name}: got a CUDA array ({cv.cuda}), but {why}; pass CPU arrays, or install "
+                           f"fusegrad with a CUDA compiler on a machine with a GPU (fusegrad.cuda.is_available())")
     import cupy  # the CUDA module's array type
 
     torch_out = any(type(a).__module__.startswith("torch") for a in (*args, *kwargs.values()))
 
     def dev(a):
-        return cupy.from_dlpack(a) if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray) else a
+        if isinstance(a, cupy.ndarray) or isinstance(a, np.ndarray):
+            return a
+        if hasattr(a, "__cuda_array_interface__"):
+            return cupy.asarray(a)
+        return cupy.from_dlpack(a) if hasattr(a, "__dlpack__") else a
 
-    r = getattr(_cuda, name)(*map(dev, args), **{k: dev(v) for k, v in kwargs.items()})
+    r = f(*map(dev, args), **{k: dev(v) for k, v in kwargs.items()})
     if torch_out:
         import torch
         conv = lambda x: torch.from_dlpack(x) if isinstance(x, cupy.ndarray) else x  # noqa: E731

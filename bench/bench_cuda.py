@@ -1,0 +1,127 @@
+"""The CUDA path against PyTorch CUDA, in one run (tools/gpu_check.sh runs it on a lent GPU).
+
+Times are medians of CUDA-event timings of interleaved rounds; bandwidth is compared with the
+GPU's measured device-to-device copy bandwidth. Rows say 'skipped' where no GPU can be used."""
+from __future__ import annotations
+
+import math
+
+
+def _timer(cp):
+    def time_ms(fns, reps=20, warmup=3):
+        ev = {k: [] for k in fns}
+        for _ in range(warmup):
+            for f in fns.values():
+                f()
+        cp.cuda.get_current_stream().synchronize()
+        for _ in range(reps):
+            for k, f in fns.items():
+                a, b = cp.cuda.Event(), cp.cuda.Event()
+                a.record()
+                f()
+                b.record()
+                b.synchronize()
+                ev[k].append(cp.cuda.get_elapsed_time(a, b))
+        return {k: sorted(v)[len(v) // 2] for k, v in ev.items()}
+    return time_ms
+
+
+def run(limits, quick=False):
+    from fusegrad import cuda, ops
+
+    if not cuda.is_available():
+        return [{"op": "cuda", "status": f"skipped: {cuda.unavailable_reason()}"}]
+    import cupy as cp
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            torch = None
+    except ImportError:
+        torch = None
+    time_ms = _timer(cp)
+    rows = []
+    n = 256 << 20
+    src, dst = cp.empty(n // 4, cp.float32), cp.empty(n // 4, cp.float32)
+    copy_gbs = 2 * n / time_ms({"c": lambda: dst.__setitem__(Ellipsis, src)})["c"] / 1e6
+    rows.append({"op": "device copy", "GB/s": copy_gbs})
+    rng = cp.random.default_rng(0)
+
+    def row(op, shape, t, flops=None, nbytes=None):
+        r = {"op": op, "shape": shape, "ours_ms": t["ours"], "torch_ms": t.get("torch")}
+        if "torch" in t:
+            r["x_torch"] = t["torch"] / t["ours"]
+        if flops:
+            r["TFLOP/s"] = flops / t["ours"] / 1e9
+        if nbytes:
+            r["GB/s"] = nbytes / t["ours"] / 1e6
+            r["frac_copy_bw"] = r["GB/s"] / copy_gbs
+        rows.append(r)
+
+    for N, C in [(8192, 768), (4096, 4096)]:
+        x, dy = rng.standard_normal((N, C), dtype=cp.float32), rng.standard_normal((N, C), dtype=cp.float32)
+        w, b = rng.standard_normal(C, dtype=cp.float32), rng.standard_normal(C, dtype=cp.float32)
+
+        def ours():
+            y, m, r = ops.layernorm_forward(x, w, b)
+            ops.layernorm_backward(dy, x, w, m, r)
+        fns = {"ours": ours}
+        if torch is not None:
+            tx, tw, tb = (torch.from_dlpack(a).requires_grad_(True) for a in (x, w, b))
+            tdy = torch.from_dlpack(dy)
+
+            def tfn():
+                tx.grad = tw.grad = tb.grad = None
+                torch.nn.functional.layer_norm(tx, (C,), tw, tb).backward(tdy)
+            fns["torch"] = tfn
+        row("layernorm fwd+bwd", f"{N}x{C}", time_ms(fns), nbytes=5 * 4 * N * C)
+
+    for B, H, T, D in ([(4, 12, 1024, 64)] if quick else [(4, 12, 1024, 64), (2, 16, 2048, 128)]):
+        q, k, v, do = (rng.standard_normal((B, H, T, D), dtype=cp.float32) for _ in range(4))
+
+        def attn():
+            o, lse = ops.attention_forward(q, k, v, causal=True)
+            ops.attention_backward(do, q, k, v, o, lse, causal=True)
+        fns = {"ours": attn}
+        if torch is not None:
+            tq, tk, tv = (torch.from_dlpack(a).requires_grad_(True) for a in (q, k, v))
+            tdo = torch.from_dlpack(do)
+
+            def tattn():
+                tq.grad = tk.grad = tv.grad = None
+                torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(tdo)
+            fns["torch"] = tattn
+        # causal: half of 4 B H T^2 D (fwd) + 2.5x that (bwd)
+        row("attention fwd+bwd fp32 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
+            flops=3.5 * 2 * B * H * T * T * D)
+
+    for M in ([2048] if quick else [2048, 4096]):
+        a, b = rng.standard_normal((M, M), dtype=cp.float32), rng.standard_normal((M, M), dtype=cp.float32)
+        fns = {"ours": lambda: ops.matmul(a, b)}
+        if torch is not None:
+            ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
+            fns["torch"] = lambda: torch.matmul(ta, tb)
+        row("matmul fp32", f"{M}^3", time_ms(fns), flops=2 * M ** 3)
+
+    N, V = 8192, 50304
+    logits = rng.standard_normal((N, V), dtype=cp.float32)
+    t = cp.asarray(rng.integers(0, V, N))
+
+    def xent():
+        loss, lse = ops.cross_entropy_forward(logits, t)
+        ops.cross_entropy_backward(logits, t, lse, 1.0)
+    fns = {"ours": xent}
+    if torch is not None:
+        tl, tt = torch.from_dlpack(logits).requires_grad_(True), torch.from_dlpack(t)
+
+        def txent():
+            tl.grad = None
+            torch.nn.functional.cross_entropy(tl, tt).backward()
+        fns["torch"] = txent
+    row("cross-entropy fwd+bwd", f"{N}x{V}", time_ms(fns, reps=10), nbytes=3 * 4 * N * V)
+
+    n = 124_000_000 if not quick else 10_000_000
+    p, g, m, v2 = (rng.standard_normal(n, dtype=cp.float32) for _ in range(4))
+    v2 = cp.abs(v2)
+    row("adamw step", f"{n}", time_ms({"ours": lambda: ops.adamw_step(p, g, m, v2, 1, 1e-3)}, reps=10),
+        nbytes=7 * 4 * n)
+    return rows

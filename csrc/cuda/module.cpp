@@ -1,0 +1,186 @@
+// fusegrad._cuda: the CUDA kernels' launchers for python/fusegrad/cuda.py, which checks every
+// argument (devices, dtypes, shapes, contiguity), allocates outputs with CuPy on the caller's
+// current stream and passes raw device pointers, sizes and the stream here. Also: device queries,
+// and the kernels' per-element math run on the host (_host_math) so the tests check it without a GPU.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <tuple>
+
+#include "cuda/kernels.h"
+#include "cuda/math.h"
+
+namespace py = pybind11;
+using fg::cuda::Heads;
+
+namespace {
+
+template <typename T>
+T* P(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+cudaStream_t S(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+void need(bool ok, const std::string& msg) {
+  if (!ok) throw py::value_error(msg);
+}
+
+Heads heads(const std::tuple<int64_t, int64_t, int64_t>& t) { return {std::get<0>(t), std::get<1>(t), std::get<2>(t)}; }
+
+fg::cuda::Act act(const std::string& name) {
+  using fg::cuda::Act;
+  if (name == "relu") return Act::relu;
+  if (name == "gelu_tanh") return Act::gelu_tanh;
+  if (name == "gelu_erf") return Act::gelu_erf;
+  if (name == "sigmoid") return Act::sigmoid;
+  if (name == "tanh") return Act::tanh;
+  throw py::value_error("unknown activation '" + name + "'");
+}
+
+// The device count, or 0 when there is no driver or no device (CUDA's reason in `why`).
+std::tuple<int, std::string> device_count() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // clear it: it is not sticky
+    return {0, cudaGetErrorString(e)};
+  }
+  return {n, ""};
+}
+
+py::array_t<float> host_math(const py::array_t<float, py::array::c_style | py::array::forcecast>& x,
+                             const std::string& fn) {
+  namespace cm = fg::cuda_math;
+  py::array_t<float> y(x.request().shape);
+  const float* px = x.data();
+  float* py_ = y.mutable_data();
+  const int64_t n = x.size();
+  float (*f)(float) = nullptr;
+  if (fn == "gelu_tanh") f = cm::gelu_tanh;
+  else if (fn == "gelu_tanh_grad") f = cm::gelu_tanh_grad;
+  else if (fn == "gelu_erf") f = cm::gelu_erf;
+  else if (fn == "gelu_erf_grad") f = cm::gelu_erf_grad;
+  else if (fn == "sigmoid") f = cm::sigmoid;
+  else if (fn == "relu") f = cm::relu;
+  else throw py::value_error("_host_math: unknown function '" + fn + "'");
+  for (int64_t i = 0; i < n; ++i) py_[i] = f(px[i]);
+  return y;
+}
+
+// One Adam/AdamW step of math.h on host arrays (updated in place), for the tests.
+void host_adam(py::array_t<float> p, py::array_t<float> m, py::array_t<float> v, const py::array_t<float>& g,
+               int64_t step, double lr, double beta1, double beta2, double eps, double wd, bool decoupled) {
+  need(p.size() == m.size() && p.size() == v.size() && p.size() == g.size(), "_host_adam: sizes differ");
+  const auto c = fg::cuda_math::adam_consts(step, lr, beta1, beta2, eps, wd, decoupled);
+  float *pp = p.mutable_data(), *pm = m.mutable_data(), *pv = v.mutable_data();
+  const float* pg = g.data();
+  for (int64_t i = 0; i < p.size(); ++i) fg::cuda_math::adam_update(pp[i], pm[i], pv[i], pg[i], c);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  namespace fc = fg::cuda;
+  m.doc() = "fusegrad's CUDA kernels (launchers; call them through fusegrad.cuda / fusegrad.ops)";
+  m.def("device_count", &device_count, "(count, reason): 0 and CUDA's reason where no GPU can be used");
+  m.def("runtime_version", [] {
+    int v = 0;
+    cudaRuntimeGetVersion(&v);
+    return v;
+  });
+  m.def("synchronize", [] {
+    py::gil_scoped_release nogil;
+    const cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorString(e));
+  });
+  m.attr("max_head_dim") = fc::kAttnMaxD;
+  m.def("_host_math", &host_math, py::arg("x"), py::arg("fn"));
+  m.def("_host_adam", &host_adam);
+
+  m.def("act_forward", [](const std::string& a, uintptr_t y, uintptr_t x, int64_t n, uintptr_t s) {
+    fc::act_forward(act(a), P<float>(y), P<const float>(x), n, S(s));
+  });
+  m.def("act_backward", [](const std::string& a, uintptr_t dx, uintptr_t dy, uintptr_t x, int64_t n, uintptr_t s) {
+    fc::act_backward(act(a), P<float>(dx), P<const float>(dy), P<const float>(x), n, S(s));
+  });
+  m.def("layernorm_forward", [](uintptr_t y, uintptr_t mean, uintptr_t rstd, uintptr_t x, uintptr_t w, uintptr_t b,
+                                int64_t N, int64_t C, double eps, uintptr_t s) {
+    fc::layernorm_forward(P<float>(y), P<float>(mean), P<float>(rstd), P<const float>(x), P<const float>(w),
+                          P<const float>(b), N, C, float(eps), S(s));
+  });
+  m.def("layernorm_workspace_floats", &fc::layernorm_workspace_floats);
+  m.def("layernorm_backward", [](uintptr_t dx, uintptr_t dw, uintptr_t db, uintptr_t work, uintptr_t dy, uintptr_t x,
+                                 uintptr_t w, uintptr_t mean, uintptr_t rstd, int64_t N, int64_t C, uintptr_t s) {
+    fc::layernorm_backward(P<float>(dx), P<float>(dw), P<float>(db), P<float>(work), P<const float>(dy),
+                           P<const float>(x), P<const float>(w), P<const float>(mean), P<const float>(rstd), N, C, S(s));
+  });
+  m.def("softmax_forward", [](uintptr_t y, uintptr_t x, int64_t N, int64_t V, bool log, uintptr_t s) {
+    fc::softmax_forward(P<float>(y), P<const float>(x), N, V, log, S(s));
+  });
+  m.def("softmax_backward", [](uintptr_t dx, uintptr_t dy, uintptr_t y, int64_t N, int64_t V, bool log, uintptr_t s) {
+    fc::softmax_backward(P<float>(dx), P<const float>(dy), P<const float>(y), N, V, log, S(s));
+  });
+  m.def("cross_entropy_forward", [](uintptr_t loss, uintptr_t lse, uintptr_t work, uintptr_t t, bool t64,
+                                    int64_t ignore, uintptr_t logits, int64_t N, int64_t V, uintptr_t s) {
+    fc::cross_entropy_forward(P<float>(loss), P<float>(lse), P<float>(work), P<const void>(t), t64, ignore,
+                              P<const float>(logits), N, V, S(s));
+  });
+  m.def("cross_entropy_backward", [](uintptr_t d, uintptr_t logits, uintptr_t t, bool t64, uintptr_t lse, double dloss,
+                                     int64_t count, int64_t ignore, int64_t N, int64_t V, uintptr_t s) {
+    fc::cross_entropy_backward(P<float>(d), P<const float>(logits), P<const void>(t), t64, P<const float>(lse),
+                               float(dloss), count, ignore, N, V, S(s));
+  });
+  m.def("embedding_forward", [](uintptr_t out, uintptr_t ids, bool i64, uintptr_t table, int64_t N, int64_t C,
+                                uintptr_t s) {
+    fc::embedding_forward(P<float>(out), P<const void>(ids), i64, P<const float>(table), N, C, S(s));
+  });
+  m.def("embedding_backward", [](uintptr_t dtable, uintptr_t dout, uintptr_t ids, bool i64, int64_t N, int64_t C,
+                                 uintptr_t s) {
+    fc::embedding_backward(P<float>(dtable), P<const float>(dout), P<const void>(ids), i64, N, C, S(s));
+  });
+  m.def("adam_step", [](uintptr_t p, uintptr_t mm, uintptr_t v, uintptr_t g, int64_t N, int64_t step, double lr,
+                        double b1, double b2, double eps, double wd, bool decoupled, uintptr_t s) {
+    need(step >= 1, "adam_step: step must be >= 1");
+    fc::adam_step(P<float>(p), P<float>(mm), P<float>(v), P<const float>(g), N, step, lr, b1, b2, eps, wd, decoupled,
+                  S(s));
+  });
+  m.def("sgd_step", [](uintptr_t p, uintptr_t mm, uintptr_t g, int64_t N, double lr, double mom, double wd,
+                       bool nesterov, double damp, bool first, uintptr_t s) {
+    fc::sgd_step(P<float>(p), P<float>(mm), P<const float>(g), N, lr, mom, wd, nesterov, damp, first, S(s));
+  });
+  m.def("sum_squares_workspace", &fc::sum_squares_workspace);
+  m.def("sum_squares", [](uintptr_t out, uintptr_t work, uintptr_t x, int64_t N, uintptr_t s) {
+    fc::sum_squares(P<double>(out), P<double>(work), P<const float>(x), N, S(s));
+  });
+  using H3 = std::tuple<int64_t, int64_t, int64_t>;
+  m.def("attention_forward", [](uintptr_t o, H3 Lo, uintptr_t lse, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v,
+                                H3 Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t Sk, int64_t D, bool causal,
+                                double scale, uintptr_t s) {
+    need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, "attention_forward: bad head sizes");
+    fc::attention_forward(P<float>(o), heads(Lo), P<float>(lse), P<const float>(q), heads(Lq), P<const float>(k),
+                          heads(Lk), P<const float>(v), heads(Lv), B, H, Hkv, T, Sk, D, causal, float(scale), S(s));
+  });
+  m.def("attention_backward", [](uintptr_t dq, H3 Ldq, uintptr_t dk, H3 Ldk, uintptr_t dv, H3 Ldv, uintptr_t work,
+                                 uintptr_t dO, H3 Ldo, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v, H3 Lv,
+                                 uintptr_t o, H3 Lo, uintptr_t lse, int64_t B, int64_t H, int64_t Hkv, int64_t T,
+                                 int64_t Sk, int64_t D, bool causal, double scale, uintptr_t s) {
+    need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, "attention_backward: bad head sizes");
+    fc::attention_backward(P<float>(dq), heads(Ldq), P<float>(dk), heads(Ldk), P<float>(dv), heads(Ldv), P<float>(work),
+                           P<const float>(dO), heads(Ldo), P<const float>(q), heads(Lq), P<const float>(k), heads(Lk),
+                           P<const float>(v), heads(Lv), P<const float>(o), heads(Lo), P<const float>(lse), B, H, Hkv,
+                           T, Sk, D, causal, float(scale), S(s));
+  });
+  m.def("add_bias_residual", [](uintptr_t y, uintptr_t b, uintptr_t r, int64_t N, int64_t O, uintptr_t s) {
+    fc::add_bias_residual(P<float>(y), P<const float>(b), P<const float>(r), N, O, S(s));
+  });
+  m.def("colsum_workspace_floats", &fc::colsum_workspace_floats);
+  m.def("column_sums", [](uintptr_t out, uintptr_t work, uintptr_t x, int64_t N, int64_t O, uintptr_t s) {
+    fc::column_sums(P<float>(out), P<float>(work), P<const float>(x), N, O, S(s));
+  });
+}
