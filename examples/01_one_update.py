@@ -1,7 +1,12 @@
-"""One shot, one update: the five steps of learning on y_hat = w*x + b.
+"""One shot, one update: the five steps of learning on y_hat = w*x + b, with w = 4 (the
+weight), b = 5 (the bias), one input x = 10 and its target y = 50.
 
 forward (45) -> loss (25) -> backward (dJ/dw = -100, dJ/db = -10) -> SGD step (w: 4 -> 4.1)
 -> zero_grad. Run: python examples/01_one_update.py
+
+It prints the prediction, the loss and both gradients, then the weight and the bias after one
+step. Notice: both gradients are negative (the prediction 45 is below the target 50), so the
+step raises w and b; w moves 10x more than b because its gradient is multiplied by x = 10.
 """
 import fusegrad as fg
 
@@ -23,8 +28,12 @@ def main():
     opt.zero_grad()                            # (set_to_none=True is the default, as in PyTorch)
     res = dict(y_hat=y_hat.item(), loss=loss.item(), dw=grads[0], db=grads[1], w=new_w, b=new_b,
                zeroed=zeroed, after_none=(w.grad, b.grad))
-    print(f"prediction {res['y_hat']:g}, loss {res['loss']:g}, dJ/dw {res['dw']:g}, dJ/db {res['db']:g}")
-    print(f"after one SGD step at lr 0.001: w = {new_w:.4f}, b = {new_b:.4f}; gradients after zero_grad {zeroed}")
+    print(f"prediction y_hat = w*x + b = {res['y_hat']:g} (target {y.item():g}), loss (y - y_hat)^2 = {res['loss']:g}")
+    print(f"gradients: dJ/dw (weight) = {res['dw']:g}, dJ/db (bias) = {res['db']:g}")
+    print(f"after one SGD step at lr 0.001: weight w = {new_w:.4f} (was 4), bias b = {new_b:.4f} (was 5); "
+          f"gradients after zero_grad: {zeroed}")
+    print("notice: negative gradients raise w and b; w moves 10x more than b because its gradient is "
+          "multiplied by x = 10")
     return res
 
 

@@ -1,6 +1,14 @@
 """An MLP classifier on scikit-learn's bundled 8x8 digits (1,797 images), trained with
 fusegrad: reaches >= 97% accuracy on a held-out 20% split in seconds.
-Run: python examples/06_digits.py   (needs scikit-learn)"""
+Run: python examples/06_digits.py   (needs scikit-learn: pip install scikit-learn)
+
+It prints, every 5 epochs, the mean cross-entropy on the training images ("train") and on the
+held-out images ("val"), then the held-out accuracy. Notice: the validation loss stops falling
+long before the training loss does, and then rises while the training loss keeps falling: the
+model begins to memorize its training images (overfitting). The last lines say where.
+"""
+import sys
+
 import numpy as np
 
 import fusegrad as fg
@@ -11,7 +19,10 @@ from fusegrad.train import fit
 
 
 def main(epochs=30, seed=0, verbose=True, plot=None):
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        sys.exit("examples/06_digits.py needs scikit-learn for its digits data: pip install scikit-learn")
 
     d = load_digits()
     X = (d.data / 16.0).astype(np.float32)
@@ -30,9 +41,14 @@ def main(epochs=30, seed=0, verbose=True, plot=None):
     model.eval()
     with fg.no_grad():
         acc = float((model(fg.tensor(X[te])).data.argmax(1) == y[te]).mean())
+    best = int(np.argmin(hist.val_loss)) + 1
     if verbose:
-        print(f"test accuracy {acc:.4f} on {n_test} held-out images")
-    return {"accuracy": acc, "history": hist}
+        print(f"held-out accuracy {acc:.4f} on {n_test} images")
+        print(f"notice: the validation loss was lowest at epoch {best} ({hist.val_loss[best - 1]:.4f}) and ended "
+              f"at {hist.val_loss[-1]:.4f}, while the training loss fell from {hist.train_loss[best - 1]:.4f} to "
+              f"{hist.train_loss[-1]:.4f}: after epoch {best} the model fits its training images better, not "
+              f"new ones")
+    return {"accuracy": acc, "history": hist, "best_val_epoch": best}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ tolerances), run through fusegrad's Tensor, autograd, nn, optim and fit."""
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,13 @@ def test_fit_stops_on_nonfinite_loss():
     assert h.diverged and "non-finite" in h.message and h.train_loss == []
 
 
+class Terminal(io.StringIO):
+    """A stand-in for a terminal: an in-memory stream that says it is a TTY."""
+
+    def isatty(self):
+        return True
+
+
 def test_fit_takes_any_iterable_and_refuses_an_empty_or_spent_one(capsys, monkeypatch):
     import sys
 
@@ -106,13 +114,55 @@ def test_fit_takes_any_iterable_and_refuses_an_empty_or_spent_one(capsys, monkey
     m = fg.nn.Linear(1, 1)
     opt = fg.optim.SGD(m.parameters(), lr=0.01)
     data = [(fg.tensor([[float(i)]]), fg.tensor([[2.0 * i]])) for i in range(4)]
-    # an iterable without len() (a generator) trains, with a plain progress count (without tqdm)
+    # an iterable without len() (a generator) trains, with a plain progress count on a terminal (without tqdm)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    monkeypatch.setattr(sys, "stderr", Terminal())
     h = fit(m, F.mse_loss, opt, (b for b in data), epochs=1, progress=True, verbose=True)
     assert len(h.train_loss) == 1 and h.step == 4
-    assert "epoch 1 4" in capsys.readouterr().err
+    assert "\repoch 1 4" in sys.stderr.getvalue()
     with pytest.raises(ValueError, match="fit: train_loader yielded no batches in epoch 1$"):
         fit(m, F.mse_loss, opt, [], epochs=1, progress=False, verbose=False)
     # a generator is spent after one epoch: the second would have reported a loss of 0
     with pytest.raises(ValueError, match="no batches in epoch 2 .*one-shot iterator"):
         fit(m, F.mse_loss, opt, (b for b in data), epochs=2, progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("name,says", [
+    ("01", ["gradients: dJ/dw (weight) = -100, dJ/db (bias) = -10", "weight w = 4.1000 (was 4), bias b = 5.0100",
+            "notice:"]),
+    ("02", ["weights w = [0.1, 0.2], bias b = 0.05, input x = [1.0, 0.0] -> ReLU(w·x + b) = 0.1500", "notice:"]),
+    ("03", ["given probability 0.6 (confident and right):  loss -log 0.6  = 0.511", "notice:"]),
+    ("04", ["scalar: weight 0.5, gradient -0.3 -> after W - 0.1 * gradient: 0.53", "notice:"]),
+    ("05", ["least squares: b (intercept) = 100.0000, w (slope) = 20.0000", "after 1000 steps: b = 100.00, w = 20.00",
+            "fit on the first 4 points: b = 98.00, w = 21.00", "notice:"]),
+])
+def test_examples_name_what_they_print_and_what_to_notice(capsys, name, says):
+    load(name).main()
+    out = capsys.readouterr().out
+    for s in says:
+        assert s in out, s
+
+
+def test_06_says_where_the_validation_loss_turns(capsys):
+    pytest.importorskip("sklearn")
+    r = load("06").main(epochs=30)
+    out = capsys.readouterr().out
+    h, best = r["history"], r["best_val_epoch"]
+    assert h.val_loss[best - 1] == min(h.val_loss) and best < 30 and h.val_loss[-1] > h.val_loss[best - 1]
+    assert f"notice: the validation loss was lowest at epoch {best} " in out
+
+
+@pytest.mark.parametrize("name,module,needs", [("07", "torch", "pip install torch"),
+                                               ("06", "sklearn", "pip install scikit-learn")])
+def test_examples_say_what_to_install_instead_of_a_traceback(name, module, needs):
+    import os
+    import subprocess
+    import sys
+
+    path = next(EX.glob(f"{name}_*.py"))
+    # the example runs as a script on an interpreter where `module` cannot be imported
+    code = (f"import sys, runpy; sys.modules[{module!r}] = None; "
+            f"runpy.run_path({str(path)!r}, run_name='__main__')")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and needs in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 
@@ -54,10 +55,14 @@ def _cmd_linefit(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .lm import TrainOptions, train_lm
+    from .lm import CheckpointExists, TrainOptions, train_lm
 
+    # Train options left out on the command line are None here, so TrainOptions keeps its defaults
+    # and knows which options the user typed (on --resume those must agree with the checkpoint).
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("fn", "command", "threads", "argv") and v is not None and v is not False}
     try:
-        opts = TrainOptions(**{k: v for k, v in vars(args).items() if k not in ("fn", "command", "threads")})
+        opts = TrainOptions(**given, explicit=frozenset(given))
         from . import distributed as dist, set_num_threads
         if args.threads is not None:
             if args.threads < 1:
@@ -69,7 +74,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 set_num_threads(max(1, len(os.sched_getaffinity(0)) // dist.get_local_world_size()))
         hist = train_lm(opts)
     except (ValueError, OSError) as e:
-        print(f"fusegrad train: error: {e}", file=sys.stderr)
+        msg = f"fusegrad train: error: {e}"
+        if isinstance(e, CheckpointExists):
+            cmd = "python -m fusegrad " + " ".join(shlex.quote(a) for a in args.argv)
+            msg += f"\n  to continue it:  {cmd} --resume\n  to replace it:   {cmd} --overwrite"
+        print(msg, file=sys.stderr)
         from . import distributed as dist
         if dist.get_world_size() > 1:
             dist.abort(2)               # the other ranks may be waiting in a collective
@@ -107,59 +116,77 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_info)
 
     sp = sub.add_parser("train", help="train a small GPT on the embedded corpus or --data FILE",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        description="Train a small GPT. Every option shows its default; options left out keep "
+                                    "it (on --resume: the checkpoint's model, tokenizer and data).")
+
+    def opt(g, flag, help="", shown=None, **kw):
+        # default None: the option was not typed (TrainOptions then applies the default shown)
+        dest = flag[2:].replace("-", "_")
+        value = getattr(d, dest) if shown is None else shown
+        g.add_argument(flag, default=None, help=f"{help} (default: {value})".lstrip(), **kw)
+
     g = sp.add_argument_group("data")
-    g.add_argument("--data", default=None, help="UTF-8 text file (default: the embedded stdlib-source corpus)")
-    g.add_argument("--max-bytes", type=int, default=d.max_bytes, help="size of the embedded corpus selection")
-    g.add_argument("--tokenizer", choices=["byte", "bpe"], default=d.tokenizer)
-    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size")
+    opt(g, "--data", "UTF-8 text file", shown="the embedded corpus: Python stdlib sources")
+    opt(g, "--max-bytes", "how much of the embedded corpus to use (not with --data)", type=int)
+    opt(g, "--tokenizer", "byte: 256 byte values; bpe: byte-level BPE trained on the data",
+        choices=["byte", "bpe"])
+    opt(g, "--vocab-size", "BPE vocabulary size (with --tokenizer bpe)", type=int)
     g = sp.add_argument_group("model")
-    g.add_argument("--n-layer", type=int, default=d.n_layer)
-    g.add_argument("--n-head", type=int, default=d.n_head)
-    g.add_argument("--n-kv-head", type=int, default=None, help="fewer than --n-head: grouped-query attention")
-    g.add_argument("--n-embd", type=int, default=d.n_embd)
-    g.add_argument("--block-size", type=int, default=d.block_size, help="context length")
-    g.add_argument("--pos", choices=["learned", "rope"], default=d.pos)
-    g.add_argument("--dropout", type=float, default=d.dropout)
+    opt(g, "--n-layer", "transformer blocks", type=int)
+    opt(g, "--n-head", "attention heads", type=int)
+    opt(g, "--n-kv-head", "fewer than --n-head: grouped-query attention", shown="--n-head", type=int)
+    opt(g, "--n-embd", "width", type=int)
+    opt(g, "--block-size", "context length in tokens", type=int)
+    opt(g, "--pos", "position encoding", choices=["learned", "rope"])
+    opt(g, "--dropout", type=float)
     g = sp.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--max-iters", type=int, default=d.max_iters)
-    g.add_argument("--max-time", type=float, default=d.max_time, help="stop after this many seconds")
-    g.add_argument("--stop-at", type=int, default=None, help="stop after this step (schedule spans --max-iters)")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--min-lr", type=float, default=d.min_lr)
-    g.add_argument("--warmup", type=int, default=d.warmup)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--threads", type=int, default=None, help="kernel threads per process (default: all cores, shared among the ranks under mpiexec)")
+    opt(g, "--batch-size", type=int)
+    opt(g, "--max-iters", "optimizer steps; the learning-rate schedule spans them", type=int)
+    opt(g, "--max-time", "stop (evaluate, save, sample) after this many seconds; 0: no limit", type=float)
+    opt(g, "--stop-at", "stop after this step, the schedule still spanning --max-iters", shown="--max-iters",
+        type=int)
+    opt(g, "--lr", "peak learning rate (AdamW)", type=float)
+    opt(g, "--min-lr", "learning rate at the end of the cosine decay", type=float)
+    opt(g, "--warmup", "linear warmup steps", type=int)
+    opt(g, "--weight-decay", "on weight matrices", type=float)
+    opt(g, "--grad-clip", "gradient norm clip; 0: off", type=float)
+    opt(g, "--seed", "initialization and batch order", type=int)
+    g.add_argument("--threads", type=int, default=None,
+                   help="kernel threads per process (default: all cores, shared among the ranks under mpiexec)")
     g = sp.add_argument_group("evaluation and output")
-    g.add_argument("--eval-interval", type=int, default=d.eval_interval)
-    g.add_argument("--eval-iters", type=int, default=d.eval_iters)
-    g.add_argument("--out", default=d.out, help="checkpoint directory")
-    g.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    g.add_argument("--sample-tokens", type=int, default=d.sample_tokens, help="tokens sampled at the end")
+    opt(g, "--eval-interval", "validate and save a checkpoint every this many steps", type=int)
+    opt(g, "--eval-iters", "validation batches per evaluation", type=int)
+    opt(g, "--out", "checkpoint directory")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out, on the data and tokenizer it recorded (default: off)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start a new run even if --out holds a checkpoint, replacing it (default: off, "
+                        "an existing checkpoint is an error)")
+    opt(g, "--sample-tokens", "tokens sampled at the end; 0: no sample", type=int)
     sp.set_defaults(fn=_cmd_train)
 
     sp = sub.add_parser("generate", help="sample from a checkpoint written by train")
     sp.add_argument("--checkpoint", required=True, help="directory written by train --out")
-    sp.add_argument("--prompt", default="\n")
-    sp.add_argument("--max-new-tokens", type=int, default=200)
-    sp.add_argument("--temperature", type=float, default=0.8)
-    sp.add_argument("--top-k", type=int, default=40)
-    sp.add_argument("--top-p", type=float, default=None)
-    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--prompt", default="\n", help="text the sample continues (default: a newline)")
+    sp.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    sp.add_argument("--temperature", type=float, default=0.8, help="0: greedy (default: 0.8)")
+    sp.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default: 40)")
+    sp.add_argument("--top-p", type=float, default=None,
+                    help="sample among the most likely tokens holding this probability (default: off)")
+    sp.add_argument("--seed", type=int, default=None, help="(default: none, a different sample each run)")
     sp.set_defaults(fn=_cmd_generate)
 
     sp = sub.add_parser("linefit", help="line-fit demo: y = 100 + 20x by gradient descent")
-    sp.add_argument("--steps", type=int, default=1000)
-    sp.add_argument("--lr", type=float, default=0.05)
+    sp.add_argument("--steps", type=int, default=1000, help="gradient-descent steps (default: 1000)")
+    sp.add_argument("--lr", type=float, default=0.05, help="learning rate (default: 0.05)")
     sp.set_defaults(fn=_cmd_linefit)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     return args.fn(args)
 
 

@@ -7,6 +7,13 @@ crash-safe checkpoints (``--out``; ``--resume`` continues from the last one). Ba
 drawn from a generator seeded with ``(seed, step)``, so a resumed run sees exactly the
 batches the uninterrupted run would have seen and continues the same loss curve.
 
+The checkpoint records the data it was trained on (the file's path and SHA-256, or the
+embedded corpus's size and SHA-256) and the tokenizer. ``resume`` takes the data from that
+record and refuses a file that changed or vanished, and model or tokenizer options that
+contradict the checkpoint. A new run never replaces an existing checkpoint unless
+``overwrite`` is set. Validation losses are reported in nats per token and in bits per byte
+of the validation text, which compares byte-level and BPE runs fairly.
+
 >>> from fusegrad.lm import TrainOptions, train_lm
 >>> hist = train_lm(TrainOptions(text="abcabcabd " * 200, max_iters=3, n_layer=1, n_embd=16,
 ...                              n_head=2, block_size=16, batch_size=2, out=None, log=None))
@@ -15,10 +22,11 @@ batches the uninterrupted run would have seen and continues the same loss curve.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +57,7 @@ class TrainOptions:
     batch_size: int = 16
     max_iters: int = 400
     stop_at: int | None = None       # stop after this step (the schedule still spans max_iters)
-    max_time: float | None = 150.0   # seconds; stop early (with eval, checkpoint, sample) when exceeded
+    max_time: float | None = 150.0   # seconds; stop early (with eval, checkpoint, sample) when exceeded; 0: no limit
     lr: float = 3e-3
     min_lr: float = 3e-4
     warmup: int = 30
@@ -58,10 +66,20 @@ class TrainOptions:
     eval_interval: int = 100
     eval_iters: int = 8
     out: str | None = "fusegrad-out"
-    resume: bool = False
+    resume: bool = False             # continue the checkpoint in `out` (its data, tokenizer and model)
+    overwrite: bool = False          # start over in `out` even if it holds a checkpoint
     seed: int = 1337
     sample_tokens: int = 200
     log: object = field(default="stdout", repr=False)  # a file, "stdout" (current sys.stdout) or None
+    # names of the options the user set (the CLI passes the flags typed); None: those that differ
+    # from the defaults. On resume, a set model/tokenizer/data option must agree with the checkpoint.
+    explicit: frozenset | None = field(default=None, repr=False)
+
+    def given(self, name: str) -> bool:
+        """Whether the user set option ``name`` (rather than leaving its default)."""
+        if self.explicit is not None:
+            return name in self.explicit
+        return getattr(self, name) != _DEFAULTS[name]
 
     def __post_init__(self):
         # (name, lowest allowed value, may be None); NaN fails every comparison, so it is refused
@@ -82,6 +100,17 @@ class TrainOptions:
                 raise ValueError(f"train: {name} ({flag}) must be a finite number, got {v!r}")
             if not v >= lo:
                 raise ValueError(f"train: {name} ({flag}) must be >= {lo}, got {v}")
+        if self.tokenizer not in ("byte", "bpe"):
+            raise ValueError(f"train: tokenizer (--tokenizer) must be 'byte' or 'bpe', got {self.tokenizer!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("train: --resume continues the checkpoint and --overwrite replaces it; give one of them")
+        if self.given("max_bytes") and (self.data is not None or self.text is not None):
+            src = "--data" if self.data is not None else "text="
+            raise ValueError(f"train: --max-bytes selects part of the embedded corpus; with {src} the whole text "
+                             f"is used, so drop --max-bytes")
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainOptions) if f.name not in ("log", "explicit")}
 
 
 def _stream(opts):
@@ -102,16 +131,102 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _load_text(opts) -> tuple[str, str]:
+def _sha256(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def _load_text(opts) -> tuple[str, str, dict]:
+    """The training text, a description, and the record a checkpoint keeps of it (what it is,
+    where it came from and its SHA-256) so that a resumed run can find and check it."""
     if opts.text is not None:
-        return opts.text, "text"
+        raw = opts.text.encode("utf-8", errors="surrogatepass")
+        return opts.text, "text", {"kind": "text", "bytes": len(raw), "sha256": _sha256(raw)}
     if opts.data is not None:
-        p = Path(opts.data)
-        if not p.is_file():
-            raise FileNotFoundError(f"train: --data {p} is not a file")
-        return p.read_text(encoding="utf-8", errors="replace"), str(p)
+        return _read_data_file(opts.data)
     from .corpus import default_corpus
-    return default_corpus(opts.max_bytes), f"embedded corpus (Python stdlib sources, {opts.max_bytes:,} bytes max)"
+    text = default_corpus(opts.max_bytes)
+    raw = text.encode("utf-8", errors="surrogatepass")
+    return (text, f"embedded corpus (Python stdlib sources, {opts.max_bytes:,} bytes max)",
+            {"kind": "embedded", "max_bytes": opts.max_bytes, "bytes": len(raw), "sha256": _sha256(raw)})
+
+
+def _read_data_file(path) -> tuple[str, str, dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"train: --data {p} is not a file")
+    raw = p.read_bytes()
+    return (raw.decode("utf-8", errors="replace"), str(p),
+            {"kind": "file", "path": str(p.resolve()), "given": str(path), "bytes": len(raw), "sha256": _sha256(raw)})
+
+
+def _describe(rec: dict) -> str:
+    if rec["kind"] == "file":
+        return f"{rec['path']} ({rec['bytes']:,} bytes, sha256 {rec['sha256'][:12]})"
+    if rec["kind"] == "embedded":
+        return f"the embedded corpus (--max-bytes {rec['max_bytes']}, sha256 {rec['sha256'][:12]})"
+    return f"text passed as TrainOptions(text=...) ({rec['bytes']:,} bytes, sha256 {rec['sha256'][:12]})"
+
+
+def _resume_text(opts, out: Path, rec: dict | None) -> tuple[str, str, dict | None]:
+    """The text a resumed run trains on: the one the checkpoint recorded, checked by SHA-256.
+    Data options given on resume must name the same content."""
+    if rec is None:                      # a checkpoint written before data sources were recorded
+        text, source, rec = _load_text(opts)
+        _print(opts, f"resume: {out} does not record its training data; using {source} as given")
+        return text, source, rec
+    fresh = "start a new run with --overwrite (or another --out) to train on something else"
+    if opts.text is not None or opts.data is not None or opts.given("max_bytes"):
+        if opts.given("max_bytes") and rec["kind"] != "embedded":
+            raise ValueError(f"train: --resume: the checkpoint in {out} was trained on {_describe(rec)}, not on "
+                             f"the embedded corpus, so --max-bytes does not apply; drop it")
+        text, source, now = _load_text(opts)
+        what = f"{source} is not the text the checkpoint in {out} was trained on"
+        advice = f"drop the data option to continue on the recorded data, or {fresh}"
+    elif rec["kind"] == "text":
+        raise ValueError(f"train: --resume: the checkpoint in {out} was trained on {_describe(rec)}; "
+                         f"pass the same text again")
+    elif rec["kind"] == "file":
+        if not Path(rec["path"]).is_file():
+            raise FileNotFoundError(f"train: --resume: the checkpoint in {out} was trained on {rec['path']}, "
+                                    f"which no longer exists; put it back, or pass its new place with --data FILE")
+        text, source, now = _read_data_file(rec["path"])
+        what = f"{rec['path']} changed since the checkpoint in {out} was written"
+        advice = f"restore the file, or {fresh}"
+    else:
+        text, source, now = _load_text(replace(opts, text=None, data=None, max_bytes=rec["max_bytes"]))
+        what = (f"the embedded corpus (the Python standard library's sources) differs from the one the checkpoint "
+                f"in {out} was trained on (another Python version?)")
+        advice = f"resume with the Python that started the run, or {fresh}"
+    if now["sha256"] != rec["sha256"]:
+        raise ValueError(f"train: --resume: {what}: it was {_describe(rec)}, it is {now['bytes']:,} bytes, sha256 "
+                         f"{now['sha256'][:12]}; {advice}")
+    return text, source, now
+
+
+# training options a resumed run takes from the checkpoint unless given again (then the new value applies)
+_RUN_OPTIONS = ("batch_size", "max_iters", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "seed",
+                "eval_interval", "eval_iters")
+_MODEL_FLAGS = ("n_layer", "n_head", "n_kv_head", "n_embd", "block_size", "pos", "dropout")
+
+
+def _resume_conflicts(opts, cfg, tok_rec: dict) -> list[str]:
+    """Model and tokenizer options the user gave that contradict the checkpoint."""
+    have = {k: getattr(cfg, k) for k in _MODEL_FLAGS}
+    if have["n_kv_head"] is None:
+        have["n_kv_head"] = cfg.n_head
+    have.update(tokenizer=tok_rec["kind"], vocab_size=tok_rec["vocab_size"])
+    bad = []
+    for k, v in have.items():
+        mine = getattr(opts, k)
+        if k == "n_kv_head" and mine is None:
+            mine = opts.n_head
+        if opts.given(k) and mine != v:
+            bad.append(f"--{k.replace('_', '-')} {v} (you gave {getattr(opts, k)})")
+    return bad
+
+
+class CheckpointExists(ValueError):
+    """``train`` was pointed at a directory that holds a checkpoint, without resume or overwrite."""
 
 
 def _fmt_time(s: float) -> str:
@@ -135,14 +250,37 @@ class _Batches:
 
 
 def evaluate(model, batches, n, seed) -> float:
+    was = model.training
     model.eval()
     tot = 0.0
-    with no_grad():
-        for i in range(n):
-            x, y = batches.get([seed, 10**9, i])
-            tot += float(model(x, y)[1].data)
-    model.train()
+    try:
+        with no_grad():
+            for i in range(n):
+                x, y = batches.get([seed, 10**9, i])
+                tot += float(model(x, y)[1].data)
+    finally:
+        model.train(was)
     return tot / n
+
+
+def _check_out(opts, out: Path | None) -> bool:
+    """Whether this run resumes; refuses an --out that is a file, and a checkpoint that would be
+    replaced without --overwrite."""
+    if out is None:
+        if opts.resume:
+            raise ValueError("train: --resume continues the checkpoint in --out; give --out DIR")
+        return False
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"train: --out {out} is a file; --out names the directory the checkpoint is written to")
+    has = (out / "checkpoint.json").exists()
+    if opts.resume:
+        if not has:
+            _print(opts, f"resume: no checkpoint in {out}, starting from scratch")
+        return has
+    if has and not opts.overwrite:
+        raise CheckpointExists(f"train: {out} already holds a checkpoint; add --resume to continue training it, or "
+                               f"--overwrite to start over and replace it (or choose another --out DIR)")
+    return False
 
 
 def train_lm(opts: TrainOptions) -> dict:
@@ -153,45 +291,58 @@ def train_lm(opts: TrainOptions) -> dict:
     rank 0 alone prints, evaluates, saves and samples."""
     t_start = time.perf_counter()
     world, rank = dist.get_world_size(), dist.get_rank()
-    if world > 1:
-        if opts.batch_size % world:
-            raise ValueError(f"train: batch_size ({opts.batch_size}) must be a multiple of the number of ranks "
-                             f"({world}): each rank trains on batch_size / ranks rows of every batch")
-        if rank:
-            opts = replace(opts, log=None)
+    if world > 1 and rank:
+        opts = replace(opts, log=None)
     out = Path(opts.out) if opts.out else None
-    resume = bool(opts.resume and out is not None and (out / "checkpoint.json").exists())
-    if opts.resume and not resume:
-        _print(opts, f"resume: no checkpoint in {out}, starting from scratch")
-    text, source = _load_text(opts)
-    if resume:
-        tok = load_tokenizer(out / "tokenizer.json")
-    elif opts.tokenizer == "byte":
-        tok = ByteTokenizer()
-    elif opts.tokenizer == "bpe":
-        t0 = time.perf_counter()
-        tok = BPETokenizer.train(text, opts.vocab_size)
-        _print(opts, f"trained BPE tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
-    else:
-        raise ValueError(f"train: tokenizer must be 'byte' or 'bpe', got {opts.tokenizer!r}")
-    ids = np.asarray(tok.encode(text), dtype=np.int64)
-
+    resume = _check_out(opts, out)
     if resume:
         model = GPT.load(out)
         cfg = model.config
+        tok = load_tokenizer(out / "tokenizer.json")
+        meta = _read_meta(out)
+        tok_rec = meta.get("tokenizer") or {"kind": "bpe" if isinstance(tok, BPETokenizer) else "byte",
+                                            "vocab_size": tok.vocab_size}
+        bad = _resume_conflicts(opts, cfg, tok_rec)
+        if bad:
+            raise ValueError(f"train: --resume continues the checkpoint in {out}, which has " + ", ".join(bad)
+                             + "; drop these options to resume, or start a new run with --overwrite "
+                               "(or another --out) to change them")
+        text, source, data_rec = _resume_text(opts, out, meta.get("data"))
+        kept = {k: v for k, v in (meta.get("options") or {}).items() if k in _RUN_OPTIONS and not opts.given(k)}
+        opts = replace(opts, **kept)
     else:
+        if opts.tokenizer == "byte" and opts.given("vocab_size"):
+            raise ValueError(f"train: --vocab-size {opts.vocab_size} sets the size of a BPE vocabulary; the byte "
+                             f"tokenizer always has 256 tokens (add --tokenizer bpe, or drop --vocab-size)")
+        text, source, data_rec = _load_text(opts)
+        if opts.tokenizer == "byte":
+            tok = ByteTokenizer()
+        else:
+            t0 = time.perf_counter()
+            tok = BPETokenizer.train(text, opts.vocab_size)
+            _print(opts, f"trained BPE tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - t0:.1f}s")
+        tok_rec = {"kind": opts.tokenizer, "vocab_size": opts.vocab_size if opts.tokenizer == "bpe" else 256}
+    if world > 1 and opts.batch_size % world:
+        raise ValueError(f"train: batch_size ({opts.batch_size}) must be a multiple of the number of ranks "
+                         f"({world}): each rank trains on batch_size / ranks rows of every batch")
+    ids = np.asarray(tok.encode(text), dtype=np.int64)
+
+    block_size = cfg.block_size if resume else opts.block_size
+    # the last tenth (at least one window of block_size + 2 tokens) validates; the rest trains
+    need = block_size + 2
+    if len(ids) < 2 * need:
+        raise ValueError(f"train: --block-size {block_size} is too large for this text: it has {len(ids)} tokens and "
+                         f"needs at least 2 x (block_size + 2) = {2 * need} (one window to train on, one to "
+                         f"validate); use more text or a smaller --block-size")
+    if not resume:
         cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=opts.block_size, n_layer=opts.n_layer,
                         n_head=opts.n_head, n_embd=opts.n_embd, n_kv_head=opts.n_kv_head,
                         dropout=opts.dropout, pos=opts.pos)
         model = GPT(cfg, seed=opts.seed)
-    # the last tenth (at least one window of block_size + 2 tokens) validates; the rest trains
-    need = cfg.block_size + 2
-    if len(ids) < 2 * need:
-        raise ValueError(f"train: the text has {len(ids)} tokens; it needs at least 2 x (block_size + 2) = "
-                         f"{2 * need} (one window to train on, one to validate); use more text or a "
-                         f"smaller --block-size")
     n_val = max(len(ids) // 10, need)
     train_ids, val_ids = ids[:-n_val], ids[-n_val:]
+    # nats/token -> bits/byte of the validation text: x tokens/byte / ln 2
+    bpb = len(val_ids) / max(len(tok.decode_bytes(val_ids)), 1) / math.log(2)
     H = unigram_entropy(train_ids, tok.vocab_size)
     train_b = _Batches(train_ids, cfg.block_size, opts.batch_size, opts.seed)
     val_b = _Batches(val_ids, cfg.block_size, opts.batch_size, opts.seed)
@@ -203,35 +354,51 @@ def train_lm(opts: TrainOptions) -> dict:
     sched = optim.CosineWarmupLR(opt, max(0, min(opts.warmup, opts.max_iters - 1)), max(opts.max_iters, 1),
                                  min_lr=opts.min_lr)
     step = 0
-    hist = {"train_loss": [], "val_loss": [], "unigram_entropy": H, "tokens": len(ids), "source": source}
+    hist = {"train_loss": [], "val_loss": [], "val_bpb": [], "unigram_entropy": H, "tokens": len(ids),
+            "source": source, "checkpoint": None}
     if resume:
         info = model.restore(out, optimizer=opt)
         step = info["step"]
         sched.load_state_dict(info["meta"]["scheduler"])
         _print(opts, f"resumed from {out} at step {step}")
-    elif out is not None and rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        tok.save(out / "tokenizer.json")
 
     _print(opts, f"data: {source}: {len(ids):,} tokens ({tok.vocab_size} symbols), "
                  f"train {len(train_ids):,} / val {len(val_ids):,}")
     _print(opts, f"model: GPT {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
-                 f"context {cfg.block_size}, {model.num_params():,} parameters; batch {opts.batch_size}, "
-                 f"{opts.max_iters} steps")
+                 f"context {cfg.block_size}, {model.num_params(non_embedding=False):,} parameters; "
+                 f"batch {opts.batch_size}, {opts.max_iters} steps")
     _print(opts, f"unigram entropy of the training tokens: {H:.3f} nats/token ({H / math.log(2):.3f} bits) "
                  f"- a model that learns context gets below this")
 
     def save(val=None):
-        if out is not None and rank == 0:
-            model.save(out, optimizer=opt, step=step,
-                       meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H})
+        if out is None or rank != 0:
+            return
+        if hist["checkpoint"] is None and not resume:     # the tokenizer goes with the first checkpoint
+            out.mkdir(parents=True, exist_ok=True)
+            tok.save(out / "tokenizer.json")
+        model.save(out, optimizer=opt, step=step,
+                   meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H,
+                         "data": data_rec, "tokenizer": tok_rec,
+                         "options": {k: getattr(opts, k) for k in _RUN_OPTIONS}})
+        hist["checkpoint"] = step
+
+    def validate():
+        val = evaluate(model, val_b, opts.eval_iters, opts.seed)
+        hist["val_loss"].append((step, val))
+        hist["val_bpb"].append((step, val * bpb))
+        return val
 
     stop = min(opts.max_iters, opts.stop_at) if opts.stop_at else opts.max_iters
+    max_time = opts.max_time or None     # 0: no limit
     f = _stream(opts)
     tty = f is not None and hasattr(f, "isatty") and f.isatty()
     log_every = max(1, min(25, stop // 20))
     t0, tok_count, val = time.perf_counter(), 0, None
     first = step
+    if step >= stop:
+        _print(opts, f"nothing to train: at step {step} of --max-iters {opts.max_iters}"
+                     + ("; raise --max-iters to train further" if resume else ""))
+    model.train()
     while step < stop:
         x, y = train_b.get([opts.seed, step])
         if world > 1:       # this rank's rows of the step's batch: no two ranks see the same window
@@ -246,7 +413,7 @@ def train_lm(opts: TrainOptions) -> dict:
         sched.step()
         step += 1
         lv = float(loss.data)
-        timed_out = opts.max_time is not None and time.perf_counter() - t_start > opts.max_time
+        timed_out = max_time is not None and time.perf_counter() - t_start > max_time
         if world > 1:       # the global loss, and rank 0's clock decides for every rank
             agreed = np.array([lv, timed_out and rank == 0])
             dist.all_reduce(agreed)
@@ -265,37 +432,63 @@ def train_lm(opts: TrainOptions) -> dict:
                     f"{tps:,.0f} tok/s | elapsed {_fmt_time(el)} | ETA {_fmt_time(eta)}")
             _print(opts, ("\r" + line) if tty else line, end="" if tty else "\n")
         if rank == 0 and (step % opts.eval_interval == 0 or step == stop or timed_out):
-            val = evaluate(model, val_b, opts.eval_iters, opts.seed)
-            hist["val_loss"].append((step, val))
-            _print(opts, ("\n" if tty else "") + f"step {step:5d}: val loss {val:.4f} nats/token "
-                         f"(unigram entropy {H:.4f})")
+            val = validate()
+            _print(opts, ("\n" if tty else "") + f"step {step:5d}: val loss {val:.4f} nats/token = "
+                         f"{val * bpb:.4f} bits/byte (unigram entropy {H:.4f} nats/token)")
             save(val)
         if timed_out:
-            _print(opts, f"stopping at step {step}: --max-time {opts.max_time:g}s reached")
+            _print(opts, f"stopping at step {step}: --max-time {max_time:g}s reached")
             break
+    if step == first and not hist.get("diverged") and rank == 0:
+        validate()                       # nothing trained: report where the model stands
     hist["step"] = step
     hist["seconds"] = time.perf_counter() - t_start
     hist["tokens_per_s"] = tok_count / max(time.perf_counter() - t0, 1e-9)
     if hist["val_loss"]:
         val = hist["val_loss"][-1][1]
-        _print(opts, f"done: {step} steps in {_fmt_time(hist['seconds'])}; final train loss "
-                     f"{np.mean(hist['train_loss'][-10:]):.4f}, val loss {val:.4f} nats/token vs unigram "
-                     f"entropy {H:.4f} ({'below' if val < H else 'NOT below'} by {H - val:.3f})")
-    if out is not None:
-        _print(opts, f"checkpoint: {out}")
+        train = (f"final train loss {np.mean(hist['train_loss'][-10:]):.4f}, " if hist["train_loss"] else "")
+        _print(opts, f"done: {step - first} steps in {_fmt_time(hist['seconds'])} (now at step {step}); {train}"
+                     f"val loss {val:.4f} nats/token = {val * bpb:.4f} bits/byte; {_versus_entropy(val, H)}")
+    if hist["checkpoint"] is not None:
+        _print(opts, f"checkpoint: {out} (step {hist['checkpoint']})")
+    elif out is not None:
+        _print(opts, f"no checkpoint written" + (f"; {out} still holds step {first}" if resume else ""))
     if opts.sample_tokens and rank == 0:
         prompt = tok.decode(val_ids[:min(32, cfg.block_size // 2)].tolist())
-        s = sample(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40, seed=opts.seed)
-        hist["sample"] = s
-        _print(opts, "sample (temperature 0.8, top_k 40):\n" + "-" * 60 + f"\n{s}\n" + "-" * 60)
+        ids, outids = _generate(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40, seed=opts.seed)
+        given, new = tok.decode(ids.tolist()), tok.decode(outids[ids.size:].tolist())
+        hist["sample"] = tok.decode(outids.tolist())
+        _print(opts, f"sample (temperature 0.8, top_k 40): a prompt from the validation text, then {PROMPT_END}, "
+                     f"then the model's text\n" + "-" * 60 + f"\n{given}{PROMPT_END}{new}\n" + "-" * 60)
     return hist
 
 
-def sample(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None, seed=None) -> str:
+PROMPT_END = "[>>>]"   # marks where the sample's prompt ends and the model's text begins
+
+
+def _versus_entropy(val: float, H: float) -> str:
+    d = H - val
+    if d > 0:
+        return f"{d:.3f} below the unigram entropy {H:.4f}: the model uses context"
+    return (f"{-d:.3f} above the unigram entropy {H:.4f}" if d < 0 else f"equal to the unigram entropy {H:.4f}") + \
+        ": not yet better than a model that ignores context (train longer)"
+
+
+def _read_meta(out: Path) -> dict:
+    from .checkpoint import _read_index
+    return _read_index(out).get("meta") or {}
+
+
+def _generate(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None, seed=None):
+    """(the prompt's ids as the model saw them, those ids followed by the n generated ones)."""
     ids = np.asarray(tok.encode(prompt), dtype=np.int64)
     if ids.size == 0:
         ids = np.asarray(tok.encode("\n"), dtype=np.int64)
     ids = ids[-model.config.block_size:]
     outids = model.generate(ids[None, :], n, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    return tok.decode(outids[0].tolist())
+    return ids, outids[0]
 
+
+def sample(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None, seed=None) -> str:
+    """The prompt followed by ``n`` tokens the model generates after it, decoded."""
+    return tok.decode(_generate(model, tok, prompt, n, temperature, top_k, top_p, seed)[1].tolist())
