@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "python"))
+import fusegrad as fg
+from fusegrad import distributed as dist, nn, optim
+from fusegrad.data import DataLoader, TensorDataset
 
-import fusegrad as fg  # noqa: E402
-from fusegrad import distributed as dist, nn, optim  # noqa: E402
-from fusegrad.data import DataLoader, TensorDataset  # noqa: E402
+# the ranks import the fusegrad this process imported (the dev tree or an installed one)
+FG_PATH = str(Path(fg.__file__).resolve().parent.parent)
 
 
 def _mpiexec():
@@ -41,7 +40,7 @@ needs_mpi = pytest.mark.skipif(not (dist.is_available() and _mpiexec()),
 
 def _run(scenario, *args, n=2, timeout=60, env=None, wait=True):
     e = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive",
-             PYTHONPATH=os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")]))
+             PYTHONPATH=os.pathsep.join([FG_PATH, os.environ.get("PYTHONPATH", "")]))
     e.update(env or {})
     cmd = [_mpiexec(), "-n", str(n), sys.executable, str(Path(__file__).resolve()), scenario, *map(str, args)]
     if not wait:
@@ -181,6 +180,12 @@ def test_ddp_and_zero_world_of_one_match_plain_training(world_of_one):
     assert sd_zero["param_groups"][0]["params"] == sd_plain["param_groups"][0]["params"]
     for i, s in sd_plain["state"].items():
         np.testing.assert_array_equal(s["exp_avg_sq"], sd_zero["state"][i]["exp_avg_sq"])
+
+
+def test_docstring_examples():
+    import doctest
+    r = doctest.testmod(dist)
+    assert r.attempted >= 10 and r.failed == 0
 
 
 def test_distributed_sampler_shards_disjointly():
@@ -353,8 +358,10 @@ def _scenario_lm(out):
     dist.init_process_group(timeout=30)
     h1 = train_lm(_lm_opts(Path(out) / "half", stop_at=4))
     h2 = train_lm(_lm_opts(Path(out) / "full"))
+    h3 = train_lm(_lm_opts(Path(out) / "zero", stop_at=4, zero=True))       # ZeRO-1 gathers the state
     if dist.get_rank() == 0:
-        (Path(out) / "hist.json").write_text(json.dumps({"half": h1["train_loss"], "full": h2["train_loss"]}))
+        (Path(out) / "hist.json").write_text(json.dumps({"half": h1["train_loss"], "full": h2["train_loss"],
+                                                         "zero": h3["train_loss"]}))
 
 
 @needs_mpi
@@ -366,11 +373,31 @@ def test_two_rank_checkpoint_continues_in_one_process(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     h = json.loads((tmp_path / "hist.json").read_text())
     np.testing.assert_allclose(h["half"], h["full"][:4], rtol=1e-6)      # same streams, same run
-    resumed = train_lm(_lm_opts(tmp_path / "half", resume=True))          # this process: 1 rank
-    assert len(resumed["train_loss"]) == 4
-    np.testing.assert_allclose(resumed["train_loss"], h["full"][4:], rtol=1e-4)
+    np.testing.assert_array_equal(h["zero"], h["half"])                   # ZeRO-1 changes no bit
+    for name in ("half", "zero"):
+        resumed = train_lm(_lm_opts(tmp_path / name, resume=True))        # this process: 1 rank
+        assert len(resumed["train_loss"]) == 4
+        np.testing.assert_allclose(resumed["train_loss"], h["full"][4:], rtol=1e-4)
     one = train_lm(_lm_opts(tmp_path / "one"))                            # 1 process from scratch
     np.testing.assert_allclose(one["train_loss"], h["full"], rtol=1e-4)
+
+
+@needs_mpi
+def test_train_command_under_mpiexec(tmp_path):
+    """``mpiexec -n 2 python -m fusegrad train``: rank 0 alone prints and saves; global tok/s."""
+    data = tmp_path / "t.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog; " * 60)
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([FG_PATH, os.environ.get("PYTHONPATH", "")]))
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "fusegrad", "train", "--data", str(data), "--n-layer", "1",
+           "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "4", "--max-iters", "3",
+           "--eval-iters", "1", "--sample-tokens", "5", "--threads", "1", "--zero", "--out", str(tmp_path / "o")]
+    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("step     3/3 | loss") == 1 and p.stdout.count("sample (temperature") == 1, p.stdout
+    assert (tmp_path / "o" / "checkpoint.json").exists()
+    bad = subprocess.run(cmd[:-2] + ["--batch-size", "3", "--out", str(tmp_path / "b")], env=e,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "must be a multiple of the number of ranks (2)" in bad.stderr
 
 
 def _scenario_fault(out, mode):

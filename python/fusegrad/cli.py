@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--weight-decay", "on weight matrices", type=float)
     opt(g, "--grad-clip", "gradient norm clip; 0: off", type=float)
     opt(g, "--seed", "initialization and batch order", type=int)
+    g.add_argument("--zero", action="store_true",
+                   help="under mpiexec: shard the AdamW state across the ranks (ZeRO-1) (default: off)")
     g.add_argument("--threads", type=int, default=None,
                    help="kernel threads per process (default: all cores, shared among the ranks under mpiexec)")
     g = sp.add_argument_group("evaluation and output")

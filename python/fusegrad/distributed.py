@@ -270,6 +270,14 @@ class Work:
         return True
 
 
+def _result(work, async_op):
+    """torch's habit: the Work when ``async_op``, else wait and return None."""
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
 def _wait_all(reqs, name, timeout=None):
     """Wait for MPI requests, polling with short sleeps (a blocking MPI wait spins a core that
     a rank sharing the machine needs), and raise DistributedError after ``timeout`` seconds."""
@@ -317,7 +325,7 @@ def all_reduce(tensor, op=ReduceOp.SUM, async_op: bool = False):
         MPI = _import_mpi()
         finish = (lambda: np.divide(a, _W.size, out=a)) if op == ReduceOp.AVG else None
         w = Work(_W.comm.Iallreduce(MPI.IN_PLACE, a, _mpi_op(op)), "all_reduce", finish)
-    return w if async_op else w.wait()
+    return _result(w, async_op)
 
 
 def _nccl_all_reduce(a, op, async_op):
@@ -328,7 +336,7 @@ def _nccl_all_reduce(a, op, async_op):
     if op == ReduceOp.AVG:
         a /= _W.size
     w = Work(None, "all_reduce")      # ordered on the stream: later GPU work sees the result
-    return w if async_op else w.wait()
+    return _result(w, async_op)
 
 
 def broadcast(tensor, src: int = 0, async_op: bool = False):
@@ -345,7 +353,7 @@ def broadcast(tensor, src: int = 0, async_op: bool = False):
         w = Work(None, "broadcast")
     else:
         w = Work(_W.comm.Ibcast(a, root=int(src)), "broadcast")
-    return w if async_op else w.wait()
+    return _result(w, async_op)
 
 
 def all_gather(tensor_list, tensor, async_op: bool = False):
@@ -378,7 +386,7 @@ def all_gather(tensor_list, tensor, async_op: bool = False):
             for i, o in enumerate(outs):
                 o[...] = flat[i]
         w = Work(_W.comm.Iallgather(a, flat), "all_gather", scatter)
-    return w if async_op else w.wait()
+    return _result(w, async_op)
 
 
 def barrier():

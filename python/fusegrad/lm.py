@@ -69,6 +69,7 @@ class TrainOptions:
     resume: bool = False             # continue the checkpoint in `out` (its data, tokenizer and model)
     overwrite: bool = False          # start over in `out` even if it holds a checkpoint
     seed: int = 1337
+    zero: bool = False               # under mpiexec: ZeRO-1, each rank keeps AdamW state for its share
     sample_tokens: int = 200
     log: object = field(default="stdout", repr=False)  # a file, "stdout" (current sys.stdout) or None
     # names of the options the user set (the CLI passes the flags typed); None: those that differ
@@ -349,8 +350,11 @@ def train_lm(opts: TrainOptions) -> dict:
     net = dist.DistributedDataParallel(model) if world > 1 else model
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                       {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if opts.zero and world > 1:
+        opt = dist.ZeroRedundancyOptimizer(groups, optim.AdamW, lr=opts.lr, betas=(0.9, 0.95))
+    else:
+        opt = optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95))
     sched = optim.CosineWarmupLR(opt, max(0, min(opts.warmup, opts.max_iters - 1)), max(opts.max_iters, 1),
                                  min_lr=opts.min_lr)
     step = 0
@@ -370,13 +374,15 @@ def train_lm(opts: TrainOptions) -> dict:
     _print(opts, f"unigram entropy of the training tokens: {H:.3f} nats/token ({H / math.log(2):.3f} bits) "
                  f"- a model that learns context gets below this")
 
-    def save(val=None):
+    def save(val=None):          # every rank calls it: gathering ZeRO-1's state is collective
+        zero = out is not None and isinstance(opt, dist.ZeroRedundancyOptimizer)
+        state = opt.state_dict() if zero else None
         if out is None or rank != 0:
             return
         if hist["checkpoint"] is None and not resume:     # the tokenizer goes with the first checkpoint
             out.mkdir(parents=True, exist_ok=True)
             tok.save(out / "tokenizer.json")
-        model.save(out, optimizer=opt, step=step,
+        model.save(out, optimizer=_Saved(state) if zero else opt, step=step,
                    meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H,
                          "data": data_rec, "tokenizer": tok_rec,
                          "options": {k: getattr(opts, k) for k in _RUN_OPTIONS}})
@@ -431,10 +437,11 @@ def train_lm(opts: TrainOptions) -> dict:
             line = (f"step {step:5d}/{stop} | loss {lv:.4f} | lr {opt.param_groups[0]['lr']:.2e} | "
                     f"{tps:,.0f} tok/s | elapsed {_fmt_time(el)} | ETA {_fmt_time(eta)}")
             _print(opts, ("\r" + line) if tty else line, end="" if tty else "\n")
-        if rank == 0 and (step % opts.eval_interval == 0 or step == stop or timed_out):
-            val = validate()
-            _print(opts, ("\n" if tty else "") + f"step {step:5d}: val loss {val:.4f} nats/token = "
-                         f"{val * bpb:.4f} bits/byte (unigram entropy {H:.4f} nats/token)")
+        if step % opts.eval_interval == 0 or step == stop or timed_out:
+            if rank == 0:
+                val = validate()
+                _print(opts, ("\n" if tty else "") + f"step {step:5d}: val loss {val:.4f} nats/token = "
+                             f"{val * bpb:.4f} bits/byte (unigram entropy {H:.4f} nats/token)")
             save(val)
         if timed_out:
             _print(opts, f"stopping at step {step}: --max-time {max_time:g}s reached")
@@ -461,6 +468,16 @@ def train_lm(opts: TrainOptions) -> dict:
         _print(opts, f"sample (temperature 0.8, top_k 40): a prompt from the validation text, then {PROMPT_END}, "
                      f"then the model's text\n" + "-" * 60 + f"\n{given}{PROMPT_END}{new}\n" + "-" * 60)
     return hist
+
+
+class _Saved:
+    """An optimizer state already gathered, handed to ``model.save`` like an optimizer."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
 
 
 PROMPT_END = "[>>>]"   # marks where the sample's prompt ends and the model's text begins
