@@ -106,6 +106,7 @@ class Spec:
     errname: tuple = ()                         # accepted names in error messages (default: name)
     kinds: tuple | None = None                  # perturbation kinds to draw from (default: all)
     grads: tuple = ()                           # functional specs: results 1.. are d/d these args
+    dtypes: tuple = FLOATS                      # the float dtypes the function takes
 
     def fn(self):
         if self.call is not None:
@@ -442,6 +443,18 @@ def _xent(name):
                 scalars={"ignore_index": [2**63, 5], **({"dloss": [math.nan, "x", None]} if "backward" in name else {})})
 
 
+def _into_out(c, out, accumulate):
+    """A product's result as the matmul kernels return it: c, or written (added) into out."""
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate needs out")
+        return c
+    if out.shape != c.shape:
+        raise ValueError("out shape")
+    out[...] = out + c if accumulate else c
+    return out
+
+
 def _matmul():
     def make(draw, dtype):
         rng = draw_rng(draw)
@@ -466,14 +479,7 @@ def _matmul():
         if a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2]:
             raise ValueError("batch dims differ")
         c = R.matmul(a, b, trans_a, trans_b)
-        if out is None:
-            if accumulate:
-                raise ValueError("accumulate needs out")
-            return c
-        if out.shape != c.shape:
-            raise ValueError("out shape")
-        out[...] = out + c if accumulate else c
-        return out
+        return _into_out(c, out, accumulate)
     return Spec("matmul", make, ref, inout=("out",), returns_like="a", tol=(3e-5, 1e-10), huge=False)
 
 
@@ -484,6 +490,38 @@ def _linear_dims(draw):
     lead = draw_shape(draw, max_dims=2, max_elems=256, big=False)
     IN, OUT = draw(s.sampled_from([0, 1, 3, 8, 17])), draw(s.sampled_from([0, 1, 4, 9, 33]))
     return rng, s, lead, IN, OUT
+
+
+def bf16_round(x):
+    """x rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float64."""
+    f = np.asarray(x, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    r = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32)
+    out = r.view(np.float32).astype(np.float64)
+    return np.where(np.isnan(f), np.nan, out)
+
+
+def _matmul_bf16():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        s = st()
+        M, K, N = (draw(s.sampled_from([0, 1, 2, 3, 5, 8, 17, 33, 70])) for _ in range(3))
+        ta, tb = draw(s.booleans()), draw(s.booleans())
+        kw = {"a": randn(rng, (K, M) if ta else (M, K), dtype), "b": randn(rng, (N, K) if tb else (K, N), dtype),
+              "trans_a": ta, "trans_b": tb}
+        if draw(s.booleans()):
+            kw["out"] = randn(rng, (M, N), dtype)
+            kw["accumulate"] = draw(s.booleans())
+        return kw
+
+    def ref(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError("matmul_bf16 needs 2-D")
+        c = R.matmul(bf16_round(a), bf16_round(b), trans_a, trans_b)  # operands rounded, products exact
+        return _into_out(c, out, accumulate)
+    # float32 only (bf16 operands, float32 sums); no subnormals: VCVTNE2PS2BF16 reads them as zero
+    return Spec("matmul_bf16", make, ref, inout=("out",), returns_like="a", tol=(3e-5, 3e-5), huge=False,
+                tiny=False, dtypes=(np.float32,))
 
 
 def _linear_forward():
@@ -988,6 +1026,7 @@ FUNCTIONAL_SPECS: list[Spec] = [
 
 SPECS: list[Spec] = [
     _matmul(),
+    _matmul_bf16(),
     _linear_forward(),
     _linear_backward(),
     _unary("relu_forward"),
@@ -1338,7 +1377,7 @@ def fuzz_op(spec, examples, seed=None):
               suppress_health_check=list(HealthCheck), print_blob=False)
     @given(s.data())
     def prop(data):
-        dtype = data.draw(s.sampled_from(FLOATS), label="dtype")
+        dtype = data.draw(s.sampled_from(spec.dtypes), label="dtype")
         kw = spec.make(data.draw, dtype)
         pert = perturb(data.draw, spec, kw, dtype)
         isa = data.draw(s.sampled_from(isas), label="isa")

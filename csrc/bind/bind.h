@@ -6,6 +6,7 @@ namespace fg::bind {
 namespace py = pybind11;
 void bind_config(py::module_& m);
 void bind_matmul(py::module_& m);
+void bind_matmul_bf16(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_layernorm(py::module_& m);
 void bind_softmax_xent(py::module_& m);

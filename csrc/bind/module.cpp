@@ -6,6 +6,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "fusegrad C++ kernels (use fusegrad.ops for the public kernel API)";
   fg::bind::bind_config(m);
   fg::bind::bind_matmul(m);
+  fg::bind::bind_matmul_bf16(m);
   fg::bind::bind_activations(m);
   fg::bind::bind_layernorm(m);
   fg::bind::bind_softmax_xent(m);

@@ -19,6 +19,7 @@ from ._config import _install_host_cache, warn_isa_env as _warn_isa_env
 
 from .tensor import Tensor, tensor, no_grad, is_grad_enabled, zeros, ones, randn, cat, stack, split
 from . import nn, optim, data
+from .amp import autocast, is_autocast_enabled
 from .models import GPT, GPTConfig
 
 __version__ = "0.1.0"
@@ -34,5 +35,5 @@ if not _C.have_openmp():
         stacklevel=2,
     )
 
-__all__ = ["ops", "Tensor", "tensor", "no_grad", "is_grad_enabled", "zeros", "ones", "randn",
+__all__ = ["autocast", "is_autocast_enabled", "ops", "Tensor", "tensor", "no_grad", "is_grad_enabled", "zeros", "ones", "randn",
            "cat", "stack", "split", "nn", "optim", "data", "GPT", "GPTConfig", "get_num_threads", "set_num_threads", "show_config", "empty_cache", "memory_stats", "__version__"]

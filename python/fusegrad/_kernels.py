@@ -132,6 +132,20 @@ def _matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     return np.matmul(a, b)
 
 
+def _bf16(x):
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    r = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(x), np.float32(np.nan), r)
+
+
+def _matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    c = _matmul(_bf16(a), _bf16(b), trans_a, trans_b)
+    if out is None:
+        return c
+    out[...] = out + c if accumulate else c
+    return out
+
+
 def _linear_forward(x, w, b, residual=None):
     y = x @ w.T
     if b is not None:
@@ -277,7 +291,7 @@ _NAMES = [
     "cross_entropy_backward", "layernorm_forward", "layernorm_backward", "matmul",
     "linear_forward", "linear_backward", "mse_forward", "mse_backward", "embedding_forward",
     "embedding_backward", "attention_forward", "attention_backward", "attention_qkv_forward",
-    "attention_qkv_backward", "sgd_step", "adamw_step", "sum_squares",
+    "attention_qkv_backward", "sgd_step", "adamw_step", "sum_squares", "matmul_bf16",
 ]
 
 #: which names run on the C++ kernels (the rest on the NumPy fallbacks above)

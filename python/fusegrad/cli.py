@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--block-size", "context length in tokens", type=int)
     opt(g, "--pos", "position encoding", choices=["learned", "rope"])
     opt(g, "--dropout", type=float)
+    opt(g, "--dtype", "bf16: matrix products with bfloat16 operands and float32 sums (fusegrad.autocast); "
+                      "weights, optimizer and checkpoints stay float32", choices=["float32", "bf16"])
     g = sp.add_argument_group("optimization")
     opt(g, "--batch-size", type=int)
     opt(g, "--max-iters", "optimizer steps; the learning-rate schedule spans them", type=int)

@@ -33,6 +33,7 @@ import numpy as np
 
 from . import distributed as dist
 from . import optim
+from .amp import autocast
 from ._checks import is_int
 from .models.gpt import GPT, GPTConfig
 from .nn.utils import clip_grad_norm_
@@ -54,6 +55,7 @@ class TrainOptions:
     block_size: int = 128
     pos: str = "learned"
     dropout: float = 0.0
+    dtype: str = "float32"       # "bf16": matrix products under fusegrad.autocast (fp32 master weights)
     batch_size: int = 16
     max_iters: int = 400
     stop_at: int | None = None       # stop after this step (the schedule still spans max_iters)
@@ -83,6 +85,8 @@ class TrainOptions:
         return getattr(self, name) != _DEFAULTS[name]
 
     def __post_init__(self):
+        if self.dtype not in ("float32", "bf16"):
+            raise ValueError(f"--dtype must be float32 or bf16, got {self.dtype!r}")
         # (name, lowest allowed value, may be None); NaN fails every comparison, so it is refused
         limits = [("max_bytes", 1, False), ("n_layer", 1, False), ("n_head", 1, False),
                   ("n_embd", 1, False), ("n_kv_head", 1, True), ("block_size", 1, False), ("batch_size", 1, False),
@@ -410,7 +414,8 @@ def train_lm(opts: TrainOptions) -> dict:
         if world > 1:       # this rank's rows of the step's batch: no two ranks see the same window
             b = opts.batch_size // world
             x, y = x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b]
-        _, loss = net(x, y)
+        with autocast("bfloat16", enabled=opts.dtype == "bf16"):
+            _, loss = net(x, y)
         opt.zero_grad()
         loss.backward()
         if opts.grad_clip:

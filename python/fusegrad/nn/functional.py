@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels as K
+from .. import amp as _amp
 from ..tensor import Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
 
 __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm",
@@ -35,13 +36,27 @@ class _Linear(Function):
             if residual.shape != shape:
                 raise ValueError(f"linear: residual must have the output's shape {shape}, got {residual.shape}")
             residual = _kc(residual).reshape(N, w.shape[0])
-        y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None, residual)
+        self.bf16 = _amp.is_autocast_enabled() and self.x.dtype == np.float32
+        if self.bf16:  # autocast: bf16 operands, float32 sums; bias and residual added in float32
+            y = K.matmul_bf16(x2, self.w, trans_b=True)
+            if b is not None:
+                y += _kc(b)
+            if residual is not None:
+                y = residual + y
+        else:
+            y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None, residual)
         return y.reshape(shape)
 
     def backward(self, g):
         N = math.prod(self.x.shape[:-1])
         x2 = self.x.reshape(N, self.x.shape[-1])
-        dx, dw, db = K.linear_backward(_kc(g).reshape(N, g.shape[-1]), x2, self.w)
+        g2 = _kc(g).reshape(N, g.shape[-1])
+        if self.bf16:  # the products of the backward pass in the forward pass's precision, as torch
+            dx = K.matmul_bf16(g2, self.w)
+            dw = K.matmul_bf16(g2, x2, trans_a=True)
+            db = g2.sum(0) if self.has_b else None
+        else:
+            dx, dw, db = K.linear_backward(g2, x2, self.w)
         return dx.reshape(self.x.shape), dw, (db if self.has_b else None), (g if self.has_r else None)
 
 

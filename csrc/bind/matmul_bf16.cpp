@@ -1,0 +1,60 @@
+// matmul_bf16: a 2-D product with bfloat16 operands and float32 accumulation (csrc/ops/matmul_bf16.h).
+#include "bind/bind.h"
+#include "bind/check.h"
+#include "ops/matmul_bf16.h"
+
+namespace fg::bind {
+
+namespace {
+
+py::object matmul_bf16_py(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b,
+                          const py::object& out_obj, bool accumulate) {
+  const char* fn = "matmul_bf16";
+  py::array a = as_array(a_obj, fn, "a"), b = as_array(b_obj, fn, "b");
+  check_dtype(a, DType::f32, fn, "a");
+  check_dtype(b, DType::f32, fn, "b");
+  check_ndim(a, 2, fn, "a");
+  check_ndim(b, 2, fn, "b");
+  check_contiguous(a, fn, "a");
+  check_contiguous(b, fn, "b");
+  const int64_t M = trans_a ? a.shape(1) : a.shape(0), Ka = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (Ka != Kb)
+    value_error(cat(fn, ": inner dimensions differ: a", trans_a ? "^T" : "", " is (", M, ", ", Ka, ") but b",
+                    trans_b ? "^T" : "", " is (", Kb, ", ", N, ")"));
+  py::array out;
+  if (out_obj.is_none()) {
+    if (accumulate) value_error(cat(fn, ": accumulate=True needs out (the array to add into)"));
+    out = py::array_t<float>(std::vector<py::ssize_t>{M, N});
+  } else {
+    out = as_array(out_obj, fn, "out");
+    check_dtype(out, DType::f32, fn, "out");
+    check_shape(out, {M, N}, fn, "out");
+    check_contiguous(out, fn, "out");
+    check_writeable(out, fn, "out");
+    check_no_alias(out, a, fn, "out", "a");
+    check_no_alias(out, b, fn, "out", "b");
+  }
+  float* pc = ptr<float>(out);
+  const float *pa = cptr<float>(a), *pb = cptr<float>(b);
+  {
+    py::gil_scoped_release nogil;
+    if (Ka == 0 && !accumulate) std::fill(pc, pc + M * N, 0.f);
+    else matmul_bf16(pc, pa, pb, M, N, Ka, trans_a, trans_b, accumulate);
+  }
+  return out_obj.is_none() ? py::object(out) : out_obj;
+}
+
+}  // namespace
+
+void bind_matmul_bf16(py::module_& m) {
+  m.def("matmul_bf16", &matmul_bf16_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("out") = py::none(), py::arg("accumulate") = false,
+        "op(a) @ op(b) for 2-D float32 arrays with every operand element rounded to bfloat16 and the "
+        "products summed in float32 (mixed precision). With out, writes there (or adds, if accumulate).");
+  m.def("cpu_has_avx512_bf16", &cpu_has_avx512_bf16, "The CPU (and OS) run AVX512_BF16, and this build has its kernel.");
+  m.def("bf16_path", [] { return std::string(bf16_path()); },
+        "The path matmul_bf16 takes now: 'avx512_bf16' (AVX512_BF16 dot products) or 'emulated'.");
+}
+
+}  // namespace fg::bind

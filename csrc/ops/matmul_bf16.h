@@ -1,0 +1,49 @@
+// Matrix products with bfloat16 operands and float32 accumulation (mixed precision), fp32 in and out.
+//   a: (M, K) row-major, or (K, M) when trans_a;  b: (K, N) row-major, or (N, K) when trans_b
+//   c: (M, N) row-major; overwritten (=) unless `accumulate` (then +=).
+// Each operand element is rounded to bfloat16 (round to nearest even; NaN stays NaN) and the
+// products are summed in float32: a product of two bfloat16 values is exact in float32, so every
+// path computes the same function up to the order of the float32 sums:
+//   avx512_bf16  CPUs with AVX512_BF16 (Zen 4, Intel Cooper Lake and later) on the avx512 path:
+//                operands converted once into K-contiguous bf16 rows (transposed where the layout
+//                needs it), then a 4x4 micro-kernel of VDPBF16PS over 32 k at a time, each of the
+//                16 accumulators holding 16 partial sums reduced at the end of K.
+//   emulated     everywhere else: operands rounded to bf16 values (kept as float32) and the float32
+//                GEMM (fg::matmul) run on them.
+#pragma once
+#include <cstdint>
+
+namespace fg {
+
+void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
+                 bool trans_b, bool accumulate);
+
+// The path matmul_bf16 takes now: "avx512_bf16" or "emulated".
+const char* bf16_path();
+bool cpu_has_avx512_bf16();
+
+// float32 -> bfloat16 bits, round to nearest even; NaN -> a quiet NaN of the same sign. static:
+// each translation unit (compiled with its own ISA flags) keeps its own copy.
+static inline uint16_t bf16_round(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+static inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+
+namespace avx512_bf16 {
+// c (=|+=) A B^T for bf16 rows: A (M, Kp), B (N, Kp), both row stride Kp (a multiple of 32, zero
+// padded past K). Threads split the work.
+void gemm_rows(float* c, const uint16_t* A, const uint16_t* B, int64_t M, int64_t N, int64_t Kp, bool accumulate);
+// dst (R, Kp) bf16 rows from a float32 matrix: element (r, k) at src[r * rs + k * ks]; zero past K.
+void convert_rows(uint16_t* dst, const float* src, int64_t R, int64_t K, int64_t Kp, int64_t rs, int64_t ks);
+}  // namespace avx512_bf16
+
+}  // namespace fg

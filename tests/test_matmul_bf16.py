@@ -1,0 +1,94 @@
+"""matmul_bf16: bfloat16 operands, float32 accumulation, on every path this CPU runs.
+
+Judged by the error-budget rule for low precision: against a float64 reference of the exact
+inputs, the error is at most 2x that of the same computation done plainly in that precision (the
+float64 product of the bf16-rounded inputs). The avx512 ISA path takes the AVX512_BF16 kernel where
+the CPU has it; the other paths take the emulated one (bf16-rounded operands on the float32 GEMM)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusegrad import _C, ops
+from fuzz_specs import bf16_round
+
+SHAPES = [(1, 1, 1), (3, 5, 7), (4, 4, 32), (37, 65, 129), (64, 1000, 33), (130, 70, 4099), (5, 3, 0)]
+
+
+def _operands(rng, M, K, N, ta, tb):
+    a = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+    return a, b
+
+
+def _prod(a, b, ta, tb):
+    return (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("ta, tb", [(False, False), (False, True), (True, False), (True, True)])
+def test_error_budget(isa, rng, M, K, N, ta, tb):
+    a, b = _operands(rng, M, K, N, ta, tb)
+    got = ops.matmul_bf16(a, b, trans_a=ta, trans_b=tb)
+    assert got.dtype == np.float32 and got.shape == (M, N)
+    exact = _prod(a, b, ta, tb)
+    plain = _prod(bf16_round(a), bf16_round(b), ta, tb)  # the computation done plainly in bf16
+    err, budget = np.abs(got - exact).max(initial=0), np.abs(plain - exact).max(initial=0)
+    assert err <= 2 * budget, f"error {err:.3g} > 2 x {budget:.3g} ({_C.bf16_path()})"
+    # and it is that computation up to float32 sums: 2 K eps32 of the terms' magnitude
+    terms = np.abs(bf16_round(a)).T if ta else np.abs(bf16_round(a))
+    mag = terms @ (np.abs(bf16_round(b)).T if tb else np.abs(bf16_round(b)))
+    assert np.all(np.abs(got - plain) <= 2 * max(K, 1) * np.finfo(np.float32).eps * mag + 1e-30)
+
+
+def test_paths(isa):
+    want = "avx512_bf16" if isa == "avx512" and _C.cpu_has_avx512_bf16() else "emulated"
+    assert _C.bf16_path() == want
+
+
+def test_rounding_to_nearest_even_and_specials(isa):
+    # a 1 x K times K x 1 identity-like product returns bf16(x) exactly
+    one = np.float32(1)
+    x = np.array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8), 2 ** -7 + 2 ** -16, 3.0e38, 65504.0], np.float32)
+    want = bf16_round(x)
+    assert want[0] == 1.0 and want[1] == 1 + 2 ** -6  # ties go to the even mantissa
+    got = np.array([ops.matmul_bf16(np.array([[v]], np.float32), np.array([[one]]))[0, 0] for v in x])
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    sp = ops.matmul_bf16(np.array([[np.inf, 1.0], [np.nan, 1.0]], np.float32), np.ones((2, 1), np.float32))
+    assert sp[0, 0] == np.inf and np.isnan(sp[1, 0])
+
+
+def test_out_and_accumulate(isa, rng):
+    a, b = _operands(rng, 9, 40, 11, False, False)
+    c0 = rng.standard_normal((9, 11)).astype(np.float32)
+    out = c0.copy()
+    r = ops.matmul_bf16(a, b, out=out, accumulate=True)
+    assert r is out
+    np.testing.assert_allclose(out, c0 + ops.matmul_bf16(a, b), rtol=1e-6, atol=1e-5)
+    ops.matmul_bf16(a, b, out=out)
+    np.testing.assert_array_equal(out, ops.matmul_bf16(a, b))
+    np.testing.assert_array_equal(ops.matmul_bf16(a[:, :0], b[:0]), np.zeros((9, 11), np.float32))
+
+
+def test_same_bits_for_any_thread_count(isa, rng, threads):
+    a, b = _operands(rng, 67, 300, 45, False, True)
+    res = []
+    for n in (1, 2, 3):
+        threads(n)
+        res.append(ops.matmul_bf16(a, b, trans_b=True))
+    for r in res[1:]:
+        np.testing.assert_array_equal(r, res[0])
+
+
+def test_bad_arguments(rng):
+    a = np.ones((3, 4), np.float32)
+    with pytest.raises(TypeError, match="matmul_bf16: b"):
+        ops.matmul_bf16(a, np.ones((4, 2)))
+    with pytest.raises(ValueError, match="matmul_bf16: inner dimensions differ"):
+        ops.matmul_bf16(a, np.ones((5, 2), np.float32))
+    with pytest.raises(ValueError, match="matmul_bf16: a"):
+        ops.matmul_bf16(np.ones((2, 3, 4), np.float32), a.T.copy())
+    with pytest.raises(ValueError, match="accumulate=True needs out"):
+        ops.matmul_bf16(a, a.T.copy(), accumulate=True)
+    with pytest.raises(ValueError, match="out"):
+        ops.matmul_bf16(a, a.T.copy(), out=np.ones((2, 2), np.float32))
