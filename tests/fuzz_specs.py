@@ -545,6 +545,27 @@ def _linear_forward():
     return Spec("linear_forward", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False)
 
 
+def _gemv():
+    """The skinny product: float32 only (float64 draws must be refused), w float32 or bf16 bits."""
+    def make(draw, dtype):
+        rng, s, lead, IN, OUT = _linear_dims(draw)
+        kw = {"x": randn(rng, lead + (IN,), dtype), "w": randn(rng, (OUT, IN), np.float32)}
+        if draw(s.booleans()):
+            kw["w"] = (kw["w"].view(np.uint32) >> 16).astype(np.uint16)   # bf16 bits (truncated)
+        kw["b"] = randn(rng, (OUT,), np.float32) if draw(s.booleans()) else None
+        if draw(s.booleans()):
+            kw["residual"] = randn(rng, lead + (OUT,), np.float32)
+        if dtype != np.float32:
+            kw["__expect__"] = "error"
+        return kw
+
+    def ref(x, w, b=None, residual=None):
+        if w.dtype == np.uint16:
+            w = (w.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return _linear_forward().ref(x, w, b, residual)
+    return Spec("gemv", make, ref, returns_like="x", tol=(3e-5, 1e-10), huge=False)
+
+
 def _linear_backward():
     def make(draw, dtype):
         rng, s, lead, IN, OUT = _linear_dims(draw)
@@ -1028,6 +1049,7 @@ SPECS: list[Spec] = [
     _matmul(),
     _matmul_bf16(),
     _linear_forward(),
+    _gemv(),
     _linear_backward(),
     _unary("relu_forward"),
     _unary_bwd("relu_backward"),

@@ -299,6 +299,9 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
     x = rng.standard_normal((n, n_in)).astype(np.float32)
     w = rng.standard_normal((n_out, n_in)).astype(np.float32)
     b = rng.standard_normal(n_out).astype(np.float32)
+    if n <= 16:  # few rows take the skinny product (tests/test_gemv.py), bias added after the sum
+        np.testing.assert_array_equal(ops.linear_forward(x, w, b), ops.gemv(x, w, b))
+        return
     want = np.broadcast_to(b, (n, n_out)).copy()
     ops.matmul(x, w, trans_b=True, out=want, accumulate=True)
     np.testing.assert_array_equal(ops.linear_forward(x, w, b), want)

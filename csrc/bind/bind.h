@@ -16,4 +16,5 @@ void bind_optim(py::module_& m);
 void bind_attention(py::module_& m);
 void bind_tokenizer(py::module_& m);
 void bind_alloc(py::module_& m);
+void bind_gemv(py::module_& m);
 }  // namespace fg::bind

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
   fg::bind::bind_attention(m);
   fg::bind::bind_tokenizer(m);
   fg::bind::bind_alloc(m);
+  fg::bind::bind_gemv(m);
 }

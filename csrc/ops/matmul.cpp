@@ -7,6 +7,7 @@
 
 #include "core/cpu.h"
 #include "core/parallel.h"
+#include "ops/gemv.h"
 #include "ops/matmul_impl.h"
 
 namespace fg {
@@ -81,6 +82,10 @@ void matmul_naive(T* c, const T* a, const T* b, int64_t batch, int64_t M, int64_
 template <typename T>
 void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int64_t IN, int64_t OUT,
                     const T* residual) {
+  // float32 with few rows (decode steps): stream w once, unpacked (gemv.h)
+  if constexpr (std::is_same_v<T, float>) {
+    if (N <= kGemvMaxRows) return gemv(y, x, w, bias, N, IN, OUT, residual);
+  }
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   // float32 AVX2: the bias is added where the kernel first stores each C tile and the residual
   // where it stores it last (no extra passes over y)
