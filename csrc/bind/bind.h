@@ -17,4 +17,5 @@ void bind_attention(py::module_& m);
 void bind_tokenizer(py::module_& m);
 void bind_alloc(py::module_& m);
 void bind_gemv(py::module_& m);
+void bind_decode(py::module_& m);
 }  // namespace fg::bind

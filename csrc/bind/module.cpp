@@ -17,4 +17,5 @@ PYBIND11_MODULE(_C, m) {
   fg::bind::bind_tokenizer(m);
   fg::bind::bind_alloc(m);
   fg::bind::bind_gemv(m);
+  fg::bind::bind_decode(m);
 }

@@ -103,6 +103,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"fusegrad generate: error: {e}", file=sys.stderr)
         return 2
     print(text)
+    st = getattr(model, "generate_stats", None)
+    if st:  # on stderr: stdout stays the sample
+        rate = lambda n, s: f"{n / s:,.1f} tok/s" if s > 0 and n else "-"  # noqa: E731
+        print(f"prompt: {st['prompt_tokens']} tokens, {rate(st['prompt_tokens'], st['prompt_s'])}; "
+              f"new: {st['new_tokens'] + 1} tokens, {rate(st['new_tokens'], st['decode_s'])} (after the first)",
+              file=sys.stderr)
     return 0
 
 

@@ -22,14 +22,17 @@ the kernels, none of it in Python.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import _C
 from .. import _kernels as K
 from .._checks import is_int
 from ..nn import functional as F
@@ -136,10 +139,15 @@ class _CausalSelfAttention(Function):
     side, so there are no head split/merge copies (rotary embedding, when used, rotates q and k
     in one pass before)."""
 
-    def forward(self, qkv, H, Hkv, rope=None):
+    def forward(self, qkv, H, Hkv, rope=None, kv=None):
         D = qkv.shape[2] // (H + 2 * Hkv)
         if rope is not None:
             qkv = _rope_qkv(qkv, H, Hkv, D, rope)
+        if kv is not None:                  # prefill: keys/values to cache slots 0..T-1
+            B, T, _ = qkv.shape
+            x = qkv.reshape(B, T, H + 2 * Hkv, D)
+            kv[0][:B, :, :T] = x[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
+            kv[1][:B, :, :T] = x[:, :, H + Hkv:].transpose(0, 2, 1, 3)
         self.qkv, self.H, self.Hkv, self.D, self.rope = qkv, H, Hkv, D, rope
         self.o, self.lse = K.attention_qkv_forward(qkv, H, Hkv, True, None)
         return self.o
@@ -158,10 +166,11 @@ class CausalSelfAttention(Module):
         self.c_attn = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim, bias=cfg.bias, dtype=dtype)
         self.c_proj = Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias, dtype=dtype)
 
-    def forward(self, x, rope=None, residual=None):
+    def forward(self, x, rope=None, residual=None, kv=None):
         """The attention output projected by c_proj; plus ``residual`` when given (added by the
-        projection's kernel)."""
-        y = _CausalSelfAttention.apply(self.c_attn(x), H=self.n_head, Hkv=self.n_kv_head, rope=rope)
+        projection's kernel). ``kv`` = [k, v] caches (B, Hkv, S, D): this call's keys and
+        values are also written to their first T slots (the prompt's prefill)."""
+        y = _CausalSelfAttention.apply(self.c_attn(x), H=self.n_head, Hkv=self.n_kv_head, rope=rope, kv=kv)
         return _project(self.c_proj, y, residual)
 
     def step(self, x, cache, pos, rope=None):
@@ -204,11 +213,11 @@ class Block(Module):
         self.ln_2 = LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias, dtype=dtype)
         self.mlp = MLP(cfg, dtype)
 
-    def forward(self, x, rope=None):
+    def forward(self, x, rope=None, kv=None):
         if self.p > 0 and self.training:
-            x = x + F.dropout(self.attn(self.ln_1(x), rope), self.p, self.training)
+            x = x + F.dropout(self.attn(self.ln_1(x), rope, kv=kv), self.p, self.training)
             return x + F.dropout(self.mlp(self.ln_2(x)), self.p, self.training)
-        x = self.attn(self.ln_1(x), rope, residual=x)
+        x = self.attn(self.ln_1(x), rope, residual=x, kv=kv)
         return self.mlp(self.ln_2(x), residual=x)
 
     def step(self, x, cache, pos, rope=None):
@@ -223,6 +232,26 @@ def _count(v, name, lo):
     if v < lo:
         raise ValueError(f"GPT.generate: {name} must be >= {lo}, got {v}")
     return int(v)
+
+
+def _prompt_lengths(mask, shape):
+    """Tokens per row from a left-padding ``attention_mask`` (B, T) of 0/1 (None: all T)."""
+    B, T = shape
+    if mask is None:
+        return np.full(B, T, dtype=np.int64)
+    m = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+    if m.shape != (B, T):
+        raise ValueError(f"GPT.generate: attention_mask must have idx's shape {(B, T)}, got {m.shape}")
+    if m.dtype.kind not in "biuf" or not np.isin(m, (0, 1)).all():
+        raise ValueError("GPT.generate: attention_mask must hold 0 (padding) and 1 (tokens) only")
+    m = m.astype(bool)
+    n = m.sum(1)
+    if (n == 0).any():
+        raise ValueError(f"GPT.generate: attention_mask row {int(np.argmin(n))} has no tokens")
+    if not all(m[b, T - n[b]:].all() for b in range(B)):
+        raise ValueError("GPT.generate: attention_mask must be left padding (each row's 1s at its end, "
+                         "as transformers' tokenizers make them with padding_side='left')")
+    return n.astype(np.int64)
 
 
 def _ids(x, name, vocab_size, block_size=None, allow_ignore=False):
@@ -367,12 +396,23 @@ class GPT(Module):
         return np.minimum((np.cumsum(p, -1) < u).sum(-1), p.shape[-1] - 1)
 
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True):
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True,
+                 attention_mask=None, weights_dtype: str | None = None):
         """Append ``max_new_tokens`` sampled ids to ``idx`` (B, T) and return the (B, T + n)
         array. ``temperature=0`` is greedy; ``top_k``/``top_p`` filter; ``seed`` makes it
-        reproducible. With ``use_cache`` each new token is one incremental step over a
-        key/value cache; once the sequence outgrows ``block_size`` the context is cropped to
-        the last ``block_size`` tokens and recomputed, as without the cache."""
+        reproducible.
+
+        Prompts of different lengths: left-pad them into ``idx`` and pass ``attention_mask``
+        (B, T) with 1 on the tokens and 0 on the padding (as in transformers); each row is then
+        generated exactly as if it were alone (its own positions, no attention to padding).
+
+        With ``use_cache`` (float32 models) the prompt is prefilled on the training kernels,
+        filling key/value caches preallocated to ``block_size``, and each new token is one call
+        into the C++ decode step (``_C._GptDecoder``: skinny products, in-place cache append,
+        the fused attention kernel). Once a sequence outgrows ``block_size`` its context is
+        cropped to the last ``block_size`` tokens and recomputed, as without the cache.
+        ``weights_dtype="bfloat16"`` decodes with bf16 weight matrices (half the bytes per
+        token; see ``to_inference``)."""
         c = self.config
         idx = _ids(idx, "idx", c.vocab_size)
         if idx.shape[1] == 0:
@@ -385,30 +425,154 @@ class GPT(Module):
             top_k = _count(top_k, "top_k", 1)
         if top_p is not None and not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"GPT.generate: top_p must be in (0, 1], got {top_p}")
+        lens = _prompt_lengths(attention_mask, idx.shape)
+        if weights_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"GPT.generate: weights_dtype must be None, 'float32' or 'bfloat16', got {weights_dtype!r}")
+        if weights_dtype == "bfloat16" and getattr(self, "_bf16", None) is None:
+            return self.to_inference("bfloat16").generate(
+                idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, attention_mask)
         rng = np.random.default_rng(seed)
+        B, T = idx.shape
+        out = np.empty((B, T + max_new_tokens), dtype=np.int64)
+        out[:, :T] = idx
+        rows = [slice(T - int(n), None) for n in lens]                    # each row's tokens (no padding)
+        sample = lambda lg: self._sample(lg, temperature, top_k, top_p, rng)  # noqa: E731
         was_training = self.training
         self.eval()
-        out = idx.copy()
+        t0 = time.perf_counter()
+        self._t_first = None
         try:
             with no_grad():
-                cache, pos = None, 0
-                for _ in range(max_new_tokens):
-                    if not use_cache:
-                        ctx = out[:, -c.block_size:]
-                        logits = self(ctx)[0].data[:, -1]
-                    elif cache is None or pos >= c.block_size:
-                        ctx = out[:, -c.block_size:]
-                        cache = self._new_cache(out.shape[0], c.block_size)
-                        logits = self._step(ctx, cache, 0)
-                        pos = ctx.shape[1]
-                    else:
-                        logits = self._step(out[:, -1:], cache, pos)
-                        pos += 1
-                    nxt = self._sample(logits, temperature, top_k, top_p, rng)
-                    out = np.concatenate([out, nxt[:, None].astype(np.int64)], axis=1)
+                if use_cache and self.dtype_ == np.float32:
+                    self._generate_fast(out, T, lens, max_new_tokens, sample)
+                else:
+                    self._generate_slow(out, T, lens, max_new_tokens, sample, use_cache, rows)
         finally:
             self.train(was_training)
+        t1 = time.perf_counter()
+        tf = self._t_first if self._t_first is not None else t1
+        #: timings of the last call: the prompt (prefill up to the first new token) and the rest
+        self.generate_stats = {"prompt_tokens": int(lens.sum()), "prompt_s": tf - t0,
+                               "new_tokens": B * max(max_new_tokens - 1, 0), "decode_s": t1 - tf}
         return out
+
+    def _generate_slow(self, out, T, lens, n, sample, use_cache, rows):
+        """The Python path: float64 models (incremental Tensor steps), or ``use_cache=False``
+        (the whole context recomputed for every token: the reference the fast path is tested
+        against). Rows of different lengths go one at a time."""
+        c = self.config
+        if (lens != T).any():
+            for b in range(out.shape[0]):
+                one = out[b:b + 1, T - int(lens[b]):]
+                self._generate_slow(one, int(lens[b]), lens[b:b + 1], n, sample, use_cache, None)
+            return
+        cache, pos = None, 0
+        for i in range(n):
+            t = T + i
+            if not use_cache:
+                logits = self(out[:, max(0, t - c.block_size):t])[0].data[:, -1]
+            elif cache is None or pos >= c.block_size:
+                ctx = out[:, max(0, t - c.block_size):t]
+                cache = self._new_cache(out.shape[0], c.block_size)
+                logits = self._step(ctx, cache, 0)
+                pos = ctx.shape[1]
+            else:
+                logits = self._step(out[:, t - 1:t], cache, pos)
+                pos += 1
+            out[:, t] = sample(logits)
+            if self._t_first is None:
+                self._t_first = time.perf_counter()
+
+    def _generate_fast(self, out, T, lens, n, sample):
+        """Prefill on the training kernels, then one C++ decode call per token (float32)."""
+        if n == 0:
+            return
+        c = self.config
+        B, S = out.shape[0], c.block_size
+        shape = (B, c.n_kv_head, S, c.head_dim)
+        caches = [[np.empty(shape, np.float32), np.empty(shape, np.float32)] for _ in range(c.n_layer)]
+        dec = self._decoder(caches)
+        pos = np.zeros(B, dtype=np.int64)                                   # tokens in each row's cache
+        for i in range(n):
+            t = T + i
+            if i == 0 or pos.max() >= S:                                    # (re)fill from the context
+                ctx = [out[b, t - min(int(lens[b]) + i, S):t] for b in range(B)]
+                logits = self._prefill(ctx, caches)
+                pos[:] = [len(x) for x in ctx]
+            else:
+                logits = dec.step(out[:, t - 1].copy(), pos)
+                pos += 1
+            out[:, t] = sample(logits)
+            if i == 0:
+                self._t_first = time.perf_counter()
+
+    def _prefill(self, ctx, caches):
+        """Runs the prompts ``ctx`` (list of B id arrays) through the training forward,
+        right-padded to the longest (causal attention: padding after a row's tokens cannot
+        change them), writing keys/values to cache slots 0..; returns each row's last logits."""
+        c = self.config
+        lens = np.array([len(x) for x in ctx])
+        ids = np.zeros((len(ctx), lens.max()), dtype=np.int64)
+        for b, x in enumerate(ctx):
+            ids[b, :len(x)] = x
+        x = self._embed(ids)
+        rope = self._rope(0, ids.shape[1])
+        for blk, kv in zip(self.blocks, caches):
+            x = blk(x, rope, kv=kv)
+        last = np.ascontiguousarray(x.data[np.arange(len(ctx)), lens - 1])  # (B, C)
+        return self._head(self.ln_f(Tensor(last))).data
+
+    def _decoder(self, caches):
+        """The C++ decode step over this model's arrays (float32, or the bf16 bits that
+        ``to_inference`` made for the weight matrices) and ``caches``."""
+        c = self.config
+        bits = getattr(self, "_bf16", None) or {}
+        w = lambda lin, name: bits.get(name, lin.weight.data)              # noqa: E731
+        b = lambda m: None if getattr(m, "bias", None) is None else m.bias.data  # noqa: E731
+        layers = []
+        for i, blk in enumerate(self.blocks):
+            a, m = blk.attn, blk.mlp
+            layers.append((blk.ln_1.weight.data, b(blk.ln_1), w(a.c_attn, f"h.{i}.attn.c_attn"), b(a.c_attn),
+                           w(a.c_proj, f"h.{i}.attn.c_proj"), b(a.c_proj), blk.ln_2.weight.data, b(blk.ln_2),
+                           w(m.c_fc, f"h.{i}.mlp.c_fc"), b(m.c_fc), w(m.c_proj, f"h.{i}.mlp.c_proj"), b(m.c_proj)))
+        head = self.wte if c.tie_weights else self.lm_head
+        rope = (None, None)
+        if c.pos == "rope":
+            rope = _rope_tables(np.arange(c.block_size), c.head_dim, c.rope_base, np.float32)
+        return _C._GptDecoder(c.n_head, c.n_kv_head, c.layer_norm_eps, self.wte.weight.data,
+                              self.wpe.weight.data if c.pos == "learned" else None, rope[0], rope[1], layers,
+                              self.ln_f.weight.data, b(self.ln_f), w(head, "head"),
+                              [kv[0] for kv in caches], [kv[1] for kv in caches])
+
+    def to_inference(self, weights_dtype: str = "bfloat16") -> "GPT":
+        """A copy of this float32 model for generation with its weight matrices in
+        ``weights_dtype`` ("bfloat16": rounded to nearest even, half the bytes a decode step
+        streams; "float32": a plain copy). The copy's float32 arrays hold the rounded values
+        (its prefill and ``forward`` compute with exactly the weights its decode steps use,
+        so its loss measures the rounding); LayerNorms, biases and the position table stay
+        float32. Training the copy would leave its bf16 copies stale: make a new one instead.
+
+        >>> m = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8), seed=0)
+        >>> m.to_inference("bfloat16").generate([[1, 2]], 3, temperature=0).shape
+        (1, 5)
+        """
+        if weights_dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"GPT.to_inference: weights_dtype must be 'bfloat16' or 'float32', got {weights_dtype!r}")
+        if self.dtype_ != np.float32:
+            raise TypeError(f"GPT.to_inference: needs a float32 model, this one is {self.dtype_}")
+        m = copy.deepcopy(self)
+        m.requires_grad_(False)
+        m._bf16 = None
+        if weights_dtype == "float32":
+            return m
+        mats = {f"h.{i}.{n}": getattr(getattr(blk, n.split(".")[0]), n.split(".")[1]).weight
+                for i, blk in enumerate(m.blocks) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+        mats["head"] = m.wte.weight if self.config.tie_weights else m.lm_head.weight
+        m._bf16 = {}
+        for name, p in mats.items():
+            m._bf16[name] = _C._bf16_from_float32(p.data)
+            p.data[...] = _C._bf16_to_float32(m._bf16[name])
+        return m
 
     def to(self, dtype):
         """Cast the weights (see ``Module.to``); later caches and rope tables use the new dtype."""
