@@ -176,6 +176,31 @@ def test_attention_isa_paths_agree(rng):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("D", [64, 48])
+def test_attention_avx512_equals_avx2_bitwise(rng, D):
+    # the tile kernels differ only in the register micro-kernel (a 16-column row in one zmm vs two
+    # ymm), which sums each lane's products in the same order: same bits, split heads and packed qkv
+    isas = __import__("conftest").ISAS
+    if "avx512" not in isas:
+        pytest.skip("no AVX-512 on this CPU")
+    q, k, v, do = make(rng, 2, 4, 2, 100, 130, D, np.float32)
+    qkv = rng.standard_normal((2, 70, 8 * D)).astype(np.float32)
+    dout = rng.standard_normal((2, 70, 4 * D)).astype(np.float32)
+    old = _C.get_isa()
+    out = {}
+    try:
+        for name in ("avx2", "avx512"):
+            _C.set_isa(name)
+            o, lse = ops.attention_forward(q, k, v, causal=True)
+            oq, lq = ops.attention_qkv_forward(qkv, 4, 2, causal=True)
+            out[name] = (o, lse, *ops.attention_backward(do, q, k, v, o, lse, causal=True), oq, lq,
+                         ops.attention_qkv_backward(dout, qkv, oq, lq, 4, 2, causal=True))
+    finally:
+        _C.set_isa(old)
+    for a, b in zip(out["avx2"], out["avx512"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_attention_bad_input(rng):
     q, k, v, do = make(rng, 1, 4, 2, 5, 6, 8, np.float32)
     o, lse = ops.attention_forward(q, k, v)

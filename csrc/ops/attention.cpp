@@ -1,5 +1,5 @@
 // Portable attention kernels (float/double): the naive reference and the tiled online-softmax
-// kernels from attention_impl.h, plus the run-time dispatch to the AVX2 versions.
+// kernels from attention_impl.h, plus the run-time dispatch to the AVX2 / AVX-512 versions.
 #include "ops/attention.h"
 
 #include <cmath>
@@ -10,9 +10,13 @@
 
 #include "core/cpu.h"
 #include "core/parallel.h"
+#define FG_ISA portable  // attention_impl.h's kernels go to fg::portable::attn_detail
 #include "ops/attention_impl.h"
 
 namespace fg {
+
+// The float32 kernels of the active vector ISA (use_avx2() holds on the avx512 path too).
+#define FG_VEC(call) (use_avx512() ? avx512::call : avx2::call)
 
 namespace {
 struct StdExp {
@@ -32,7 +36,7 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
   for (int64_t bh = 0; bh < B * H; ++bh) {
     const int64_t hk = (bh / H) * Hkv + (bh % H) / (H / Hkv);
     for (int64_t i = 0; i < Tq; ++i) {
-      const int64_t nv = attn_detail::visible(i, Tq, S, causal);
+      const int64_t nv = portable::attn_detail::visible(i, Tq, S, causal);
       T mx = ninf;
       for (int64_t j = 0; j < nv; ++j) {
         T acc = 0;
@@ -58,10 +62,10 @@ void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t
                        int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::attention_forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale);
+    if (use_avx2()) return FG_VEC(attention_forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale));
   }
 #endif
-  attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+  portable::attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
 }
 
 template <typename T>
@@ -71,10 +75,10 @@ void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* 
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
     if (use_avx2())
-      return avx2::attention_backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale);
+      return FG_VEC(attention_backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale));
   }
 #endif
-  attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+  portable::attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
 }
 
 namespace {
@@ -100,7 +104,7 @@ void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
     if (use_avx2() &&
-        avx2::attention_forward_strided(o, Lo, lse, q, Lin, k, Lin, v, Lin, B, H, Hkv, Tq, Tq, D, causal, scale))
+        FG_VEC(attention_forward_strided(o, Lo, lse, q, Lin, k, Lin, v, Lin, B, H, Hkv, Tq, Tq, D, causal, scale)))
       return;
   }
 #endif
@@ -123,8 +127,8 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
   T *dq = dqkv, *dk = dqkv + H * D, *dv = dqkv + (H + Hkv) * D;
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2() && avx2::attention_backward_strided(dq, Lin, dk, Lin, dv, Lin, do_, Lo, q, Lin, k, Lin, v, Lin, o,
-                                                       Lo, lse, B, H, Hkv, Tq, Tq, D, causal, scale))
+    if (use_avx2() && FG_VEC(attention_backward_strided(dq, Lin, dk, Lin, dv, Lin, do_, Lo, q, Lin, k, Lin, v, Lin, o,
+                                                         Lo, lse, B, H, Hkv, Tq, Tq, D, causal, scale)))
       return;
   }
 #endif
@@ -159,5 +163,6 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
 FG_INST(float)
 FG_INST(double)
 #undef FG_INST
+#undef FG_VEC
 
 }  // namespace fg

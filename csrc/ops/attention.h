@@ -49,24 +49,29 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
                              int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
                              T scale);
 
-namespace avx2 {
-void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
-                       int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
-                       bool causal, float scale);
-void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,
-                        const float* k, const float* v, const float* o, const float* lse,
-                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
-                        bool causal, float scale);
-// Any layouts; only for D % 16 == 0 (returns false, doing nothing, otherwise).
-bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,
-                               const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,
-                               int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
-                               float scale);
-bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv,
-                                HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,
-                                HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,
-                                const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,
-                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale);
-}  // namespace avx2
+// The float32 kernels of each vector ISA (attention_tiles.h, compiled once per ISA in its own
+// namespace); attention.cpp takes the active one. The same declarations in each namespace:
+#define FG_ATTENTION_ISA_DECLS                                                                      \
+void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,                  \
+                       int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,                   \
+                       bool causal, float scale);                                                             \
+void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,                    \
+                        const float* k, const float* v, const float* o, const float* lse,                     \
+                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,                  \
+                        bool causal, float scale);                                                            \
+/* Any layouts; only for D % 16 == 0 (returns false, doing nothing, otherwise). */                            \
+bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,            \
+                               const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,       \
+                               int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,         \
+                               float scale);                                                                  \
+bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv,              \
+                                HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,             \
+                                HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,  \
+                                const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,        \
+                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale);     \
+  /* end of FG_ATTENTION_ISA_DECLS */
+namespace avx2 { FG_ATTENTION_ISA_DECLS }
+namespace avx512 { FG_ATTENTION_ISA_DECLS }
+#undef FG_ATTENTION_ISA_DECLS
 
 }  // namespace fg

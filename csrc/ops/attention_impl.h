@@ -1,8 +1,12 @@
-// The tiled attention kernels, written once and compiled twice: for the portable path
-// (attention.cpp, T = float/double, Exp = std::exp per element) and for AVX2/FMA
-// (attention_avx2.cpp, T = float, Exp = a vectorized exp; the compiler vectorizes the tile
-// loops over D and over keys). Include only from those two files.
+// The tiled attention kernels, written once and compiled per path: portable (attention.cpp,
+// T = float/double, Exp = std::exp per element) and each vector ISA (attention_tiles.h, T =
+// float, Exp = a vectorized exp; the compiler vectorizes the tile loops over D and over keys).
+// The including file defines FG_ISA (portable, avx2, avx512): the kernels land in
+// fg::FG_ISA::attn_detail, one copy per set of compiler flags, never shared between them.
 #pragma once
+#ifndef FG_ISA
+#error "define FG_ISA (the ISA namespace) before including attention_impl.h"
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -11,7 +15,7 @@
 
 #include "core/parallel.h"
 
-namespace fg::attn_detail {
+namespace fg::FG_ISA::attn_detail {
 
 constexpr int64_t kBq = 32;  // query rows per tile
 constexpr int64_t kBk = 64;  // keys per tile
@@ -235,4 +239,4 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
   });
 }
 
-}  // namespace fg::attn_detail
+}  // namespace fg::FG_ISA::attn_detail
