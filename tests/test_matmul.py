@@ -308,6 +308,31 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
     np.testing.assert_array_equal(ops.linear_forward(x, w, None), ops.matmul(x, w, trans_b=True))
 
 
+# Edge tiles at every remainder of the register tiles (AVX2 6x16, AVX-512 12x32 with masked
+# stores): rows 1..25 against 67 columns and columns 1..65 against 27 rows cover each remainder of
+# both, alone and after full tiles, with one K block and several. The epilogues at each edge: the
+# bias (added at the first store) equals filling then accumulating, the residual (added at the
+# last store) equals adding it afterwards, and accumulate adds to what c held.
+@pytest.mark.parametrize("k", [5, 1000])
+def test_matmul_edge_tiles_every_remainder(isa, threads, rng, k):
+    threads(1)
+    shapes = [(m, 67) for m in range(1, 26)] + [(27, n) for n in range(1, 66)]
+    for m, n in shapes:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal(n).astype(np.float32)
+        r = rng.standard_normal((m, n)).astype(np.float32)
+        y = ops.linear_forward(x, w, b)
+        check(y, x, w, False, True, np.float32, acc=np.broadcast_to(b.astype(np.float64), (m, n)))
+        filled = np.broadcast_to(b, (m, n)).copy()
+        ops.matmul(x, w, trans_b=True, out=filled, accumulate=True)
+        np.testing.assert_array_equal(y, filled, err_msg=f"bias, {m}x{n}x{k}")
+        np.testing.assert_array_equal(ops.linear_forward(x, w, b, r), r + y, err_msg=f"residual, {m}x{n}x{k}")
+        for ta, tb in itertools.product([False, True], repeat=2):
+            a2, b2 = operands(rng, m, n, k, ta, tb, np.float32)
+            check(ops.matmul(a2, b2, trans_a=ta, trans_b=tb), a2, b2, ta, tb, np.float32)
+
+
 @pytest.mark.parametrize("mnk", [(1, 257, 257), (7, 300, 513), (256, 1024, 2048), (133, 999, 777), (250, 4100, 300)])
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_matmul_transposed_product_same_bits(isa, threads, rng, mnk, nthreads):

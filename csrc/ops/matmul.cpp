@@ -1,6 +1,6 @@
 // Portable matmul: the naive reference kernel, the portable 4x8 micro-kernel for the blocked
-// driver (matmul_impl.h), the batch loop and the run-time dispatch to the AVX2 float32 path,
-// and the linear layer built on top.
+// driver (matmul_impl.h), the batch loop and the run-time dispatch to the float32 vector paths
+// (vec_sgemm below), and the linear layer built on top.
 #include "ops/matmul.h"
 
 #include <type_traits>
@@ -13,6 +13,18 @@
 namespace fg {
 
 namespace {
+
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+// The float32 GEMM of the active vector path, or nullptr on the portable path (one place to
+// add another kernel, e.g. a skinny-M one, in front of the GEMMs).
+using SgemmFn = void (*)(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool, int,
+                         const GemmExtras&);
+SgemmFn vec_sgemm() {
+  if (use_avx512()) return avx512::sgemm;
+  if (use_avx2()) return avx2::sgemm;
+  return nullptr;
+}
+#endif
 
 template <typename T>
 struct PortableKernel {
@@ -36,7 +48,7 @@ void gemm_one(T* c, const T* a, const T* b, int64_t M, int64_t N, int64_t K, boo
               bool accumulate, int nthreads) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::sgemm(c, a, b, M, N, K, ta, tb, accumulate, nthreads);
+    if (SgemmFn f = vec_sgemm()) return f(c, a, b, M, N, K, ta, tb, accumulate, nthreads, GemmExtras{});
   }
 #endif
   gemm_blocked<T, PortableKernel<T>, 128, 256, 2048>(c, a, view_a(a, M, K, ta), b, view_b(b, K, N, tb), M,
@@ -87,12 +99,12 @@ void linear_forward(T* y, const T* x, const T* w, const T* bias, int64_t N, int6
     if (N <= kGemvMaxRows) return gemv(y, x, w, bias, N, IN, OUT, residual);
   }
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  // float32 AVX2: the bias is added where the kernel first stores each C tile and the residual
-  // where it stores it last (no extra passes over y)
+  // float32 vector paths: the bias is added where the kernel first stores each C tile and the
+  // residual where it stores it last (no extra passes over y)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2())
-      return avx2::sgemm(y, x, w, N, OUT, IN, false, true, false, get_num_threads(),
-                         {/*bias=*/bias, /*a_row_sums=*/nullptr, /*residual=*/residual});
+    if (SgemmFn f = vec_sgemm())
+      return f(y, x, w, N, OUT, IN, false, true, false, get_num_threads(),
+               GemmExtras{/*bias=*/bias, /*a_row_sums=*/nullptr, /*residual=*/residual});
   }
 #endif
   // y = bias (broadcast over rows), then y += x @ w^T
@@ -115,11 +127,11 @@ void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, i
                      int64_t OUT) {
   matmul<T>(dx, dy, w, 1, N, IN, OUT, false, false, false, 0, 0);  // dx (N,IN) = dy (N,OUT) @ w (OUT,IN)
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  // float32 AVX2: db is summed while dW's GEMM packs dy^T (no extra pass over dy), same bits.
+  // float32 vector paths: db is summed while dW's GEMM packs dy^T (no extra pass over dy), same bits.
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2())
-      return avx2::sgemm(dw, dy, x, OUT, IN, N, true, false, false, get_num_threads(),
-                         {/*bias=*/nullptr, /*a_row_sums=*/db});
+    if (SgemmFn f = vec_sgemm())
+      return f(dw, dy, x, OUT, IN, N, true, false, false, get_num_threads(),
+               GemmExtras{/*bias=*/nullptr, /*a_row_sums=*/db, /*residual=*/nullptr});
   }
 #endif
   matmul<T>(dw, dy, x, 1, OUT, IN, N, true, false, false, 0, 0);   // dw (OUT,IN) = dy^T @ x
