@@ -49,7 +49,7 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
                              int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
                              T scale);
 
-// The float32 kernels of each vector ISA (attention_tiles.h, compiled once per ISA in its own
+// The float32 kernels of each vector ISA (attention_body.h, compiled once per ISA in its own
 // namespace); attention.cpp takes the active one. The same declarations in each namespace:
 #define FG_ATTENTION_ISA_DECLS                                                                      \
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,                  \

@@ -1,4 +1,4 @@
-// AVX-512 float32 attention: attention_tiles.h compiled with the AVX-512 F/BW/VL/DQ flags into
+// AVX-512 float32 attention: attention_body.h compiled with the AVX-512 F/BW/VL/DQ flags into
 // fg::avx512. Called from attention.cpp only on the avx512 path.
 #define FG_ISA avx512
-#include "ops/attention_tiles.h"
+#include "ops/attention_body.h"

@@ -1,5 +1,5 @@
 // The tiled attention kernels, written once and compiled per path: portable (attention.cpp,
-// T = float/double, Exp = std::exp per element) and each vector ISA (attention_tiles.h, T =
+// T = float/double, Exp = std::exp per element) and each vector ISA (attention_body.h, T =
 // float, Exp = a vectorized exp; the compiler vectorizes the tile loops over D and over keys).
 // The including file defines FG_ISA (portable, avx2, avx512): the kernels land in
 // fg::FG_ISA::attn_detail, one copy per set of compiler flags, never shared between them.

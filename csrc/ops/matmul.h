@@ -7,7 +7,7 @@
 // matmul():       the fast path. A BLIS-style design (csrc/ops/matmul_impl.h): B is packed into
 //                 KC x NR panels shared by all threads, each thread packs MC x KC blocks of A into
 //                 MR x KC panels and runs a register-blocked MR x NR micro-kernel over them.
-//                 Portable micro-kernel here (4x8). The float32 vector paths (matmul_sgemm.h,
+//                 Portable micro-kernel here (4x8). The float32 vector paths (matmul_body.h,
 //                 instantiated by matmul_avx2.cpp and matmul_avx512.cpp) pack B (and A, unless
 //                 each tile packs its own rows of A into L2) once, then threads take tiles of C,
 //                 shaped per problem, dynamically (AVX2 6x16 asm / AVX-512 12x32 micro-kernel,
@@ -38,7 +38,7 @@ template <typename T>
 void linear_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t IN,
                      int64_t OUT);
 
-// ---- the float32 GEMM of the vector paths (matmul_sgemm.h, compiled once per ISA) ----------
+// ---- the float32 GEMM of the vector paths (matmul_body.h, compiled once per ISA) ----------
 // Work done where the GEMM already holds the data. An aggregate without member initializers
 // (GemmExtras{} is all null) so that no constructor is emitted in the ISA translation units.
 struct GemmExtras {

@@ -1,5 +1,5 @@
 // AVX2/FMA float32 GEMM: the 6x16 micro-kernel and the blocking for 2 threads on Zen 3 (32 KiB
-// L1d, 512 KiB L2 per core), then the shared driver (matmul_sgemm.h) compiled with -mavx2 -mfma
+// L1d, 512 KiB L2 per core), then the shared driver (matmul_body.h) compiled with -mavx2 -mfma
 // into fg::avx2. Called from matmul.cpp only when the CPU has them.
 #include <immintrin.h>
 
@@ -163,4 +163,4 @@ const GemmBlocking& gemm_blocking() {
 }  // namespace fg::avx2
 
 #define FG_ISA avx2
-#include "ops/matmul_sgemm.h"
+#include "ops/matmul_body.h"

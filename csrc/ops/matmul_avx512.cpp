@@ -1,5 +1,5 @@
 // AVX-512 float32 GEMM: a 12x32 micro-kernel and its blocking, then the shared driver
-// (matmul_sgemm.h) compiled with the AVX-512 F/BW/VL/DQ flags into fg::avx512. Called from
+// (matmul_body.h) compiled with the AVX-512 F/BW/VL/DQ flags into fg::avx512. Called from
 // matmul.cpp on the avx512 path.
 //
 // Where this differs from the AVX2 path (matmul_avx2.cpp), and why:
@@ -123,4 +123,4 @@ const GemmBlocking& gemm_blocking() {
 }  // namespace fg::avx512
 
 #define FG_ISA avx512
-#include "ops/matmul_sgemm.h"
+#include "ops/matmul_body.h"

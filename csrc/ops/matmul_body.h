@@ -42,7 +42,7 @@
 //  training step 0.71x -> 1.06x PyTorch when removed).
 //  Results do not depend on the thread count: every C element is summed in the same order.
 #ifndef FG_ISA
-#error "define FG_ISA, Ukr and gemm_blocking() before including matmul_sgemm.h"
+#error "define FG_ISA, Ukr and gemm_blocking() before including matmul_body.h"
 #endif
 #include <immintrin.h>
 #if defined(__linux__)

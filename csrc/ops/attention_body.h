@@ -19,7 +19,7 @@
 // D = 16, 48, 80 on the tile kernels; an AVX-512 tile with 32 columns and more rows (for two
 // 512-bit FMA units, e.g. Intel Xeons) is not written yet.
 #ifndef FG_ISA
-#error "define FG_ISA (the ISA namespace) before including attention_tiles.h"
+#error "define FG_ISA (the ISA namespace) before including attention_body.h"
 #endif
 #if defined(__clang__)
 #pragma clang fp contract(fast)
