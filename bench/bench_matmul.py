@@ -1,12 +1,13 @@
 """matmul vs NumPy (OpenBLAS) and PyTorch (CPU): square sizes and the matmuls of two GPT
 training steps, GPT-2 small (C=768, B*T=2048) and bench_gpt's small model (C=256, B*T=2048),
 forward and the transposed backward forms. Compute-bound, so each row reports GFLOP/s and the
-fraction of the FMA peak measured in the same run."""
+fraction of the FMA peak measured in the same run. Where the CPU runs another vector path (avx2
+beside avx512), ours is timed on it too, interleaved: x_<isa> > 1 means the active path is faster."""
 from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, rand, ratio, torch
+from bench.common import interleaved, on_isa, other_vector_isas, rand, ratio, torch
 from fusegrad import ops
 
 
@@ -45,12 +46,19 @@ def run(limits, quick=False):
             ta_ = ta_.t() if ta else ta_
             tb_ = tb_.t() if tb else tb_
             fns["torch"] = lambda: torch.mm(ta_, tb_, out=tc)
+        for isa in other_vector_isas():
+            fns[f"ours_{isa}"] = on_isa(isa, fns["ours"])
         t = interleaved(fns, reps=5 if m * n * k > 1e9 else 9, warmup=1)
         flops = 2.0 * m * n * k
         gf = flops / t["ours"] / 1e9
+        ab = {}
+        for isa in other_vector_isas():
+            ab[f"x_{isa}"] = ratio(t[f"ours_{isa}"], t["ours"])
+            ab[f"{isa}_GFLOP/s"] = flops / t[f"ours_{isa}"] / 1e9
+            ab[f"{isa}_frac_peak"] = ab[f"{isa}_GFLOP/s"] / limits.extra.get(f"peak_gflops_{isa}", limits.peak_gflops)
         out.append({"shape": name, "ours_ms": t["ours"] * 1e3, "numpy_ms": t["numpy"] * 1e3,
                     "torch_ms": t["torch"] * 1e3 if "torch" in t else None,
                     "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
                     "GFLOP/s": gf, "numpy_GFLOP/s": flops / t["numpy"] / 1e9,
-                    "frac_peak": gf / limits.peak_gflops, "rel_err": err})
+                    "frac_peak": gf / limits.peak_gflops, "rel_err": err, **ab})
     return out

@@ -52,6 +52,27 @@ def measure_limits(threads: int) -> Limits:
                          **{f"peak_gflops_{k}": round(v, 1) for k, v in peaks.items()}})
 
 
+def other_vector_isas() -> list:
+    """The vector ISA paths this CPU runs besides the active one: A/B columns timed in the same run."""
+    from fusegrad import _C
+
+    return [i for i in _C.isas_supported() if i not in ("portable", _C.get_isa())]
+
+
+def on_isa(isa: str, fn):
+    """fn, run on ISA path `isa` (the active path restored after each call)."""
+    from fusegrad import _C
+
+    def run():
+        old = _C.get_isa()
+        _C.set_isa(isa)
+        try:
+            return fn()
+        finally:
+            _C.set_isa(old)
+    return run
+
+
 _TASKS = "/proc/self/task"
 _always_running: set = set()  # threads found runnable for a whole settle(): never waited for again
 
