@@ -316,7 +316,9 @@ def test_linear_forward_bias_equals_fill_then_accumulate(isa, threads, rng, shap
 @pytest.mark.parametrize("k", [5, 1000])
 def test_matmul_edge_tiles_every_remainder(isa, threads, rng, k):
     threads(1)
-    shapes = [(m, 67) for m in range(1, 26)] + [(27, n) for n in range(1, 66)]
+    # (linear_forward with <= 16 rows takes the skinny product, tests/test_gemv.py: the bias epilogue
+    # is checked from 17 rows, which still cover every remainder of 6 and 12)
+    shapes = [(m, 67) for m in range(1, 42)] + [(27, n) for n in range(1, 66)]
     for m, n in shapes:
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = rng.standard_normal((n, k)).astype(np.float32)
@@ -326,7 +328,8 @@ def test_matmul_edge_tiles_every_remainder(isa, threads, rng, k):
         check(y, x, w, False, True, np.float32, acc=np.broadcast_to(b.astype(np.float64), (m, n)))
         filled = np.broadcast_to(b, (m, n)).copy()
         ops.matmul(x, w, trans_b=True, out=filled, accumulate=True)
-        np.testing.assert_array_equal(y, filled, err_msg=f"bias, {m}x{n}x{k}")
+        if m > 16:
+            np.testing.assert_array_equal(y, filled, err_msg=f"bias, {m}x{n}x{k}")
         np.testing.assert_array_equal(ops.linear_forward(x, w, b, r), r + y, err_msg=f"residual, {m}x{n}x{k}")
         for ta, tb in itertools.product([False, True], repeat=2):
             a2, b2 = operands(rng, m, n, k, ta, tb, np.float32)
