@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 
+from . import _random
 from ._checks import is_int
 from .tensor import Tensor
 
@@ -34,7 +35,8 @@ class DataLoader:
     With ``shuffle`` each epoch draws a new permutation from a generator seeded by ``seed``;
     a ``sampler`` (e.g. ``distributed.DistributedSampler``) gives the indices instead."""
 
-    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, sampler=None):
+    def __init__(self, dataset, batch_size=1, shuffle=False, drop_last=False, seed=None, sampler=None,
+                 generator=None):
         if not is_int(batch_size):
             raise TypeError(f"DataLoader: batch_size must be an integer, got {batch_size!r}")
         if batch_size < 1:
@@ -43,7 +45,9 @@ class DataLoader:
             raise ValueError("DataLoader: give shuffle or a sampler, not both (the sampler decides the order)")
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self.sampler = sampler
-        self._rng = np.random.default_rng(seed)
+        # seed=None: each epoch's permutation comes from the generator fusegrad.manual_seed seeds
+        self._rng = None if seed is None and generator is None else (
+            _random.rng(generator) if generator is not None else np.random.default_rng(seed))
 
     def __len__(self):
         n = len(self.dataset) if self.sampler is None else len(self.sampler)
@@ -54,7 +58,7 @@ class DataLoader:
             order = np.fromiter(iter(self.sampler), dtype=np.int64)
         else:
             n = len(self.dataset)
-            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+            order = (self._rng or _random.rng()).permutation(n) if self.shuffle else np.arange(n)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             if isinstance(self.dataset, TensorDataset):

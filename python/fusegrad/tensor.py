@@ -15,11 +15,14 @@ accumulating gradients with ``+=``, and frees the graph unless ``retain_graph=Tr
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
+from collections import namedtuple
 
 import numpy as np
 
 from . import _kernels as K
+from . import _random
 from ._checks import is_int
 
 _grad_enabled = True
@@ -40,6 +43,61 @@ class no_grad(contextlib.ContextDecorator):
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
+
+
+class enable_grad(no_grad):
+    """Context manager / decorator that turns graph recording back on inside ``no_grad``."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, True
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """``set_grad_enabled(False)`` switches recording off at once (a plain call); used in a
+    ``with`` statement it restores the previous mode on exit (like ``torch.set_grad_enabled``)."""
+
+    def __init__(self, mode: bool):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, bool(mode)
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+        return False
+
+
+class inference_mode(no_grad):
+    """``no_grad`` under PyTorch's other name (``inference_mode(False)`` records as usual)."""
+
+    def __init__(self, mode: bool = True):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev = _grad_enabled
+        if self.mode:
+            _grad_enabled = False
+
+
+_default_dtype = np.dtype(np.float32)
+
+
+def set_default_dtype(dtype) -> None:
+    """The dtype of Python floats turned into tensors, of float results of integer tensors
+    (``int_tensor / 255``) and of new layers' parameters: float32 (the default) or float64."""
+    global _default_dtype
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"set_default_dtype: only float32 and float64 are supported, got {dt}")
+    _default_dtype = dt
+
+
+def get_default_dtype() -> np.dtype:
+    return _default_dtype
 
 
 def _unbroadcast(g, shape):
@@ -68,7 +126,7 @@ class Function:
         fn = cls()
         tensors = [a if isinstance(a, Tensor) else None for a in args]
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        out = fn.forward(*arrays, **kw)
+        out = np.asarray(fn.forward(*arrays, **kw))   # a NumPy scalar (0-d op result) keeps its dtype
         rg = _grad_enabled and any(t is not None and t.requires_grad for t in tensors)
         t = Tensor(out, requires_grad=rg)
         if rg:
@@ -121,7 +179,7 @@ def _as_array(data, dtype=None):
         raise TypeError(f"tensor data must be numeric, got dtype {a.dtype} (from {type(data).__name__})")
     if dtype is None:
         if a.dtype == np.float64 and not isinstance(data, (np.ndarray, np.generic)):
-            a = a.astype(np.float32)  # Python floats/lists default to float32, like torch
+            a = a.astype(_default_dtype)  # Python floats/lists take the default dtype, like torch
         elif a.dtype.kind in "b":
             pass
         elif a.dtype.kind in "iu" and not isinstance(data, (np.ndarray, np.generic)):
@@ -216,10 +274,41 @@ class Tensor:
         return _Cast.apply(self, dtype=np.float64)
 
     def long(self):
-        return Tensor(self.data.astype(np.int64))
+        return self._astype(np.int64)
 
-    def to(self, dtype):
-        return _Cast.apply(self, dtype=np.dtype(dtype))
+    def int(self):
+        return self._astype(np.int32)
+
+    def bool(self):
+        return self._astype(np.bool_)
+
+    def _astype(self, dtype):
+        dt = np.dtype(dtype)
+        if dt == self.dtype:
+            return self
+        if dt.kind == "f" and self.dtype.kind == "f":
+            return _Cast.apply(self, dtype=dt)
+        return Tensor(self.data.astype(dt))     # not differentiable, as in torch
+
+    def to(self, *args, dtype=None, device=None, copy=False):
+        """``to(dtype)``, ``to("cpu")``, ``to(other_tensor)``, ``to("cpu", dtype)``: self when
+        nothing changes (a copy with ``copy=True``), as in torch. Only the CPU exists."""
+        for a in args:
+            if isinstance(a, Tensor):
+                dtype = a.dtype
+            elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "meta", "xpu"):
+                device = a
+            else:
+                dtype = a
+        if device is not None and str(device).split(":")[0] != "cpu":
+            raise RuntimeError(f"to: fusegrad tensors live in CPU memory; device {device!r} is not available")
+        out = self if dtype is None else self._astype(dtype)
+        return out.clone() if copy and out is self else out
+
+    def cpu(self):
+        return self
+
+    device = property(lambda self: "cpu")
 
     def __float__(self):
         return float(self.item())
@@ -335,14 +424,14 @@ class Tensor:
         return _HookHandle(hooks, hook)
 
     # ----- arithmetic -----
-    def __add__(self, o): return Add.apply(self, _t(o, self))
-    def __radd__(self, o): return Add.apply(_t(o, self), self)
-    def __sub__(self, o): return Sub.apply(self, _t(o, self))
-    def __rsub__(self, o): return Sub.apply(_t(o, self), self)
-    def __mul__(self, o): return Mul.apply(self, _t(o, self))
-    def __rmul__(self, o): return Mul.apply(_t(o, self), self)
-    def __truediv__(self, o): return Div.apply(self, _t(o, self))
-    def __rtruediv__(self, o): return Div.apply(_t(o, self), self)
+    def __add__(self, o): return _binary(Add, self, o)
+    def __radd__(self, o): return _binary(Add, o, self)
+    def __sub__(self, o): return _binary(Sub, self, o)
+    def __rsub__(self, o): return _binary(Sub, o, self)
+    def __mul__(self, o): return _binary(Mul, self, o)
+    def __rmul__(self, o): return _binary(Mul, o, self)
+    def __truediv__(self, o): return _binary(Div, self, o)
+    def __rtruediv__(self, o): return _binary(Div, o, self)
     def __neg__(self): return Neg.apply(self)
     def __matmul__(self, o): return MatMul.apply(self, _t(o, self))
     def __rmatmul__(self, o): return MatMul.apply(_t(o, self), self)
@@ -350,10 +439,21 @@ class Tensor:
     def __pow__(self, o):
         if isinstance(o, Tensor):
             return exp(log(self) * o)
+        _scalar_check(o)
+        if self.dtype.kind in "biu" and (isinstance(o, (float, np.floating)) or o < 0):
+            if not isinstance(o, (float, np.floating)):
+                raise ValueError("pow: integers to negative integer powers are not allowed (as in torch)")
+            return Pow.apply(self._astype(_default_dtype), p=o)   # int ** 0.5 is a float, as in torch
         return Pow.apply(self, p=o)
 
+    def pow(self, exponent):
+        return self ** exponent
+
     def __rpow__(self, o):
-        return exp(self * float(np.log(o)))
+        if self.dtype.kind in "biu" and is_int(o):
+            return Tensor(np.power(o, self.data))
+        x = self if self.dtype.kind == "f" else self._astype(_default_dtype)
+        return exp(x * float(np.log(o)))
 
     def __iadd__(self, o):
         return self._inplace(np.add, o)
@@ -366,6 +466,18 @@ class Tensor:
 
     def __itruediv__(self, o):
         return self._inplace(np.true_divide, o)
+
+    def add_(self, other, alpha=1):
+        return self._inplace(np.add, other if alpha == 1 else other * alpha)
+
+    def sub_(self, other, alpha=1):
+        return self._inplace(np.subtract, other if alpha == 1 else other * alpha)
+
+    def mul_(self, other):
+        return self._inplace(np.multiply, other)
+
+    def div_(self, other):
+        return self._inplace(np.true_divide, other)
 
     def _inplace(self, op, o):
         if _grad_enabled and self.requires_grad and self.is_leaf:
@@ -393,7 +505,76 @@ class Tensor:
     def mean(self, dim=None, keepdim=False): return Mean.apply(self, dim=dim, keepdim=keepdim)
 
     def max(self, dim=None, keepdim=False):
+        """The largest element (a tensor); with ``dim``, ``(values, indices)`` along it as in
+        torch (indices of the first maximum; the gradient goes to that element)."""
+        return self._extreme(Max, "max", np.argmax, dim, keepdim)
+
+    def min(self, dim=None, keepdim=False):
+        """The smallest element; with ``dim``, ``(values, indices)`` along it (see ``max``)."""
+        return self._extreme(Min, "min", np.argmin, dim, keepdim)
+
+    def _extreme(self, fn, name, arg, dim, keepdim):
+        if dim is None:
+            return fn.apply(self)
+        if isinstance(dim, (tuple, list)):
+            raise TypeError(f"{name}: dim must be one integer (for several dims use a{name})")
+        d = _dim(dim, self.ndim, name)
+        if self.ndim == 0:
+            return _RETURN[name](self, Tensor(np.zeros((), np.int64)))
+        if self.shape[d] == 0:
+            raise IndexError(f"{name}: dim {dim} has size 0: there is no {name}imum to take")
+        idx = np.expand_dims(arg(self.data, axis=d), d)
+        values = _Gather.apply(self, idx=idx, dim=d)
+        if not keepdim:
+            values, idx = values.squeeze(d), idx.squeeze(d)
+        return _RETURN[name](values, Tensor(idx.astype(np.int64)))
+
+    def amax(self, dim=None, keepdim=False):
+        """max over ``dim`` (an int or a tuple); the gradient is split evenly between ties."""
         return Max.apply(self, dim=dim, keepdim=keepdim)
+
+    def amin(self, dim=None, keepdim=False):
+        return Min.apply(self, dim=dim, keepdim=keepdim)
+
+    def gather(self, dim, index):
+        """out[i][j][k] = self[index[i][j][k]][j][k] for dim 0 (``torch.gather``)."""
+        d = _dim(dim, self.ndim, "gather")
+        idx = np.asarray(index.data if isinstance(index, Tensor) else index)
+        if idx.dtype.kind not in "iu" or idx.ndim != self.ndim:
+            raise ValueError(f"gather: index must be an integer tensor with {self.ndim} dims, "
+                             f"got {idx.dtype} with shape {idx.shape}")
+        n = self.shape[d] if self.ndim else 1
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"gather: index out of range [{-n}, {n}) along dim {dim}")
+        return _Gather.apply(self, idx=idx % max(n, 1), dim=d)
+
+    def topk(self, k, dim=-1, largest=True, sorted=True):
+        """The ``k`` largest (or smallest) elements along ``dim`` as ``(values, indices)``,
+        in descending (ascending) order; ties keep the lower index first."""
+        d = _dim(dim, self.ndim, "topk")
+        n = self.shape[d] if self.ndim else 1
+        if not is_int(k) or not 0 <= k <= n:
+            raise ValueError(f"topk: k must be an integer in [0, {n}], got {k!r}")
+        a = self.data if self.ndim else self.data.reshape(1)
+        idx = np.take(np.argsort(-a if largest else a, axis=d, kind="stable"), np.arange(k), axis=d)
+        idx = idx if self.ndim else idx.reshape(())
+        return _RETURN["topk"](_Gather.apply(self, idx=idx, dim=d), Tensor(idx.astype(np.int64)))
+
+    def var(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """Variance over ``dim`` with Bessel's ``correction`` (default 1; ``unbiased=False``
+        means 0): sum((x - mean)^2) / max(0, n - correction), as in torch."""
+        if unbiased is not None and correction is not None:
+            raise ValueError("var: give unbiased or correction, not both")
+        c = correction if correction is not None else (1 if unbiased is None else int(bool(unbiased)))
+        ax = _axes(dim, self.ndim, "var")
+        n = self.data.size if ax is None else math.prod(self.shape[i] for i in ax)
+        d = self - self.mean(dim, keepdim=True)
+        ss = (d * d).sum(dim, keepdim=keepdim)
+        return ss * (1.0 / (n - c) if n - c > 0 else float("inf"))
+
+    def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
+        """Square root of ``var`` (same arguments)."""
+        return sqrt(self.var(dim, unbiased, keepdim, correction=correction))
 
     def argmax(self, dim=None, keepdim=False):
         r = self.data.argmax(axis=dim)
@@ -440,6 +621,12 @@ class Tensor:
         d0, d1 = _dim(d0, self.ndim, "transpose"), _dim(d1, self.ndim, "transpose")
         dims[d0], dims[d1] = dims[d1], dims[d0]
         return Permute.apply(self, dims=tuple(dims))
+
+    def t(self):
+        """The transpose of a 2-D tensor (0-D and 1-D come back as they are)."""
+        if self.ndim > 2:
+            raise ValueError(f"t: expects a tensor with <= 2 dimensions, got {self.ndim} (use transpose)")
+        return self if self.ndim < 2 else self.transpose(0, 1)
 
     @property
     def T(self):
@@ -508,6 +695,79 @@ def _t(x, like: Tensor) -> Tensor:
     return Tensor(a)
 
 
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}
+
+
+def _scalar_check(x):
+    if isinstance(x, (complex, np.complexfloating)):
+        raise TypeError(f"a complex operand ({type(x).__name__}) cannot meet a real tensor: "
+                        f"fusegrad's autograd has no complex arithmetic")
+
+
+def _promote(a, b):
+    """torch.promote_types for real dtypes: the higher category (bool < int < float) wins
+    outright (int64 with float32 is float32), within one category the wider type."""
+    if a is None or b is None:
+        return a if b is None else b
+    ca, cb = _CATEGORY[a.kind], _CATEGORY[b.kind]
+    if ca != cb:
+        return a if ca > cb else b
+    return np.promote_types(a, b)
+
+
+def _result_type(*xs):
+    """PyTorch's type promotion: dimensioned tensors decide, unless a zero-dim tensor or a
+    Python scalar is of a higher category (bool < int < float), which then promotes; a Python
+    float takes the default dtype, a Python int int64 (float32 tensor * 2.0 stays float32,
+    int tensor / 255.0 is float32, int tensor + float64 tensor is float64)."""
+    res = [None, None, None]                  # dimensioned tensors, zero-dim tensors, scalars
+    for x in xs:
+        if isinstance(x, (Tensor, np.ndarray)):
+            a = x.data if isinstance(x, Tensor) else x
+            res[0 if a.ndim else 1] = _promote(res[0 if a.ndim else 1], a.dtype)
+        else:
+            _scalar_check(x)
+            dt = np.asarray(x).dtype
+            if dt.kind == "f":
+                dt = _default_dtype
+            elif dt.kind in "iu":
+                dt = np.dtype(np.int64)
+            elif dt.kind != "b":
+                raise TypeError(f"unsupported operand of type {type(x).__name__}")
+            res[2] = _promote(res[2], dt)
+
+    def combine(higher, lower):
+        if higher is None or lower is None:
+            return higher if lower is None else lower
+        if _CATEGORY[lower.kind] > _CATEGORY[higher.kind]:
+            return _promote(higher, lower)
+        return higher
+
+    return combine(res[0], combine(res[1], res[2]))
+
+
+def _as_dtype(x, dt):
+    if isinstance(x, Tensor):
+        return x if x.dtype == dt else x._astype(dt)
+    a = np.asarray(x)
+    if a.dtype.kind == "c":
+        raise TypeError(f"a complex operand ({a.dtype}) cannot meet a real tensor: "
+                        f"fusegrad's autograd has no complex arithmetic")
+    return Tensor(a.astype(dt, copy=False))
+
+
+def _binary(fn, a, b):
+    """Apply the elementwise Function ``fn`` after promoting ``a`` and ``b`` to their common
+    dtype (true division of integers gives the default float dtype)."""
+    dt = _result_type(a, b)
+    if fn is Div and dt.kind in "biu":
+        dt = _default_dtype
+    return fn.apply(_as_dtype(a, dt), _as_dtype(b, dt))
+
+
+_RETURN = {name: namedtuple(name, ["values", "indices"]) for name in ("max", "min", "topk")}
+
+
 class _FreedFn:
     inputs = ()
     needs = ()
@@ -526,20 +786,100 @@ def tensor(data, dtype=None, requires_grad: bool = False) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
-def zeros(*shape, dtype=np.float32, requires_grad=False):
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(np.zeros(shape, dtype=dtype), requires_grad=requires_grad)
+def _shape(shape):
+    return tuple(shape[0]) if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
 
 
-def ones(*shape, dtype=np.float32, requires_grad=False):
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(np.ones(shape, dtype=dtype), requires_grad=requires_grad)
+def _dt(dtype):
+    return _default_dtype if dtype is None else np.dtype(dtype)
 
 
-def randn(*shape, dtype=np.float32, requires_grad=False, generator=None):
-    g = generator if generator is not None else np.random.default_rng()
-    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-    return Tensor(g.standard_normal(shape).astype(dtype), requires_grad=requires_grad)
+def zeros(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.zeros(_shape(shape), dtype=_dt(dtype)), requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.ones(_shape(shape), dtype=_dt(dtype)), requires_grad=requires_grad)
+
+
+def full(size, fill_value, dtype=None, requires_grad=False):
+    """A tensor of ``size`` filled with ``fill_value``; its dtype follows the value (a float:
+    the default dtype, an int: int64, a bool: bool) unless ``dtype`` is given."""
+    if dtype is None:
+        dtype = _result_type(fill_value)
+    size = (size,) if is_int(size) else tuple(size)
+    return Tensor(np.full(size, fill_value, dtype=np.dtype(dtype)), requires_grad=requires_grad)
+
+
+def zeros_like(input, dtype=None, requires_grad=False):
+    return Tensor(np.zeros(input.shape, dtype=input.dtype if dtype is None else dtype), requires_grad=requires_grad)
+
+
+def ones_like(input, dtype=None, requires_grad=False):
+    return Tensor(np.ones(input.shape, dtype=input.dtype if dtype is None else dtype), requires_grad=requires_grad)
+
+
+def full_like(input, fill_value, dtype=None, requires_grad=False):
+    return full(input.shape, fill_value, dtype=input.dtype if dtype is None else dtype, requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=None, requires_grad=False, generator=None):
+    """Standard normal samples (from the default generator that ``manual_seed`` seeds)."""
+    g = _random.rng(generator)
+    return Tensor(g.standard_normal(_shape(shape)).astype(_dt(dtype)), requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=None, requires_grad=False, generator=None):
+    """Uniform samples in [0, 1)."""
+    g = _random.rng(generator)
+    return Tensor(g.random(_shape(shape)).astype(_dt(dtype)), requires_grad=requires_grad)
+
+
+def randint(*args, size=None, dtype=np.int64, generator=None):
+    """``randint(high, size)`` or ``randint(low, high, size)``: integers in [low, high)."""
+    args = list(args)
+    if size is None and args and isinstance(args[-1], (tuple, list)):
+        size = args.pop()
+    if size is None or len(args) not in (1, 2):
+        raise TypeError("randint: expected randint(high, size) or randint(low, high, size)")
+    low, high = (0, args[0]) if len(args) == 1 else args
+    if not (is_int(low) and is_int(high)) or high <= low:
+        raise ValueError(f"randint: need integers low < high, got low={low!r}, high={high!r}")
+    size = (size,) if is_int(size) else tuple(size)
+    return Tensor(_random.rng(generator).integers(low, high, size).astype(dtype))
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad=False):
+    """Values from ``start`` (0 when only one bound is given) up to ``end`` (excluded) by
+    ``step``; int64 when every argument is an integer, else the default dtype."""
+    if end is None:
+        start, end = 0, start
+    if step == 0:
+        raise ValueError("arange: step must be nonzero")
+    if dtype is None:
+        dtype = np.int64 if all(is_int(v) for v in (start, end, step)) else _default_dtype
+    n = max(0, math.ceil((end - start) / step))
+    return Tensor((start + np.arange(n, dtype=np.float64 if np.dtype(dtype).kind == "f" else np.int64) * step)
+                  .astype(dtype), requires_grad=requires_grad)
+
+
+def from_numpy(a):
+    """A tensor sharing ``a``'s memory (writes to one show in the other), dtype kept."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_numpy: expected a numpy.ndarray, got {type(a).__name__}")
+    return Tensor(a)
+
+
+def where(condition, input=None, other=None):
+    """Elements of ``input`` where ``condition`` holds, else of ``other`` (either may be a
+    scalar; gradients flow to both). ``where(condition)`` is ``nonzero(as_tuple=True)``."""
+    c = np.asarray(condition.data if isinstance(condition, Tensor) else condition)
+    if input is None and other is None:
+        return tuple(Tensor(i.astype(np.int64)) for i in np.nonzero(c))
+    if c.dtype != np.bool_:
+        raise TypeError(f"where: condition must be a bool tensor, got {c.dtype}")
+    dt = _result_type(input, other)
+    return Where.apply(_as_dtype(input, dt), _as_dtype(other, dt), cond=c)
 
 
 # =========================== primitives ===========================
@@ -708,10 +1048,14 @@ class Mean(Function):
 class Max(Function):
     """max over axes; the gradient is split evenly between tied maxima (like torch's amax)."""
 
+    reduce, name = staticmethod(np.max), "max"
+
     def forward(self, a, dim=None, keepdim=False):
-        self.a, self.ax, self.keep = a, _axes(dim, a.ndim, "max"), keepdim
-        self.m = a.max(axis=self.ax, keepdims=True)
-        return np.asarray(self.m if keepdim else a.max(axis=self.ax))
+        self.a, self.ax, self.keep = a, _axes(dim, a.ndim, self.name), keepdim
+        if a.size == 0:
+            raise ValueError(f"{self.name}: the tensor has no elements (shape {a.shape})")
+        self.m = self.reduce(a, axis=self.ax, keepdims=True)
+        return np.asarray(self.m if keepdim else self.reduce(a, axis=self.ax))
 
     def backward(self, g):
         if self.ax is not None and not self.keep:
@@ -720,6 +1064,44 @@ class Max(Function):
             g = np.reshape(g, (1,) * self.a.ndim)
         mask = self.a == self.m
         return (g * mask / mask.sum(axis=self.ax, keepdims=True),)
+
+
+class Min(Max):
+    """min over axes; the gradient is split evenly between tied minima (like torch's amin)."""
+
+    reduce, name = staticmethod(np.min), "min"
+
+
+def _along(idx, dim):
+    """The index tuple that picks ``idx``'s entries along ``dim`` (other axes: their position)."""
+    grids = list(np.ogrid[tuple(slice(n) for n in idx.shape)])
+    grids[dim] = idx
+    return tuple(grids)
+
+
+class _Gather(Function):
+    """out = take_along_axis(a, idx, dim); the gradient is scattered (added) back to idx."""
+
+    def forward(self, a, idx, dim):
+        self.shape, self.dtype = a.shape, a.dtype
+        self.where = _along(idx, dim) if a.ndim else ()
+        return np.asarray(a[self.where])
+
+    def backward(self, g):
+        out = np.zeros(self.shape, dtype=self.dtype)
+        np.add.at(out, self.where, g)
+        return (out,)
+
+
+class Where(Function):
+    def forward(self, a, b, cond):
+        self.cond = cond
+        self.sa, self.sb = a.shape, b.shape
+        return np.where(cond, a, b)
+
+    def backward(self, g):
+        z = np.zeros((), dtype=g.dtype)
+        return np.where(self.cond, g, z), np.where(self.cond, z, g)
 
 
 class Reshape(Function):

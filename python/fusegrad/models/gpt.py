@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import _C
 from .. import _kernels as K
+from .. import _random
 from .._checks import is_int
 from ..nn import functional as F
 from ..nn.modules import Embedding, LayerNorm, Linear, Module
@@ -299,7 +300,7 @@ class GPT(Module):
     def reset_parameters(self, seed=None):
         """GPT-2 initialization: N(0, 0.02) weights, residual projections scaled by
         1/sqrt(2 n_layer), zero biases, unit LayerNorm gains."""
-        rng = np.random.default_rng(seed)
+        rng = _random.rng_for_seed(seed)   # None: the generator fusegrad.manual_seed seeds
         std = 0.02
         for name, p in self.named_parameters():
             if name.endswith("bias"):
@@ -431,7 +432,7 @@ class GPT(Module):
         if weights_dtype == "bfloat16" and getattr(self, "_bf16", None) is None:
             return self.to_inference("bfloat16").generate(
                 idx, max_new_tokens, temperature, top_k, top_p, seed, use_cache, attention_mask)
-        rng = np.random.default_rng(seed)
+        rng = _random.rng_for_seed(seed)   # None: the generator fusegrad.manual_seed seeds
         B, T = idx.shape
         out = np.empty((B, T + max_new_tokens), dtype=np.int64)
         out[:, :T] = idx

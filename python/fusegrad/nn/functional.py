@@ -7,11 +7,12 @@ import math
 import numpy as np
 
 from .. import _kernels as K
+from .. import _random
 from .. import amp as _amp
 from ..tensor import Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
 
 __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm",
-           "embedding", "dropout", "mse_loss", "cross_entropy", "scaled_dot_product_attention"]
+           "embedding", "dropout", "mse_loss", "cross_entropy", "nll_loss", "scaled_dot_product_attention"]
 
 
 class _Linear(Function):
@@ -148,9 +149,6 @@ class _Dropout(Function):
         return (g * self.mask,)
 
 
-_default_rng = np.random.default_rng()
-
-
 def dropout(input, p=0.5, training=True, generator=None):
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
@@ -158,7 +156,7 @@ def dropout(input, p=0.5, training=True, generator=None):
         return input
     if p == 1.0:
         return input * 0.0
-    return _Dropout.apply(input, p=p, rng=generator if generator is not None else _default_rng)
+    return _Dropout.apply(input, p=p, rng=_random.rng(generator))
 
 
 class _MSE(Function):
@@ -205,31 +203,125 @@ class _CrossEntropy(Function):
         return K.cross_entropy_backward(self.x, self.t, self.lse, float(g), ignore_index=self.ii), None
 
 
-def cross_entropy(input, target, ignore_index=-100, reduction="mean"):
-    """Cross-entropy from logits ``(N, C)`` (or ``(..., C)``) and integer class targets of the
-    logits' shape without C; ``reduction='none'`` returns the losses in the targets' shape."""
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: unknown reduction {reduction!r} (use 'mean', 'sum' or 'none')")
-    tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+def _classes_last(input, target, name):
+    """PyTorch's loss layout, classes on axis 1 of (N, C, d1, ...) logits with targets
+    (N, d1, ...), or (C,) logits with a 0-d target, as (rows, C) logits with the class axis
+    last (a contiguous transpose only for ndim > 2, so the fused kernel runs) and the targets
+    flattened to match. Returns (x2, t, tshape, C, probs): probs is True for class-probability
+    targets (floats of the input's shape), which come back as (rows, C) too."""
+    if not isinstance(input, Tensor):
+        input = Tensor(input)
     if input.ndim < 1:
-        raise ValueError(f"cross_entropy: input must be logits (N, C) or (..., C), got shape {input.shape}")
+        raise ValueError(f"{name}: input must be (C,), (N, C) or (N, C, d1, ...), got shape {input.shape}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"{name}: input must be floating point, got {input.dtype}")
+    tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+    cd = 0 if input.ndim == 1 else 1
+    C = input.shape[cd]
+    perm = (0,) + tuple(range(2, input.ndim)) + (1,)
+    x2 = input.reshape(1, C) if input.ndim == 1 else (input if input.ndim == 2 else
+                                                       input.permute(perm).reshape(-1, C))
+    if tgt.dtype.kind == "f":
+        if tgt.shape != input.shape:
+            raise ValueError(f"{name}: class-probability (float) target must have the input's shape "
+                             f"{input.shape}, got {tgt.shape}")
+        tt = target if isinstance(target, Tensor) else Tensor(tgt)
+        tt = tt.reshape(1, C) if input.ndim == 1 else (tt if input.ndim == 2 else tt.permute(perm).reshape(-1, C))
+        return x2, tt, input.shape[:cd] + input.shape[cd + 1:], C, True
     if tgt.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class indices, got {tgt.dtype}")
-    C = input.shape[-1]
-    if tgt.shape != input.shape[:-1]:
+        raise TypeError(f"{name}: target must hold integer class indices (or class probabilities "
+                        f"of the input's shape), got {tgt.dtype}")
+    want = input.shape[:cd] + input.shape[cd + 1:]
+    if tgt.shape != want:
         # a reshape alone would pair (4, 2) targets with (2, 4, C) logits silently
-        raise ValueError(f"cross_entropy: target shape {tgt.shape} must be input's shape without its "
-                         f"class dim, {input.shape[:-1]} (input {input.shape})")
-    x2 = input.reshape(-1, C) if input.ndim != 2 else input
-    tshape, tgt = tgt.shape, tgt.reshape(-1)
-    valid = tgt != ignore_index
-    if np.any((tgt[valid] < 0) | (tgt[valid] >= C)):
-        raise ValueError(f"cross_entropy: target class out of range [0, {C})")
-    if reduction == "mean":
-        return _CrossEntropy.apply(x2, tgt, ignore_index=ignore_index)
-    lp = log_softmax(x2, -1)
-    picked = -lp[np.arange(len(tgt)), np.where(valid, tgt, 0)] * Tensor(valid.astype(input.dtype))
-    return picked.sum() if reduction == "sum" else picked.reshape(tshape)
+        raise ValueError(f"{name}: target shape {tgt.shape} must be the input's shape without its class "
+                         f"dim {cd}, {want} (input {input.shape})")
+    return x2, tgt.reshape(-1), tgt.shape, C, False
+
+
+def _weights(weight, C, dtype, name):
+    if weight is None:
+        return None
+    w = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
+    if w.shape != (C,) or w.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: weight must be a real tensor of shape ({C},) (one per class), "
+                         f"got {w.dtype} of shape {w.shape}")
+    return w.astype(dtype)
+
+
+def _nll(lp, t, w, ignore_index, reduction, label_smoothing, tshape, C, name):
+    """Negative log-likelihood of integer targets ``t`` under (rows, C) log-probabilities
+    ``lp``, with PyTorch's class weights, ignore_index and label smoothing:
+    loss_i = (1 - ls) * -w[t_i] lp[i, t_i] + ls / C * -sum_c w_c lp[i, c]; ignored rows are 0;
+    'mean' divides the sum by sum_i w[t_i] over the rows not ignored."""
+    valid = t != ignore_index
+    if np.any((t[valid] < 0) | (t[valid] >= C)):
+        raise ValueError(f"{name}: target class out of range [0, {C})")
+    sel = np.where(valid, t, 0)
+    wt = (valid if w is None else w[sel] * valid).astype(lp.dtype)      # per-row weight, 0 if ignored
+    loss = -lp[np.arange(len(t)), sel] * Tensor(wt)
+    if label_smoothing:
+        smooth = -(lp if w is None else lp * Tensor(w)).sum(1) * Tensor(valid.astype(lp.dtype))
+        loss = loss * (1.0 - label_smoothing) + smooth * (label_smoothing / C)
+    if reduction == "none":
+        return loss.reshape(tshape)
+    if reduction == "sum":
+        return loss.sum()
+    den = float(wt.sum())
+    return loss.sum() * (1.0 / den if den else float("nan"))     # all rows ignored: nan, as in torch
+
+
+def _check_loss_args(name, reduction, label_smoothing=0.0, size_average=None, reduce=None):
+    if size_average is not None or reduce is not None:
+        raise TypeError(f"{name}: size_average and reduce are deprecated in torch and not supported; "
+                        f"use reduction='mean'|'sum'|'none'")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{name}: unknown reduction {reduction!r} (use 'mean', 'sum' or 'none')")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    """Cross-entropy from logits, as ``torch.nn.functional.cross_entropy``: input (N, C),
+    (N, C, d1, ...) (classes on axis 1) or (C,); target integer classes of the input's shape
+    without C, or class probabilities of the input's shape; optional per-class ``weight``,
+    ``ignore_index`` and ``label_smoothing``. ``reduction='none'`` returns the losses in the
+    target's shape. The plain mean over class indices runs the fused kernel.
+
+    >>> import fusegrad as fg
+    >>> round(cross_entropy(fg.zeros(2, 4), fg.tensor([0, 3])).item(), 4)   # log 4
+    1.3863
+    """
+    _check_loss_args("cross_entropy", reduction, label_smoothing, size_average, reduce)
+    x2, t, tshape, C, probs = _classes_last(input, target, "cross_entropy")
+    w = _weights(weight, C, x2.dtype, "cross_entropy")
+    if probs:
+        if ignore_index >= 0:
+            raise ValueError("cross_entropy: ignore_index is not supported for class-probability targets")
+        if label_smoothing:
+            t = t * (1.0 - label_smoothing) + label_smoothing / C
+        lp = log_softmax(x2, -1)
+        loss = -(lp * (t if w is None else t * Tensor(w))).sum(1)
+        if reduction == "none":
+            return loss.reshape(tshape)
+        return loss.sum() if reduction == "sum" else loss.sum() * (1.0 / len(loss) if len(loss) else float("nan"))
+    if reduction == "mean" and w is None and not label_smoothing:
+        valid = t != ignore_index
+        if np.any((t[valid] < 0) | (t[valid] >= C)):
+            raise ValueError(f"cross_entropy: target class out of range [0, {C})")
+        return _CrossEntropy.apply(x2, t, ignore_index=ignore_index)
+    return _nll(log_softmax(x2, -1), t, w, ignore_index, reduction, label_smoothing, tshape, C, "cross_entropy")
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    """Negative log-likelihood of log-probabilities (``log_softmax`` output) with
+    ``cross_entropy``'s layouts, weights and ignore_index (class-index targets only)."""
+    _check_loss_args("nll_loss", reduction, 0.0, size_average, reduce)
+    x2, t, tshape, C, probs = _classes_last(input, target, "nll_loss")
+    if probs:
+        raise TypeError("nll_loss: target must hold integer class indices")
+    return _nll(x2, t, _weights(weight, C, x2.dtype, "nll_loss"), ignore_index, reduction, 0.0, tshape, C, "nll_loss")
 
 
 class _Attention(Function):

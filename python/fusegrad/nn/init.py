@@ -5,15 +5,11 @@ import math
 
 import numpy as np
 
-_rng = np.random.default_rng()
-
+from .. import _random
 
 def manual_seed(seed: int) -> None:
-    """Seed the generator used by initializers and dropout (like ``torch.manual_seed``)."""
-    global _rng
-    _rng = np.random.default_rng(seed)
-    from . import functional
-    functional._default_rng = np.random.default_rng(seed + 1)
+    """Seed every random source (``fusegrad.manual_seed``; kept here for older scripts)."""
+    _random.manual_seed(seed)
 
 
 def _fan(t):
@@ -25,12 +21,12 @@ def _fan(t):
 
 
 def uniform_(t, a=0.0, b=1.0):
-    t.data[...] = _rng.uniform(a, b, t.shape)
+    t.data[...] = _random.rng().uniform(a, b, t.shape)
     return t
 
 
 def normal_(t, mean=0.0, std=1.0):
-    t.data[...] = _rng.normal(mean, std, t.shape)
+    t.data[...] = _random.rng().normal(mean, std, t.shape)
     return t
 
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .._checks import is_int
-from ..tensor import Tensor
+from ..tensor import Tensor, get_default_dtype
 from . import functional as F
 from . import init
 
@@ -194,8 +194,9 @@ class Module:
 class Linear(Module):
     """y = x W^T + b; W (out, in) and b init U(-1/sqrt(in), 1/sqrt(in)) as in PyTorch."""
 
-    def __init__(self, in_features, out_features, bias=True, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__()
+        dtype = get_default_dtype() if dtype is None else dtype
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(np.empty((out_features, in_features), dtype=dtype))
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -375,8 +376,9 @@ class ModuleDict(_Container):
 
 
 class LayerNorm(Module):
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, dtype=None):
         super().__init__()
+        dtype = get_default_dtype() if dtype is None else dtype
         self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         self.eps = eps
         self.weight = Parameter(np.ones(self.normalized_shape, dtype=dtype)) if elementwise_affine else None
@@ -390,8 +392,9 @@ class LayerNorm(Module):
 
 
 class Embedding(Module):
-    def __init__(self, num_embeddings, embedding_dim, dtype=np.float32):
+    def __init__(self, num_embeddings, embedding_dim, dtype=None):
         super().__init__()
+        dtype = get_default_dtype() if dtype is None else dtype
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.weight = Parameter(np.empty((num_embeddings, embedding_dim), dtype=dtype))
         init.normal_(self.weight)
@@ -427,9 +430,28 @@ class MSELoss(Module):
 
 
 class CrossEntropyLoss(Module):
-    def __init__(self, ignore_index=-100, reduction="mean"):
+    """``F.cross_entropy`` as a module: classes on axis 1, optional per-class ``weight``,
+    ``ignore_index``, ``label_smoothing``."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
         super().__init__()
-        self.ignore_index, self.reduction = ignore_index, reduction
+        F._check_loss_args("CrossEntropyLoss", reduction, label_smoothing, size_average, reduce)
+        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
+        self.label_smoothing = label_smoothing
 
     def forward(self, input, target):
-        return F.cross_entropy(input, target, ignore_index=self.ignore_index, reduction=self.reduction)
+        return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(Module):
+    """``F.nll_loss`` as a module (input: log-probabilities, classes on axis 1)."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+        super().__init__()
+        F._check_loss_args("NLLLoss", reduction, 0.0, size_average, reduce)
+        self.weight, self.ignore_index, self.reduction = weight, ignore_index, reduction
+
+    def forward(self, input, target):
+        return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
