@@ -258,6 +258,7 @@ def load(f) -> dict:
         raise ValueError(f"load: {path} is not a valid safetensors file ({e})") from None
     skel = json.loads(meta[_SKELETON]) if _SKELETON in meta else {"__kinds__": {}}
     if isinstance(skel, dict) and "__kinds__" in skel:
-        kinds = skel["__kinds__"]
-        return OrderedDict((k, a if kinds.get(k) == "array" else Tensor(a)) for k, a in arrays.items())
+        kinds = skel["__kinds__"]                       # also the saved order (safetensors sorts names)
+        names = [k for k in kinds if k in arrays] + [k for k in arrays if k not in kinds]
+        return OrderedDict((k, arrays[k] if kinds.get(k) == "array" else Tensor(arrays[k])) for k in names)
     return _unflatten(skel, arrays)

@@ -1,4 +1,5 @@
-"""``fusegrad.data``: ``TensorDataset`` and a ``DataLoader`` with shuffling, seed, drop_last."""
+"""``fusegrad.data``: ``Dataset``, ``TensorDataset``, ``Subset``, ``random_split`` and a ``DataLoader``
+with shuffling, seed, drop_last."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,56 @@ from ._checks import is_int
 from .tensor import Tensor
 
 
-class TensorDataset:
+class Dataset:
+    """Base class of map-style datasets: define ``__getitem__(i)`` and ``__len__``."""
+
+    def __getitem__(self, index):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__")
+
+    def __len__(self):
+        raise NotImplementedError(f"{type(self).__name__} must define __len__")
+
+
+class Subset(Dataset):
+    """The items of ``dataset`` at ``indices``, in that order."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, [int(i) for i in indices]
+
+    def __getitem__(self, i):
+        if isinstance(i, (list, np.ndarray)):
+            return self.dataset[[self.indices[j] for j in np.asarray(i).tolist()]]
+        return self.dataset[self.indices[i]]
+
+    def __len__(self):
+        return len(self.indices)
+
+
+def random_split(dataset, lengths, generator=None):
+    """Split ``dataset`` into non-overlapping random ``Subset``s of the given lengths, or of
+    fractions that sum to 1 (the remainder goes round-robin to the first splits, as in torch).
+    The permutation comes from ``generator`` or the one ``fusegrad.manual_seed`` seeds."""
+    n = len(dataset)
+    lengths = list(lengths)
+    if lengths and all(isinstance(x, float) for x in lengths) and math.isclose(sum(lengths), 1.0):
+        if any(not 0 <= x <= 1 for x in lengths):
+            raise ValueError(f"random_split: fractions must be in [0, 1], got {lengths}")
+        sizes = [int(math.floor(n * f)) for f in lengths]
+        for i in range(n - sum(sizes)):
+            sizes[i % len(sizes)] += 1
+        lengths = sizes
+    if any(not is_int(x) or x < 0 for x in lengths) or sum(lengths) != n:
+        raise ValueError(f"random_split: lengths {lengths} must be non-negative integers summing to the "
+                         f"dataset's length {n} (or fractions summing to 1)")
+    perm = _random.rng(generator).permutation(n)
+    out, start = [], 0
+    for k in lengths:
+        out.append(Subset(dataset, perm[start:start + k]))
+        start += k
+    return out
+
+
+class TensorDataset(Dataset):
     """Rows of equally long tensors/arrays; ``ds[i]`` is a tuple of the i-th rows."""
 
     def __init__(self, *tensors):
@@ -65,5 +115,8 @@ class DataLoader:
                 yield tuple(Tensor(t[idx]) for t in self.dataset.tensors)
             else:
                 items = [self.dataset[int(i)] for i in idx]
+                if not isinstance(items[0], (tuple, list)):     # one tensor per item: one batch tensor
+                    yield Tensor(np.stack([np.asarray(getattr(it, "data", it)) for it in items]))
+                    continue
                 yield tuple(Tensor(np.stack([np.asarray(getattr(it[j], "data", it[j])) for it in items]))
                             for j in range(len(items[0])))

@@ -570,11 +570,18 @@ class Tensor:
         n = self.data.size if ax is None else math.prod(self.shape[i] for i in ax)
         d = self - self.mean(dim, keepdim=True)
         ss = (d * d).sum(dim, keepdim=keepdim)
-        return ss * (1.0 / (n - c) if n - c > 0 else float("inf"))
+        with np.errstate(invalid="ignore"):            # n <= correction: 0 * inf = nan, as in torch
+            return ss * (1.0 / (n - c) if n - c > 0 else float("inf"))
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
         """Square root of ``var`` (same arguments)."""
         return sqrt(self.var(dim, unbiased, keepdim, correction=correction))
+
+    def all(self, dim=None, keepdim=False):
+        return Tensor(np.all(self.data, axis=None if dim is None else _dim(dim, self.ndim, "all"), keepdims=keepdim))
+
+    def any(self, dim=None, keepdim=False):
+        return Tensor(np.any(self.data, axis=None if dim is None else _dim(dim, self.ndim, "any"), keepdims=keepdim))
 
     def argmax(self, dim=None, keepdim=False):
         r = self.data.argmax(axis=dim)
@@ -759,6 +766,12 @@ def _as_dtype(x, dt):
 def _binary(fn, a, b):
     """Apply the elementwise Function ``fn`` after promoting ``a`` and ``b`` to their common
     dtype (true division of integers gives the default float dtype)."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype and (a.dtype.kind == "f" or fn is not Div):
+        return fn.apply(a, b)                                     # the common case, nothing to promote
+    if isinstance(a, Tensor) and type(b) in (float, int) and a.dtype.kind == "f":
+        return fn.apply(a, Tensor(np.array(b, dtype=a.dtype)))     # a float tensor keeps its dtype
+    if isinstance(b, Tensor) and type(a) in (float, int) and b.dtype.kind == "f":
+        return fn.apply(Tensor(np.array(a, dtype=b.dtype)), b)
     dt = _result_type(a, b)
     if fn is Div and dt.kind in "biu":
         dt = _default_dtype

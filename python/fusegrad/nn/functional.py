@@ -11,8 +11,9 @@ from .. import _random
 from .. import amp as _amp
 from ..tensor import Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
 
-__all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "softmax", "log_softmax", "layer_norm",
-           "embedding", "dropout", "mse_loss", "cross_entropy", "nll_loss", "scaled_dot_product_attention"]
+__all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "silu", "leaky_relu", "softmax", "log_softmax", "layer_norm",
+           "rms_norm", "embedding", "dropout", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
+           "binary_cross_entropy_with_logits", "scaled_dot_product_attention"]
 
 
 class _Linear(Function):
@@ -349,3 +350,88 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         raise ValueError(f"scaled_dot_product_attention: incompatible shapes q {query.shape}, "
                          f"k {key.shape}, v {value.shape}")
     return _Attention.apply(query, key, value, causal=bool(is_causal), scale=scale)
+
+
+def silu(input):
+    """x * sigmoid(x) (also called swish)."""
+    return input * Sigmoid.apply(input)
+
+
+class _LeakyRelu(Function):
+    def forward(self, x, slope):
+        self.scale = np.where(x > 0, 1.0, slope).astype(x.dtype)
+        return x * self.scale
+
+    def backward(self, g):
+        return (g * self.scale,)
+
+
+def leaky_relu(input, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x (the gradient at 0 is negative_slope, as in torch)."""
+    return _LeakyRelu.apply(input, slope=float(negative_slope))
+
+
+def _reduce(loss, reduction, name):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise ValueError(f"{name}: unknown reduction {reduction!r} (use 'mean', 'sum' or 'none')")
+
+
+def l1_loss(input, target, reduction="mean"):
+    """|input - target| reduced; the gradient at a zero difference is 0, as in torch."""
+    if input.shape != tuple(np.shape(target.data if isinstance(target, Tensor) else target)):
+        raise ValueError(f"l1_loss: input shape {input.shape} and target shape {np.shape(target)} differ")
+    return _reduce((input - target).abs(), reduction, "l1_loss")
+
+
+class _BCEWithLogits(Function):
+    """loss = (1 - t) x - lw log(sigmoid(x)), lw = 1 + (pos_weight - 1) t, computed with
+    log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|)) so large |x| neither overflows nor loses it."""
+
+    def forward(self, x, t, pw=None):
+        self.x, self.t, self.pw = x, t, pw
+        self.ls = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))          # log sigmoid(x)
+        self.lw = 1.0 if pw is None else 1.0 + (pw - 1.0) * t
+        return (1.0 - t) * x - self.lw * self.ls
+
+    def backward(self, g):
+        sig_neg = np.exp(np.minimum(-self.x, 0) - np.log1p(np.exp(-np.abs(self.x))))   # sigmoid(-x)
+        dx = g * ((1.0 - self.t) - self.lw * sig_neg)
+        dt = g * (-self.x - (0.0 if self.pw is None else (self.pw - 1.0) * self.ls))
+        return dx, dt, None
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    """Binary cross-entropy of sigmoid(input) against ``target`` in [0, 1], from logits (stable
+    for any magnitude); ``weight`` scales each element, ``pos_weight`` the positive term per
+    class (broadcast over the last dim), as in torch."""
+    _check_loss_args("binary_cross_entropy_with_logits", reduction, 0.0, size_average, reduce)
+    t = target if isinstance(target, Tensor) else Tensor(np.asarray(target))
+    if t.shape != input.shape:
+        raise ValueError(f"binary_cross_entropy_with_logits: target shape {t.shape} must equal the input's "
+                         f"shape {input.shape}")
+    if input.dtype.kind != "f":
+        raise TypeError(f"binary_cross_entropy_with_logits: input must be floating point, got {input.dtype}")
+    t = t.to(input.dtype)
+    pw = None if pos_weight is None else np.asarray(getattr(pos_weight, "data", pos_weight), dtype=input.dtype)
+    loss = _BCEWithLogits.apply(input, t, pw=pw)
+    if weight is not None:
+        loss = loss * Tensor(np.asarray(getattr(weight, "data", weight), dtype=input.dtype))
+    return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """x / sqrt(mean(x^2 over the last len(normalized_shape) dims) + eps) * weight; eps None
+    means the dtype's machine epsilon, as in torch."""
+    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if input.ndim < len(ns) or tuple(input.shape[input.ndim - len(ns):]) != ns:
+        raise ValueError(f"rms_norm: normalized_shape {ns} must be the last dims of input {input.shape}")
+    eps = float(np.finfo(input.dtype).eps) if eps is None else float(eps)
+    dims = tuple(range(input.ndim - len(ns), input.ndim))
+    y = input * ((input * input).mean(dims, keepdim=True) + eps) ** -0.5
+    return y if weight is None else y * weight

@@ -6,11 +6,12 @@ import math
 
 import numpy as np
 
-from . import _kernels as K
-from ._checks import is_int
-from .tensor import Tensor
+from .. import _kernels as K
+from .._checks import is_int
+from ..tensor import Tensor
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineWarmupLR", "LambdaLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "LRScheduler", "StepLR", "CosineWarmupLR", "LambdaLR",
+           "lr_scheduler"]
 
 
 class Optimizer:
@@ -88,6 +89,14 @@ class Optimizer:
             g.update({k: v for k, v in sg.items() if k != "params"})
         self.state = state
 
+    def _with_grads(self):
+        """(group, param array, grad array, state dict) for each parameter that has a gradient."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    w, gr = self._arrays(p)
+                    yield g, w, gr, self.state.setdefault(id(p), {})
+
     @staticmethod
     def _arrays(p):
         if not p.data.flags.c_contiguous:
@@ -140,19 +149,14 @@ class AdamW(Optimizer):
         return gr, wd
 
     def step(self):
-        for g in self.param_groups:
+        for g, w, gr, st in self._with_grads():
             b1, b2 = g["betas"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                w, gr = self._arrays(p)
-                st = self.state.setdefault(id(p), {})
-                if not st:
-                    st.update(step=0, exp_avg=np.zeros_like(w), exp_avg_sq=np.zeros_like(w))
-                st["step"] += 1
-                gr, wd = self._decay(w, gr, float(g["weight_decay"]), float(g["lr"]))
-                K.adamw_step(w, gr, st["exp_avg"], st["exp_avg_sq"], int(st["step"]), float(g["lr"]),
-                             float(b1), float(b2), float(g["eps"]), wd)
+            if not st:
+                st.update(step=0, exp_avg=np.zeros_like(w), exp_avg_sq=np.zeros_like(w))
+            st["step"] += 1
+            gr, wd = self._decay(w, gr, float(g["weight_decay"]), float(g["lr"]))
+            K.adamw_step(w, gr, st["exp_avg"], st["exp_avg_sq"], int(st["step"]), float(g["lr"]),
+                         float(b1), float(b2), float(g["eps"]), wd)
 
 
 class Adam(AdamW):
@@ -235,3 +239,49 @@ class LambdaLR(LRScheduler):
 
     def lr_at(self, base, t):
         return base * self.lr_lambda(t)
+
+
+class RMSprop(Optimizer):
+    """RMSprop with PyTorch's formulas (NumPy update): v = alpha v + (1 - alpha) g^2; centered
+    subtracts the squared running mean of g; step g / (sqrt(v) + eps), through a momentum
+    buffer when momentum > 0; L2 weight decay is added to g."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        if not (lr >= 0 and eps >= 0 and 0 <= alpha <= 1 and momentum >= 0 and weight_decay >= 0):   # NaN included
+            raise ValueError(f"RMSprop: invalid hyperparameters lr={lr}, alpha={alpha}, eps={eps}, "
+                             f"momentum={momentum}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered))
+
+    def step(self):
+        for g, w, gr, st in self._with_grads():
+            a, lr, eps, wd, mom = (float(g[k]) for k in ("alpha", "lr", "eps", "weight_decay", "momentum"))
+            if not st:
+                st.update(step=0, square_avg=np.zeros_like(w))
+                if mom > 0:
+                    st["momentum_buffer"] = np.zeros_like(w)
+                if g["centered"]:
+                    st["grad_avg"] = np.zeros_like(w)
+            st["step"] += 1
+            if wd:
+                gr = gr + wd * w
+            v = st["square_avg"]
+            v *= a
+            v += (1 - a) * gr * gr
+            if g["centered"]:
+                ga = st["grad_avg"]
+                ga *= a
+                ga += (1 - a) * gr
+                avg = np.sqrt(v - ga * ga) + eps
+            else:
+                avg = np.sqrt(v) + eps
+            if mom > 0:
+                buf = st["momentum_buffer"]
+                buf *= mom
+                buf += gr / avg
+                w -= lr * buf
+            else:
+                w -= lr * (gr / avg)
+
+
+from . import lr_scheduler  # noqa: E402  (torch's layout: fusegrad.optim.lr_scheduler.CosineAnnealingLR)
