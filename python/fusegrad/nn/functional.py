@@ -177,9 +177,11 @@ def mse_loss(input, target, reduction="mean"):
             raise TypeError(f"mse_loss: {name} is complex ({dt}); real values expected")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} and target shape {target.shape} differ")
-    if reduction == "mean":
+    if reduction == "mean" and math.prod(input.shape):  # the fused kernel needs an element
         return _MSE.apply(input, target)
     d = (input - target) ** 2
+    if reduction == "mean":
+        return d.mean()  # of no elements: NaN, as in torch
     if reduction == "sum":
         return d.sum()
     if reduction == "none":
