@@ -1,71 +1,229 @@
-"""A PyTorch GPT's CPU training step with fusegrad.torch swapped in vs the unmodified model.
+"""fusegrad.torch per op vs PyTorch's own op, forward+backward, by size: the table behind the policy.
 
-The model is tests/torch_gpt.py (plain PyTorch; attention, layer norm, GELU, linear and cross
-entropy called through a namespace F). "torch" runs it with torch.nn.functional and
-torch.optim.AdamW (foreach); "fusegrad" with fusegrad.torch and fusegrad.torch.AdamW. One step =
-forward, backward, AdamW update, zero_grad, timed interleaved. Both start from the same weights;
-the first-step losses are compared before timing (validation).
+For each op fusegrad.torch decides (python/fusegrad/torch.py, POLICY_OPS), time a training call
+(forward and backward, inputs that require grad) through fusegrad.torch with the policy forced to
+'fusegrad' (its light eager path) and through PyTorch's original op, interleaved, on GPT-like shapes
+from tiny to GPT-2 sized. Outputs and gradients are compared before timing (validation).
+
+    python -m bench torch_adapter                               # the table, as rows
+    python -m bench.bench_torch_adapter --write [--threads 2]   # also store it in fusegrad/_torch_table.json
+    python -m bench.bench_torch_adapter --overhead --threads 1  # what each path into a kernel costs per call
+
+--write stores, under this CPU's key (fusegrad.torch.cpu_key()), 'fusegrad' for each size bucket
+(floor(log2(size))) where ours was at least MARGIN times faster, 'torch' elsewhere; and it updates
+the CPU-independent 'default' entry used on CPUs not in the table, which asks for DEFAULT_MARGIN,
+a wider margin, since another CPU's ratio can differ.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import math
+import statistics
+import time
+from collections import defaultdict
 from pathlib import Path
 
-from bench.common import interleaved, ratio, torch
+from bench.common import interleaved, paired_ratio, torch
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+MARGIN = 1.05          # this CPU: ours must be 5% faster (a tie goes to PyTorch: never slower)
+DEFAULT_MARGIN = 1.25  # CPUs not measured: only where ours was clearly faster here
+THREADS = 2
 
-CONFIGS = [  # (name, GPTConfig kwargs, batch)
-    ("gpt L2 C128 T128 V1024", dict(vocab_size=1024, block_size=128, n_layer=2, n_head=4, n_embd=128), 8),
-    ("gpt L4 C256 T256 V4096", dict(vocab_size=4096, block_size=256, n_layer=4, n_head=4, n_embd=256), 4),
-]
+
+def shapes(op, quick):
+    """GPT-like shapes per op, small to large."""
+    if op in ("layer_norm", "gelu", "gelu_tanh"):
+        C = 512 if op != "layer_norm" else 128
+        rows = [1, 8, 64, 192, 768, 2048, 8192] if not quick else [64, 768]
+        out = [(N, C) for N in rows]
+        return out + ([(2048, 768), (8192, 768)] if op == "layer_norm" and not quick else [])
+    if op == "linear":  # (M, K, N): tokens x in x out
+        full = [(1, 128, 128), (16, 128, 512), (64, 128, 512), (768, 128, 384), (768, 128, 512), (768, 512, 128),
+                (2048, 256, 1024), (2048, 1024, 256), (4096, 768, 3072), (768, 768, 2304)]
+        return full if not quick else [(64, 128, 512), (768, 128, 512)]
+    if op == "scaled_dot_product_attention":  # (B, H, T, E)
+        full = [(1, 2, 16, 32), (4, 4, 32, 32), (12, 4, 64, 32), (8, 4, 256, 64), (4, 12, 256, 64), (1, 12, 1024, 64)]
+        return full if not quick else [(12, 4, 64, 32)]
+    if op == "cross_entropy":  # (N, V)
+        full = [(16, 67), (768, 256), (768, 1024), (2048, 4096), (512, 50304)]
+        return full if not quick else [(768, 256)]
+    raise KeyError(op)
+
+
+def make_case(op, shape, dtype):
+    """(fusegrad call, torch call, differentiable inputs, size) for one shape."""
+    import fusegrad.torch as fgt
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*s, grad=True):
+        return torch.randn(s, generator=g, dtype=dtype).requires_grad_(grad)
+
+    O = fgt.ORIGINALS
+    if op == "layer_norm":
+        N, C = shape
+        x, w, b = r(N, C), r(C), r(C)
+        return (lambda: fgt.layer_norm(x, (C,), w, b)), (lambda: O["layer_norm"](x, (C,), w, b)), (x, w, b), N * C
+    if op in ("gelu", "gelu_tanh"):
+        x = r(*shape)
+        a = "none" if op == "gelu" else "tanh"
+        return (lambda: fgt.gelu(x, a)), (lambda: O["gelu"](x, approximate=a)), (x,), x.numel()
+    if op == "linear":
+        M, K, N = shape
+        x, w, b = r(M, K), (r(N, K, grad=False) * K ** -0.5).requires_grad_(), r(N)
+        return (lambda: fgt.linear(x, w, b)), (lambda: O["linear"](x, w, b)), (x, w, b), M * K * N
+    if op == "scaled_dot_product_attention":
+        B, H, T, E = shape
+        q, k, v = r(B, H, T, E), r(B, H, T, E), r(B, H, T, E)
+        return ((lambda: fgt.scaled_dot_product_attention(q, k, v, is_causal=True)),
+                (lambda: O["scaled_dot_product_attention"](q, k, v, is_causal=True)), (q, k, v), B * H * T * T * E)
+    if op == "cross_entropy":
+        N, V = shape
+        x, t = r(N, V), torch.randint(0, V, (N,), generator=g)
+        return (lambda: fgt.cross_entropy(x, t)), (lambda: O["cross_entropy"](x, t)), (x,), N * V
+    raise KeyError(op)
+
+
+def _fwd_bwd(f, inputs, dy):
+    for t in inputs:
+        t.grad = None
+    y = f()
+    y.backward(dy)
+    return y
+
+
+def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None):
+    import fusegrad.torch as fgt
+
+    old = fgt.set_policy("fusegrad")
+    rows = []
+    try:
+        for op in ops or fgt.POLICY_OPS:
+            for dt in dtypes:
+                dtype = getattr(torch, dt)
+                shp = shapes(op, quick)
+                if dt == "float64":
+                    # float64: every other shape, none of the largest (a coarser table; rarely a speed concern)
+                    shp = [sh for sh in shp[::2] if math.prod(sh) < 1 << 24]
+                for shape in shp:
+                    ours, theirs, inputs, size = make_case(op, shape, dtype)
+                    y0 = theirs()
+                    dy = torch.randn(y0.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+                    fgt.fallback_counts.clear()
+                    y1 = _fwd_bwd(ours, inputs, dy)
+                    g1 = [t.grad.clone() for t in inputs]
+                    y2 = _fwd_bwd(theirs, inputs, dy)
+                    tol = 1e-3 if dt == "float32" else 1e-9
+                    err = max([(y1 - y2).abs().max().item()] +
+                              [((a - t.grad).abs().max() / (1 + t.grad.abs().max())).item() for a, t in zip(g1, inputs)])
+                    samples = {}
+                    t = interleaved({"fusegrad": lambda: _fwd_bwd(ours, inputs, dy),
+                                     "torch": lambda: _fwd_bwd(theirs, inputs, dy)}, reps=reps, warmup=1,
+                                    samples_out=samples)
+                    rows.append({"op": op, "dtype": dt, "shape": "x".join(map(str, shape)), "size": size,
+                                 "bucket": size.bit_length() - 1, "max_err": err, "valid": err < tol,
+                                 "fallbacks": sum(fgt.fallback_counts.values()),
+                                 "fusegrad_us": t["fusegrad"] * 1e6, "torch_us": t["torch"] * 1e6,
+                                 "x_torch": paired_ratio(samples, "torch", "fusegrad")})
+                    print(rows[-1], flush=True)
+    finally:
+        fgt.set_policy(old)
+    return rows
+
+
+def overhead(N=768, C=128, reps=15):
+    """What each way into the same layer_norm kernel costs (forward, float32, N x C), interleaved:
+    the raw kernel on NumPy arrays; .numpy()/from_numpy around it; fusegrad.torch's eager path
+    without and with autograd (a plain autograd.Function); the torch.library custom op (what
+    torch.compile traces); and PyTorch's F.layer_norm. Microseconds per call, medians."""
+    import numpy as np
+
+    import fusegrad.torch as fgt
+    from fusegrad import _C
+
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(N, C, generator=g), torch.randn(C, generator=g), torch.randn(C, generator=g)
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    xn, wn, bn = x.numpy(), w.numpy(), b.numpy()
+    old = fgt.set_policy("fusegrad")
+    fns = {
+        "raw _C (NumPy)": lambda: _C.layernorm_forward(xn, wn, bn, 1e-5),
+        "numpy()/from_numpy + _C": lambda: torch.from_numpy(_C.layernorm_forward(x.numpy(), w.numpy(), b.numpy(),
+                                                                                1e-5)[0]),
+        "fgt.layer_norm, no grad": lambda: fgt.layer_norm(x, (C,), w, b),
+        "fgt.layer_norm, grad (autograd.Function)": lambda: fgt.layer_norm(xg, (C,), wg, bg),
+        "torch.ops.fusegrad custom op, grad": lambda: torch.ops.fusegrad.layernorm_forward(xg, wg, bg, 1e-5),
+        "PyTorch F.layer_norm, grad": lambda: fgt.ORIGINALS["layer_norm"](xg, (C,), wg, bg),
+    }
+    try:
+        np.testing.assert_array_equal(fns["fgt.layer_norm, grad (autograd.Function)"]().detach().numpy(),
+                                      fns["raw _C (NumPy)"]()[0])  # validate: the same kernel, the same bits
+        t = interleaved(fns, reps=reps)
+    finally:
+        fgt.set_policy(old)
+    raw = t["raw _C (NumPy)"]
+    return [{"path": k, "shape": f"{N}x{C}", "us": v * 1e6, "us_above_raw": (v - raw) * 1e6} for k, v in t.items()]
+
+
+def table_from(rows, margin):
+    """{op: {dtype: {bucket: 'fusegrad' | 'torch'}}}: geometric mean of the ratios in each bucket."""
+    ratios = defaultdict(list)
+    for r in rows:
+        if r["valid"] and not r["fallbacks"] and r["x_torch"]:
+            ratios[(r["op"], r["dtype"], r["bucket"])].append(r["x_torch"])
+    out = defaultdict(dict)
+    for (op, dt, b), xs in sorted(ratios.items()):
+        gm = math.exp(statistics.fmean(math.log(x) for x in xs))
+        out[op].setdefault(dt, {})[str(b)] = "fusegrad" if gm >= margin else "torch"
+    return dict(out)
+
+
+def write_table(rows, path=None):
+    import fusegrad.torch as fgt
+
+    path = Path(path or fgt._TABLE_FILE)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc["measured"] = {**doc.get("measured", {}), fgt.cpu_key(): time.strftime("%Y-%m-%d") + f", {THREADS} threads"}
+    doc["about"] = ("fusegrad.torch's policy table, written by bench/bench_torch_adapter.py --write: per CPU "
+                    "(fusegrad.torch.cpu_key()), op and dtype, which implementation ran a forward+backward "
+                    "faster for sizes in bucket floor(log2(size)) (size per op in fusegrad.torch.POLICY_OPS); "
+                    f"'fusegrad' needs a {MARGIN}x win on that CPU, {DEFAULT_MARGIN}x for 'default' (CPUs not "
+                    "listed); the nearest measured bucket decides sizes between them")
+    doc.setdefault("tables", {})
+    for key, margin in ((fgt.cpu_key(), MARGIN), ("default", DEFAULT_MARGIN)):
+        doc["tables"][key] = {**doc["tables"].get(key, {}), **table_from(rows, margin)}  # re-measured ops replaced
+    path.write_text(json.dumps(doc, indent=1) + "\n")  # buckets stay in numeric order
+    return path
 
 
 def run(limits, quick=False):
     if torch is None or not hasattr(torch.library, "custom_op"):
         return [{"op": "torch_adapter", "note": "needs torch >= 2.4"}]
-    import torch.nn.functional as TF
+    return overhead() + measure(quick)
 
-    import fusegrad.torch as fgt
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from torch_gpt import GPT, GPTConfig, batches
 
-    rows = []
-    for name, kw, B in CONFIGS[:1] if quick else CONFIGS:
-        cfg = GPTConfig(**kw)
-        idx, targets = batches(cfg, B, 1)[0]
-        setups = {}
-        for label, F, opt_cls in (("torch", TF, torch.optim.AdamW), ("fusegrad", fgt, fgt.AdamW)):
-            torch.manual_seed(0)
-            model = GPT(cfg, F)
-            opt = opt_cls(model.parameters(), lr=3e-4, weight_decay=0.1)
-            setups[label] = (model, opt)
-        # validate: same weights, same batch -> same loss and gradients before any timing
-        fgt.fallback_counts.clear()
-        (mt, _), (mf, _) = setups["torch"], setups["fusegrad"]
-        lt, lf = mt(idx, targets), mf(idx, targets)
-        lt.backward()
-        lf.backward()
-        grad_err = max((a.grad - b.grad).abs().max().item() for a, b in zip(mt.parameters(), mf.parameters()))
-        loss_err = abs(lt.item() - lf.item())
-        for m, _ in setups.values():
-            m.zero_grad(set_to_none=True)
+def main(argv=None):
+    import fusegrad
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--write", action="store_true", help="store the table in fusegrad/_torch_table.json")
+    p.add_argument("--overhead", action="store_true", help="only the per-call cost of each path (layer_norm fwd)")
+    p.add_argument("--ops", default=None, help="comma-separated subset of ops (others keep their stored rows)")
+    args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
+    fusegrad.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    if args.overhead:
+        from bench.run import table
+        print(table(overhead()))
+        return
+    rows = measure(args.quick, ops=args.ops.split(",") if args.ops else None)
+    if args.write:
+        print("wrote", write_table(rows))
 
-        def step(model, opt):
-            loss = model(idx, targets)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
 
-        t = interleaved({k: (lambda m=m, o=o: step(m, o)) for k, (m, o) in setups.items()},
-                        reps=5 if quick else 9, warmup=1)
-        tokens = B * cfg.block_size
-        rows.append({
-            "model": name, "tokens/step": tokens, "loss_err": loss_err, "grad_err": grad_err,
-            "fallbacks": sum(fgt.fallback_counts.values()),
-            "fusegrad_ms": t["fusegrad"] * 1e3, "torch_ms": t["torch"] * 1e3,
-            "fusegrad_tok/s": tokens / t["fusegrad"], "torch_tok/s": tokens / t["torch"],
-            "x_torch": ratio(t["torch"], t["fusegrad"]),
-        })
-    return rows
+if __name__ == "__main__":
+    main()

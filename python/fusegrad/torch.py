@@ -1,39 +1,54 @@
-"""PyTorch adapter: fusegrad's CPU kernels as ``torch.library`` custom ops with autograd.
+"""PyTorch adapter: fusegrad's CPU kernels as drop-ins for ``torch.nn.functional`` ops, modules and AdamW.
 
-Drop-in replacements with the signatures of their ``torch.nn.functional`` / ``torch.optim``
-counterparts, so swapping is a one-line change::
+Drop-in replacements with the signatures of their ``torch.nn.functional`` / ``torch.nn`` /
+``torch.optim`` counterparts::
 
     import fusegrad.torch as fgt
-    y = fgt.scaled_dot_product_attention(q, k, v, is_causal=True)   # was F.scaled_dot_product_attention
-    y = fgt.layer_norm(x, (C,), w, b)                               # was F.layer_norm
-    opt = fgt.AdamW(model.parameters(), lr=3e-4)                    # was torch.optim.AdamW
+    model = fgt.optimize(model)            # swaps nn.LayerNorm/GELU/Linear and F.* ops; fgt.restore(model) undoes it
+    opt = fgt.AdamW(model.parameters())    # was torch.optim.AdamW
+    y = fgt.layer_norm(x, (C,), w, b)      # or one op at a time, as F.layer_norm
 
-Each function is a custom op (``torch.ops.fusegrad.*``) with a fake (meta) implementation and a
-registered backward, so it runs in eager mode and under ``torch.compile(fullgraph=True)`` without
-graph breaks. Tensors reach the kernels as NumPy views of their memory (no copy when
-contiguous) and results come back as tensors over the kernels' output buffers (no copy).
+**Never slower.** Each call runs fusegrad's kernel only where it beat PyTorch's op for that op,
+dtype and size on this kind of CPU, and PyTorch's own op otherwise. The choice comes from a
+table measured by ``bench/bench_torch_adapter.py`` and stored in ``fusegrad/_torch_table.json``
+(keyed by CPU and ISA path, with a conservative default for CPUs not in it); ``set_policy``
+or the environment variable ``FUSEGRAD_TORCH_POLICY`` overrides it (``'fusegrad'`` forces our
+kernels, ``'torch'`` PyTorch's, per op or for all). ``dispatch_counts`` counts every call by
+where it went (``'layer_norm -> fusegrad'``, ``'layer_norm -> torch'``).
 
-Unsupported arguments: the adapters fall back to PyTorch's own op rather than raising, so that
-swapping the import never breaks a model that works with ``torch.nn.functional``; each fallback is
-counted in ``fallback_counts`` (reason -> calls; under ``torch.compile`` it counts once per trace),
-so a user (or a test) can check that the fusegrad kernels really ran. Fallbacks happen for: non-CPU
-tensors (until ``fusegrad._cuda`` exists), dtypes other than float32/float64, and options the
-kernels lack (``attn_mask``, ``dropout_p > 0``, ``is_causal`` with a query length different from
-the key length (PyTorch aligns that mask top-left, our kernel bottom-right), class weights, label
-smoothing, reductions other than ``'mean'``, inputs other than ``(N, C)`` logits, ...). The
-optimizer is the exception: ``AdamW`` raises ``ValueError`` for options it lacks (``amsgrad``,
-``maximize``, ...) and ``RuntimeError`` for CUDA parameters, since silently running another
-optimizer would change a training run.
+**Two paths, one result.** In eager mode a call goes through a plain ``torch.autograd.Function``
+(or straight to the kernel when no gradient is needed) that hands the tensors' memory to the
+kernels as NumPy views: about 2-4 µs above the raw kernel. Under ``torch.compile`` (and for tensor
+subclasses such as fake tensors) it goes through ``torch.library`` custom ops
+(``torch.ops.fusegrad.*``) with fake (meta) implementations and registered backwards, so
+``torch.compile(fullgraph=True)`` traces them without graph breaks; that path costs ~40 µs more
+per call in eager mode, which is why eager mode does not use it. Both run the same kernels.
+
+**Fallbacks.** Arguments the kernels lack go to PyTorch's ORIGINAL op (captured when this module
+is imported, so ``torch.nn.functional.layer_norm = fusegrad.torch.layer_norm`` never recurses),
+counted in ``fallback_counts`` by reason: non-CPU tensors (until ``fusegrad._cuda`` exists),
+dtypes other than float32/float64, and options the kernels lack (``attn_mask``, ``dropout_p >
+0``, ``is_causal`` with a query length different from the key length (PyTorch aligns that mask
+top-left, our kernel bottom-right), class weights, label smoothing, reductions other than
+``'mean'``, inputs other than ``(N, C)`` logits, ...); under ``torch.compile`` a fallback counts
+once per trace. The optimizer is the exception: ``AdamW`` raises ``ValueError`` for options it
+lacks (``amsgrad``, ``maximize``, ...) and ``RuntimeError`` for CUDA parameters, since silently
+running another optimizer would change a training run.
 
 This module imports torch (>= 2.4, for ``torch.library.custom_op``); fusegrad itself never depends
 on it, and no libtorch is linked into fusegrad's C++ extension: tensors cross over as NumPy views.
 """
 import collections
+import copy
+import json
 import math
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 if not hasattr(torch.library, "custom_op"):  # added in torch 2.4
@@ -42,7 +57,8 @@ if not hasattr(torch.library, "custom_op"):  # added in torch 2.4
 from . import _C
 
 __all__ = ["scaled_dot_product_attention", "layer_norm", "cross_entropy", "gelu", "linear", "AdamW",
-           "fallback_counts", "KERNELS"]
+           "LayerNorm", "GELU", "Linear", "optimize", "restore", "set_policy", "get_policy",
+           "fallback_counts", "dispatch_counts", "ORIGINALS", "KERNELS"]
 
 #: fusegrad kernels each adapter needs; a missing one makes the adapter fall back to PyTorch
 KERNELS = {
@@ -54,10 +70,26 @@ KERNELS = {
     "AdamW": ("adamw_step",),
 }
 
-#: how often each adapter handed a call to PyTorch's own op, by reason (see the module docstring)
+#: PyTorch's own ``torch.nn.functional`` ops, captured at import: every fallback and every
+#: "torch" choice of the policy calls these, never whatever ``F.<name>`` holds later
+def _original(f):
+    """PyTorch's op behind f: f itself, or the one a fusegrad.torch function replaced (a module
+    imported again into a process whose torch.nn.functional is already patched)."""
+    return getattr(f, "_torch_original", f)
+
+
+ORIGINALS = {name: _original(getattr(F, name))
+             for name in ("scaled_dot_product_attention", "layer_norm", "cross_entropy", "gelu", "linear")}
+_pt_sdpa, _pt_layer_norm, _pt_cross_entropy, _pt_gelu, _pt_linear = ORIGINALS.values()
+
+#: how often each adapter handed a call to PyTorch's own op because the kernels lack something, by reason
 fallback_counts = collections.Counter()
+#: every eager call by where it ran: ``'<op> -> fusegrad'`` or ``'<op> -> torch'`` (fallbacks and policy choices)
+dispatch_counts = collections.Counter()
 
 _FLOATS = (torch.float32, torch.float64)
+_PLAIN = (torch.Tensor, nn.Parameter)  # tensor types the eager path views as NumPy (not fake/functional subclasses)
+_is_compiling = torch.compiler.is_compiling
 
 
 def _have(name):
@@ -67,29 +99,189 @@ def _have(name):
 def _native(name, *ts):
     """True when the fusegrad kernels can run these tensors; else count the fallback reason."""
     if not _have(name):
-        reason = "kernel not built"
-    elif any(t.device.type != "cpu" for t in ts):
-        reason = "device"
-    elif any(t.dtype not in _FLOATS or t.dtype != ts[0].dtype for t in ts):
-        reason = "dtype"
-    else:
-        return True
-    fallback_counts[f"{name}: {reason}"] += 1
-    return False
+        return _fallback(name, "kernel not built")
+    dt = ts[0].dtype
+    for t in ts:
+        if not t.is_cpu:
+            return _fallback(name, "device")
+        if t.dtype is not dt:
+            return _fallback(name, "dtype")
+    return dt in _FLOATS or _fallback(name, "dtype")
 
 
 def _fallback(name, reason):
     fallback_counts[f"{name}: {reason}"] += 1
+    if not _is_compiling():
+        dispatch_counts[_KEYS[name][False]] += 1
     return False
+
+
+def _mode(*ts):
+    """0: the registered custom op (tracing, or a tensor subclass such as a fake tensor);
+    1: eager, no gradient needed (the kernel alone); 2: eager with autograd (the light Function)."""
+    if _is_compiling():
+        return 0
+    grad = False
+    for t in ts:
+        if type(t) not in _PLAIN:
+            return 0
+        grad = grad or t.requires_grad
+    return 2 if grad and torch.is_grad_enabled() else 1
+
+
+def _fast_apply(fn):
+    """fn.apply without autograd.Function.apply's Python preamble (argument binding and functorch's
+    unwrapping of dead wrappers, ~10 µs a call), which matters only under functorch transforms."""
+    raw = super(torch.autograd.Function, fn).apply
+
+    def apply(*args):
+        return fn.apply(*args) if _functorch_active() else raw(*args)
+    return apply
+
+
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def _n(t):
     """A CPU tensor as a NumPy array over the same memory (copied only if non-contiguous)."""
-    return t.detach().contiguous().numpy()
+    if t.requires_grad:
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
 
 
-def _t(a):
-    return torch.from_numpy(np.asarray(a))
+_t = torch.from_numpy
+
+
+# ----------------------------------------------------------------- policy
+#: ops the policy decides, and how a call's size is measured (bucket: floor(log2(size)))
+POLICY_OPS = {
+    "scaled_dot_product_attention": "B*H*L*S*E",
+    "layer_norm": "numel",
+    "cross_entropy": "N*C",
+    "gelu": "numel (approximate='none', erf)",
+    "gelu_tanh": "numel (approximate='tanh')",
+    "linear": "M*K*N (rows x in x out)",
+}
+_KEYS = {op: (f"{op} -> torch", f"{op} -> fusegrad") for op in POLICY_OPS}
+_TABLE_FILE = Path(__file__).with_name("_torch_table.json")
+_CHOICES = ("auto", "fusegrad", "torch")
+
+
+def cpu_key():
+    """The key of this machine's entry in the table: CPU model and fusegrad's ISA path in use."""
+    from ._config import cpu_model
+    return f"{cpu_model()} / {_C.get_isa()}"
+
+
+def _load_table(src):
+    """{op: {dtype: sorted [(bucket, use_fusegrad)]}} for this CPU (or the default) from a path or dict."""
+    if src is None:
+        return {}
+    doc = src if isinstance(src, dict) else json.loads(Path(src).read_text())
+    tables = doc.get("tables", doc)
+    entry = tables.get(cpu_key()) or tables.get("default") or {}
+    out = {}
+    for op, per_dtype in entry.items():
+        if op not in POLICY_OPS:
+            raise ValueError(f"fusegrad.torch: table names an unknown op {op!r}; ops: {', '.join(POLICY_OPS)}")
+        out[op] = {getattr(torch, dt): sorted((int(b), c == "fusegrad") for b, c in buckets.items())
+                   for dt, buckets in per_dtype.items()}
+    return out
+
+
+def _parse_policy(text):
+    """'fusegrad' or 'layer_norm=fusegrad,gelu=torch' -> {op or None: choice}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        op, _, choice = part.rpartition("=")
+        out[op or None] = choice
+    return out
+
+
+_policy = {op: "auto" for op in POLICY_OPS}
+_table = {}
+_decided = {}
+
+
+def set_policy(policy="auto", ops=None, table=None):
+    """Choose where calls run: ``'auto'`` (the measured table: fusegrad's kernel only where it
+    was faster), ``'fusegrad'`` (our kernel for every call it supports) or ``'torch'``
+    (PyTorch's op always).
+
+    ``ops``: an op name or a list of them (``POLICY_OPS``; ``'gelu'`` is the erf form,
+    ``'gelu_tanh'`` the tanh one); default all. ``table``: a path or dict in the format of
+    ``fusegrad/_torch_table.json`` to use instead of it. The environment variable
+    ``FUSEGRAD_TORCH_POLICY`` (``'torch'``, or ``'layer_norm=fusegrad,gelu=torch'``) sets the
+    policy at import, ``FUSEGRAD_TORCH_TABLE`` the table. Returns the previous policy (a dict
+    for ``set_policy(**...)``-free restoring: ``set_policy(old)``).
+
+    >>> import fusegrad.torch as fgt
+    >>> old = fgt.set_policy("torch", ops="gelu")
+    >>> fgt.get_policy()["gelu"]
+    'torch'
+    >>> _ = fgt.set_policy(old)
+    """
+    old = dict(_policy)
+    if isinstance(policy, dict):
+        for op, choice in policy.items():
+            set_policy(choice, op)
+    else:
+        if policy not in _CHOICES:
+            raise ValueError(f"fusegrad.torch.set_policy: policy must be one of {_CHOICES}, got {policy!r}")
+        names = list(POLICY_OPS) if ops is None else [ops] if isinstance(ops, str) else list(ops)
+        for op in names:
+            if op not in POLICY_OPS:
+                raise ValueError(f"fusegrad.torch.set_policy: unknown op {op!r}; ops: {', '.join(POLICY_OPS)}")
+            _policy[op] = policy
+    if table is not None:
+        _table.clear()
+        _table.update(_load_table(table))
+    _decided.clear()
+    return old
+
+
+def get_policy():
+    """The policy of each op (``'auto'``, ``'fusegrad'`` or ``'torch'``)."""
+    return dict(_policy)
+
+
+def _decide(op, dtype, bucket):
+    p = _policy[op]
+    if p != "auto":
+        return p == "fusegrad"
+    rows = _table.get(op, {}).get(dtype)
+    if not rows:
+        return False  # never measured: PyTorch's op, which is never slower than itself
+    # the nearest measured bucket (ties: the smaller one)
+    return min(rows, key=lambda r: (abs(r[0] - bucket), r[0]))[1]
+
+
+def _use(op, dtype, size):
+    """Whether this call runs fusegrad's kernel (policy + table), counted in dispatch_counts."""
+    if _is_compiling():  # sizes may be symbolic here; the choice specializes the graph to this bucket
+        return _decide(op, dtype, int(size).bit_length() - 1)
+    bucket = size.bit_length() - 1
+    key = (op, dtype, bucket)
+    ours = _decided.get(key)
+    if ours is None:
+        ours = _decided[key] = _decide(op, dtype, bucket)
+    dispatch_counts[_KEYS[op][ours]] += 1
+    return ours
+
+
+def _init_policy():
+    _table.update(_load_table(os.environ.get("FUSEGRAD_TORCH_TABLE") or
+                              (_TABLE_FILE if _TABLE_FILE.exists() else None)))
+    for op, choice in _parse_policy(os.environ.get("FUSEGRAD_TORCH_POLICY", "")).items():
+        try:
+            set_policy(choice, op)
+        except ValueError as e:
+            raise ValueError(f"FUSEGRAD_TORCH_POLICY: {e}") from None
+
+
+_init_policy()
 
 
 # ----------------------------------------------------------------- attention
@@ -136,6 +328,27 @@ def _attention_grad(ctx, do, dlse):
 _attention_fwd.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 
+class _Attention(torch.autograd.Function):
+    """The eager path: the same kernels without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        o, lse = _C.attention_forward(_n(q), _n(k), _n(v), causal, scale)
+        o = _t(o)
+        ctx.save_for_backward(q, k, v, o)
+        ctx.lse, ctx.causal, ctx.scale = lse, causal, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o = ctx.saved_tensors
+        dq, dk, dv = _C.attention_backward(_n(do), _n(q), _n(k), _n(v), o.numpy(), ctx.lse, ctx.causal, ctx.scale)
+        return _t(dq), _t(dk), _t(dv), None, None
+
+
+_attention_apply = _fast_apply(_Attention)
+
+
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                  scale=None, enable_gqa=False):
     """``torch.nn.functional.scaled_dot_product_attention`` on fusegrad's flash-style CPU kernel.
@@ -150,8 +363,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     torch.Size([1, 2, 5, 8])
     """
     def torch_op():
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        return _pt_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                        scale=scale, enable_gqa=enable_gqa)
 
     name = "scaled_dot_product_attention"
     if not _native(name, query, key, value):
@@ -171,7 +384,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return _fallback(name, "shapes") or torch_op()
     if is_causal and L != S:
         return _fallback(name, "is_causal with L != S (PyTorch aligns the mask top-left)") or torch_op()
-    o, _ = _attention_fwd(q, k, v, bool(is_causal), None if scale is None else float(scale))
+    if not _use(name, q.dtype, B * H * L * S * E):
+        return torch_op()
+    causal, scale = bool(is_causal), None if scale is None else float(scale)
+    mode = _mode(q, k, v)
+    if mode == 0:
+        o, _ = _attention_fwd(q, k, v, causal, scale)
+    elif mode == 2:
+        o = _attention_apply(q, k, v, causal, scale)
+    else:
+        o = _t(_C.attention_forward(_n(q), _n(k), _n(v), causal, scale)[0])
     return o if nd == 4 else o.squeeze(1)
 
 
@@ -217,6 +439,26 @@ def _layernorm_grad(ctx, dy, dmean, drstd):
 _layernorm_fwd.register_autograd(_layernorm_grad, setup_context=_layernorm_setup)
 
 
+class _LayerNorm(torch.autograd.Function):
+    """The eager path: the same kernels without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        y, mean, rstd = _C.layernorm_forward(_n(x), _n(weight), _n(bias), eps)
+        ctx.save_for_backward(x, weight)
+        ctx.stats = mean, rstd
+        return _t(y)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = _C.layernorm_backward(_n(dy), _n(x), _n(weight), *ctx.stats)
+        return _t(dx), _t(dw), _t(db), None
+
+
+_layernorm_apply = _fast_apply(_LayerNorm)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """``torch.nn.functional.layer_norm`` on fusegrad's one-pass kernels.
 
@@ -225,23 +467,31 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     >>> torch.allclose(fgt.layer_norm(x, (8,)), torch.nn.functional.layer_norm(x, (8,)), atol=1e-5)
     True
     """
-    def torch_op():
-        return F.layer_norm(input, normalized_shape, weight, bias, eps)
-
     name = "layer_norm"
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    ts = [t for t in (input, weight, bias) if t is not None]
+    ts = (input, weight, bias) if bias is not None and weight is not None else \
+        [t for t in (input, weight, bias) if t is not None]
     if not _native(name, *ts):
-        return torch_op()
+        return _pt_layer_norm(input, normalized_shape, weight, bias, eps)
     k = len(ns)
-    if k == 0 or input.dim() < k or tuple(input.shape[-k:]) != ns or any(
-            t is not None and tuple(t.shape) != ns for t in (weight, bias)):
-        return _fallback(name, "shapes") or torch_op()
-    C = math.prod(ns)
-    w = input.new_ones(C) if weight is None else weight.reshape(C)
-    b = input.new_zeros(C) if bias is None else bias.reshape(C)
-    y, _, _ = _layernorm_fwd(input.reshape(-1, C), w, b, float(eps))
-    return y.reshape(input.shape)
+    if k == 0 or input.dim() < k or input.shape[-k:] != ns or (weight is not None and weight.shape != ns) or (
+            bias is not None and bias.shape != ns):
+        return _fallback(name, "shapes") or _pt_layer_norm(input, normalized_shape, weight, bias, eps)
+    if not _use(name, input.dtype, input.numel()):
+        return _pt_layer_norm(input, normalized_shape, weight, bias, eps)
+    C = ns[0] if k == 1 else math.prod(ns)
+    w = input.new_ones(C) if weight is None else weight if k == 1 else weight.reshape(C)
+    b = input.new_zeros(C) if bias is None else bias if k == 1 else bias.reshape(C)
+    flat = input.dim() == 2 and k == 1  # already (N, C): no reshapes (each costs ~1 µs)
+    x = input if flat else input.reshape(-1, C)
+    mode = _mode(x, w, b)
+    if mode == 0:
+        y = _layernorm_fwd(x, w, b, float(eps))[0]
+    elif mode == 2:
+        y = _layernorm_apply(x, w, b, float(eps))
+    else:
+        y = _t(_C.layernorm_forward(_n(x), _n(w), _n(b), float(eps))[0])
+    return y if flat else y.reshape(input.shape)
 
 
 # ----------------------------------------------------------------- cross entropy
@@ -282,6 +532,31 @@ def _xent_grad(ctx, dloss, dlse):
 _xent_fwd.register_autograd(_xent_grad, setup_context=_xent_setup)
 
 
+def _xent_loss(logits, targets, ignore_index):
+    loss, lse = _C.cross_entropy_forward(_n(logits), _n(targets), ignore_index)
+    return _t(np.asarray(loss, dtype=lse.dtype)).reshape(()), lse
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The eager path: the same kernels without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index):
+        loss, lse = _xent_loss(logits, targets, ignore_index)
+        ctx.save_for_backward(logits, targets)
+        ctx.lse, ctx.ignore_index = lse, ignore_index
+        return loss
+
+    @staticmethod
+    def backward(ctx, dloss):
+        logits, targets = ctx.saved_tensors
+        return _t(_C.cross_entropy_backward(_n(logits), _n(targets), ctx.lse, float(dloss),
+                                            ctx.ignore_index)), None, None
+
+
+_xent_apply = _fast_apply(_CrossEntropy)
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     """``torch.nn.functional.cross_entropy`` on fusegrad's fused kernel (probabilities never stored).
@@ -294,8 +569,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     True
     """
     def torch_op():
-        return F.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction,
-                               label_smoothing)
+        return _pt_cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                 label_smoothing)
 
     name = "cross_entropy"
     if not _native(name, input):
@@ -306,8 +581,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if (input.dim() != 2 or target.dim() != 1 or target.shape[0] != input.shape[0]
             or target.dtype not in (torch.int64, torch.int32) or target.device != input.device):
         return _fallback(name, "shapes") or torch_op()
-    loss, _ = _xent_fwd(input, target, int(ignore_index))
-    return loss
+    if not _use(name, input.dtype, input.numel()):
+        return torch_op()
+    mode = _mode(input, target)
+    if mode == 0:
+        return _xent_fwd(input, target, int(ignore_index))[0]
+    if mode == 2:
+        return _xent_apply(input, target, int(ignore_index))
+    return _xent_loss(input, target, int(ignore_index))[0]
 
 
 # ----------------------------------------------------------------- gelu
@@ -344,6 +625,24 @@ def _gelu_grad(ctx, dy):
 _gelu_fwd.register_autograd(_gelu_grad, setup_context=_gelu_setup)
 
 
+class _Gelu(torch.autograd.Function):
+    """The eager path: the same kernels without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, approximate):
+        ctx.save_for_backward(x)
+        ctx.approximate = approximate
+        return _t(_C.gelu_forward(_n(x), approximate))
+
+    @staticmethod
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        return _t(_C.gelu_backward(_n(dy), _n(x), ctx.approximate)), None
+
+
+_gelu_apply = _fast_apply(_Gelu)
+
+
 def gelu(input, approximate="none"):
     """``torch.nn.functional.gelu`` (``approximate='none'`` (erf) or ``'tanh'``) on fusegrad's kernels.
 
@@ -352,9 +651,18 @@ def gelu(input, approximate="none"):
     >>> torch.allclose(fgt.gelu(x, approximate="tanh"), torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-6)
     True
     """
-    if not _native("gelu", input) or (approximate not in ("none", "tanh") and not _fallback("gelu", "approximate")):
-        return F.gelu(input, approximate=approximate)
-    return _gelu_fwd(input, approximate)
+    if not _native("gelu", input):
+        return _pt_gelu(input, approximate=approximate)
+    if approximate not in ("none", "tanh"):
+        return _fallback("gelu", "approximate") or _pt_gelu(input, approximate=approximate)
+    if not _use("gelu" if approximate == "none" else "gelu_tanh", input.dtype, input.numel()):
+        return _pt_gelu(input, approximate=approximate)
+    mode = _mode(input)
+    if mode == 0:
+        return _gelu_fwd(input, approximate)
+    if mode == 2:
+        return _gelu_apply(input, approximate)
+    return _t(_C.gelu_forward(_n(input), approximate))
 
 
 # ----------------------------------------------------------------- linear
@@ -396,6 +704,25 @@ def _linear_grad(ctx, dy):
 _linear_fwd.register_autograd(_linear_grad, setup_context=_linear_setup)
 
 
+class _Linear(torch.autograd.Function):
+    """The eager path: the same kernels without the custom-op dispatch."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return _t(_C.linear_forward(_n(x), _n(w), None if b is None else _n(b)))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dx, dw, db = _C.linear_backward(_n(dy), _n(x), _n(w))
+        return _t(dx), _t(dw), (_t(db) if ctx.has_bias else None)
+
+
+_linear_apply = _fast_apply(_Linear)
+
+
 def linear(input, weight, bias=None):
     """``torch.nn.functional.linear``: ``y = input @ weight.T + bias``, weight ``(out, in)``, on fusegrad's matmul.
 
@@ -405,14 +732,103 @@ def linear(input, weight, bias=None):
     True
     """
     name = "linear"
-    ts = [t for t in (input, weight, bias) if t is not None]
+    ts = (input, weight) if bias is None else (input, weight, bias)
     if not _native(name, *ts):
-        return F.linear(input, weight, bias)
+        return _pt_linear(input, weight, bias)
     if (input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]
             or (bias is not None and tuple(bias.shape) != (weight.shape[0],))):
-        return _fallback(name, "shapes") or F.linear(input, weight, bias)
-    y = _linear_fwd(input.reshape(-1, weight.shape[1]), weight, bias)
-    return y.reshape(*input.shape[:-1], weight.shape[0])
+        return _fallback(name, "shapes") or _pt_linear(input, weight, bias)
+    if not _use(name, input.dtype, input.numel() * weight.shape[0]):
+        return _pt_linear(input, weight, bias)
+    flat = input.dim() == 2
+    x = input if flat else input.reshape(-1, weight.shape[1])
+    mode = _mode(*ts)
+    if mode == 0:
+        y = _linear_fwd(x, weight, bias)
+    elif mode == 2:
+        y = _linear_apply(x, weight, bias)
+    else:
+        y = _t(_C.linear_forward(_n(x), _n(weight), None if bias is None else _n(bias)))
+    return y if flat else y.reshape(*input.shape[:-1], weight.shape[0])
+
+
+for _f in (scaled_dot_product_attention, layer_norm, cross_entropy, gelu, linear):
+    _f._torch_original = ORIGINALS[_f.__name__]  # a later import finds PyTorch's op behind ours
+
+
+# ----------------------------------------------------------------- modules and the one-call swap
+class LayerNorm(nn.LayerNorm):
+    """``torch.nn.LayerNorm`` running ``fusegrad.torch.layer_norm`` (same parameters and state_dict)."""
+
+    def forward(self, input):
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class GELU(nn.GELU):
+    """``torch.nn.GELU`` running ``fusegrad.torch.gelu``."""
+
+    def forward(self, input):
+        return gelu(input, approximate=self.approximate)
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` running ``fusegrad.torch.linear`` (same parameters and state_dict)."""
+
+    def forward(self, input):
+        return linear(input, self.weight, self.bias)
+
+
+_MODULES = {nn.LayerNorm: LayerNorm, nn.GELU: GELU, nn.Linear: Linear}
+_UNDO = {v: k for k, v in _MODULES.items()}
+_FUNCTIONAL = {"scaled_dot_product_attention": scaled_dot_product_attention, "layer_norm": layer_norm,
+               "cross_entropy": cross_entropy, "gelu": gelu, "linear": linear}
+
+
+def optimize(model=None, *, inplace=True, functional=True):
+    """Swap fusegrad's kernels into a PyTorch model in one call; returns the model.
+
+    * Modules: every ``nn.LayerNorm``, ``nn.GELU`` and ``nn.Linear`` (exactly those classes, not
+      subclasses) becomes :class:`LayerNorm`, :class:`GELU` or :class:`Linear`. Only the class
+      changes: parameters, buffers, hooks and ``state_dict`` keys stay as they are.
+    * ``functional=True`` (default): ``torch.nn.functional``'s ``scaled_dot_product_attention``,
+      ``layer_norm``, ``cross_entropy``, ``gelu`` and ``linear`` are replaced by fusegrad's, for
+      the whole process, so ``F.*`` calls in a model's ``forward`` (nanoGPT's attention and loss,
+      ``nn.MultiheadAttention``) run them too. ``optimize()`` with no model does only this.
+    * ``inplace=False``: swaps a deep copy and leaves ``model`` untouched.
+
+    Every call still goes to PyTorch's original op where fusegrad's kernel is not faster or
+    cannot run it (see ``set_policy``, ``dispatch_counts``). ``restore(model)`` undoes both.
+    Call it before ``torch.compile(model)``: the compiled graph holds whichever ops it traced.
+
+    >>> import torch, fusegrad.torch as fgt
+    >>> m = fgt.optimize(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()), functional=False)
+    >>> type(m[0]).__module__, type(m[1]).__name__
+    ('fusegrad.torch', 'GELU')
+    >>> type(fgt.restore(m)[0]) is torch.nn.Linear
+    True
+    """
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"fusegrad.torch.optimize: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not inplace:
+            model = copy.deepcopy(model)
+    return _swap(model, _MODULES, _FUNCTIONAL if functional else None)
+
+
+def _swap(model, classes, functions):
+    """Give the model's modules of the classes' keys their values' classes, and F the functions."""
+    for m in () if model is None else model.modules():
+        if type(m) in classes:
+            m.__class__ = classes[type(m)]
+    for name, f in (functions or {}).items():
+        setattr(F, name, f)
+    return model
+
+
+def restore(model=None, *, functional=True):
+    """Undo ``optimize``: the model's swapped modules get their PyTorch classes back and (with
+    ``functional=True``) ``torch.nn.functional`` gets PyTorch's original ops. Returns the model."""
+    return _swap(model, _UNDO, ORIGINALS if functional else None)
 
 
 # ----------------------------------------------------------------- AdamW

@@ -1,0 +1,104 @@
+"""A PyTorch GPT's training step, plain vs swapped by fusegrad.torch.optimize: the drop-in's promise.
+
+The model is tests/torch_gpt.py's NanoGPT, unmodified nanoGPT-style PyTorch: nn.Linear, nn.GELU()
+(exact erf), a LayerNorm module calling F.layer_norm, F.scaled_dot_product_attention, F.cross_entropy.
+"torch" trains it with torch.optim.AdamW (foreach); "fusegrad" trains a copy after
+fusegrad.torch.optimize (the measured per-op policy decides which calls run our kernels) with
+fusegrad.torch.AdamW. One step = forward, backward, AdamW update, zero_grad; the two are timed
+interleaved (bench/common.py), and x_torch is the median of the per-round ratios. Both start from
+the same weights; the first step's losses are compared before timing (validation).
+
+    python -m bench torch_model                 # all shapes, 2 threads
+    python -m bench.bench_torch_model --threads 2 --only tiny,small
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.common import interleaved, paired_ratio, torch
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+
+CONFIGS = [  # (name, GPTConfig kwargs, batch, timed rounds)
+    ("tiny: L4 C128 T64 B12 V65", dict(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128), 12, 15),
+    ("small: L4 C256 T256 B8 V65", dict(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=256), 8, 7),
+    ("GPT-2 shape: L12 C768 T64 B4 V50257",
+     dict(vocab_size=50257, block_size=64, n_layer=12, n_head=12, n_embd=768), 4, 3),
+]
+
+
+def run(limits, quick=False, only=None):
+    if torch is None or not hasattr(torch.library, "custom_op"):
+        return [{"model": "torch_model", "note": "needs torch >= 2.4"}]
+    import fusegrad.torch as fgt
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from torch_gpt import GPTConfig, NanoGPT, batches
+
+    rows = []
+    for name, kw, B, reps in CONFIGS[:1] if quick else CONFIGS:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        cfg = GPTConfig(**kw)
+        idx, targets = batches(cfg, B, 1)[0]
+        torch.manual_seed(0)
+        plain = NanoGPT(cfg)
+        ours = fgt.optimize(plain, inplace=False, functional=False)  # the module swap; F.* per step below
+        opts = {"torch": torch.optim.AdamW(plain.parameters(), lr=3e-4, weight_decay=0.1),
+                "fusegrad": fgt.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1)}
+
+        def step(label, model):
+            # optimize() also patches torch.nn.functional for the whole process; the plain model's
+            # F.* calls must not see that, so it is on for the fusegrad step only
+            if label == "fusegrad":
+                fgt.optimize()
+            try:
+                loss = model(idx, targets)
+                loss.backward()
+            finally:
+                fgt.restore()
+            opts[label].step()
+            opts[label].zero_grad(set_to_none=True)
+            return loss
+
+        # validate: same weights, same batch -> same first loss
+        fgt.dispatch_counts.clear()
+        fgt.fallback_counts.clear()
+        loss_err = abs(step("torch", plain).item() - step("fusegrad", ours).item())
+        dc = fgt.dispatch_counts
+        ran = {op: (dc[f"{op} -> fusegrad"], dc[f"{op} -> fusegrad"] + dc[f"{op} -> torch"])
+               for op in sorted({k.split(" -> ")[0] for k in dc})}
+        samples = {}
+        t = interleaved({"torch": lambda: step("torch", plain), "fusegrad": lambda: step("fusegrad", ours)},
+                        reps=3 if quick else reps, warmup=1, samples_out=samples)
+        tokens = B * cfg.block_size
+        rows.append({
+            "model": name, "tokens/step": tokens, "loss_err_step1": loss_err,
+            "fallbacks": sum(fgt.fallback_counts.values()),
+            "calls on fusegrad / all": ", ".join(f"{op} {a}/{n}" for op, (a, n) in ran.items()),
+            "fusegrad_ms": t["fusegrad"] * 1e3, "torch_ms": t["torch"] * 1e3,
+            "x_torch": paired_ratio(samples, "torch", "fusegrad"),
+            "x_torch_medians": t["torch"] / t["fusegrad"],
+        })
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    import fusegrad
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", default=None, help="comma-separated model name prefixes (tiny, small, GPT-2)")
+    args = p.parse_args(argv)
+    fusegrad.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    from bench.run import table
+    print(f"{fusegrad._config.cpu_model()}, {args.threads} threads, isa {fusegrad._C.get_isa()}")
+    print(table(run(None, args.quick, args.only.split(",") if args.only else None)))
+
+
+if __name__ == "__main__":
+    main()
