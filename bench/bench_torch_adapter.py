@@ -10,7 +10,8 @@ from tiny to GPT-2 sized. Outputs and gradients are compared before timing (vali
     python -m bench.bench_torch_adapter --overhead --threads 1  # what each path into a kernel costs per call
 
 --write stores, under this CPU's key (fusegrad.torch.cpu_key()), 'fusegrad' for each size bucket
-(floor(log2(size))) where ours was at least MARGIN times faster, 'torch' elsewhere; and it updates
+(floor(log2(size))) where ours was at least MARGIN times faster (smoothed over neighbouring
+buckets), 'torch' elsewhere, with the measured ratios beside it; and it updates
 the CPU-independent 'default' entry used on CPUs not in the table, which asks for DEFAULT_MARGIN,
 a wider margin, since another CPU's ratio can differ.
 """
@@ -166,16 +167,31 @@ def overhead(N=768, C=128, reps=15):
     return [{"path": k, "shape": f"{N}x{C}", "us": v * 1e6, "us_above_raw": (v - raw) * 1e6} for k, v in t.items()]
 
 
-def table_from(rows, margin):
-    """{op: {dtype: {bucket: 'fusegrad' | 'torch'}}}: geometric mean of the ratios in each bucket."""
+def bucket_ratios(rows):
+    """{(op, dtype): {bucket: x_torch}}: the geometric mean of the valid rows' ratios in each bucket."""
     ratios = defaultdict(list)
     for r in rows:
         if r["valid"] and not r["fallbacks"] and r["x_torch"]:
             ratios[(r["op"], r["dtype"], r["bucket"])].append(r["x_torch"])
     out = defaultdict(dict)
     for (op, dt, b), xs in sorted(ratios.items()):
-        gm = math.exp(statistics.fmean(math.log(x) for x in xs))
-        out[op].setdefault(dt, {})[str(b)] = "fusegrad" if gm >= margin else "torch"
+        out[(op, dt)][b] = math.exp(statistics.fmean(math.log(x) for x in xs))
+    return out
+
+
+def table_from(rows, margin):
+    """{op: {dtype: {bucket: 'fusegrad' | 'torch'}}}. A bucket's ratio is smoothed with its measured
+    neighbours (median of three; at the ends the smaller of its own and the geometric mean with its
+    one neighbour), so one noisy sample on a shared machine does not flip a size between its
+    neighbours' choices."""
+    out = defaultdict(dict)
+    for (op, dt), per in bucket_ratios(rows).items():
+        bs, xs = list(per), list(per.values())
+        for i, b in enumerate(bs):
+            win = xs[max(i - 1, 0):i + 2]
+            x = statistics.median(win) if len(win) == 3 else min(xs[i], math.exp(statistics.fmean(
+                math.log(v) for v in win)))  # an end: no better than itself
+            out[op].setdefault(dt, {})[str(b)] = "fusegrad" if x >= margin else "torch"
     return dict(out)
 
 
@@ -191,6 +207,9 @@ def write_table(rows, path=None):
                     f"'fusegrad' needs a {MARGIN}x win on that CPU, {DEFAULT_MARGIN}x for 'default' (CPUs not "
                     "listed); the nearest measured bucket decides sizes between them")
     doc.setdefault("tables", {})
+    doc.setdefault("ratios", {}).setdefault(fgt.cpu_key(), {})
+    for (op, dt), per in bucket_ratios(rows).items():  # the measurements behind the table, for readers
+        doc["ratios"][fgt.cpu_key()].setdefault(op, {})[dt] = {str(b): round(x, 2) for b, x in per.items()}
     for key, margin in ((fgt.cpu_key(), MARGIN), ("default", DEFAULT_MARGIN)):
         doc["tables"][key] = {**doc["tables"].get(key, {}), **table_from(rows, margin)}  # re-measured ops replaced
     path.write_text(json.dumps(doc, indent=1) + "\n")  # buckets stay in numeric order
