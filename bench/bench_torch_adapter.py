@@ -117,7 +117,8 @@ def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None):
                     y2 = _fwd_bwd(theirs, inputs, dy)
                     tol = 1e-3 if dt == "float32" else 1e-9
                     err = max([(y1 - y2).abs().max().item()] +
-                              [((a - t.grad).abs().max() / (1 + t.grad.abs().max())).item() for a, t in zip(g1, inputs)])
+                              [((a - t.grad).abs().max() / (1 + t.grad.abs().max())).item()
+                               for a, t in zip(g1, inputs)])
                     samples = {}
                     t = interleaved({"fusegrad": lambda: _fwd_bwd(ours, inputs, dy),
                                      "torch": lambda: _fwd_bwd(theirs, inputs, dy)}, reps=reps, warmup=1,

@@ -62,6 +62,7 @@ def main():
     print(f"largest |difference| of the block's output, fusegrad vs PyTorch: {res['max_abs_diff_out']:.2e}")
     print(f"largest |difference| of a weight gradient:                   {res['max_abs_diff_grad']:.2e}")
     print(f"calls that fell back to PyTorch's op: {res['fallbacks'] or 'none'}")
+    print(f"where each call ran (fusegrad only at sizes where it measured faster): {res['dispatch']}")
     print("notice: only the two functions the block calls changed; the results agree to float32 rounding")
     return res
 

@@ -26,7 +26,7 @@ per call in eager mode, which is why eager mode does not use it. Both run the sa
 
 **Fallbacks.** Arguments the kernels lack go to PyTorch's ORIGINAL op (captured when this module
 is imported, so ``torch.nn.functional.layer_norm = fusegrad.torch.layer_norm`` never recurses),
-counted in ``fallback_counts`` by reason: non-CPU tensors (until ``fusegrad._cuda`` exists),
+counted in ``fallback_counts`` by reason: non-CPU tensors (not routed to ``fusegrad._cuda`` yet),
 dtypes other than float32/float64, and options the kernels lack (``attn_mask``, ``dropout_p >
 0``, ``is_causal`` with a query length different from the key length (PyTorch aligns that mask
 top-left, our kernel bottom-right), class weights, label smoothing, reductions other than
@@ -867,7 +867,8 @@ class AdamW(torch.optim.Optimizer):
     def _buffer(t, what):
         if t.device.type != "cpu":
             raise RuntimeError(f"fusegrad.torch.AdamW: {what} is on {t.device}; fusegrad's optimizer kernels "
-                               f"run on CPU tensors (fusegrad._cuda is not built); use torch.optim.AdamW")
+                               f"run on CPU tensors (fusegrad.torch does not use fusegrad._cuda yet); "
+                               f"use torch.optim.AdamW")
         if not t.is_contiguous():
             raise ValueError(f"fusegrad.torch.AdamW: {what} is non-contiguous (shape {tuple(t.shape)}, strides "
                              f"{t.stride()}); the update is written in place, so it must be contiguous")
