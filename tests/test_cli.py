@@ -203,10 +203,14 @@ def test_train_refuses_to_replace_a_checkpoint_without_resume_or_overwrite(tmp_p
     index = (out / "checkpoint.json").read_bytes()
     assert _train(*args, "--lr", "1e-2") == 2                     # rerunning the same command
     err = capsys.readouterr().err
-    assert f"{out} already holds a checkpoint; add --resume to continue training it, or --overwrite" in err
+    assert (f"{out} already holds a checkpoint (step 2 of --max-iters 2); add --resume to continue training it, "
+            f"or --overwrite") in err
     typed = "python -m fusegrad train --sample-tokens 0 --max-time 0 " + " ".join(args) + " --lr 1e-2"
-    assert f"to continue it:  {typed} --resume\n" in err and f"to replace it:   {typed} --overwrite\n" in err
+    # that run is finished: continuing it needs a larger --max-iters (the last one typed counts)
+    assert f"to continue it:  {typed} --resume --max-iters 4\n" in err
+    assert f"to replace it:   {typed} --overwrite\n" in err
     assert (out / "checkpoint.json").read_bytes() == index      # untouched
+    assert _train("--out", str(out), "--resume", "--max-iters", "4") == 0    # what it says works
     assert _train(*args, "--max-iters", "3", "--overwrite") == 0
     from fusegrad.checkpoint import load_checkpoint
     assert load_checkpoint(out)["step"] == 3

@@ -77,7 +77,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         msg = f"fusegrad train: error: {e}"
         if isinstance(e, CheckpointExists):
             cmd = "python -m fusegrad " + " ".join(shlex.quote(a) for a in args.argv)
-            msg += f"\n  to continue it:  {cmd} --resume\n  to replace it:   {cmd} --overwrite"
+            more = f" --max-iters {2 * e.step}" if e.finished else ""   # the last --max-iters counts
+            msg += f"\n  to continue it:  {cmd} --resume{more}\n  to replace it:   {cmd} --overwrite"
         print(msg, file=sys.stderr)
         from . import distributed as dist
         if dist.get_world_size() > 1:

@@ -35,6 +35,7 @@ from . import distributed as dist
 from . import optim
 from .amp import autocast
 from ._checks import is_int
+from .checkpoint import _read_index
 from .models.gpt import GPT, GPTConfig
 from .nn.utils import clip_grad_norm_
 from .tensor import no_grad
@@ -231,7 +232,13 @@ def _resume_conflicts(opts, cfg, tok_rec: dict) -> list[str]:
 
 
 class CheckpointExists(ValueError):
-    """``train`` was pointed at a directory that holds a checkpoint, without resume or overwrite."""
+    """``train`` was pointed at a directory that holds a checkpoint, without resume or overwrite.
+    ``finished``: that run reached its --max-iters (resuming it needs a larger one)."""
+
+    def __init__(self, msg, step=None, max_iters=None):
+        super().__init__(msg)
+        self.step, self.max_iters = step, max_iters
+        self.finished = step is not None and max_iters is not None and step >= max_iters
 
 
 def _fmt_time(s: float) -> str:
@@ -283,8 +290,15 @@ def _check_out(opts, out: Path | None) -> bool:
             _print(opts, f"resume: no checkpoint in {out}, starting from scratch")
         return has
     if has and not opts.overwrite:
-        raise CheckpointExists(f"train: {out} already holds a checkpoint; add --resume to continue training it, or "
-                               f"--overwrite to start over and replace it (or choose another --out DIR)")
+        try:
+            index = _read_index(out)
+            step, max_iters = index.get("step"), (index.get("meta") or {}).get("options", {}).get("max_iters")
+        except ValueError:
+            step = max_iters = None
+        at = f" (step {step}" + (f" of --max-iters {max_iters})" if max_iters is not None else ")") if step else ""
+        raise CheckpointExists(f"train: {out} already holds a checkpoint{at}; add --resume to continue training it, "
+                               f"or --overwrite to start over and replace it (or choose another --out DIR)",
+                               step, max_iters)
     return False
 
 
@@ -497,7 +511,6 @@ def _versus_entropy(val: float, H: float) -> str:
 
 
 def _read_meta(out: Path) -> dict:
-    from .checkpoint import _read_index
     return _read_index(out).get("meta") or {}
 
 
