@@ -343,6 +343,39 @@ def test_mismatched_models_are_an_error_at_wrap_on_every_rank(tmp_path):
         assert "rank 1: 2 parameters, 20 values" in text
 
 
+def _scenario_overlap(out):
+    """Many small buckets: reductions start during backward; a parameter no rank uses, and
+    one only rank 1 uses, are averaged with zeros."""
+    dist.init_process_group(timeout=30)
+    r = dist.get_rank()
+    nn.init.manual_seed(0)
+    spare, extra = nn.Linear(3, 3), nn.Linear(2, 1)
+    seq = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    model = nn.ModuleList([spare, extra, seq])        # buckets follow reversed order: seq's first
+    ddp = dist.DistributedDataParallel(model, bucket_cap_mb=1e-6)        # a bucket per tensor
+    x = fg.tensor(np.random.default_rng(r).standard_normal((5, 4)).astype(np.float32))
+    h = seq(x)
+    loss = (extra(h) if r == 1 else h).sum()
+    loss.backward()
+    res = {"buckets": len(ddp.buckets), "early": ddp.started_early,
+           "spare_zero": bool(np.all(spare.weight.grad.data == 0)),
+           "extra_w": extra.weight.grad.data.tolist(), "w0": seq[0].weight.grad.data.tolist()}
+    Path(f"{out}.{r}").write_text(json.dumps(res))
+
+
+@needs_mpi
+def test_buckets_start_during_backward_and_unused_parameters_count_as_zero(tmp_path):
+    p = _run("overlap", tmp_path / "o", timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    a, b = (json.loads((tmp_path / f"o.{r}").read_text()) for r in range(2))
+    # buckets start in one order on every rank: seq's 6 during backward on both; extra's 2 also
+    # on rank 1, which uses it; spare's never (no gradient anywhere: zero-filled at the end)
+    assert a["buckets"] == 10 and (a["early"], b["early"]) == (6, 8)
+    assert a["spare_zero"] and b["spare_zero"]
+    assert a["w0"] == b["w0"] and a["extra_w"] == b["extra_w"]  # every rank holds the same average
+    assert np.abs(np.array(a["extra_w"])).max() > 0             # half of rank 1's gradient
+
+
 def _lm_opts(out, **kw):
     from fusegrad.lm import TrainOptions
     base = dict(text="the quick brown fox jumps over the lazy dog; " * 60, n_layer=1, n_head=2, n_embd=16,
@@ -458,5 +491,5 @@ def test_a_killed_rank_stops_the_others_and_the_checkpoint_loads(tmp_path):
 
 if __name__ == "__main__":
     name, *rest = sys.argv[1:]
-    {"equiv": _scenario_equiv, "mismatch": _scenario_mismatch, "lm": _scenario_lm,
+    {"equiv": _scenario_equiv, "mismatch": _scenario_mismatch, "lm": _scenario_lm, "overlap": _scenario_overlap,
      "fault": _scenario_fault}[name](*rest)

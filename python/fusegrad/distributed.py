@@ -450,7 +450,9 @@ class DistributedDataParallel:
     order backward produces them); as soon as a bucket's last gradient is final, its
     non-blocking all-reduce (``MPI_Iallreduce``) starts, so communication overlaps the rest
     of the backward pass. ``backward()`` returns once every bucket has been reduced and the
-    averages written back into ``.grad``. Parameters that got no gradient count as zero.
+    averages written back into ``.grad``. Parameters that got no gradient count as zero (their
+    bucket, and the ones after it, since every rank starts buckets in the same order, wait for
+    the end of backward).
 
     Call the wrapper like the model; ``ddp.module`` is the model. Inside ``with
     ddp.no_sync():`` gradients only accumulate locally; the next backward outside it
@@ -489,6 +491,7 @@ class DistributedDataParallel:
         self._armed = False        # a backward pass has started using the buckets
         self._next = 0             # the next bucket to launch (launched in index order on every rank)
         self.comm_wait_s = 0.0     # time backward spent waiting for reductions (last pass)
+        self.started_early = 0     # buckets whose reduction started while backward still ran (last pass)
         self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in params]
 
     def __call__(self, *args, **kw):
@@ -555,6 +558,7 @@ class DistributedDataParallel:
 
     def _finish(self):
         t0 = time.perf_counter()
+        self.started_early = self._next
         try:
             for b in self.buckets[self._next:]:         # parameters that got no gradient: zero
                 for j, p in enumerate(b.params):
