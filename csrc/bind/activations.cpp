@@ -70,6 +70,14 @@ void bind_activations(py::module_& m) {
     if (t) return unary_backward<gelu_bwd<float, true>, gelu_bwd<double, true>>(dy, x, "gelu_backward");
     return unary_backward<gelu_bwd<float, false>, gelu_bwd<double, false>>(dy, x, "gelu_backward");
   }, py::arg("dy"), py::arg("x"), py::arg("approximate") = "none", "dx = dy * gelu'(x), from the forward INPUT x.");
+  // erf / erfc elementwise: the kernels inside the exact GELU, bound for their accuracy tests
+  // (underscored: not part of fusegrad.ops)
+  m.def("_erf", [](const py::object& x) {
+    return unary_forward<erf_forward<float>, erf_forward<double>>(x, "_erf");
+  }, py::arg("x"), "erf(x), elementwise (float32 SIMD paths: a few ulp of the float64 value).");
+  m.def("_erfc", [](const py::object& x) {
+    return unary_forward<erfc_forward<float>, erfc_forward<double>>(x, "_erfc");
+  }, py::arg("x"), "erfc(x), elementwise.");
   m.def("sigmoid_forward", [](const py::object& x) {
     return unary_forward<sigmoid_forward<float>, sigmoid_forward<double>>(x, "sigmoid_forward");
   }, py::arg("x"), "y = 1 / (1 + exp(-x)), elementwise.");

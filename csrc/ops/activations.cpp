@@ -39,6 +39,7 @@ template <typename T>
 void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
   if constexpr (std::is_same_v<T, float>) {
     if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_forward, y, x, N);
+    else FG_SIMD_DISPATCH(gelu_erf_forward, y, x, N);
   }
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
@@ -49,7 +50,8 @@ void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
       }
     } else {
       const T r = T(0.7071067811865476);
-      for (int64_t i = b; i < e; ++i) y[i] = T(0.5) * x[i] * std::erfc(-x[i] * r);
+      // (the limit 0 at x = -inf, where the formula gives -inf * 0; as the SIMD paths)
+      for (int64_t i = b; i < e; ++i) y[i] = x[i] == -HUGE_VAL ? T(0) : T(0.5) * x[i] * std::erfc(-x[i] * r);
     }
   });
 }
@@ -58,6 +60,7 @@ template <typename T>
 void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) {
   if constexpr (std::is_same_v<T, float>) {
     if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_backward, dx, dy, x, N);
+    else FG_SIMD_DISPATCH(gelu_erf_backward, dx, dy, x, N);
   }
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
@@ -75,10 +78,27 @@ void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) 
       for (int64_t i = b; i < e; ++i) {
         const T v = x[i];
         // d/dx: Phi(x) + x phi(x)
-        const T g = T(0.5) * std::erfc(-v * r) + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+        T g = T(0.5) * std::erfc(-v * r) + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+        if (std::isinf(v)) g = v > 0 ? T(1) : T(0);  // the limits (the formula gives inf * 0)
         dx[i] = dy[i] * g;
       }
     }
+  });
+}
+
+template <typename T>
+void erf_forward(T* y, const T* x, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(erf_forward, y, x, N);
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = std::erf(x[i]);
+  });
+}
+
+template <typename T>
+void erfc_forward(T* y, const T* x, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(erfc_forward, y, x, N);
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = std::erfc(x[i]);
   });
 }
 
@@ -117,6 +137,8 @@ void tanh_backward(T* dx, const T* dy, const T* y, int64_t N) {
   template void gelu_forward<T>(T*, const T*, int64_t, bool);                        \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool);             \
   template void sigmoid_forward<T>(T*, const T*, int64_t);                           \
+  template void erf_forward<T>(T*, const T*, int64_t);                               \
+  template void erfc_forward<T>(T*, const T*, int64_t);                              \
   template void sigmoid_backward<T>(T*, const T*, const T*, int64_t);                \
   template void tanh_forward<T>(T*, const T*, int64_t);                              \
   template void tanh_backward<T>(T*, const T*, const T*, int64_t);

@@ -17,6 +17,9 @@ template <typename T> void relu_backward(T* dx, const T* dy, const T* x, int64_t
 // Backward takes the input x: dx = dy * gelu'(x).
 template <typename T> void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh);
 template <typename T> void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh);
+// erf and erfc elementwise (float32 SIMD: within a few ulp of the float64 values).
+template <typename T> void erf_forward(T* y, const T* x, int64_t N);
+template <typename T> void erfc_forward(T* y, const T* x, int64_t N);
 // Sigmoid and tanh: backward takes the forward OUTPUT y (as PyTorch's sigmoid_backward):
 //   sigmoid: dx = dy * y * (1 - y);   tanh: dx = dy * (1 - y^2).
 template <typename T> void sigmoid_forward(T* y, const T* x, int64_t N);
@@ -30,6 +33,10 @@ void relu_forward(float* y, const float* x, int64_t N);
 void relu_backward(float* dx, const float* dy, const float* x, int64_t N);
 void gelu_tanh_forward(float* y, const float* x, int64_t N);
 void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N);
+void gelu_erf_forward(float* y, const float* x, int64_t N);
+void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t N);
+void erf_forward(float* y, const float* x, int64_t N);
+void erfc_forward(float* y, const float* x, int64_t N);
 )
 
 }  // namespace fg

@@ -39,3 +39,19 @@ void gelu_tanh_forward(float* y, const float* x, int64_t N) {
 void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N) {
   act_detail::map2(dx, dy, x, N, act_detail::kGeluGrain, [](Vf g, Vf v) { return g * gelu_tanh_grad(v); });
 }
+
+void gelu_erf_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return gelu_erf(v); });
+}
+
+void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t N) {
+  act_detail::map2(dx, dy, x, N, act_detail::kGeluGrain, [](Vf g, Vf v) { return gelu_erf_backward(g, v); });
+}
+
+void erf_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return erf(v); });
+}
+
+void erfc_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return erfc(v); });
+}

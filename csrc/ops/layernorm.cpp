@@ -28,11 +28,7 @@ inline double lanes_sum(const double* a) {
 template <typename T>
 void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, const T* bias,
                        int64_t N, int64_t C, double eps) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::layernorm_forward(y, mean, rstd, x, weight, bias, N, C, eps, row_grain(C));
-  }
-#endif
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(layernorm_forward, y, mean, rstd, x, weight, bias, N, C, eps, row_grain(C));
   parallel_for(N, row_grain(C), [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * C;
@@ -69,11 +65,8 @@ void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* weight, cons
 template <typename T>
 void layernorm_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight,
                         const T* mean, const T* rstd, int64_t N, int64_t C) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::layernorm_backward(dx, dweight, dbias, dy, x, weight, mean, rstd, N, C, row_grain(C));
-  }
-#endif
+  if constexpr (std::is_same_v<T, float>)
+    FG_SIMD_DISPATCH(layernorm_backward, dx, dweight, dbias, dy, x, weight, mean, rstd, N, C, row_grain(C));
   const int64_t grain = row_grain(C);
   const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), N / grain)));
   // per-thread partials: [dweight | dbias] for each thread, combined in thread order below

@@ -10,6 +10,7 @@
 #include "core/cpu.h"
 
 #include "core/parallel.h"
+#include "simd/dispatch.h"
 
 namespace fg {
 
@@ -20,6 +21,8 @@ constexpr int64_t kGrain = 1 << 15;
 template <typename T>
 void sgd_step(T* param, T* m, const T* grad, int64_t N, double lr, double momentum, double weight_decay,
               bool nesterov, double dampening, bool first_step) {
+  if constexpr (std::is_same_v<T, float>)
+    FG_SIMD_DISPATCH(sgd_step, param, m, grad, N, lr, momentum, weight_decay, nesterov, dampening, first_step);
   const T lr_ = T(lr), mu = T(momentum), wd = T(weight_decay), damp1 = T(1.0 - dampening);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
@@ -38,11 +41,8 @@ void sgd_step(T* param, T* m, const T* grad, int64_t N, double lr, double moment
 template <typename T>
 void adam_step(T* param, T* m, T* v, const T* grad, int64_t N, int64_t step, double lr, double beta1,
                double beta2, double eps, double weight_decay, bool decoupled_wd) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return avx2::adam_step(param, m, v, grad, N, step, lr, beta1, beta2, eps, weight_decay, decoupled_wd);
-  }
-#endif
+  if constexpr (std::is_same_v<T, float>)
+    FG_SIMD_DISPATCH(adam_step, param, m, v, grad, N, step, lr, beta1, beta2, eps, weight_decay, decoupled_wd);
   const double bc1 = 1.0 - std::pow(beta1, double(step));
   const double bc2 = 1.0 - std::pow(beta2, double(step));
   const T step_size = T(lr / bc1), inv_bc2_sqrt = T(1.0 / std::sqrt(bc2));
@@ -91,11 +91,9 @@ double sum_squares(const T* x, int64_t n) {
   if (n <= 0) return 0.0;
   const int64_t nchunks = (n + kSumSquaresChunk - 1) / kSumSquaresChunk;
   double (*chunk)(const T*, int64_t) = sum_squares_chunk<T>;
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) chunk = avx2::sum_squares_chunk;
+    if (auto* k = FG_SIMD_PICK(sum_squares_chunk)) chunk = k;
   }
-#endif
   std::vector<double> part(nchunks);
   parallel_for(nchunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {

@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "simd/dispatch.h"
+
 namespace fg {
 
 // torch.optim.SGD. m may be null when momentum == 0. first_step: m = g (torch's buffer init).
@@ -23,12 +25,14 @@ constexpr int64_t kSumSquaresChunk = int64_t(1) << 16;
 template <typename T>
 double sum_squares(const T* x, int64_t n);
 
-namespace avx2 {
-// float32 sum_squares: floats widened to double, 16 per step in four 4-lane accumulators.
+// float32 versions (optim_body.h, compiled per ISA): sum_squares of one chunk (floats widened to
+// double), and the updates with the same arguments and math as above.
+FG_SIMD_DECLARE(
 double sum_squares_chunk(const float* x, int64_t n);
-// float32 AdamW/Adam with AVX2+FMA (optim_avx2.cpp); same arguments and math as adam_step.
 void adam_step(float* param, float* m, float* v, const float* grad, int64_t N, int64_t step, double lr,
                double beta1, double beta2, double eps, double weight_decay, bool decoupled_wd);
-}  // namespace avx2
+void sgd_step(float* param, float* m, const float* grad, int64_t N, double lr, double momentum, double weight_decay,
+              bool nesterov, double dampening, bool first_step);
+)
 
 }  // namespace fg

@@ -1,6 +1,6 @@
 // Portable softmax / log-softmax / cross-entropy kernels (float32 and float64).
 // Rows are split over threads; each row is read from memory once per pass and revisited in cache.
-// float32 on AVX2 CPUs goes to the row kernels of softmax_xent_avx2.cpp; the loops here are the
+// float32 on SIMD paths goes to the row kernels of softmax_xent_body.h (per ISA); the loops here are the
 // plain reference versions (float64, and float32 on the portable path).
 #include "ops/softmax_xent.h"
 
@@ -13,6 +13,7 @@
 
 #include "core/cpu.h"
 #include "core/parallel.h"
+#include "simd/dispatch.h"
 
 namespace fg {
 
@@ -59,9 +60,7 @@ T max_of(const T* x, int64_t V) {
 // (x - m) - log_s, which stays exact-ish when |m| is large (1e4 in float32 has ulp 1e-3).
 template <typename T>
 void row_lse(const T* x, int64_t V, T* m_out, T* log_s_out) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::row_lse(x, V, m_out, log_s_out); return; }
-#endif
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(row_lse, x, V, m_out, log_s_out);
   const T m = max_of(x, V);
   if (!std::isfinite(m)) { *m_out = m; *log_s_out = 0; return; }  // +-inf / NaN rows propagate
   double s = 0;  // row sums accumulate in double: 50304 float terms would lose ~1e-4 relative
@@ -75,7 +74,7 @@ template <typename T>
 void softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_forward_rows(y, x, b, e, V);
+    if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(softmax_forward_rows, y, x, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * V;
@@ -93,7 +92,7 @@ template <typename T>
 void softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::softmax_backward_rows(dx, dy, y, b, e, V);
+    if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(softmax_backward_rows, dx, dy, y, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
@@ -108,7 +107,7 @@ template <typename T>
 void log_softmax_forward(T* y, const T* x, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_forward_rows(y, x, b, e, V);
+    if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(log_softmax_forward_rows, y, x, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       T m, ls;
@@ -122,7 +121,7 @@ template <typename T>
 void log_softmax_backward(T* dx, const T* dy, const T* y, int64_t N, int64_t V) {
   for_rows(N, V, [&](int64_t b, int64_t e) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
-    if constexpr (std::is_same_v<T, float>) if (use_avx2()) return avx2::log_softmax_backward_rows(dx, dy, y, b, e, V);
+    if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(log_softmax_backward_rows, dx, dy, y, b, e, V);
 #endif
     for (int64_t r = b; r < e; ++r) {
       const T *dyr = dy + r * V, *yr = y + r * V;
@@ -164,6 +163,8 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
   int64_t count = 0;
   for (int64_t r = 0; r < N; ++r) count += static_cast<int64_t>(targets[r]) != ignore_index;
   const T scale = count ? static_cast<T>(dloss / static_cast<double>(count)) : T(0);
+  void (*grad_row)(float*, const float*, int64_t, float, float, int64_t) = nullptr;
+  if constexpr (std::is_same_v<T, float>) grad_row = FG_SIMD_PICK(xent_grad_row);
   for_rows(N, V, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = logits + r * V;
@@ -174,9 +175,7 @@ void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const
         continue;
       }
       const T l = lse[r];
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-      if constexpr (std::is_same_v<T, float>) if (use_avx2()) { avx2::xent_grad_row(dr, xr, V, l, scale, t); continue; }
-#endif
+      if constexpr (std::is_same_v<T, float>) if (grad_row) { grad_row(dr, xr, V, l, scale, t); continue; }
       for (int64_t i = 0; i < V; ++i) dr[i] = scale * std::exp(xr[i] - l);
       dr[t] -= scale;
     }

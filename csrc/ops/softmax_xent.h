@@ -5,6 +5,8 @@
 #pragma once
 #include <cstdint>
 
+#include "simd/dispatch.h"
+
 namespace fg {
 
 // y = exp(x - lse(x))
@@ -28,9 +30,9 @@ template <typename T, typename I>
 void cross_entropy_backward(T* dlogits, const T* logits, const I* targets, const T* lse,
                             double dloss, int64_t ignore_index, int64_t N, int64_t V);
 
-// float32 AVX2 kernels (softmax_xent_avx2.cpp) over rows [r0, r1) of (N, V) arrays, same math and
-// NaN/inf semantics as above.
-namespace avx2 {
+// float32 SIMD kernels (softmax_xent_body.h, compiled per ISA in softmax_xent_<isa>.cpp) over rows
+// [r0, r1) of (N, V) arrays, same math and NaN/inf semantics as above.
+FG_SIMD_DECLARE(
 void softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V);
 void softmax_backward_rows(float* dx, const float* dy, const float* y, int64_t r0, int64_t r1, int64_t V);
 void log_softmax_forward_rows(float* y, const float* x, int64_t r0, int64_t r1, int64_t V);
@@ -39,6 +41,6 @@ void log_softmax_backward_rows(float* dx, const float* dy, const float* y, int64
 void row_lse(const float* x, int64_t V, float* m, float* log_s);
 // one row of the cross-entropy gradient: d = scale * (exp(x - lse) - onehot(t))
 void xent_grad_row(float* d, const float* x, int64_t V, float lse, float scale, int64_t t);
-}  // namespace avx2
+)
 
 }  // namespace fg

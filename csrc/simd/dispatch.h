@@ -28,3 +28,17 @@
 #define FG_SIMD_DECLARE(...)        \
   namespace avx2 { __VA_ARGS__ }    \
   namespace avx512 { __VA_ARGS__ }
+
+// The best kernel as a function pointer (nullptr: use the portable code), for loops that would
+// otherwise test the ISA once per row: auto* k = FG_SIMD_PICK(xent_grad_row);
+#if defined(FUSEGRAD_HAVE_AVX512_BUILD)
+#define FG_SIMD_PICK_AVX512(fn) ::fg::use_avx512() ? &::fg::avx512::fn :
+#else
+#define FG_SIMD_PICK_AVX512(fn)
+#endif
+#if defined(FUSEGRAD_HAVE_AVX2_BUILD)
+#define FG_SIMD_PICK_AVX2(fn) ::fg::use_avx2() ? &::fg::avx2::fn :
+#else
+#define FG_SIMD_PICK_AVX2(fn)
+#endif
+#define FG_SIMD_PICK(fn) (FG_SIMD_PICK_AVX512(fn) FG_SIMD_PICK_AVX2(fn) nullptr)

@@ -6,17 +6,21 @@
 // API (all in namespace fg::avx2; "n" is a lane count 0..kLanes):
 //   Vf::kLanes; loadu(p), load(p) (aligned to kLanes*4), load_tail(p, n) (lanes >= n read as 0 and
 //   never touch memory), storeu, store_tail(p, v, n) (writes lanes < n only), stream (aligned,
-//   non-temporal); set1, zero; + - * / (never contracted into FMAs: -std=c++17 means
-//   -ffp-contract=off); fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b, both rounded once;
+//   non-temporal), load_or(p, n, fill) (fill in lanes >= n); set1, zero; lane0; lane_is(k) (a
+//   mask of lane k alone); + - * / (never contracted into FMAs: CMakeLists.txt
+//   compiles the files that use this with -ffp-contract=off); fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b, both rounded once;
 //   min/max(a, b): the x86 rule: when either lane is NaN (or both are zeros) the result is b;
 //   sqrt, abs; cmp_gt/ge/lt/le/eq/neq (ordered, false on NaN) and is_nan give an Mf, used by
 //   select(m, a, b) = m ? a : b, any(m), and_(m, v) = m ? v : 0; exp (below); reduce_add /
 //   reduce_max (a fixed pairwise order: deterministic, but not the same bits as 16 lanes);
-//   Vd: widen_lo/widen_hi(Vf) to doubles, + - *, fma, reduce_add, select_d with lane_mask_d(n).
+//   Vd: widen_lo/widen_hi(Vf) to doubles, + - *, fma, reduce_add, keep_lanes_d(d, n).
 #pragma once
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 namespace fg::avx2 {
 
@@ -46,6 +50,17 @@ FG_VEC_INLINE __m256i tail_mask(int64_t n) {
 }
 FG_VEC_INLINE Vf load_tail(const float* p, int64_t n) { return {_mm256_maskload_ps(p, tail_mask(n))}; }
 FG_VEC_INLINE void store_tail(float* p, Vf a, int64_t n) { _mm256_maskstore_ps(p, tail_mask(n), a.v); }
+
+// n lanes from p and `fill` in the others (never reads past p + n); lane_is(k): only lane k set
+FG_VEC_INLINE Vf load_or(const float* p, int64_t n, Vf fill) {
+  if (n >= Vf::kLanes) return loadu(p);
+  const __m256i m = tail_mask(n);
+  return {_mm256_blendv_ps(fill.v, _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m))};
+}
+FG_VEC_INLINE Mf lane_is(int64_t k) {
+  return {_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(static_cast<int>(k))))};
+}
+FG_VEC_INLINE float lane0(Vf a) { return _mm256_cvtss_f32(a.v); }
 
 FG_VEC_INLINE Vf operator+(Vf a, Vf b) { return {_mm256_add_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf operator-(Vf a, Vf b) { return {_mm256_sub_ps(a.v, b.v)}; }

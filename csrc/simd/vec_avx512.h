@@ -5,7 +5,10 @@
 #pragma once
 #include <immintrin.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 
 namespace fg::avx512 {
 
@@ -32,6 +35,13 @@ FG_VEC_INLINE void stream(float* p, Vf a) { _mm512_stream_ps(p, a.v); }
 FG_VEC_INLINE __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
 FG_VEC_INLINE Vf load_tail(const float* p, int64_t n) { return {_mm512_maskz_loadu_ps(tail_mask(n), p)}; }
 FG_VEC_INLINE void store_tail(float* p, Vf a, int64_t n) { _mm512_mask_storeu_ps(p, tail_mask(n), a.v); }
+
+FG_VEC_INLINE Vf load_or(const float* p, int64_t n, Vf fill) {
+  if (n >= Vf::kLanes) return loadu(p);
+  return {_mm512_mask_loadu_ps(fill.v, tail_mask(n), p)};
+}
+FG_VEC_INLINE Mf lane_is(int64_t k) { return {static_cast<__mmask16>(1u << k)}; }
+FG_VEC_INLINE float lane0(Vf a) { return _mm512_cvtss_f32(a.v); }
 
 FG_VEC_INLINE Vf operator+(Vf a, Vf b) { return {_mm512_add_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf operator-(Vf a, Vf b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -91,7 +101,7 @@ FG_VEC_INLINE Vd operator-(Vd a, Vd b) { return {_mm512_sub_pd(a.v, b.v)}; }
 FG_VEC_INLINE Vd operator*(Vd a, Vd b) { return {_mm512_mul_pd(a.v, b.v)}; }
 FG_VEC_INLINE Vd fma(Vd a, Vd b, Vd c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
 FG_VEC_INLINE Vd keep_lanes_d(Vd a, int64_t n) {
-  return {_mm512_maskz_mov_pd(static_cast<__mmask8>(n >= 8 ? 0xff : (1u << n) - 1u), a.v)};
+  return {_mm512_maskz_mov_pd(static_cast<__mmask8>(n >= 8 ? 0xffu : n <= 0 ? 0u : (1u << n) - 1u), a.v)};
 }
 FG_VEC_INLINE double reduce_add(Vd a) {
   const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(a.v), _mm512_extractf64x4_pd(a.v, 1));

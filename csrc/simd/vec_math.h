@@ -10,21 +10,24 @@
 // (softmax rows of ordinary logits never have one): a branch is cheaper than the six blend and
 // compare steps, and the results are the same bits either way. Every lane is computed with the
 // same operations on every ISA, so exp gives the same bits on avx2 and avx512.
-FG_VEC_INLINE Vf exp(Vf x) {
-  const Vf x0 = x;
-  const Vf lo = set1(-87.3f), hi = set1(88.7f);
-  x = min(max(x, lo), hi);  // max(x, lo) is lo for NaN; the NaN is restored below
-  const Vf n = round_nearest(x * set1(1.44269504088896341f));
-  Vf r = fnma(n, set1(0.693359375f), x);
-  r = fnma(n, set1(-2.12194440e-4f), r);
+// e^r for |r| <= ln2/2 (plus a little): degree-6 polynomial, rel. err ~2e-7
+FG_VEC_INLINE Vf exp_reduced(Vf r) {
   Vf p = set1(1.9875691500e-4f);
   p = fma(p, r, set1(1.3981999507e-3f));
   p = fma(p, r, set1(8.3334519073e-3f));
   p = fma(p, r, set1(4.1665795894e-2f));
   p = fma(p, r, set1(1.6666665459e-1f));
   p = fma(p, r, set1(5.0000001201e-1f));
-  p = fma(p, r * r, r + set1(1.f));
-  const Vf res = p * pow2i(n);
+  return fma(p, r * r, r + set1(1.f));
+}
+FG_VEC_INLINE Vf exp(Vf x) {
+  const Vf x0 = x;
+  const Vf lo = set1(-87.3f), hi = set1(88.7f);
+  x = min(max(x, lo), hi);  // max(x, lo) is lo for NaN; the NaN is restored below
+  const Vf n = round_nearest(x * set1(1.44269504088896341f));
+  Vf r = fnma(n, set1(0.693359375f), x);  // x - n ln2 in two steps (Cody-Waite): the first is exact
+  r = fnma(n, set1(-2.12194440e-4f), r);
+  const Vf res = exp_reduced(r) * pow2i(n);
   if (__builtin_expect(!any(cmp_nle(abs(x0), set1(87.3f))), 1)) return res;  // NaN counts as outside
   const Vf r2 = select(cmp_gt(x0, set1(88.72283935546875f)), set1(__builtin_inff()),
                        select(cmp_lt(x0, lo), zero(), res));
@@ -51,6 +54,123 @@ FG_VEC_INLINE Vf gelu_tanh_grad(Vf v) {
   return select(cmp_eq(sp, zero()), s, g);
 }
 
+// erf, erfc and the exact GELU, x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, and its derivative.
+// For |z| < 1/2: erf(z) = z S(z^2) (S: degree 4, rel. err 1.4e-9 in exact arithmetic). Above:
+// erfc(a) = e^{-a^2} t P(t), t = 1 / (1 + a/2) (P: degree 10 fitted here to erfc(a) e^{a^2} / t on
+// a in [1/2, inf), rel. err 5e-9). e^{-a^2} is where float rounding would hurt: a^2 = 100 carries
+// an error of 100 * 2^-24 into the exponent, i.e. 100 ulp. So a^2 is formed exactly as hi + lo
+// (with an fma) and the exp takes both parts (the lo part is added after the Cody-Waite
+// reduction); for the GELU, z = -x / sqrt 2 is itself carried as hi + lo. The exp's 2^n is applied
+// as 2^n1 2^n2 so results in the subnormal range are rounded once, at the end. |z| is clamped at
+// 10.5, past which erfc(z) is 0 in float.
+namespace erf_detail {
+constexpr float kCut = 0.5f, kClamp = 10.5f;
+constexpr float kRs = 0.70710677f, kRsLo = 1.2101617041793133e-08f;  // 1/sqrt 2 = kRs + kRsLo
+constexpr float kInvSqrt2Pi = 0.3989423f, kTwoOverSqrtPi = 1.1283792f;
+FG_VEC_INLINE Vf erf_small(Vf s) {  // erf(z) / z at s = z^2, |z| < kCut
+  Vf p = set1(4.718085114e-03f);
+  p = fma(p, s, set1(-2.675723768e-02f));
+  p = fma(p, s, set1(1.128282381e-01f));
+  p = fma(p, s, set1(-3.761260864e-01f));
+  return fma(p, s, set1(1.128379166e+00f));
+}
+FG_VEC_INLINE Vf mills(Vf a) {  // erfc(a) e^{a^2}, a >= kCut
+  const Vf t = set1(1.f) / fma(a, set1(0.5f), set1(1.f));
+  Vf p = set1(2.511408185e-02f);
+  p = fma(p, t, set1(-1.641252729e-01f));
+  p = fma(p, t, set1(3.770600873e-01f));
+  p = fma(p, t, set1(-3.489023287e-01f));
+  p = fma(p, t, set1(7.426940893e-02f));
+  p = fma(p, t, set1(-3.980036454e-02f));
+  p = fma(p, t, set1(8.953889999e-02f));
+  p = fma(p, t, set1(1.757662825e-01f));
+  p = fma(p, t, set1(2.468586928e-01f));
+  p = fma(p, t, set1(2.820943210e-01f));
+  p = fma(p, t, set1(2.820947932e-01f));
+  return t * p;
+}
+// e^{-(a + al)^2} = p s1 s2 for a in [0, kClamp], |al| <= ulp(a)
+FG_VEC_INLINE Vf exp_neg_sq(Vf a, Vf al, Vf* s1, Vf* s2) {
+  const Vf h = a * a;
+  const Vf l = fma(a, a, zero() - h) + (a + a) * al;  // a^2 - h exactly, plus the cross term
+  const Vf n = round_nearest(h * set1(-1.44269504088896341f));
+  Vf r = fnma(n, set1(0.693359375f), zero() - h);
+  r = fnma(n, set1(-2.12194440e-4f), r) - l;
+  const Vf n1 = round_nearest(n * set1(0.5f));
+  *s1 = pow2i(n1);
+  *s2 = pow2i(n - n1);
+  return exp_reduced(r);
+}
+// The pieces shared by erf / erfc / GELU for z = zh + zl.
+struct Parts {
+  Vf a0;      // |zh|
+  Vf q;       // erfc(|z|) = q s1 s2 (meaningful for |z| >= kCut)
+  Vf p;       // e^{-z^2} = p s1 s2
+  Vf m;       // erfc(|z|) e^{z^2}
+  Vf s1, s2;
+  Vf erf_c;   // erf(z) for |z| < kCut
+  Mf inside;  // |zh| < kClamp
+};
+FG_VEC_INLINE Parts parts(Vf zh, Vf zl) {
+  Parts r;
+  r.a0 = abs(zh);
+  r.inside = cmp_lt(r.a0, set1(kClamp));
+  zl = and_(r.inside, zl);  // (zl is NaN for infinite zh)
+  const Vf a = min(r.a0, set1(kClamp));  // NaN -> kClamp: the caller keeps the NaN
+  const Vf al = select(cmp_lt(zh, zero()), zero() - zl, zl);
+  r.p = exp_neg_sq(a, al, &r.s1, &r.s2);
+  r.m = mills(a);
+  r.q = r.p * r.m;
+  r.erf_c = fma(zh, erf_small(zh * zh), zl * set1(kTwoOverSqrtPi));
+  return r;
+}
+}  // namespace erf_detail
+
+FG_VEC_INLINE Vf erf(Vf z) {
+  using namespace erf_detail;
+  const Parts P = parts(z, zero());
+  const Vf big = set1(1.f) - (P.q * P.s1) * P.s2;  // 1 - erfc(|z|)
+  const Vf r = select(cmp_lt(P.a0, set1(kCut)), P.erf_c, select(cmp_lt(z, zero()), zero() - big, big));
+  return select(is_nan(z) | cmp_eq(z, zero()), z, r);  // (NaN, and -0 keeps its sign)
+}
+FG_VEC_INLINE Vf erfc(Vf z) {
+  using namespace erf_detail;
+  const Parts P = parts(z, zero());
+  const Vf e = (P.q * P.s1) * P.s2;
+  const Vf r = select(cmp_lt(P.a0, set1(kCut)), set1(1.f) - P.erf_c, select(cmp_lt(z, zero()), set1(2.f) - e, e));
+  return select(is_nan(z), z, r);
+}
+// x Phi(x), with z = -x / sqrt 2 carried as hi + lo. Past the clamp the limits: x for x -> +inf,
+// 0 for x -> -inf (where x * Phi(x) would be -inf * 0).
+FG_VEC_INLINE Vf gelu_erf(Vf x) {
+  using namespace erf_detail;
+  const Vf zh = x * set1(-kRs);
+  const Vf zl = fma(x, set1(-kRs), zero() - zh) + x * set1(-kRsLo);
+  const Parts P = parts(zh, zl);
+  const Vf phi_c = fnma(set1(0.5f), P.erf_c, set1(0.5f));           // |z| < 1/2: (1 - erf z) / 2
+  const Vf phi_r = fnma(set1(0.5f), (P.q * P.s1) * P.s2, set1(1.f));  // z <= -1/2: 1 - erfc(-z) / 2
+  const Vf y = x * select(cmp_lt(P.a0, set1(kCut)), phi_c, phi_r);
+  const Vf y_l = and_(P.inside, ((x * (set1(0.5f) * P.q)) * P.s1) * P.s2);  // z >= 1/2: x erfc(z) / 2, tiny
+  return select(cmp_ge(zh, set1(kCut)), y_l, y);
+}
+// dy (Phi(x) + x phi(x)), phi(x) = e^{-x^2/2} / sqrt(2 pi) = p s1 s2 / sqrt(2 pi). For x below
+// -sqrt 2 / 2 both terms share the factor p s1 s2: dy p (m / 2 + x / sqrt(2 pi)) s1 s2, scaled last.
+// Past the clamp the limits: 1 for x -> +inf, 0 for x -> -inf.
+FG_VEC_INLINE Vf gelu_erf_backward(Vf dy, Vf x) {
+  using namespace erf_detail;
+  const Vf zh = x * set1(-kRs);
+  const Vf zl = fma(x, set1(-kRs), zero() - zh) + x * set1(-kRsLo);
+  const Parts P = parts(zh, zl);
+  const Vf pdf = and_(P.inside, ((P.p * P.s1) * P.s2) * set1(kInvSqrt2Pi));
+  const Vf phi_c = fnma(set1(0.5f), P.erf_c, set1(0.5f));
+  const Vf phi_r = fnma(set1(0.5f), (P.q * P.s1) * P.s2, set1(1.f));
+  const Vf phi = select(cmp_lt(P.a0, set1(kCut)), phi_c, phi_r);
+  const Vf g = select(P.inside, fma(x, pdf, phi), phi);
+  const Vf w = and_(P.inside, fma(x, set1(kInvSqrt2Pi), set1(0.5f) * P.m));
+  const Vf d_l = (((P.p * w) * P.s1) * dy) * P.s2;
+  return select(is_nan(x), x, select(cmp_ge(zh, set1(kCut)), d_l, dy * g));
+}
+
 // Runs f(i, n) over [b, e) in vectors: n = kLanes for full vectors, then once with the tail count
 // 0 < n < kLanes. Kernels use load_tail / store_tail with that n, so a tail goes through the same
 // math as a full vector and results do not depend on where a chunk ends.
@@ -66,3 +186,28 @@ FG_VEC_INLINE void store_n(float* p, Vf v, int64_t n) {
   if (n == Vf::kLanes) storeu(p, v);
   else store_tail(p, v, n);
 }
+
+// Small helpers that per-ISA code uses instead of std:: templates: an instance of std::min<long>
+// or std::vector<float>::resize made in an AVX2 file is a weak symbol, and the linker keeps one
+// copy for the whole module, possibly the AVX2 one for the portable callers too (issue 22;
+// tools/check_isa_symbols.py checks the objects). These live in namespace fg::<isa>.
+FG_VEC_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+FG_VEC_INLINE int64_t imax(int64_t a, int64_t b) { return a < b ? b : a; }
+// A growable, 64-byte aligned float buffer for per-thread scratch; get(n) may discard the contents.
+struct FloatBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  FloatBuf() = default;
+  FloatBuf(const FloatBuf&) = delete;
+  FloatBuf& operator=(const FloatBuf&) = delete;
+  ~FloatBuf() { std::free(p); }
+  float* get(size_t need) {
+    if (need > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64));
+      n = p ? need : 0;
+      if (!p) throw std::bad_alloc();
+    }
+    return p;
+  }
+};
