@@ -140,8 +140,8 @@ FG_VEC_INLINE Vf erfc(Vf z) {
   const Vf r = select(cmp_lt(P.a0, set1(kCut)), set1(1.f) - P.erf_c, select(cmp_lt(z, zero()), set1(2.f) - e, e));
   return select(is_nan(z), z, r);
 }
-// x Phi(x), with z = -x / sqrt 2 carried as hi + lo. Past the clamp the limits: x for x -> +inf,
-// 0 for x -> -inf (where x * Phi(x) would be -inf * 0).
+// x Phi(x), with z = -x / sqrt 2 carried as hi + lo. x = -inf gives NaN (-inf * 0), as the
+// portable path, the CUDA kernels and PyTorch do.
 FG_VEC_INLINE Vf gelu_erf(Vf x) {
   using namespace erf_detail;
   const Vf zh = x * set1(-kRs);
@@ -150,12 +150,12 @@ FG_VEC_INLINE Vf gelu_erf(Vf x) {
   const Vf phi_c = fnma(set1(0.5f), P.erf_c, set1(0.5f));           // |z| < 1/2: (1 - erf z) / 2
   const Vf phi_r = fnma(set1(0.5f), (P.q * P.s1) * P.s2, set1(1.f));  // z <= -1/2: 1 - erfc(-z) / 2
   const Vf y = x * select(cmp_lt(P.a0, set1(kCut)), phi_c, phi_r);
-  const Vf y_l = and_(P.inside, ((x * (set1(0.5f) * P.q)) * P.s1) * P.s2);  // z >= 1/2: x erfc(z) / 2, tiny
+  const Vf y_l = select(P.inside, ((x * (set1(0.5f) * P.q)) * P.s1) * P.s2, x * zero());  // z >= 1/2: x erfc(z) / 2
   return select(cmp_ge(zh, set1(kCut)), y_l, y);
 }
 // dy (Phi(x) + x phi(x)), phi(x) = e^{-x^2/2} / sqrt(2 pi) = p s1 s2 / sqrt(2 pi). For x below
 // -sqrt 2 / 2 both terms share the factor p s1 s2: dy p (m / 2 + x / sqrt(2 pi)) s1 s2, scaled last.
-// Past the clamp the limits: 1 for x -> +inf, 0 for x -> -inf.
+// Past the clamp: dy for large x, 0 for very negative x, NaN at +-inf (inf * 0, as the portable path).
 FG_VEC_INLINE Vf gelu_erf_backward(Vf dy, Vf x) {
   using namespace erf_detail;
   const Vf zh = x * set1(-kRs);
@@ -165,9 +165,9 @@ FG_VEC_INLINE Vf gelu_erf_backward(Vf dy, Vf x) {
   const Vf phi_c = fnma(set1(0.5f), P.erf_c, set1(0.5f));
   const Vf phi_r = fnma(set1(0.5f), (P.q * P.s1) * P.s2, set1(1.f));
   const Vf phi = select(cmp_lt(P.a0, set1(kCut)), phi_c, phi_r);
-  const Vf g = select(P.inside, fma(x, pdf, phi), phi);
+  const Vf g = select(P.inside, fma(x, pdf, phi), phi + x * zero());
   const Vf w = and_(P.inside, fma(x, set1(kInvSqrt2Pi), set1(0.5f) * P.m));
-  const Vf d_l = (((P.p * w) * P.s1) * dy) * P.s2;
+  const Vf d_l = select(P.inside, (((P.p * w) * P.s1) * dy) * P.s2, dy * (x * zero()));
   return select(is_nan(x), x, select(cmp_ge(zh, set1(kCut)), d_l, dy * g));
 }
 
