@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, rand, ratio, torch
+from bench.common import ab_cols, interleaved, rand, ratio, torch
 from fusegrad import ops
 
 
@@ -22,12 +22,37 @@ def run(limits, quick=False):
         t = interleaved(fns)
         bytes_moved = 5 * 4 * n  # fwd: read x, write y; bwd: read dy, x, write dx
         rows.append({
-            "op": "relu fwd+bwd", "n": n, "ours_ms": t["ours"] * 1e3,
+            "op": "relu fwd+bwd", "n": n, "ours_ms": t["ours"] * 1e3, **ab_cols(t),
             "numpy_ms": t["numpy"] * 1e3, "torch_ms": t.get("torch", 0) * 1e3 or None,
             "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
             "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,
         })
     rows += _smooth(limits, quick)
+    rows += _gelu_exact(limits, quick)
+    return rows
+
+
+def _gelu_exact(limits, quick):
+    """Exact (erf) GELU forward + backward at issue 18's shapes, vs PyTorch's F.gelu (its default)."""
+    from math import erf
+
+    rows = []
+    for shape in ([(768, 512)] if quick else [(768, 512), (8192, 3072)]):
+        x, dy = rand(shape), rand(shape, seed=1)
+        xs = x.ravel()[:256].astype(np.float64)  # validate first
+        np.testing.assert_allclose(ops.gelu_forward(x).ravel()[:256], 0.5 * xs * (1 + np.vectorize(erf)(xs / np.sqrt(2))),
+                                   rtol=1e-5, atol=1e-6)
+        fns = {"ours": lambda: (ops.gelu_forward(x), ops.gelu_backward(dy, x))}
+        if torch is not None:
+            tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+            fns["torch"] = lambda: (torch.nn.functional.gelu(tx), torch.ops.aten.gelu_backward(tdy, tx))
+        t = interleaved(fns, reps=7)
+        bytes_moved = 5 * 4 * x.size
+        rows.append({
+            "op": "gelu-erf fwd+bwd", "n": f"{shape[0]}x{shape[1]}", "ours_ms": t["ours"] * 1e3, **ab_cols(t),
+            "torch_ms": t.get("torch", 0) * 1e3 or None, "x_torch": ratio(t.get("torch"), t["ours"]),
+            "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,
+        })
     return rows
 
 
@@ -69,7 +94,7 @@ def _smooth(limits, quick):
             t = interleaved(fns, reps=7)
             bytes_moved = 5 * 4 * n
             rows.append({
-                "op": f"{name} fwd+bwd", "n": n, "ours_ms": t["ours"] * 1e3,
+                "op": f"{name} fwd+bwd", "n": n, "ours_ms": t["ours"] * 1e3, **ab_cols(t),
                 "numpy_ms": t["numpy"] * 1e3 if "numpy" in t else None, "torch_ms": t.get("torch", 0) * 1e3 or None,
                 "x_numpy": ratio(t.get("numpy"), t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
                 "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,

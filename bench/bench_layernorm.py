@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, rand, ratio, torch
+from bench.common import ab_cols, interleaved, rand, ratio, torch
 from fusegrad import ops
 
 
@@ -49,7 +49,7 @@ def run(limits, quick=False):
         # fwd: read x, write y; bwd: read dy, x, write dx (weight/bias and row stats are negligible)
         bytes_moved = 5 * 4 * N * C
         rows.append({
-            "op": "layernorm fwd+bwd", "N": N, "C": C, "ours_ms": t["ours"] * 1e3,
+            "op": "layernorm fwd+bwd", "N": N, "C": C, "ours_ms": t["ours"] * 1e3, **ab_cols(t),
             "numpy_ms": t["numpy"] * 1e3, "torch_ms": t.get("torch", 0) * 1e3 or None,
             "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
             "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,

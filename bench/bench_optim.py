@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, ratio, rand, torch
+from bench.common import ab_cols, interleaved, ratio, rand, torch
 from fusegrad import ops
 
 LR, B1, B2, EPS, WD = 1e-3, 0.9, 0.999, 1e-8, 0.01
@@ -57,7 +57,7 @@ def run(limits, quick=False):
         nbytes = 7 * 4 * n
         gbs = nbytes / t["ours"] / 1e9
         rows.append({
-            "op": "adamw_step f32", "n": n, "max_err_step1": err, "ours_ms": t["ours"] * 1e3,
+            "op": "adamw_step f32", "n": n, "max_err_step1": err, "ours_ms": t["ours"] * 1e3, **ab_cols(t),
             "numpy_ms": t["numpy"] * 1e3, "torch_foreach_ms": t.get("torch_foreach", 0) * 1e3 or None,
             "torch_single_ms": t.get("torch_single", 0) * 1e3 or None,
             "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch_foreach": ratio(t.get("torch_foreach"), t["ours"]),

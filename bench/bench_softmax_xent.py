@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import interleaved, rand, ratio, torch
+from bench.common import ab_cols, interleaved, rand, ratio, torch
 from fusegrad import ops
 
 
@@ -14,7 +14,7 @@ def _np_softmax(x):
 
 def _row(op, N, V, t, nbytes, limits):
     return {
-        "op": op, "N": N, "V": V, "ours_ms": t["ours"] * 1e3, "numpy_ms": t["numpy"] * 1e3,
+        "op": op, "N": N, "V": V, "ours_ms": t["ours"] * 1e3, **ab_cols(t), "numpy_ms": t["numpy"] * 1e3,
         "torch_ms": t.get("torch", 0) * 1e3 or None,
         "x_numpy": ratio(t["numpy"], t["ours"]), "x_torch": ratio(t.get("torch"), t["ours"]),
         "GB/s": nbytes / t["ours"] / 1e9, "frac_copy_bw": nbytes / t["ours"] / 1e9 / limits.copy_gbs,

@@ -113,8 +113,54 @@ def settle(max_wait: float = 0.3, poll: float = 1e-3) -> float:
         time.sleep(poll)
 
 
+# A/B of ISA paths (python -m bench --isa avx2,avx512): interleaved() then times "ours" once per
+# path, in the same round-robin as the other contenders, as "ours@<isa>"; "ours" is the first path.
+AB_ISAS: list[str] = []
+
+
+def _ab_expand(fns: dict) -> dict:
+    if not AB_ISAS or "ours" not in fns:
+        return fns
+    from fusegrad import _C
+
+    out = {}
+    for name, f in fns.items():
+        if name != "ours":
+            out[name] = f
+            continue
+        for isa in AB_ISAS:
+            def on(f=f, isa=isa):
+                old = _C.get_isa()
+                _C.set_isa(isa)
+                try:
+                    return f()
+                finally:
+                    _C.set_isa(old)
+            out[f"ours@{isa}"] = on
+    return out
+
+
+def ab_cols(t: dict) -> dict:
+    """Per-path columns for a row when an A/B of ISA paths ran: <isa>_ms, and the second path's
+    speed-up over the first (x_<b>_vs_<a> > 1: b is faster)."""
+    if not AB_ISAS:
+        return {}
+    cols = {f"{isa}_ms": t[f"ours@{isa}"] * 1e3 for isa in AB_ISAS}
+    for isa in AB_ISAS[1:]:
+        cols[f"x_{isa}_vs_{AB_ISAS[0]}"] = t[f"ours@{AB_ISAS[0]}"] / t[f"ours@{isa}"]
+    return cols
+
+
 def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02,
                 samples_out: dict | None = None) -> dict:
+    t = _interleaved(_ab_expand(fns), reps, warmup, min_time, ramp, samples_out)
+    if AB_ISAS and "ours" in fns:
+        t["ours"] = t[f"ours@{AB_ISAS[0]}"]
+    return t
+
+
+def _interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02,
+                 samples_out: dict | None = None) -> dict:
     """Median seconds per call for each named callable, timed round-robin.
 
     Each timed sample repeats the call `inner` times, chosen so one sample lasts at least

@@ -39,6 +39,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def common_ab() -> list[str]:
+    from bench import common
+
+    return common.AB_ISAS
+
+
 def main(argv=None) -> int:
     if str(HERE.parent) not in sys.path:
         sys.path.insert(0, str(HERE.parent))
@@ -47,7 +53,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=int(os.environ.get("FUSEGRAD_BENCH_THREADS", "2")))
     p.add_argument("--out", default=str(HERE / "results" / "latest.json"))
-    p.add_argument("--isa", default=None, help="run fusegrad on this ISA path (portable, avx2, avx512); default: the best")
+    p.add_argument("--isa", default=None,
+                   help="run fusegrad on this ISA path (portable, avx2, avx512); default: the best. Several, "
+                        "comma-separated (--isa avx2,avx512): each timing of ours is taken on every path in the "
+                        "same interleaved rounds, with a column per path (benchmarks that add ab_cols)")
     args = p.parse_args(argv)
 
     import fusegrad
@@ -55,14 +64,23 @@ def main(argv=None) -> int:
 
     fusegrad.set_num_threads(args.threads)
     if args.isa:
-        fusegrad._C.set_isa(args.isa)
+        from bench import common
+
+        isas = [i.strip() for i in args.isa.split(",") if i.strip()]
+        for i in isas:
+            if i not in fusegrad._C.isas_supported():
+                p.error(f"--isa {i}: this CPU/build runs only {', '.join(fusegrad._C.isas_supported())}")
+        fusegrad._C.set_isa(isas[0])
+        if len(isas) > 1:
+            common.AB_ISAS[:] = isas
     torch_threads(args.threads)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     limits = measure_limits(args.threads)
     peaks = ", ".join(f"{k[len('peak_gflops_'):]} {v:.1f}" for k, v in limits.extra.items()
                       if k.startswith("peak_gflops_"))
     header = (f"machine: {fusegrad._config.cpu_model()}, {os.cpu_count()} cpus; "
-              f"threads {args.threads}; isa {fusegrad._C.get_isa()}; "
+              f"threads {args.threads}; isa {fusegrad._C.get_isa()}"
+              f"{' (A/B: ' + ' vs '.join(common_ab()) + ')' if common_ab() else ''}; "
               f"measured peak fp32 FMA {limits.peak_gflops:.1f} GFLOP/s ({peaks}), copy {limits.copy_gbs:.1f} GB/s")
     print(header, flush=True)
     results = {"header": header, "limits": vars(limits), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "benchmarks": {}}

@@ -87,10 +87,10 @@ void forward_rows(float* y, float* mean, float* rstd, const float* x, const floa
     const float* next = r + 1 < r1 && C <= 2 * kPrefetchMaxC ? xr + C : nullptr;
     const Vf vm = set1(m), vr = set1(rs);
     write_row<NT>(y + r * C, C, [&](int64_t i, int64_t n) {
-      Vf t = (load_tail(xr + i, n) - vm) * vr;
-      if constexpr (HW && HB) t = fma(t, load_tail(w + i, n), load_tail(b + i, n));
-      else if constexpr (HW) t = t * load_tail(w + i, n);
-      else if constexpr (HB) t = t + load_tail(b + i, n);
+      Vf t = (load_n(xr + i, n) - vm) * vr;
+      if constexpr (HW && HB) t = fma(t, load_n(w + i, n), load_n(b + i, n));
+      else if constexpr (HW) t = t * load_n(w + i, n);
+      else if constexpr (HB) t = t + load_n(b + i, n);
       return t;
     }, [&](int64_t i) { if (next && (i & 15) == 0) prefetch_l2(next + i); });
   }
@@ -132,9 +132,9 @@ FG_VEC_INLINE void backward_row(float* dxr, float* pdw, float* pdb, const float*
   // dx = rstd * ((g - mean(g)) - xhat * mean(g * xhat))
   const Vf vmg = set1(mg), vmgx = set1(mgx);
   write_row<NT>(dxr, C, [&](int64_t i, int64_t n) {
-    const Vf dyv = load_tail(dyr + i, n);
-    const Vf xh = (load_tail(xr + i, n) - vm) * vr;
-    const Vf g = HW ? dyv * load_tail(w + i, n) : dyv;
+    const Vf dyv = load_n(dyr + i, n);
+    const Vf xh = (load_n(xr + i, n) - vm) * vr;
+    const Vf g = HW ? dyv * load_n(w + i, n) : dyv;
     return vr * fnma(xh, vmgx, g - vmg);
   }, [&](int64_t i) {
     if (next_dy && (i & 15) == 0) {
