@@ -312,8 +312,21 @@ def _from_output(name, fwd):
         return {"dy": randn(rng, shape, dtype), "y": y}
     # softmax: dx = y (dy - sum(dy y)) cancels; its terms are O(|dy|)
     # huge=False: y is a forward output (|y| <= 1 or log-probabilities), not any float
+    scale = {"softmax_backward": lambda kw: _max_abs(kw["dy"]), "log_softmax_backward": _log_softmax_bwd_terms}
     return Spec(name, make, lambda dy, y: getattr(R, name)(dy, y), returns_like="dy", tol=(3e-5, 1e-10), huge=False,
-                atol_scale=(lambda kw: _max_abs(kw["dy"])) if name == "softmax_backward" else None)
+                atol_scale=scale.get(name))
+
+
+def _log_softmax_bwd_terms(kw, dtype=None):
+    """dx = dy - exp(y) sum(dy) cancels: the rounding of dy and of the row sum, eps (|dy| + exp(y) sum|dy|)
+    (seed 9001: float32 |dy| ~ 1e4 on a 2-wide row, a quarter of dy's ulp off; dy = (-14453, -28) gives
+    dx = 0.145 with an error of 3.5e-4)."""
+    dy, y = kw["dy"], kw["y"]
+    if not (isinstance(dy, np.ndarray) and isinstance(y, np.ndarray)) or dy.shape != y.shape or dy.ndim == 0:
+        return 0.0
+    a = _finite_abs(dy)
+    terms = a + _finite_abs(np.exp(y)) * a.sum(axis=-1, keepdims=True)
+    return _summed_terms(float(np.max(terms, initial=0.0)), dtype, 3e-5 if dtype == np.float32 else 1e-10)
 
 
 def _rows_fwd(name):
