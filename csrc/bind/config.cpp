@@ -25,24 +25,17 @@ void bind_config(py::module_& m) {
   m.def("cpu_has_avx2", &fg::cpu_has_avx2_fma);
   m.def("avx2_compiled", &fg::avx2_compiled);
   m.def("get_isa", []() { return std::string(fg::isa_name(fg::active_isa())); });
-  m.def(
-      "isas_compiled",
-      []() {
-        std::vector<std::string> r;
-        for (int i = 0; i < fg::kNumIsas; ++i)
-          if (fg::isa_compiled(static_cast<fg::Isa>(i))) r.push_back(fg::isa_name(static_cast<fg::Isa>(i)));
-        return r;
-      },
-      "The ISA paths built into this module, lowest first.");
-  m.def(
-      "isas_supported",
-      []() {
-        std::vector<std::string> r;
-        for (int i = 0; i < fg::kNumIsas; ++i)
-          if (fg::isa_supported(static_cast<fg::Isa>(i))) r.push_back(fg::isa_name(static_cast<fg::Isa>(i)));
-        return r;
-      },
-      "The ISA paths this CPU and OS can run (and this module has), lowest first.");
+  // the names of the paths for which pred holds, lowest first
+  auto isas_where = [](bool (*pred)(fg::Isa)) {
+    std::vector<std::string> r;
+    for (int i = 0; i < fg::kNumIsas; ++i)
+      if (pred(static_cast<fg::Isa>(i))) r.push_back(fg::isa_name(static_cast<fg::Isa>(i)));
+    return r;
+  };
+  m.def("isas_compiled", [isas_where]() { return isas_where(fg::isa_compiled); },
+        "The ISA paths built into this module, lowest first.");
+  m.def("isas_supported", [isas_where]() { return isas_where(fg::isa_supported); },
+        "The ISA paths this CPU and OS can run (and this module has), lowest first.");
   m.def("best_isa", []() { return std::string(fg::isa_name(fg::best_isa())); });
   m.def("isa_env_note", []() { return fg::isa_env_note(); });
   m.def("cpu_model", &fg::cpu_model);
