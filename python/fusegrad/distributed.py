@@ -159,9 +159,12 @@ def _init_nccl(comm, rank, size, local_rank):
 
 
 def _abort_hook(etype, value, tb):
-    sys.stderr.write(f"[fusegrad.distributed rank {_W.rank}/{_W.size}] uncaught exception; aborting every rank\n")
-    sys.stderr.write("".join(traceback.format_exception(etype, value, tb)))
+    # one write, then a moment for the launcher to forward it: MPI_Abort tears down mpiexec's
+    # output forwarding, and a traceback written separately was seen lost (the header alone arrived)
+    sys.stderr.write(f"[fusegrad.distributed rank {_W.rank}/{_W.size}] uncaught exception; aborting every rank\n"
+                     + "".join(traceback.format_exception(etype, value, tb)))
     sys.stderr.flush()
+    time.sleep(0.2)
     abort(1)
 
 
