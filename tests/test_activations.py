@@ -165,3 +165,24 @@ def test_tanh_backward_keeps_relative_accuracy_near_saturation(dtype):
     exact = np.array([float(3 * (1 - Fraction(float(v)) ** 2)) for v in y])          # exact, then rounded
     got = ops.tanh_backward(dy, y)
     np.testing.assert_allclose(got, exact, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_tanh_sigmoid_relative_accuracy_over_the_float_range(isa, name):
+    # relative error in float32 ulps against float64, from tiny to saturating inputs: tanh's small
+    # branch (a polynomial below |x| = 0.625) keeps tanh(1e-30) = 1e-30 and -0 as -0, where
+    # 1 - 2 / (e^{2x} + 1) would cancel; sigmoid's left tail is e^x / (1 + e^x), relative too
+    mag = np.logspace(-30, np.log10(80.0), 4001)
+    x = np.concatenate([mag, -mag, np.linspace(-1, 1, 2001), [0.0, -0.0, 0.625, -0.625]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    fwd, want = (ops.tanh_forward, np.tanh(x64)) if name == "tanh" else (ops.sigmoid_forward, 1 / (1 + np.exp(-x64)))
+    got = fwd(x).astype(np.float64)
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    keep = np.abs(want) >= np.finfo(np.float32).tiny      # normal results (sigmoid below -87 underflows)
+    assert np.max(np.abs(got - want)[keep] / ulp[keep]) <= 3.0
+    if name == "tanh":
+        assert np.signbit(fwd(np.array([-0.0], np.float32))[0])
+        np.testing.assert_array_equal(fwd(np.array([np.inf, -np.inf, 1e30, -1e30], np.float32)), [1, -1, 1, -1])
+    else:
+        np.testing.assert_array_equal(fwd(np.array([np.inf, -np.inf, -1e30, 100.0], np.float32)), [1, 0, 0, 1])
+    assert np.isnan(fwd(np.array([np.nan], np.float32))[0])

@@ -102,6 +102,7 @@ void erfc_forward(T* y, const T* x, int64_t N) {
 
 template <typename T>
 void sigmoid_forward(T* y, const T* x, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(sigmoid_forward, y, x, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     // exp(-x) overflows to Inf for very negative x, and 1/(1+Inf) = 0: correct, no NaN.
     for (int64_t i = b; i < e; ++i) y[i] = T(1) / (T(1) + std::exp(-x[i]));
@@ -110,6 +111,7 @@ void sigmoid_forward(T* y, const T* x, int64_t N) {
 
 template <typename T>
 void sigmoid_backward(T* dx, const T* dy, const T* y, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(sigmoid_backward, dx, dy, y, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * y[i] * (T(1) - y[i]);
   });
@@ -117,6 +119,7 @@ void sigmoid_backward(T* dx, const T* dy, const T* y, int64_t N) {
 
 template <typename T>
 void tanh_forward(T* y, const T* x, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(tanh_forward, y, x, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) y[i] = std::tanh(x[i]);
   });
@@ -124,6 +127,7 @@ void tanh_forward(T* y, const T* x, int64_t N) {
 
 template <typename T>
 void tanh_backward(T* dx, const T* dy, const T* y, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(tanh_backward, dx, dy, y, N);
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     // (1 - y)(1 + y), not 1 - y*y: near |y| = 1 the difference 1 - |y| is exact and y*y's
     // rounding would be magnified (float32 y = 0.99993 lost 6e-5 relative)

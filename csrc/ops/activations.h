@@ -37,6 +37,10 @@ void gelu_erf_forward(float* y, const float* x, int64_t N);
 void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t N);
 void erf_forward(float* y, const float* x, int64_t N);
 void erfc_forward(float* y, const float* x, int64_t N);
+void sigmoid_forward(float* y, const float* x, int64_t N);
+void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t N);
+void tanh_forward(float* y, const float* x, int64_t N);
+void tanh_backward(float* dx, const float* dy, const float* y, int64_t N);
 )
 
 }  // namespace fg

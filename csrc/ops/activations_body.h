@@ -55,3 +55,22 @@ void erf_forward(float* y, const float* x, int64_t N) {
 void erfc_forward(float* y, const float* x, int64_t N) {
   act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return erfc(v); });
 }
+
+void sigmoid_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return sigmoid(v); });
+}
+
+// dy y (1 - y), from the forward output
+void sigmoid_backward(float* dx, const float* dy, const float* y, int64_t N) {
+  act_detail::map2(dx, dy, y, N, act_detail::kGrain, [](Vf g, Vf v) { return g * v * (set1(1.f) - v); });
+}
+
+void tanh_forward(float* y, const float* x, int64_t N) {
+  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return tanh(v); });
+}
+
+// dy (1 - y)(1 + y): near |y| = 1 the factor 1 - |y| is exact, y*y's rounding is not (activations.cpp)
+void tanh_backward(float* dx, const float* dy, const float* y, int64_t N) {
+  act_detail::map2(dx, dy, y, N, act_detail::kGrain,
+                   [](Vf g, Vf v) { return g * ((set1(1.f) - v) * (set1(1.f) + v)); });
+}

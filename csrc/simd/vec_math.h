@@ -54,6 +54,29 @@ FG_VEC_INLINE Vf gelu_tanh_grad(Vf v) {
   return select(cmp_eq(sp, zero()), s, g);
 }
 
+// sigmoid(x) = 1 / (1 + e^-x): exp overflow for x < -88.7 gives 0 exactly (the true value is below
+// 3e-39), never NaN; the same formula as the portable path.
+FG_VEC_INLINE Vf sigmoid(Vf x) {
+  const Vf one = set1(1.f);
+  return one / (one + exp(zero() - x));
+}
+// tanh(x). For |x| < 0.625: x + x^3 P(x^2), P of degree 5 fitted here to (tanh(x)/x - 1)/x^2 on that
+// interval (rel. err 1.3 * 2^-24 in float arithmetic; x = +-0 is returned as is: the fma would give +0 for
+// -0). Above: 1 - 2 / (e^{2|x|} + 1), where
+// the result is >= 0.55 so the subtraction does not cancel (2 ulp); e^{2|x|} overflow gives exactly +-1.
+FG_VEC_INLINE Vf tanh(Vf x) {
+  const Vf one = set1(1.f), a = abs(x), t = x * x;
+  Vf p = set1(2.1426177117973566e-3f);
+  p = fma(p, t, set1(-8.176896721124649e-3f));
+  p = fma(p, t, set1(2.17004232108593e-2f));
+  p = fma(p, t, set1(-5.3946688771247864e-2f));
+  p = fma(p, t, set1(1.333320438861847e-1f));
+  p = fma(p, t, set1(-3.333333134651184e-1f));
+  const Vf small = select(cmp_eq(x, zero()), x, fma(x * t, p, x));
+  const Vf big = one - set1(2.f) / (exp(a + a) + one);  // NaN stays NaN here
+  return select(cmp_lt(a, set1(0.625f)), small, select(cmp_lt(x, zero()), zero() - big, big));
+}
+
 // erf, erfc and the exact GELU, x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, and its derivative.
 // For |z| < 1/2: erf(z) = z S(z^2) (S: degree 4, rel. err 1.4e-9 in exact arithmetic). Above:
 // erfc(a) = e^{-a^2} t P(t), t = 1 / (1 + a/2) (P: degree 10 fitted here to erfc(a) e^{a^2} / t on
