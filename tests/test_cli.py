@@ -302,6 +302,23 @@ def test_no_checkpoint_line_when_none_was_written_and_sample_marks_the_prompt(tm
     assert h["sample"].startswith(prompt) and len(new.rstrip("\n").encode()) >= 1
 
 
+def test_generate_marks_where_the_prompt_ends(capsys, run_on_file):
+    from fusegrad.lm import PROMPT_END
+    _, run = run_on_file
+    gen = ["generate", "--checkpoint", run, "--max-new-tokens", "6", "--seed", "0"]
+    assert main([*gen, "--prompt", "class P"]) == 0
+    out = capsys.readouterr()
+    prompt, new = out.out.split(PROMPT_END)
+    assert prompt == "class P" and len(new.rstrip("\n").encode()) >= 1 and "note:" not in out.err
+    assert main([*gen, "--prompt", "class P", "--no-mark"]) == 0          # the same text without the mark
+    assert capsys.readouterr().out == prompt + new
+    long = "y = 0\n" * 5                                                  # 30 tokens, the context holds 16
+    assert main([*gen, "--prompt", long]) == 0
+    out = capsys.readouterr()
+    assert out.out.split(PROMPT_END)[0] == long[-16:]
+    assert "the prompt is longer than the model's context (16 tokens)" in out.err
+
+
 def test_max_time_zero_means_no_limit(tmp_path):
     h = train_lm(TrainOptions(text=TEXT, max_iters=3, max_time=0, n_layer=1, n_head=2, n_embd=16, block_size=16,
                               batch_size=4, eval_iters=1, sample_tokens=0, out=None, log=None))

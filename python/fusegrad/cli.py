@@ -90,7 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .lm import sample
+    from .lm import PROMPT_END, prompt_and_continuation
     from .models import GPT
     from .tokenizers import load_tokenizer
 
@@ -98,14 +98,19 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     try:
         model = GPT.load(d)
         tok = load_tokenizer(d / "tokenizer.json")
-        text = sample(model, tok, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                      top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        given, new = prompt_and_continuation(model, tok, args.prompt, args.max_new_tokens,
+                                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                             seed=args.seed)
     except (ValueError, OSError, TypeError, RuntimeError) as e:
         print(f"fusegrad generate: error: {e}", file=sys.stderr)
         return 2
-    print(text)
+    print(given + ("" if args.no_mark else PROMPT_END) + new)
+    # notes and timings on stderr: stdout stays the text
+    if args.prompt and given != args.prompt:
+        print(f"note: the prompt is longer than the model's context ({model.config.block_size} tokens); "
+              f"it saw the part printed before the mark", file=sys.stderr)
     st = getattr(model, "generate_stats", None)
-    if st:  # on stderr: stdout stays the sample
+    if st:
         rate = lambda n, s: f"{n / s:,.1f} tok/s" if s > 0 and n else "-"  # noqa: E731
         print(f"prompt: {st['prompt_tokens']} tokens, {rate(st['prompt_tokens'], st['prompt_s'])}; "
               f"new: {st['new_tokens'] + 1} tokens, {rate(st['new_tokens'], st['decode_s'])} (after the first)",
@@ -114,7 +119,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .lm import TrainOptions
+    from .lm import PROMPT_END, TrainOptions
 
     d = TrainOptions()
     p = argparse.ArgumentParser(prog="fusegrad", description=__doc__.splitlines()[0])
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-p", type=float, default=None,
                     help="sample among the most likely tokens holding this probability (default: off)")
     sp.add_argument("--seed", type=int, default=None, help="(default: none, a different sample each run)")
+    sp.add_argument("--no-mark", action="store_true",
+                    help=f"print the prompt and the model's text without {PROMPT_END} between them "
+                         f"(default: marked, so you see where the model's text begins)")
     sp.set_defaults(fn=_cmd_generate)
 
     sp = sub.add_parser("linefit", help="line-fit demo: y = 100 + 20x by gradient descent")

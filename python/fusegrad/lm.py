@@ -481,9 +481,9 @@ def train_lm(opts: TrainOptions) -> dict:
         _print(opts, f"no checkpoint written" + (f"; {out} still holds step {first}" if resume else ""))
     if opts.sample_tokens and rank == 0:
         prompt = tok.decode(val_ids[:min(32, cfg.block_size // 2)].tolist())
-        ids, outids = _generate(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40, seed=opts.seed)
-        given, new = tok.decode(ids.tolist()), tok.decode(outids[ids.size:].tolist())
-        hist["sample"] = tok.decode(outids.tolist())
+        given, new = prompt_and_continuation(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40,
+                                             seed=opts.seed)
+        hist["sample"] = given + new
         _print(opts, f"sample (temperature 0.8, top_k 40): a prompt from the validation text, then {PROMPT_END}, "
                      f"then the model's text\n" + "-" * 60 + f"\n{given}{PROMPT_END}{new}\n" + "-" * 60)
     return hist
@@ -527,3 +527,11 @@ def _generate(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None, se
 def sample(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None, seed=None) -> str:
     """The prompt followed by ``n`` tokens the model generates after it, decoded."""
     return tok.decode(_generate(model, tok, prompt, n, temperature, top_k, top_p, seed)[1].tolist())
+
+
+def prompt_and_continuation(model, tok, prompt, n, temperature=0.8, top_k=None, top_p=None,
+                             seed=None) -> tuple[str, str]:
+    """(the prompt as the model saw it: its last block_size tokens, the ``n`` tokens the model
+    generated after it), decoded; ``train``'s sample and ``generate`` print PROMPT_END between."""
+    ids, outids = _generate(model, tok, prompt, n, temperature, top_k, top_p, seed)
+    return tok.decode(ids.tolist()), tok.decode(outids[ids.size:].tolist())
