@@ -130,7 +130,52 @@ CASES = {
     "sdpa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [r(1, 2, 3, 4), r(1, 2, 5, 4), r(1, 2, 5, 4)]),
     "sdpa_causal_gqa": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                         [r(1, 4, 3, 2), r(1, 2, 3, 2), r(1, 2, 3, 2)]),
+    "maximum_bcast": (lambda a, b: fg.maximum(a, b), [r(3, 4), r(4)]),
+    "minimum_method": (lambda a, b: a.min(b), [r(2, 1, 4), r(3, 1)]),
+    "max_other_kw": (lambda a, b: a.max(other=b) * 2.0, [r(3, 4), r(3, 4)]),
+    # in-place ops on tensors in the graph are recorded (the same code runs on torch tensors)
+    "iadd_bcast": (lambda a, b: _iadd(a, b), [r(3, 4), r(4)]),
+    "mul_self": (lambda a: _mul_self(a), [r(3, 4)]),
+    "mul_": (lambda a, b: (a * 1.0).mul_(b) * a, [r(3, 4), r(3, 1)]),
+    "div_sub_alpha": (lambda a, b: (a * 1.0).div_(b).sub_(b, alpha=0.5), [r(3, 4), r(3, 4, pos=True)]),
+    "zero_then_add": (lambda a, b: _zero_then_add(a, b), [r(3, 4), r(3, 4)]),
+    "copy_bcast": (lambda a, b: (a * 3.0).copy_(b) * a, [r(3, 4), r(4)]),
+    "fill_0d": (lambda a, b: (a * 1.0).fill_(b.sum()) * a, [r(3, 4), r(2)]),
+    "setitem": (lambda a, b: _setitem(a, b), [r(3, 4), r(2, 4)]),
+    "into_plain": (lambda a, b: _into_plain(a, b), [r(3, 4), r(3, 4)]),
 }
+
+
+def _iadd(a, b):
+    y = a * 2.0
+    y += b
+    return y
+
+
+def _mul_self(a):
+    y = a + 0.0
+    y.mul_(y)                     # the old value on both sides: 2a, as torch
+    return y
+
+
+def _zero_then_add(a, b):
+    y = a * 3.0
+    y.zero_()
+    y += b
+    return y * 2.0
+
+
+def _setitem(a, b):
+    y = a * 1.0
+    y[1:3] = b * 2.0
+    y[0, 1] = b[0, 0]
+    return y
+
+
+def _into_plain(a, b):
+    y = a.detach() * 0.0          # no history: it gets one from b
+    y.add_(b)
+    return y * a
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -182,6 +227,17 @@ TORCH = {
     "embedding": lambda t, w: t.nn.functional.embedding(t.tensor([[0, 2], [2, 1]]), w),
     "sdpa_causal_gqa": lambda t, q, k, v: t.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), is_causal=True),
+    "maximum_bcast": lambda t, a, b: t.maximum(a, b),
+    "minimum_method": lambda t, a, b: a.min(b),
+    "max_other_kw": lambda t, a, b: a.max(other=b) * 2.0,
+    "iadd_bcast": lambda t, a, b: _iadd(a, b),
+    "mul_": lambda t, a, b: (a * 1.0).mul_(b) * a,      # (torch refuses y.mul_(y); fusegrad gives 2y)
+    "div_sub_alpha": lambda t, a, b: (a * 1.0).div_(b).sub_(b, alpha=0.5),
+    "zero_then_add": lambda t, a, b: _zero_then_add(a, b),
+    "copy_bcast": lambda t, a, b: (a * 3.0).copy_(b) * a,
+    "fill_0d": lambda t, a, b: (a * 1.0).fill_(b.sum()) * a,
+    "setitem": lambda t, a, b: _setitem(a, b),
+    "into_plain": lambda t, a, b: _into_plain(a, b),
 }
 
 
@@ -301,6 +357,56 @@ def test_inplace_on_leaf_rejected():
     with fg.no_grad():
         x -= 1.0
     assert x.data[0] == 0.0
+    for f in (lambda: x.zero_(), lambda: x.fill_(2.0), lambda: x.copy_(fg.tensor([3.0])),
+              lambda: x.__setitem__(0, 1.0)):
+        with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+            f()
+    assert x.data[0] == 0.0
+
+
+def test_inplace_ops_follow_torchs_dtype_and_shape_rules():
+    i = fg.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="the result type float32 can't be cast to the tensor's dtype int64"):
+        i.add_(0.5)                               # used to truncate silently
+    with pytest.raises(RuntimeError, match="can't be cast"):
+        i /= 2
+    i *= 3
+    assert i.tolist() == [3, 6] and i.dtype == np.int64
+    f = fg.tensor([1.0, 2.0])
+    f += fg.tensor(np.array([0.5, 0.25]))       # float64 into float32: float32, as torch
+    assert f.dtype == np.float32 and f.tolist() == [1.5, 2.25]
+    with pytest.raises(RuntimeError, match=r"the result has shape \(2, 2\), the tensor \(2,\)"):
+        f.add_(fg.ones(2, 2))
+    g = fg.tensor([1.0, 2.0], requires_grad=True) * 1.0
+    with pytest.raises(RuntimeError, match=r"the result has shape \(3, 2\)"):
+        g.add_(fg.ones(3, 2))
+    with pytest.raises(RuntimeError, match="int64 tensor cannot take a value that requires grad"):
+        fg.tensor([1, 2]).add_(fg.tensor([1.0, 1.0], requires_grad=True))
+    m = fg.tensor(np.arange(4.0))
+    view = m[1:3]                                 # a view shares memory, as in torch
+    view.mul_(10.0)
+    assert m.tolist() == [0.0, 10.0, 20.0, 3.0]
+
+
+def test_inplace_after_use_refuses_backward():
+    # an op that used y before y changed in place would give a wrong gradient: refused, as torch
+    x = fg.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2.0
+    z = y * y
+    y += 1.0
+    with pytest.raises(RuntimeError, match="modified by an in-place operation after Mul used it"):
+        z.sum().backward()
+    x2 = fg.tensor([1.0, 2.0], requires_grad=True)
+    y2 = x2 * 2.0
+    y2 += 1.0                                     # modified before use: fine
+    (y2 * y2).sum().backward()
+    assert x2.grad.tolist() == [12.0, 20.0]
+    w = fg.tensor([1.0], requires_grad=True)
+    out = w * fg.tensor([2.0])
+    with fg.no_grad():
+        w.mul_(3.0)                               # an optimizer-style update between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        out.backward()
 
 
 def test_deep_chain_no_recursion_limit():

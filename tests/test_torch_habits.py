@@ -70,6 +70,39 @@ def test_max_min_topk_vs_torch():
     _both(torch, lambda a: a.topk(3, 1, largest=False).values, lambda a: a.topk(3, 1, largest=False).values, x)
 
 
+def test_max_min_with_a_tensor_are_elementwise():
+    x, y = fg.tensor([1.0, 5.0, 3.0]), fg.tensor([4.0, 2.0, 3.0])
+    assert x.max(y).tolist() == [4.0, 5.0, 3.0] and x.min(y).tolist() == [1.0, 2.0, 3.0]   # not (values, indices)
+    assert x.max(other=y).tolist() == fg.maximum(x, y).tolist() == [4.0, 5.0, 3.0]
+    assert fg.minimum(x, 2.0).tolist() == [1.0, 2.0, 2.0] and fg.maximum(x, 2).dtype == np.float32
+    assert x.max(np.array([9.0, 0.0, 0.0])).tolist() == [9.0, 5.0, 3.0]
+    assert fg.maximum(fg.tensor([1, 7]), fg.tensor([3, 2])).tolist() == [3, 7]
+    with pytest.raises(TypeError, match="give dim .* or other .*, not both"):
+        x.max(0, other=y)
+    with pytest.raises(TypeError, match="keepdim applies to a reduction"):
+        x.min(y, True)
+    with pytest.raises(TypeError, match=r"max: dim must be an integer, got 2.0; .* fusegrad.maximum\(x, 2.0\)"):
+        x.max(2.0)
+
+
+def test_elementwise_max_min_vs_torch():
+    torch = pytest.importorskip("torch")
+    a = R.standard_normal((3, 4))
+    b = R.standard_normal((4,))
+    a[0, :] = b                                      # ties: each side gets half the gradient
+    a[1, 2] = np.nan                                 # NaN wins, and both sides get the gradient
+    for f in (lambda u, v: u.max(v), lambda u, v: u.min(v), lambda u, v: v.max(u),
+              lambda u, v: fg.maximum(u, v) if isinstance(u, fg.Tensor) else torch.maximum(u, v),
+              lambda u, v: fg.minimum(v, u) if isinstance(u, fg.Tensor) else torch.minimum(v, u)):
+        _both(torch, f, f, a, b)
+    # dtype promotion follows torch's
+    for x, y in [(np.array([1, 5], np.int64), np.array([2.5, 0.5], np.float32)),
+                 (np.array([1, 5], np.int32), np.array([3, 2], np.int64)),
+                 (np.array([1.0, 5.0], np.float32), np.array([3.0, 2.0]))]:
+        ours, theirs = fg.maximum(fg.tensor(x), fg.tensor(y)), torch.maximum(torch.tensor(x), torch.tensor(y))
+        assert str(ours.dtype) == str(theirs.dtype).replace("torch.", "") and ours.tolist() == theirs.tolist()
+
+
 # ---------------------------------------------------------------- item 5: cross_entropy layouts
 def test_cross_entropy_takes_classes_on_axis_1():
     # the case: C equals the sequence length, so the old last-axis rule failed silently

@@ -21,7 +21,7 @@ from ._config import _install_host_cache, warn_isa_env as _warn_isa_env
 
 from .tensor import (Tensor, tensor, no_grad, enable_grad, set_grad_enabled, inference_mode, is_grad_enabled,
                      set_default_dtype, get_default_dtype, zeros, ones, full, zeros_like, ones_like, full_like,
-                     randn, rand, randint, arange, from_numpy, where, matmul, cat, stack, split)
+                     randn, rand, randint, arange, from_numpy, where, matmul, maximum, minimum, cat, stack, split)
 from ._random import Generator, default_generator, manual_seed, initial_seed
 from . import nn, optim, data
 from .amp import autocast, is_autocast_enabled
@@ -34,6 +34,7 @@ int8, int16, int32, int64 = _np.dtype(_np.int8), _np.dtype(_np.int16), _np.dtype
 uint8, bool_ = _np.dtype(_np.uint8), _np.dtype(_np.bool_)
 half, double, short, long = float16, float64, int16, int64
 globals().update({"float": float32, "int": int32, "bool": bool_})   # torch.float etc.; kept out of __all__
+# maximum/minimum join __all__ (which tests/test_opinfo.py's completeness check reads) with their OpInfo entries
 
 __version__ = "0.1.0"
 

@@ -120,6 +120,7 @@ class Function:
     def __init__(self):
         self.inputs: tuple = ()
         self.needs = ()
+        self.versions = ()
 
     @classmethod
     def apply(cls, *args, **kw):
@@ -132,6 +133,7 @@ class Function:
         if rg:
             fn.inputs = tuple(tensors)
             fn.needs = tuple(x is not None and x.requires_grad for x in tensors)
+            fn.versions = tuple(x._version if x is not None else 0 for x in tensors)
             t._ctx = fn
         return t
 
@@ -215,6 +217,7 @@ class Tensor:
     """An n-dimensional array with an optional gradient (``requires_grad``)."""
 
     __array_priority__ = 1000
+    _version = 0        # counts in-place changes; an op's backward refuses an input changed after the op
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         self.data = _as_array(data, dtype)
@@ -374,6 +377,12 @@ class Tensor:
                         hook(t)
                 continue
             ctx = t._ctx
+            for p, v in zip(ctx.inputs, ctx.versions):
+                if p is not None and p._version != v:
+                    raise RuntimeError(
+                        f"backward(): an input of {type(ctx).__name__} (shape {p.shape}) was modified by an in-place "
+                        f"operation after {type(ctx).__name__} used it, so its gradient would be wrong; use the "
+                        f"out-of-place form (y = y + v instead of y += v) or clone() before modifying")
             gin = ctx.backward(g)
             if not isinstance(gin, tuple):
                 gin = (gin,)
@@ -456,34 +465,89 @@ class Tensor:
         return exp(x * float(np.log(o)))
 
     def __iadd__(self, o):
-        return self._inplace(np.add, o)
+        return self._inplace(Add, o, "+=")
 
     def __isub__(self, o):
-        return self._inplace(np.subtract, o)
+        return self._inplace(Sub, o, "-=")
 
     def __imul__(self, o):
-        return self._inplace(np.multiply, o)
+        return self._inplace(Mul, o, "*=")
 
     def __itruediv__(self, o):
-        return self._inplace(np.true_divide, o)
+        return self._inplace(Div, o, "/=")
 
     def add_(self, other, alpha=1):
-        return self._inplace(np.add, other if alpha == 1 else other * alpha)
+        return self._inplace(Add, other if alpha == 1 else other * alpha, "add_")
 
     def sub_(self, other, alpha=1):
-        return self._inplace(np.subtract, other if alpha == 1 else other * alpha)
+        return self._inplace(Sub, other if alpha == 1 else other * alpha, "sub_")
 
     def mul_(self, other):
-        return self._inplace(np.multiply, other)
+        return self._inplace(Mul, other, "mul_")
 
     def div_(self, other):
-        return self._inplace(np.true_divide, other)
+        return self._inplace(Div, other, "div_")
 
-    def _inplace(self, op, o):
-        if _grad_enabled and self.requires_grad and self.is_leaf:
-            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation; "
-                               "wrap it in fusegrad.no_grad()")
-        op(self.data, o.data if isinstance(o, Tensor) else o, out=self.data, casting="unsafe")
+    def _tracked(self, o, name) -> bool:
+        """Whether an in-place op on self must be recorded (as torch: self or o requires grad
+        while grad is enabled); refused on a leaf that requires grad."""
+        if not (_grad_enabled and (self.requires_grad or (isinstance(o, Tensor) and o.requires_grad))):
+            return False
+        if self.requires_grad and self.is_leaf:
+            raise RuntimeError(f"{name}: a leaf Variable that requires grad is being used in an in-place "
+                               f"operation; wrap it in fusegrad.no_grad()")
+        if self.dtype.kind != "f":
+            raise RuntimeError(f"{name}: a {self.dtype} tensor cannot take a value that requires grad in place")
+        return True
+
+    def _rebase(self, out, name):
+        """Write ``out`` (computed from a snapshot of self) into self's memory and make it
+        self's history; ops that used self before refuse backward from now on (``_version``)."""
+        if out.shape != self.shape:
+            raise RuntimeError(f"{name}: the result has shape {out.shape}, the tensor {self.shape}; an in-place "
+                               f"operation cannot change the shape")
+        self.data[...] = out.data
+        self._ctx, self.requires_grad = out._ctx, out.requires_grad
+        self._version += 1
+        return self
+
+    def _snapshot(self):
+        """Self's value and history before an in-place op, as a tensor of its own."""
+        old = Tensor.__new__(Tensor)
+        old.__dict__.update(self.__dict__)
+        old.data = self.data.copy()
+        old.grad = None
+        return old
+
+    def _inplace(self, fn, o, name):
+        """``self <fn>= o`` in self's memory, keeping its dtype and shape (torch's rules: the
+        result must cast to self's dtype within its kind and broadcast to self's shape). Under
+        autograd it is recorded: self becomes ``fn(old self, o)``."""
+        if self._tracked(o, name):
+            old = self._snapshot()
+            if o is self:
+                o = old
+            elif isinstance(o, Tensor) and np.may_share_memory(o.data, self.data):
+                o = _Clone.apply(o)                              # a view of self: its value before the op
+            out = _binary(fn, old, o)
+            if out.dtype != self.dtype:
+                out = _Cast.apply(out, dtype=self.dtype)       # float32 += float64: float32, as torch
+            return self._rebase(out, name)
+        od = o.data if isinstance(o, Tensor) else o
+        _scalar_check(od)
+        shape = np.broadcast_shapes(self.shape, np.shape(od))
+        if shape != self.shape:
+            raise RuntimeError(f"{name}: the result has shape {shape}, the tensor {self.shape}; an in-place "
+                               f"operation cannot change the shape")
+        dt = _result_type(self, o)
+        if fn is Div and dt.kind in "biu":
+            dt = _default_dtype
+        if not np.can_cast(dt, self.dtype, "same_kind"):
+            raise RuntimeError(f"{name}: the result type {dt} can't be cast to the tensor's dtype {self.dtype} "
+                               f"in place (as in torch); use the out-of-place form")
+        ufunc = {Add: np.add, Sub: np.subtract, Mul: np.multiply, Div: np.true_divide}[fn]
+        ufunc(self.data, od, out=self.data, casting="unsafe")
+        self._version += 1
         return self
 
     # comparisons (no gradient)
@@ -504,20 +568,30 @@ class Tensor:
     def sum(self, dim=None, keepdim=False): return Sum.apply(self, dim=dim, keepdim=keepdim)
     def mean(self, dim=None, keepdim=False): return Mean.apply(self, dim=dim, keepdim=keepdim)
 
-    def max(self, dim=None, keepdim=False):
-        """The largest element (a tensor); with ``dim``, ``(values, indices)`` along it as in
-        torch (indices of the first maximum; the gradient goes to that element)."""
-        return self._extreme(Max, "max", np.argmax, dim, keepdim)
+    def max(self, dim=None, keepdim=False, *, other=None):
+        """As in torch: ``x.max()`` the largest element (a tensor); ``x.max(dim)``
+        ``(values, indices)`` along dim (indices of the first maximum; the gradient goes to that
+        element); ``x.max(y)`` with a tensor ``y`` the elementwise maximum (``fusegrad.maximum``)."""
+        return self._extreme(Max, "max", np.argmax, dim, keepdim, other)
 
-    def min(self, dim=None, keepdim=False):
-        """The smallest element; with ``dim``, ``(values, indices)`` along it (see ``max``)."""
-        return self._extreme(Min, "min", np.argmin, dim, keepdim)
+    def min(self, dim=None, keepdim=False, *, other=None):
+        """``x.min()``, ``x.min(dim)`` -> ``(values, indices)``, ``x.min(y)`` elementwise (see ``max``)."""
+        return self._extreme(Min, "min", np.argmin, dim, keepdim, other)
 
-    def _extreme(self, fn, name, arg, dim, keepdim):
+    def _extreme(self, fn, name, arg, dim, keepdim, other):
+        if other is not None or isinstance(dim, (Tensor, np.ndarray)):
+            if other is not None and dim is not None:
+                raise TypeError(f"{name}: give dim (a reduction) or other (elementwise), not both")
+            if keepdim:
+                raise TypeError(f"{name}: keepdim applies to a reduction over dim, not to the elementwise {name}(other)")
+            return _binary(Maximum if name == "max" else Minimum, self, dim if other is None else other)
         if dim is None:
             return fn.apply(self)
         if isinstance(dim, (tuple, list)):
             raise TypeError(f"{name}: dim must be one integer (for several dims use a{name})")
+        if isinstance(dim, (float, np.floating)):
+            raise TypeError(f"{name}: dim must be an integer, got {dim!r}; for the elementwise {name}imum with a "
+                            f"number use fusegrad.{name}imum(x, {dim!r})")
         d = _dim(dim, self.ndim, name)
         if self.ndim == 0:
             return _RETURN[name](self, Tensor(np.zeros((), np.int64)))
@@ -663,29 +737,39 @@ class Tensor:
         return split(self, split_size, dim)
 
     def __getitem__(self, idx):
-        if isinstance(idx, Tensor):
-            idx = idx.data
-        elif isinstance(idx, tuple):
-            idx = tuple(i.data if isinstance(i, Tensor) else i for i in idx)
-        return Index.apply(self, idx=idx)
+        return Index.apply(self, idx=_index(idx))
 
     def __setitem__(self, idx, value):
-        if _grad_enabled and self.requires_grad:
-            raise RuntimeError("in-place assignment into a tensor that requires grad; use fusegrad.no_grad()")
+        self._overwrite(_index(idx), value, "__setitem__")
+
+    def _overwrite(self, idx, value, name):
+        """``self[idx] = value`` (copy_ and fill_: idx ``...``); under autograd recorded: the
+        overwritten elements' old values get no gradient, ``value`` gets theirs."""
+        if self._tracked(value, name):
+            src = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
+            return self._rebase(_Overwrite.apply(self._snapshot(), src, idx=idx), name)
         self.data[idx] = value.data if isinstance(value, Tensor) else value
+        self._version += 1
+        return self
 
     # in-place helpers (used by optimizers and init under no_grad)
     def zero_(self):
-        self.data[...] = 0
-        return self
+        return self._overwrite(..., 0, "zero_")
 
     def fill_(self, v):
-        self.data[...] = v
-        return self
+        return self._overwrite(..., v, "fill_")
 
     def copy_(self, src):
-        self.data[...] = src.data if isinstance(src, Tensor) else src
-        return self
+        return self._overwrite(..., src, "copy_")
+
+
+def _index(idx):
+    """An index with its Tensors replaced by their arrays."""
+    if isinstance(idx, Tensor):
+        return idx.data
+    if isinstance(idx, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in idx)
+    return idx
 
 
 def _t(x, like: Tensor) -> Tensor:
@@ -784,6 +868,7 @@ _RETURN = {name: namedtuple(name, ["values", "indices"]) for name in ("max", "mi
 class _FreedFn:
     inputs = ()
     needs = ()
+    versions = ()
 
     def backward(self, g):
         raise RuntimeError("backward(): trying to backward through the graph a second time "
@@ -1117,6 +1202,44 @@ class Where(Function):
         return np.where(self.cond, g, z), np.where(self.cond, z, g)
 
 
+class _Overwrite(Function):
+    """old with ``old[idx] = src``: the gradient of the overwritten elements goes to src."""
+
+    def forward(self, old, src, idx):
+        self.idx = idx
+        out = old.copy()
+        out[idx] = src
+        return out
+
+    def backward(self, g):
+        g_old = g.copy()
+        g_old[self.idx] = 0
+        return g_old, g[self.idx]
+
+
+class Maximum(Function):
+    """Elementwise maximum (NaN wins); torch's gradient: all to the larger input, half to each
+    where they are equal."""
+
+    op, loses = staticmethod(np.maximum), staticmethod(np.less)
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return self.op(a, b)
+
+    def backward(self, g):
+        a, b = self.a, self.b
+        z = np.zeros((), g.dtype)
+        h = np.where(a == b, g * np.asarray(0.5, g.dtype), g)
+        return np.where(self.loses(a, b), z, h), np.where(self.loses(b, a), z, h)
+
+
+class Minimum(Maximum):
+    """Elementwise minimum (NaN wins); ties split the gradient, as in torch."""
+
+    op, loses = staticmethod(np.minimum), staticmethod(np.greater)
+
+
 class Reshape(Function):
     def forward(self, a, shape):
         self.shape = a.shape
@@ -1300,6 +1423,17 @@ def clamp(x, min=None, max=None): return Clamp.apply(x, lo=min, hi=max)
 def softmax(x, dim=-1): return Softmax.apply(x, dim=dim)
 def log_softmax(x, dim=-1): return LogSoftmax.apply(x, dim=dim)
 def matmul(a, b): return MatMul.apply(a, b)
+
+
+def maximum(input, other):
+    """Elementwise maximum of ``input`` and ``other`` (broadcast, dtypes promoted as in torch;
+    either may be a number). NaN wins; where the two are equal each gets half the gradient."""
+    return _binary(Maximum, input, other)
+
+
+def minimum(input, other):
+    """Elementwise minimum (see ``maximum``)."""
+    return _binary(Minimum, input, other)
 
 
 def cat(tensors, dim=0):
