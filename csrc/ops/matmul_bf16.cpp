@@ -48,12 +48,7 @@ void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N,
   if (M <= 0 || N <= 0) return;
 #ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
   if (cpu_has_avx512_bf16() && use_avx512() && K > 0) {
-    const int64_t Kp = (K + 31) / 32 * 32;
-    std::vector<uint16_t> A(static_cast<size_t>(M * Kp)), B(static_cast<size_t>(N * Kp));
-    // A(i, k): a[i K + k] or, transposed, a[k M + i];  B as rows j of B^T: B(k, j) = b[k N + j] or b[j K + k]
-    avx512_bf16::convert_rows(A.data(), a, M, K, Kp, trans_a ? 1 : K, trans_a ? M : 1);
-    avx512_bf16::convert_rows(B.data(), b, N, K, Kp, trans_b ? K : 1, trans_b ? 1 : N);
-    avx512_bf16::gemm_rows(c, A.data(), B.data(), M, N, Kp, accumulate);
+    avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate);
     return;
   }
 #endif

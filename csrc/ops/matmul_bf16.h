@@ -5,9 +5,8 @@
 // products are summed in float32: a product of two bfloat16 values is exact in float32, so every
 // path computes the same function up to the order of the float32 sums:
 //   avx512_bf16  CPUs with AVX512_BF16 (Zen 4, Intel Cooper Lake and later) on the avx512 path:
-//                operands converted once into K-contiguous bf16 rows (transposed where the layout
-//                needs it), then a 4x4 micro-kernel of VDPBF16PS over 32 k at a time, each of the
-//                16 accumulators holding 16 partial sums reduced at the end of K.
+//                operands packed once as K pairs (12-row tiles of A, 32-column panels of B), then a
+//                12 x 32 micro-kernel of VDPBF16PS, one K pair per step, C summed over K in order.
 //   emulated     everywhere else: operands rounded to bf16 values (kept as float32) and the float32
 //                GEMM (fg::matmul) run on them.
 #pragma once
@@ -39,11 +38,9 @@ static inline float bf16_to_float(uint16_t h) {
 }
 
 namespace avx512_bf16 {
-// c (=|+=) A B^T for bf16 rows: A (M, Kp), B (N, Kp), both row stride Kp (a multiple of 32, zero
-// padded past K). Threads split the work.
-void gemm_rows(float* c, const uint16_t* A, const uint16_t* B, int64_t M, int64_t N, int64_t Kp, bool accumulate);
-// dst (R, Kp) bf16 rows from a float32 matrix: element (r, k) at src[r * rs + k * ks]; zero past K.
-void convert_rows(uint16_t* dst, const float* src, int64_t R, int64_t K, int64_t Kp, int64_t rs, int64_t ks);
+// c (=|+=) op(a) op(b) on the VDPBF16PS kernel; same operands as matmul_bf16, K > 0. Threads split the work.
+void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
+          bool accumulate);
 }  // namespace avx512_bf16
 
 }  // namespace fg
