@@ -78,3 +78,12 @@ def test_show_config(capsys):
     out = capsys.readouterr().out
     for key in ("cpu", "isa", "isas_compiled", "isas_supported", "openmp", "num_threads", "cuda"):
         assert key in out
+
+
+def test_show_config_names_the_bf16_path(capsys):
+    # issue 19: the bf16 path this CPU takes (the AVX512_BF16 kernel only on the avx512 path of a CPU
+    # that has the instructions)
+    fusegrad.show_config()
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("bf16_matmul:")]
+    assert len(line) == 1
+    assert line[0].split(":", 1)[1].strip().split(":")[0] == _C.bf16_path()

@@ -110,6 +110,8 @@ def config() -> dict:
         "isa": _C.get_isa(),
         "isas_compiled": ", ".join(_C.isas_compiled()),
         "isas_supported": ", ".join(_C.isas_supported()),
+        "bf16_matmul": ("avx512_bf16: VDPBF16PS dot products" if _C.bf16_path() == "avx512_bf16"
+                        else "emulated: bf16-rounded operands on the float32 GEMM"),
         "openmp": _C.have_openmp(),
         "num_threads": _C.get_num_threads(),
         "sanitized": bool(_C.sanitized),
@@ -120,7 +122,7 @@ def config() -> dict:
 
 
 def show_config() -> None:
-    """Print the CPU, the ISA paths compiled / runnable here / in use, thread count, OpenMP
-    and CUDA availability."""
+    """Print the CPU, the ISA paths compiled / runnable here / in use, the path bf16 matrix products
+    (autocast) take, thread count, OpenMP and CUDA availability."""
     for k, v in config().items():
         print(f"{k:>18}: {v}")
