@@ -443,6 +443,14 @@ def _scenario_fault(out, mode):
         train_lm(_lm_opts(Path(out) / "ck", max_iters=100000, eval_interval=2))
         return
     model = dist.DistributedDataParallel(nn.Linear(4, 2))
+    if mode == "zero_exit":                      # rank 1 leaves before a ZeRO-1 checkpoint's gather
+        opt = dist.ZeroRedundancyOptimizer(model.parameters(), optim.AdamW, lr=1e-3)
+        model(fg.tensor(np.ones((2, 4), np.float32))).sum().backward()
+        opt.step()
+        if r == 1:
+            sys.exit(0)
+        opt.state_dict()
+        return
     for step in range(1000):
         if r == 1 and step == 3:
             if mode == "raise":
@@ -453,7 +461,7 @@ def _scenario_fault(out, mode):
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["raise", "exit"])
+@pytest.mark.parametrize("mode", ["raise", "exit", "zero_exit"])
 def test_a_failed_rank_stops_the_others(tmp_path, mode):
     t0 = time.perf_counter()
     p = _run("fault", tmp_path / "f", mode, timeout=60, env={"FUSEGRAD_DIST_TIMEOUT": "3"})
@@ -464,6 +472,8 @@ def test_a_failed_rank_stops_the_others(tmp_path, mode):
         assert el < 30
     else:                    # the survivor's wait times out after 3 s and aborts
         assert "rank 0 waited 3 s for the other 1 rank(s)" in p.stderr, p.stderr
+        if mode == "zero_exit":      # the gather of the sharded state has the deadline too
+            assert "ZeroRedundancyOptimizer.state_dict: rank 0 waited" in p.stderr, p.stderr
         assert el < 40
 
 

@@ -409,6 +409,23 @@ def _allgatherv_inplace(flat, counts, name):
     Work(_W.comm.Iallgatherv(MPI.IN_PLACE, [flat, (list(map(int, counts)), displs)]), name).wait()
 
 
+def _allgather_object(obj, name):
+    """Every rank's picklable ``obj``, in rank order, with the world's deadline on both waits (the
+    sizes, then the bytes): mpi4py's ``comm.allgather`` blocks without one, so a rank that died
+    during a ZeRO-1 checkpoint would hang the others."""
+    if _W.size == 1:
+        return [obj]
+    import pickle
+    MPI = _import_mpi()
+    mine = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+    sizes = np.zeros(_W.size, dtype=np.int64)
+    Work(_W.comm.Iallgather(np.array([mine.size], dtype=np.int64), sizes), name).wait()
+    displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+    buf = np.empty(int(sizes.sum()), dtype=np.uint8)
+    Work(_W.comm.Iallgatherv(mine, [buf, (list(map(int, sizes)), displs)]), name).wait()
+    return [pickle.loads(buf[d:d + int(n)].tobytes()) for d, n in zip(displs, sizes)]
+
+
 # ----- DistributedDataParallel -----
 
 def _signature(params):
@@ -684,7 +701,7 @@ class ZeroRedundancyOptimizer:
         # renumber local indices to positions in the full parameter list, then share them
         mine = [i for i, o in enumerate(self.owner) if o == _W.rank]
         state = {mine[i]: s for i, s in local["state"].items()}
-        shares = _W.comm.allgather(state) if _W.size > 1 else [state]
+        shares = _allgather_object(state, "ZeroRedundancyOptimizer.state_dict")
         full = {}
         for s in shares:
             full.update(s)
