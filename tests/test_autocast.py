@@ -89,3 +89,40 @@ def test_gpt_loss_and_training_under_autocast():
         losses[name] = loss.item()
     assert losses["bf16"] < 0.8 * np.log(64)
     assert abs(losses["bf16"] - losses["fp32"]) < 0.1 * losses["fp32"] + 0.05, losses
+
+
+@pytest.mark.parametrize("sa, sb", [((7, 40), (40, 9)), ((40,), (40, 9)), ((7, 40), (40,)), ((2, 3, 7, 40), (40, 9)),
+                                    ((3, 7, 40), (3, 40, 9))])
+def test_tensor_matmul_under_autocast(isa, rng, sa, sb):
+    # Tensor @ Tensor: bf16 operands, float32 sums, forward and backward (as torch.autocast's matmul,
+    # whose outputs would be bf16; ours stay float32). The 2-D case is ops.matmul_bf16 exactly.
+    a = fg.tensor(rng.standard_normal(sa).astype(np.float32), requires_grad=True)
+    b = fg.tensor(rng.standard_normal(sb).astype(np.float32), requires_grad=True)
+    g = rng.standard_normal(np.broadcast_shapes(sa[:-2], sb[:-2]) + sa[-2:-1] + sb[-1:] if len(sa) > 1 and len(sb) > 1
+                            else (sa[0] if len(sb) == 1 else sb[-1],)).astype(np.float32)
+    with fg.autocast("bfloat16"):
+        y = a @ b
+    (y * fg.tensor(g)).sum().backward()
+    A, B = a.data.astype(np.float64), b.data.astype(np.float64)
+    ra, rb, rg = (bf16_round(v).astype(np.float64) for v in (a.data, b.data, g))
+    # float64 on bf16-rounded operands is the computation done plainly in bf16; the error budget
+    # is 2x its error against the exact float64 product, and float32 sums stay within 2 K eps32
+    for got, plain, exact, mag in [
+        (y.data, np.matmul(ra, rb), np.matmul(A, B), np.matmul(np.abs(ra), np.abs(rb))),
+    ]:
+        assert got.dtype == np.float32
+        assert np.abs(got - exact).max() <= 2 * np.abs(plain - exact).max() + 1e-30
+        assert np.all(np.abs(got - plain) <= 2 * 40 * np.finfo(np.float32).eps * mag + 1e-30)
+    if len(sa) == 2 and len(sb) == 2:
+        np.testing.assert_array_equal(y.data, ops.matmul_bf16(a.data, b.data))
+        np.testing.assert_array_equal(a.grad, ops.matmul_bf16(g, b.data, trans_b=True))
+        np.testing.assert_array_equal(b.grad, ops.matmul_bf16(a.data, g, trans_a=True))
+    # gradients: the float64 gradient of the bf16-rounded computation, within float32 sums
+    a64 = fg.tensor(ra, requires_grad=True)
+    b64 = fg.tensor(rb, requires_grad=True)
+    (a64 @ b64 * fg.tensor(rg)).sum().backward()
+    for got, want in [(a.grad, a64.grad), (b.grad, b64.grad)]:
+        np.testing.assert_allclose(got, want, rtol=0, atol=4 * 40 * np.finfo(np.float32).eps * max(np.abs(want).max(), 1))
+    # outside autocast: float32 products, unchanged
+    y32 = a @ b
+    np.testing.assert_allclose(y32.data, np.matmul(A, B), rtol=1e-5, atol=1e-4)

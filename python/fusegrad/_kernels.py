@@ -138,6 +138,12 @@ def _bf16(x):
     return np.where(np.isnan(x), np.float32(np.nan), r)
 
 
+def round_bf16(x):
+    """float32 values rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float32."""
+    from . import _C
+    return _C._bf16_to_float32(_C._bf16_from_float32(np.ascontiguousarray(x, dtype=np.float32)))
+
+
 def _matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     c = _matmul(_bf16(a), _bf16(b), trans_a, trans_b)
     if out is None:

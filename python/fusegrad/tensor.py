@@ -1318,8 +1318,14 @@ class MatMul(Function):
             raise ValueError(f"matmul: shape mismatch, {a.shape} @ {b.shape} "
                              f"(inner dimensions {ka} and {kb} differ)")
         self.a, self.b = a, b
+        # autocast: bf16 operands, float32 sums (2-D on the bf16 kernel; other shapes round the
+        # operands to bf16 and multiply in float32: the same function, another summation order)
+        from . import amp as _amp
+        self.bf16 = _amp.is_autocast_enabled() and a.dtype == b.dtype == np.float32
         if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
-            return K.matmul(_kc(a), _kc(b))
+            return (K.matmul_bf16 if self.bf16 else K.matmul)(_kc(a), _kc(b))
+        if self.bf16:
+            return np.matmul(K.round_bf16(a), K.round_bf16(b))
         return np.matmul(a, b)
 
     def backward(self, g):
@@ -1335,8 +1341,13 @@ class MatMul(Function):
             g2 = np.expand_dims(g2, -1)
         if a2.ndim == 2 and b2.ndim == 2 and g2.dtype == a2.dtype == b2.dtype and a2.dtype.kind == "f":
             g2c = _kc(g2)
-            da = K.matmul(g2c, _kc(b2), trans_b=True)
-            db = K.matmul(_kc(a2), g2c, trans_a=True)
+            mm = K.matmul_bf16 if self.bf16 else K.matmul   # the backward's products in the forward's precision
+            da = mm(g2c, _kc(b2), trans_b=True)
+            db = mm(_kc(a2), g2c, trans_a=True)
+        elif self.bf16:
+            g2, a2, b2 = K.round_bf16(g2), K.round_bf16(a2), K.round_bf16(b2)
+            da = g2 @ np.swapaxes(b2, -1, -2)
+            db = np.swapaxes(a2, -1, -2) @ g2
         else:
             da = g2 @ np.swapaxes(b2, -1, -2)
             db = np.swapaxes(a2, -1, -2) @ g2
