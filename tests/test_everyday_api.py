@@ -48,6 +48,35 @@ def test_arange_vs_torch():
         np.testing.assert_allclose(a.data, b.numpy(), rtol=1e-6)
 
 
+def test_creation_dtypes_and_shapes_vs_torch():
+    torch = pytest.importorskip("torch")
+    x = np.ones((2, 3), np.float64)
+    cases = [("rand", (2, 3), {}), ("randn", (4,), {}), ("zeros", (2, 1), {}), ("ones", ((3,),), {}),
+             ("full", ((2, 2), 7), {}), ("full", ((2,), 0.5), {}), ("full", ((1,), True), {}),
+             ("randint", (3, 6, (5,)), {}), ("randint", (4, (2, 2)), {}), ("rand", (2,), {"dtype": "float64"})]
+    for name, args, kw in cases:
+        a = getattr(fg, name)(*args, **{k: getattr(fg, v) for k, v in kw.items()})
+        b = getattr(torch, name)(*args, **{k: getattr(torch, v) for k, v in kw.items()})
+        assert a.shape == tuple(b.shape) and str(a.dtype) == str(b.dtype).replace("torch.", ""), (name, args)
+    for name, kw in [("zeros_like", {}), ("ones_like", {"dtype": "int32"}), ("full_like", {"fill_value": 2})]:
+        a = getattr(fg, name)(fg.tensor(x), **{k: getattr(fg, v) if k == "dtype" else v for k, v in kw.items()})
+        b = getattr(torch, name)(torch.tensor(x), **{k: getattr(torch, v) if k == "dtype" else v
+                                                     for k, v in kw.items()})
+        assert str(a.dtype) == str(b.dtype).replace("torch.", "") and a.tolist() == b.tolist(), name
+    assert fg.from_numpy(x).dtype == fg.float64 and str(torch.from_numpy(x).dtype) == "torch.float64"
+
+
+def test_conversions_vs_torch():
+    torch = pytest.importorskip("torch")
+    v = np.array([[1.5, -2.5, 2.7], [-0.7, 3.0, -1e-3]])
+    for name in ("int", "long", "bool", "float", "double"):
+        a, b = getattr(fg.tensor(v), name)(), getattr(torch.tensor(v), name)()
+        assert str(a.dtype).replace("bool_", "bool") == str(b.dtype).replace("torch.", "") and a.tolist() == b.tolist()
+    # to(dtype) between floats carries the gradient, cast back to the source dtype
+    _both(torch, lambda a: a.to(fg.float32).to(fg.float64) * 3.0, lambda a: a.to(torch.float32).double() * 3.0, v)
+    _both(torch, lambda a: a.float().to("cpu", fg.float64).t(), lambda a: a.float().to("cpu", torch.float64).t(), v)
+
+
 def test_from_numpy_shares_memory_and_dtype_objects():
     a = np.zeros(3, np.float64)
     t = fg.from_numpy(a)

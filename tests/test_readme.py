@@ -32,3 +32,22 @@ def test_readme_gpt_example(tmp_path, monkeypatch):
     from fusegrad.models import GPT
     again = GPT.load(tmp_path / "ckpt")
     assert all((a.data == b.data).all() for a, b in zip(again.parameters(), ns["model"].parameters()))
+
+
+def test_readme_says_how_to_run_the_torch_parity_tests_and_they_skip_without_torch():
+    import os
+    import subprocess
+    import sys
+    if not README.exists():
+        pytest.skip("README.md not next to the tests (installed test run)")
+    text = " ".join(README.read_text().split())
+    assert "skip when torch is not installed" in text and 'pip install ".[test,torch]" && python -m pytest' in text
+    assert re.search(r'^torch = \["torch>=', (README.parent / "pyproject.toml").read_text(), re.M)   # that extra
+    # with torch unimportable, the parity tests are reported as skipped, not failed
+    tests = Path(__file__).resolve().parent
+    code = ("import sys, pytest; sys.modules['torch'] = None; "
+            f"sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', {str(tests / 'test_torch_habits.py')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tests,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"\d+ passed, \d+ skipped", r.stdout) and "could not import 'torch'" in r.stdout, r.stdout[-3000:]
