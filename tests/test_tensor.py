@@ -409,6 +409,29 @@ def test_inplace_after_use_refuses_backward():
         out.backward()
 
 
+def test_inplace_through_views_and_detach_is_checked():
+    x = fg.tensor(np.arange(4.0), requires_grad=True)
+    y = x * 2.0
+    z = y[0:2] * y[0:2]                       # a view of y, saved by Mul
+    y.mul_(3.0)                               # changes the view's memory too: counted for both, as torch
+    with pytest.raises(RuntimeError, match="modified by an in-place operation after Mul used it"):
+        z.sum().backward()
+    y = x * 2.0
+    for view in (y.reshape(2, 2), y[1:], y.unsqueeze(0).transpose(0, 1)):
+        with pytest.raises(RuntimeError, match="is a view of another .* clone\\(\\) the view first"):
+            view.add_(1.0)                    # would change y behind its history
+    y[1:].clone().add_(1.0)                   # a copy is fine
+    d = x * 1.0
+    w = d * d
+    d.detach().zero_()                        # the same memory: counted, as torch
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        w.sum().backward()
+    with fg.no_grad():                        # without autograd a view may be written through
+        b = fg.tensor(np.zeros((2, 3)))
+        b.reshape(6)[1:3].fill_(5.0)
+    assert b.tolist() == [[0.0, 5.0, 5.0], [0.0, 0.0, 0.0]]
+
+
 def test_deep_chain_no_recursion_limit():
     x = fg.tensor(1.0, requires_grad=True)
     y = x

@@ -133,8 +133,14 @@ class Function:
         if rg:
             fn.inputs = tuple(tensors)
             fn.needs = tuple([x is not None and x.requires_grad for x in tensors])    # (lists: faster than
-            fn.versions = tuple([0 if x is None else x._version for x in tensors])    # generators here)
+            fn.versions = tuple([0 if x is None else x._vc[0] for x in tensors])      # generators here)
             t._ctx = fn
+        base = out.base
+        if base is not None:                      # a view of an input (reshape, slicing...): one version count
+            for x in tensors:                     # (NumPy points a view's base at the array owning the memory)
+                if x is not None and (base is x.data or base is x.data.base):
+                    t._vc, t._view_of = x._family(), x
+                    break
         return t
 
     def forward(self, *args, **kw):  # pragma: no cover - abstract
@@ -217,7 +223,19 @@ class Tensor:
     """An n-dimensional array with an optional gradient (``requires_grad``)."""
 
     __array_priority__ = 1000
-    _version = 0        # counts in-place changes; an op's backward refuses an input changed after the op
+    # in-place changes to this memory, shared by a tensor and its views (and detach()): a one-item list
+    # from the first change or view on; an op's backward refuses an input whose count moved after the op
+    _vc = (0,)
+    _view_of = None     # the tensor this one is a view of (an in-place op on it under autograd is refused)
+
+    def _family(self):
+        """The version count this tensor shares with its views (created on first use)."""
+        if type(self._vc) is tuple:
+            self._vc = [0]
+        return self._vc
+
+    def _bump(self):
+        self._family()[0] += 1
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         self.data = _as_array(data, dtype)
@@ -261,7 +279,11 @@ class Tensor:
         return self.data.tolist()
 
     def detach(self):
-        return Tensor(self.data)
+        """The same memory without history (in-place changes to either show in both, and count
+        for both in backward's check, as in torch)."""
+        t = Tensor(self.data)
+        t._vc = self._family()
+        return t
 
     def clone(self):
         return _Clone.apply(self)
@@ -378,7 +400,7 @@ class Tensor:
                 continue
             ctx = t._ctx
             for p, v in zip(ctx.inputs, ctx.versions):
-                if p is not None and p._version != v:
+                if p is not None and p._vc[0] != v:
                     raise RuntimeError(
                         f"backward(): an input of {type(ctx).__name__} (shape {p.shape}) was modified by an in-place "
                         f"operation after {type(ctx).__name__} used it, so its gradient would be wrong; use the "
@@ -498,17 +520,21 @@ class Tensor:
                                f"operation; wrap it in fusegrad.no_grad()")
         if self.dtype.kind != "f":
             raise RuntimeError(f"{name}: a {self.dtype} tensor cannot take a value that requires grad in place")
+        if self._view_of is not None:
+            raise RuntimeError(f"{name}: this tensor is a view of another (from indexing, reshape/view, transpose "
+                               f"or permute) and shares its memory; an in-place op on it under autograd would change "
+                               f"that tensor behind its history; clone() the view first, or write it out of place")
         return True
 
     def _rebase(self, out, name):
         """Write ``out`` (computed from a snapshot of self) into self's memory and make it
-        self's history; ops that used self before refuse backward from now on (``_version``)."""
+        self's history; ops that used self before refuse backward from now on (``_vc``)."""
         if out.shape != self.shape:
             raise RuntimeError(f"{name}: the result has shape {out.shape}, the tensor {self.shape}; an in-place "
                                f"operation cannot change the shape")
         self.data[...] = out.data
         self._ctx, self.requires_grad = out._ctx, out.requires_grad
-        self._version += 1
+        self._bump()
         return self
 
     def _snapshot(self):
@@ -516,7 +542,7 @@ class Tensor:
         old = Tensor.__new__(Tensor)
         old.__dict__.update(self.__dict__)
         old.data = self.data.copy()
-        old.grad = None
+        old.grad, old._vc, old._view_of = None, (0,), None      # its own memory: never changes again
         return old
 
     def _inplace(self, fn, o, name):
@@ -547,7 +573,7 @@ class Tensor:
                                f"in place (as in torch); use the out-of-place form")
         ufunc = {Add: np.add, Sub: np.subtract, Mul: np.multiply, Div: np.true_divide}[fn]
         ufunc(self.data, od, out=self.data, casting="unsafe")
-        self._version += 1
+        self._bump()
         return self
 
     # comparisons (no gradient)
@@ -749,7 +775,7 @@ class Tensor:
             src = value if isinstance(value, Tensor) else Tensor(np.asarray(value))
             return self._rebase(_Overwrite.apply(self._snapshot(), src, idx=idx), name)
         self.data[idx] = value.data if isinstance(value, Tensor) else value
-        self._version += 1
+        self._bump()
         return self
 
     # in-place helpers (used by optimizers and init under no_grad)
