@@ -1,5 +1,8 @@
-"""Generation (decode) speed: fusegrad's GPT.generate vs transformers' generate and a PyTorch
-eager KV-cache loop on the same weights, interleaved; plus the skinny products alone.
+"""Generation (decode) speed: fusegrad's GPT.generate (float32 and bf16 weights) vs
+transformers' generate and a PyTorch eager KV-cache loop (float32 and bf16) on the same
+weights, interleaved, at batch 1, batch 8 and the prefill of a 512-token prompt; the skinny
+products alone; and the quality of bf16 weights (validation perplexity, float32 vs bf16, for a
+briefly trained byte-level GPT and the random GPT-2-size one).
 
 Decoding reads every weight once per token, so it is bound by memory bandwidth: the rows
 report tokens/s and the bandwidth achieved (weight bytes streamed per token x tokens/s),
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -139,15 +143,90 @@ def _matvec_rows(limits, quick):
     return rows
 
 
+def _text_ids():
+    """(name, train ids, validation ids) of a text, byte-level: tinyshakespeare where the shared
+    data folder is beside the checkout, else fusegrad's default corpus; split 90/10."""
+    from fusegrad.tokenizers import ByteTokenizer
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+    if path.is_file():
+        name, text = "tinyshakespeare", path.read_bytes()
+    else:
+        from fusegrad.corpus import default_corpus
+
+        name, text = "default corpus", default_corpus().encode()
+    ids = ByteTokenizer().encode(text)
+    n = int(len(ids) * 0.9)
+    return name, ids[:n], ids[n:]
+
+
+def _train_briefly(ids, iters, seed=0):
+    """A byte-level 4-layer, 128-wide GPT (nanoGPT's CPU recipe: context 64, batch 12) after ``iters`` AdamW steps."""
+    from fusegrad import optim
+
+    m = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=4, n_head=4, n_embd=128), seed=seed)
+    opt = optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    r = np.random.default_rng(seed)
+    for _ in range(iters):
+        w = ids[r.integers(0, len(ids) - 65, 12)[:, None] + np.arange(65)]
+        loss = m(w[:, :-1], w[:, 1:])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m, float(loss.data)
+
+
+def _ppl_decode(model, ids, rows, T):
+    """Perplexity through the C++ decode steps (teacher-forced, ``rows`` windows of T + 1 tokens
+    side by side): what generation computes, bf16 products included."""
+    c = model.config
+    w = ids[np.arange(rows)[:, None] * T + np.arange(T + 1)]
+    shape = (rows, c.n_kv_head, c.block_size, c.head_dim)
+    dec = model._decoder([[np.empty(shape, np.float32), np.empty(shape, np.float32)] for _ in range(c.n_layer)])
+    pos, nll = np.zeros(rows, np.int64), 0.0
+    for t in range(T):
+        lg = dec.step(w[:, t].copy(), pos.copy()).astype(np.float64)
+        mx = lg.max(-1)
+        lse = mx + np.log(np.exp(lg - mx[:, None]).sum(-1))
+        nll += float((lse - lg[np.arange(rows), w[:, t + 1]]).sum())
+        pos += 1
+    return float(np.exp(nll / (rows * T)))
+
+
+def _ppl_rows(gpt2, quick):
+    """bf16 weights' quality: validation perplexity with float32 and bf16-rounded weights."""
+    from fusegrad.lm import perplexity
+
+    name, tr, va = _text_ids()
+    iters = 60 if quick else 300
+    small, last = _train_briefly(tr, iters)
+    rows = []
+    for label, m, T, nw in [(f"4L-128 byte GPT, {iters} AdamW steps (train loss {last:.2f})", small, 64, 64 if quick else 256),
+                            (f"GPT {gpt2.config.n_layer}L-{gpt2.config.n_embd} random weights (std 0.02)", gpt2, 256, 2 if quick else 4)]:
+        m16 = m.to_inference("bfloat16")
+        t0 = time.perf_counter()
+        p32, p16 = perplexity(m, va, T, max_windows=nw), perplexity(m16, va, T, max_windows=nw)
+        row = {"model": label, "text": f"{name} validation, {nw} x {T} byte tokens",
+               "ppl f32": p32, "ppl bf16": p16, "bf16 change %": 100 * (p16 / p32 - 1)}
+        if m is small:   # the same through the decode steps (gemv_bf16), 16 windows
+            d32, d16 = _ppl_decode(m, va, 16, T), _ppl_decode(m16, va, 16, T)
+            row.update({"decode ppl f32 (16 windows)": d32, "decode ppl bf16": d16, "decode change %": 100 * (d16 / d32 - 1)})
+        row["s"] = time.perf_counter() - t0
+        rows.append(row)
+    return rows
+
+
 def run(limits, quick):
     rows = _matvec_rows(limits, quick)
     cfg = GPTConfig(**(QUICK if quick else GPT2))
     model = GPT(cfg, seed=0)
+    rows += _ppl_rows(model, quick)
     m16 = model.to_inference("bfloat16")
     rng = np.random.default_rng(1)
     new = 32 if quick else 128
     hf = _hf_model(model) if torch is not None else None
     tdec = _torch_decoder(model) if torch is not None else None
+    tdec16 = _torch_decoder(model, torch.bfloat16) if torch is not None else None
 
     # validation: greedy tokens equal transformers' (or the PyTorch loop's)
     prompt = rng.integers(0, cfg.vocab_size, (1, 16))
@@ -171,32 +250,32 @@ def run(limits, quick):
                                                         do_sample=False, attention_mask=am, pad_token_id=0)
         if tdec is not None:
             f["pytorch f32"] = lambda: tdec(idx, n)
+            if with_bf16:
+                f["pytorch bf16"] = lambda: tdec16(idx, n)
         return f
 
     wbytes = _weight_bytes(model)
+    flops = 2 * _weight_bytes(model, 1)                        # per token in the products (attention aside)
+    base = [k for k in ("transformers f32", "pytorch f32")]
     for B, T, n, label in [(1, 16, new, "decode"), (8, 16, new // 4, "decode"), (1, 512 if not quick else 128, 1, "prefill")]:
         idx = rng.integers(0, cfg.vocab_size, (B, T))
         fns = decode_fns(idx, n, with_bf16=label == "decode")
         t_full = _timed(fns, 3)
-        row = {"product": f"GPT {cfg.n_layer}L-{cfg.n_embd} {label} B{B} prompt {T} new {n} ({check})"}
+        what = f"{label} B{B} prompt {T}" + (f", {n} new" if label == "decode" else "")
         if label == "decode":
-            t_one = _timed(decode_fns(idx, 1, with_bf16=True), 3)     # the prefill + 1 token alone
-            for k, v in t_full.items():
-                dec = max(v - t_one[k], 1e-9) / (n - 1)              # seconds per decode step
-                row[f"{k} tok/s"] = B * (n - 1) / max(v - t_one[k], 1e-9)
-                row[f"{k} prompt tok/s"] = B * T / t_one[k]
-                if k.startswith("ours"):
-                    row[f"{k} GB/s"] = (wbytes // (2 if "bf16" in k else 1)) / dec / 1e9
-            for k in ("transformers f32", "pytorch f32"):
-                if k in t_full:
-                    row[f"ours f32 / {k}"] = row["ours f32 tok/s"] / row[f"{k} tok/s"]
-                    row[f"ours bf16 / {k}"] = row["ours bf16 tok/s"] / row[f"{k} tok/s"]
+            t_one = _timed(decode_fns(idx, 1), 3)                  # the prefill + 1 token alone
+            tps = {k: B * (n - 1) / max(v - t_one[k], 1e-9) for k, v in t_full.items()}
         else:
-            for k, v in t_full.items():
-                row[f"{k} prompt tok/s"] = B * T / v
-            for k in ("transformers f32", "pytorch f32"):
-                if k in t_full:
-                    row[f"ours / {k}"] = t_full[k] / t_full["ours f32"]
-        row["copy GB/s"] = limits.copy_gbs
-        rows.append(row)
+            tps = {k: B * T / v for k, v in t_full.items()}
+        for k in fns:
+            r = {"product": f"GPT {cfg.n_layer}L-{cfg.n_embd} {what} ({check})", "who": k, "tok/s": tps[k]}
+            if label == "decode":    # each step streams every weight once: bytes x steps/s
+                r["weights GB/s"] = (wbytes // (2 if "bf16" in k else 1)) * tps[k] / B / 1e9
+            else:
+                r["GFLOP/s (products)"] = flops * tps[k] / 1e9
+            for b in base:
+                if b in tps:
+                    r[f"x {b}"] = tps[k] / tps[b]
+            r["copy GB/s"] = limits.copy_gbs
+            rows.append(r)
     return rows

@@ -33,6 +33,11 @@ def test_train_tiny_budget_end_to_end_then_generate(tmp_path, capsys):
     assert rc == 0
     g = capsys.readouterr().out
     assert g.startswith("def") and len(g.rstrip("\n").encode()) >= 3
+    rc = main(["generate", "--checkpoint", str(out), "--prompt", "def", "--max-new-tokens", "5", "--seed", "0",
+               "--weights-dtype", "bfloat16"])
+    assert rc == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("def") and "tok/s" in cap.err
 
 
 def test_resume_continues_the_same_loss_curve(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fusegrad import _C
+from fusegrad.lm import perplexity
 from fusegrad.models import GPT, GPTConfig
 from fusegrad.tensor import no_grad
 
@@ -41,9 +42,11 @@ def test_fast_decode_equals_full_recompute(isa, threads, var):
         np.testing.assert_array_equal(fast, slow, err_msg=str(kw))
 
 
-@pytest.mark.parametrize("var", ["learned", "rope-gqa-untied"])
+@pytest.mark.parametrize("var", ["learned", "rope-gqa-untied", "rope-gqa-untied-bf16"])
 def test_decode_step_logits_match_the_forward(isa, var):
-    model = _model(var, scale=0.2)
+    model = _model(var.removesuffix("-bf16"), scale=0.2)
+    if var.endswith("-bf16"):      # the decode steps on bf16 weights (gemv_bf16) vs the forward on their values
+        model = model.to_inference("bfloat16")
     c = model.config
     idx = np.random.default_rng(4).integers(0, c.vocab_size, (2, 10))
     with no_grad():
@@ -99,6 +102,25 @@ def test_bf16_weights(isa):
     tgt = np.random.default_rng(7).integers(0, model.config.vocab_size, idx.shape)
     l32, l16 = float(model(idx, tgt)[1].data), float(m16(idx, tgt)[1].data)
     assert abs(l16 - l32) < 0.01 * abs(l32)
+
+
+def test_bf16_perplexity_change_within_the_rounding_bound(isa):
+    # |L_bf16 - L_f32| <= 2 u sum_w |dL/dw| |w|, u = 2^-8 (bf16's 8-bit significand): rounding moves each weight by <= u|w|, first order in L, doubled for the rest
+    model = _model("rope-gqa-untied", scale=0.2)
+    c = model.config
+    ids = np.random.default_rng(8).integers(0, c.vocab_size, 8 * c.block_size + 1)
+    m16 = model.to_inference("bfloat16")
+    w = ids[np.arange(8)[:, None] * c.block_size + np.arange(c.block_size + 1)]   # the windows perplexity() takes
+    loss = model(w[:, :-1], w[:, 1:])[1]
+    loss.backward()
+    params = dict(model.named_parameters())
+    rounded = {n: params["lm_head.weight" if n == "head" else n + ".weight"] for n in m16._bf16}
+    assert len(rounded) == 4 * c.n_layer + 1
+    first_order = sum(float(np.abs(p.grad.data.astype(np.float64) * p.data).sum()) for p in rounded.values())
+    bound = 2 * 2.0 ** -8 * first_order
+    p32, p16 = perplexity(model, ids), perplexity(m16, ids)
+    assert np.isclose(np.log(p32), float(loss.data), rtol=1e-6)
+    assert p16 != p32 and abs(np.log(p16) - np.log(p32)) <= bound, (p32, p16, bound)
 
 
 def test_float64_models_and_threads_take_the_python_path():

@@ -1,15 +1,18 @@
 // Skinny products (gemv.h): the portable instance of gemv_body.h (an 8-lane vector of plain
 // floats the compiler maps to the baseline SIMD), the run-time dispatch to the AVX2 and
-// AVX-512 instances, the bf16 conversions and the plain reference loop.
+// AVX-512 instances (and to the AVX512_BF16 kernel for bf16 weights), the bf16 conversions
+// and the plain reference loop.
 #include "ops/gemv.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "core/cpu.h"
 #include "core/parallel.h"
+#include "ops/matmul_bf16.h"
 
 namespace fg {
 namespace portable {
@@ -78,6 +81,16 @@ void gemv(float* y, const float* x, const float* w, const float* bias, int64_t M
 
 void gemv_bf16(float* y, const float* x, const uint16_t* w, const float* bias, int64_t M, int64_t IN,
                int64_t OUT, const float* residual) {
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if (cpu_has_avx512_bf16() && use_avx512()) {
+    const int64_t Kp = (IN + 31) / 32 * 32;
+    thread_local std::vector<uint16_t> xs;  // x split in bf16 halves, kept between calls
+    xs.resize(static_cast<size_t>(2 * M * Kp));
+    avx512_bf16::split_rows(xs.data(), x, M, IN, Kp);
+    avx512_bf16::gemv_rows(y, xs.data(), w, bias, M, IN, Kp, OUT, residual);
+    return;
+  }
+#endif
   FG_SIMD_DISPATCH(gemv_bf16, y, x, w, bias, M, IN, OUT, residual);
   portable::gemv_bf16(y, x, w, bias, M, IN, OUT, residual);
 }

@@ -10,7 +10,8 @@
 // the same math) summed by a fixed tree, then + bias, then residual +: its bits depend on the
 // ISA path only, not on M, the row's place in a tile or the thread count. bf16 weights are
 // widened in registers (exact), so a bf16 product equals the float32 product of the same
-// (bf16-representable) weights, bit for bit.
+// (bf16-representable) weights, bit for bit; except on AVX512_BF16 CPUs (below), where the
+// avx512 path multiplies bf16 pairs directly.
 #pragma once
 #include <cstdint>
 
@@ -37,6 +38,17 @@ void decode_attention(float* o, const float* q, const float* k, const float* v, 
 // bf16 <-> float32: round to nearest even (NaN stays a quiet NaN); widening is exact.
 void bf16_from_float(uint16_t* out, const float* in, int64_t n);
 void bf16_to_float(float* out, const uint16_t* in, int64_t n);
+
+// The AVX512_BF16 path of gemv_bf16 (gemv_avx512bf16.cpp), taken on the avx512 path of CPUs with
+// AVX512_BF16 (bf16_path() == "avx512_bf16"): VDPBF16PS on x split into two bf16 halves, so y is
+// within 2^-16 sum|x||w| (plus float32 sums) of the float32 product, not bit-equal to it.
+namespace avx512_bf16 {
+// xs (M, 2, Kp): row m's hi = bf16(x[m]) then lo = bf16(x[m] - hi), zero past K (Kp: K rounded up to 32)
+void split_rows(uint16_t* xs, const float* x, int64_t M, int64_t K, int64_t Kp);
+// y (M, N) = (hi + lo) @ w^T + bias (+ residual); w (N, K) bf16 bits
+void gemv_rows(float* y, const uint16_t* xs, const uint16_t* w, const float* bias, int64_t M, int64_t K, int64_t Kp,
+               int64_t N, const float* residual);
+}  // namespace avx512_bf16
 
 FG_SIMD_DECLARE(
 void decode_attention(float* o, const float* q, const float* k, const float* v, int64_t G, int64_t S, int64_t D,

@@ -97,6 +97,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     d = Path(args.checkpoint)
     try:
         model = GPT.load(d)
+        if args.weights_dtype == "bfloat16":
+            model = model.to_inference("bfloat16")
         tok = load_tokenizer(d / "tokenizer.json")
         given, new = prompt_and_continuation(model, tok, args.prompt, args.max_new_tokens,
                                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -193,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-mark", action="store_true",
                     help=f"print the prompt and the model's text without {PROMPT_END} between them "
                          f"(default: marked, so you see where the model's text begins)")
+    sp.add_argument("--weights-dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="bfloat16: decode with the weight matrices rounded to bf16, half the bytes per token "
+                         "(default: float32)")
     sp.set_defaults(fn=_cmd_generate)
 
     sp = sub.add_parser("linefit", help="line-fit demo: y = 100 + 20x by gradient descent")

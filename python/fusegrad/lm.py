@@ -535,3 +535,36 @@ def prompt_and_continuation(model, tok, prompt, n, temperature=0.8, top_k=None, 
     generated after it), decoded; ``train``'s sample and ``generate`` print PROMPT_END between."""
     ids, outids = _generate(model, tok, prompt, n, temperature, top_k, top_p, seed)
     return tok.decode(ids.tolist()), tok.decode(outids[ids.size:].tolist())
+
+
+def perplexity(model, ids, block_size: int | None = None, batch_size: int = 8, max_windows: int | None = None) -> float:
+    """exp(mean next-token loss in nats) of ``model`` on the 1-D token ids ``ids``: the text is
+    cut into consecutive windows of ``block_size`` (default the model's) + 1 tokens, each
+    predicting its last ``block_size`` tokens from the ones before them inside the window; a
+    last partial window is dropped. ``max_windows`` keeps only the first ones.
+
+    >>> from fusegrad.models import GPT, GPTConfig
+    >>> m = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8), seed=0)
+    >>> 10 < perplexity(m, np.arange(40) % 16) < 22      # an untrained model: about the vocabulary size
+    True
+    """
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    T = int(block_size or model.config.block_size)
+    n = (len(ids) - 1) // T
+    if max_windows is not None:
+        n = min(n, int(max_windows))
+    if n < 1:
+        raise ValueError(f"perplexity: ids has {len(ids)} tokens, fewer than block_size + 1 = {T + 1}")
+    off = np.arange(n)[:, None] * T + np.arange(T + 1)[None, :]
+    w = ids[off]                                                          # (n, T + 1)
+    was = model.training
+    model.eval()
+    tot = 0.0
+    try:
+        with no_grad():
+            for i in range(0, n, batch_size):
+                x = w[i:i + batch_size]
+                tot += float(model(x[:, :-1], x[:, 1:])[1].data) * len(x)
+    finally:
+        model.train(was)
+    return math.exp(tot / n)
