@@ -17,9 +17,16 @@ Adding an entry: ``Op(name, op, ref, samples)``.
   ``ref(**ctor)`` build the two modules; the runner gives fusegrad's random parameters, copies
   them into torch's by name, and checks every parameter's gradient.
 * ``samples(rng, dtype)`` returns a list of ``S(*args, **kwargs)``: float arrays become inputs
-  that require grad, integer and bool arrays plain tensors, everything else is passed as is.
+  that require grad, integer and bool arrays plain tensors, ``Const(float array)`` a float tensor
+  without grad (class weights, which torch does not differentiate; in ``nn`` constructors too),
+  everything else is passed as is.
   ``S(..., fd=True)`` checks against finite differences of fusegrad in float64 (and float32
-  against float64) where PyTorch has no equal; ``S(..., ref=f)`` overrides the entry's ref.
+  against float64) where PyTorch has no equal; ``S(..., ref=f)`` overrides the entry's ref;
+  ``S(..., grad=False)`` compares values and dtypes only (integer, bool and creation results).
+
+Public API without a gradient to check (grad modes, random state, file I/O, metadata) is listed in
+``NON_DIFFERENTIABLE`` with its reason and the check in tests/test_opinfo.py that compares its
+behaviour with torch's.
 """
 from __future__ import annotations
 
@@ -79,6 +86,21 @@ def noncontig(a):
     b = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), dtype=a.dtype)
     b[..., ::2] = a
     return b[..., ::2]
+
+
+class Const:
+    """A float array passed as a tensor that does not require grad."""
+    def __init__(self, a):
+        self.a = a
+
+    def fg(self):
+        return fg.tensor(self.a)
+
+    def torch(self, dtype):
+        return torch.tensor(self.a, dtype=dtype)
+
+    def __repr__(self):
+        return f"Const({self.a.dtype}{list(self.a.shape)})"
 
 
 def _mk(rng, dtype):
@@ -188,7 +210,41 @@ def _xent(rng, dtype):
             S(r(4, 3), np.array([1, 0, 2, 1], np.int32), ref=lambda x, t, **kw: TF.cross_entropy(x, t.long(), **kw),
               desc="int32 targets (torch takes int64 only)"),
             S(r(0, 4), np.zeros(0, np.int64), reduction="sum", desc="0 rows"),
-            S(r(3, 4), np.array([1, 1, 1]), ignore_index=1, reduction="sum", desc="every row ignored")]
+            S(r(3, 4), np.array([1, 1, 1]), ignore_index=1, reduction="sum", desc="every row ignored"),
+            S(r(3, 4), np.array([1, 1, 1]), ignore_index=1, desc="every row ignored, mean: nan")] + _xent_more(rng, dtype)
+
+
+def _xent_more(rng, dtype):
+    """cross_entropy's other layouts and arguments: (N, C, d1, d2) and (C,) inputs, class
+    weights, label smoothing, ignore_index with each reduction, class-probability targets."""
+    r = _mk(rng, dtype)
+    t4 = rng.integers(0, 4, (2, 3, 5))
+    t4i = t4.copy()
+    t4i[0, 1, :3] = 1                       # rows of the ignored class
+    w = Const(r(4, lo=0.3, hi=2.0))
+    w5 = Const(r(5, lo=0.3, hi=2.0))
+    t6 = np.array([0, 2, 1, 2, 4, 3])
+    probs = lambda *s: np.asarray(np.moveaxis(rng.dirichlet(np.ones(s[1]), size=s[:1] + s[2:]), -1, 1),  # noqa: E731
+                                  dtype=dtype)  # class probabilities along axis 1
+    return [S(r(2, 4, 3, 5), t4, desc="(N, C, d1, d2)"), S(r(2, 4, 3, 5), t4i, ignore_index=1, reduction="none"),
+            S(r(2, 4, 3, 5), t4i, ignore_index=1, reduction="sum"), S(r(2, 4, 3, 5), t4i, ignore_index=1),
+            S(r(3, 4, 7), rng.integers(0, 4, (3, 7)), reduction="none", desc="(N, C, d1)"),
+            S(np.swapaxes(r(2, 5, 4), 1, 2), rng.integers(0, 4, (2, 5)), desc="(N, C, d1) non-contiguous"),
+            S(r(5), np.array(3), desc="(C,) input, 0-d target"), S(r(5), np.array(2), reduction="none"),
+            S(r(6, 5), t6, weight=w5), S(r(6, 5), t6, weight=w5, reduction="sum"),
+            S(r(6, 5), t6, weight=w5, reduction="none"), S(r(6, 5), t6, weight=w5, ignore_index=2),
+            S(r(2, 4, 3, 5), t4i, weight=w, ignore_index=1, desc="(N, C, d1, d2), weights, ignore_index"),
+            S(r(6, 5), t6, label_smoothing=0.1), S(r(6, 5), t6, label_smoothing=0.25, reduction="sum"),
+            S(r(6, 5), t6, label_smoothing=0.1, reduction="none", ignore_index=4),
+            S(r(6, 5), t6, label_smoothing=0.2, weight=w5), S(r(6, 5), t6, label_smoothing=0.2, weight=w5, ignore_index=0),
+            S(r(2, 4, 3, 5), t4i, label_smoothing=0.3, weight=w, ignore_index=1, reduction="none"),
+            S(r(6, 5), t6, label_smoothing=1.0, desc="label_smoothing=1"),
+            S(r(6, 5), probs(6, 5), desc="class probabilities"), S(r(6, 5), probs(6, 5), reduction="sum"),
+            S(r(6, 5), probs(6, 5), reduction="none"), S(r(6, 5), probs(6, 5), weight=w5),
+            S(r(6, 5), probs(6, 5), label_smoothing=0.15), S(r(6, 5), probs(6, 5), weight=w5, label_smoothing=0.15),
+            S(r(2, 4, 3, 5), probs(2, 4, 3, 5), desc="(N, C, d1, d2) probabilities"),
+            S(r(2, 4, 3, 5), probs(2, 4, 3, 5), weight=w, reduction="none"),
+            S(r(5), probs(1, 5)[0], desc="(C,) probabilities")]
 
 
 def _mse(rng, dtype):
@@ -357,6 +413,228 @@ def _softmax_method(rng, dtype):
     return [s for s in _rows(rng, dtype)]
 
 
+def _nll(rng, dtype):
+    r = _mk(rng, dtype)
+    t6 = np.array([0, 2, 1, 2, 4, 3])
+    t4 = rng.integers(0, 4, (2, 3, 5))
+    t4[1, 0, :2] = 3
+    w5, w4 = Const(r(5, lo=0.3, hi=2.0)), Const(r(4, lo=0.3, hi=2.0))
+    return [S(r(6, 5), t6), S(r(6, 5), t6, reduction="sum"), S(r(6, 5), t6, reduction="none"),
+            S(r(6, 5), t6, ignore_index=2), S(r(6, 5), np.array([0, -1, 1, -1, 4, 3]), ignore_index=-1, reduction="sum"),
+            S(r(6, 5), t6, weight=w5), S(r(6, 5), t6, weight=w5, ignore_index=4, reduction="none"),
+            S(r(6, 5), t6, weight=w5, ignore_index=2, reduction="sum"),
+            S(r(2, 4, 3, 5), t4, desc="(N, C, d1, d2)"), S(r(2, 4, 3, 5), t4, weight=w4, ignore_index=3),
+            S(r(2, 4, 3, 5), t4, ignore_index=3, reduction="none"), S(r(5), np.array(1), desc="(C,), 0-d target"),
+            S(noncontig(r(4, 9)), np.array([8, 0, 3, 3])), S(r(1, 1), np.array([0]), desc="N=C=1"),
+            S(r(3, 4), np.array([1, 1, 1]), ignore_index=1, desc="every row ignored: nan")]
+
+
+def _bce(rng, dtype):
+    r = _mk(rng, dtype)
+    u = lambda *s: r(*s, lo=0.0, hi=1.0)  # noqa: E731 - targets: probabilities
+    big = r(3, 4) * 40
+    big[0, :2] = (40.0, -40.0)
+    hard = (rng.random((4, 3)) > 0.5).astype(dtype)
+    return [S(r(4, 3), u(4, 3)), S(r(4, 3), hard, desc="0/1 targets"), S(r(4, 3), u(4, 3), reduction="sum"),
+            S(r(2, 3, 4), u(2, 3, 4), reduction="none"), S(big, u(3, 4), desc="|x| up to 40: stable"),
+            S(r(4, 3), u(4, 3), weight=Const(r(4, 3, lo=0.2, hi=2.0))),
+            S(r(4, 3), u(4, 3), weight=Const(r(3, lo=0.2, hi=2.0)), reduction="sum", desc="weight broadcast"),
+            S(r(4, 3), u(4, 3), pos_weight=Const(r(3, lo=0.2, hi=4.0)), desc="pos_weight per class"),
+            S(r(2, 4, 3), u(2, 4, 3), pos_weight=Const(r(3, lo=0.2, hi=4.0)), weight=Const(r(4, 3, lo=0.5, hi=1.5)),
+              reduction="none"),
+            S(r(), u(), desc="0-d"), S(r(0, 3), u(0, 3), reduction="sum"), S(noncontig(r(3, 9)), noncontig(u(3, 9))),
+            S(r(5), hard[0:1, 0].repeat(5), pos_weight=Const(r(5, lo=0.5, hi=3.0)), desc="pos_weight constant")]
+
+
+def _l1(rng, dtype):
+    r = _mk(rng, dtype)
+    a = r(3, 4)
+    b = r(3, 4)
+    b[1, 1] = a[1, 1]
+    return [S(r(3, 4), r(3, 4)), S(a, b, desc="a zero difference: gradient 0"), S(r(3, 4), r(3, 4), reduction="sum"),
+            S(r(2, 3, 4), r(2, 3, 4), reduction="none"), S(r(), r(), desc="0-d"), S(r(1), r(1)),
+            S(noncontig(r(3, 9)), r(3, 9)), S(r(257), r(257)), S(r(0, 3), r(0, 3), reduction="sum")]
+
+
+def _leaky(rng, dtype):
+    r = _mk(rng, dtype)
+    z = r(3, 4)
+    z[0, :] = 0.0
+    return _unary(extra=[{"negative_slope": 0.2}, {"negative_slope": -1.5}, {"negative_slope": 0.0}])(rng, dtype) + [
+        S(z, desc="x = 0: the gradient is negative_slope"), S(z, negative_slope=0.3), S(r(5) * 50, negative_slope=3.0)]
+
+
+def _rms_norm(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(4, 6), 6, r(6)), S(r(4, 6), (6,), desc="weight=None"), S(r(2, 3, 4), (3, 4), r(3, 4), desc="2 dims"),
+            S(r(2, 3, 4), [4], r(4), eps=1e-3), S(r(3, 5), 5, None, eps=0.5), S(r(2, 1), 1, r(1), desc="C=1"),
+            S(noncontig(r(3, 33)), 33, r(33)), S(r(0, 4), 4, r(4), desc="0 rows"),
+            S(r(5, 7) * 100 + 50, 7, r(7), desc="offset rows"), S(r(6), 6, r(6), desc="1-D input")]
+
+
+def _t_rms_norm(x, ns, w=None, **kw):
+    return TF.rms_norm(x, (ns,) if isinstance(ns, int) else tuple(ns), w, **kw)
+
+
+def _var(rng, dtype):
+    r = _mk(rng, dtype)
+    const = np.full((2, 3), 1.5, dtype=dtype)
+    return [S(r(4, 5)), S(r(4, 5), dim=1), S(r(2, 3, 4), dim=(0, 2), keepdim=True), S(r(3, 4), dim=-1, unbiased=False),
+            S(r(3, 4), dim=0, unbiased=True), S(r(3, 4), dim=0, correction=0), S(r(5, 3), dim=0, correction=2),
+            S(noncontig(r(3, 6)), dim=1), S(r(33)), S(r(2, 3, 4), dim=-2, keepdim=True, correction=0),
+            S(const, dim=1, desc="constant rows"), S(r(2, 1), dim=1, desc="n = correction: nan", grad=False),
+            S(r(), desc="0-d: nan", grad=False), S(r(3, 2), dim=1, correction=3, desc="n < correction: inf", grad=False)]
+
+
+def _gather(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 4), 0, np.array([[0, 1, 2, 0], [2, 2, 1, 0]])), S(r(3, 4), 1, np.array([[0, 3], [1, 1], [2, 0]])),
+            S(r(3, 4), -1, np.array([[3], [0], [2]]), desc="negative dim"),
+            S(r(2, 3, 4), 1, rng.integers(0, 3, (2, 5, 4)), desc="index longer than dim"),
+            S(r(3, 4), 1, np.array([[1, 1, 1]] * 3), desc="repeated: gradients add"),
+            S(r(3, 4), 0, np.array([[0, 1]]), desc="index smaller in every dim"), S(r(5), 0, np.array([4, 0, 4])),
+            S(r(3, 4), 0, np.zeros((0, 4), np.int64), desc="empty index"), S(noncontig(r(3, 6)), 1, np.array([[5], [0], [2]]))]
+
+
+def _topk(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 6), 2), S(r(3, 6), 3, dim=0), S(r(2, 3, 5), 2, dim=-2, largest=False), S(r(4, 5), 5, desc="k = n"),
+            S(r(4, 5), 0, desc="k = 0"), S(r(7), 3, sorted=True), S(noncontig(r(3, 8)), 4), S(r(1, 1), 1),
+            S(r(5, 33), 7, dim=1, largest=False)]
+
+
+def _t_tensor(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(2, 3)), S(r(4), desc="1-D: itself"), S(r(), desc="0-d"), S(noncontig(r(3, 5))), S(r(1, 1)), S(r(0, 3))]
+
+
+def _casts(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 4) * 3, grad=False), S(noncontig(r(2, 5) * 5), grad=False), S(r(), grad=False),
+            S(r(0, 2), grad=False), S(np.array([-2.5, -0.5, 0.0, 0.5, 2.5], dtype=dtype), grad=False),
+            S(np.array([3, 0, -2]), grad=False, desc="int64 input"), S(np.array([True, False]), grad=False)]
+
+
+def _all_any(rng, dtype):
+    b = lambda *s: rng.random(s) > 0.3  # noqa: E731
+    z = np.array([[0.0, 1.0, 2.0], [3.0, 0.0, 4.0]], dtype=dtype)
+    return [S(b(3, 4), grad=False), S(b(3, 4), dim=1, grad=False), S(b(2, 3, 4), dim=-1, keepdim=True, grad=False),
+            S(b(2, 3, 4), dim=(0, 2), grad=False), S(b(0, 3), grad=False, desc="0-size"),
+            S(b(0, 3), dim=0, grad=False), S(np.array(True), grad=False, desc="0-d"),
+            S(z, grad=False, desc="float input"), S(z, dim=0, grad=False), S(np.array([[2, 0], [1, 3]]), dim=1, grad=False),
+            S(np.ones((2, 2), bool), grad=False), S(np.zeros((2, 2), bool), dim=1, keepdim=True, grad=False)]
+
+
+def _extremum(rng, dtype):
+    """maximum / minimum: ties split the gradient in half, as in torch."""
+    r = _mk(rng, dtype)
+    a = r(3, 4)
+    b = r(3, 4)
+    b[0] = a[0]
+    return [S(r(3, 4), r(3, 4)), S(a, b, desc="ties in row 0"), S(r(3, 4), r(4), desc="broadcast"),
+            S(r(2, 1, 3), r(4, 1)), S(r(), r(2, 2), desc="0-d"), S(r(0, 3), r(3), desc="0-size"),
+            S(noncontig(r(3, 5)), noncontig(r(3, 5))), S(r(1), r(1))]
+
+
+def _where(rng, dtype):
+    r = _mk(rng, dtype)
+    c = lambda *s: np.asarray(rng.random(s) > 0.5)  # noqa: E731
+    return [S(c(3, 4), r(3, 4), r(3, 4)), S(c(3, 1), r(1, 4), r(3, 4), desc="broadcast all three"),
+            S(c(3, 4), r(3, 4), 2.5, desc="python scalar other"), S(c(3, 4), -1.0, r(4), desc="python scalar input"),
+            S(c(), r(2, 2), r(2, 2), desc="0-d condition"), S(c(0, 3), r(0, 3), r(3), desc="0-size"),
+            S(noncontig(c(3, 6)), noncontig(r(3, 6)), r(3, 6)), S(c(2, 3), r(), r(2, 3), desc="0-d input"),
+            S(c(3, 4), grad=False, desc="where(condition): indices")]
+
+
+def _inplace(rng, dtype, alpha=False, pos=False):
+    """In-place ops on a non-leaf (``a * 1``): the write is recorded, so gradients reach both the
+    value before the write and ``other``; a self without grad joins the graph through ``other``."""
+    r = _mk(rng, dtype)
+    b = (lambda *s: r(*s, lo=0.5, hi=2.0)) if pos else r
+    out = [S(r(3, 4), b(3, 4)), S(r(3, 4), b(4), desc="broadcast other"), S(r(3, 4), b(1, 4)),
+           S(r(3, 4), 1.75, desc="python scalar"), S(r(), b(), desc="0-d"), S(r(0, 3), b(3), desc="0-size"),
+           S(noncontig(r(3, 5)), noncontig(b(3, 5))), S(r(2, 3, 4), b(3, 1)),
+           S(Const(r(3, 4)), b(3, 4), desc="self without grad: joins the graph"),
+           S(r(3, 4), Const(b(3, 4)), desc="other without grad")]
+    if alpha:
+        out += [S(r(3, 4), b(3, 4), alpha=2.5), S(r(3, 4), b(4), alpha=-0.5), S(r(3, 4), 2.0, alpha=3)]
+    return out
+
+
+def _fill(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 4), 2.5), S(r(3, 4), r(), desc="0-d tensor value: its gradient is the sum"), S(r(0, 2), 1.0),
+            S(Const(r(2, 3)), r(), desc="self without grad"), S(noncontig(r(2, 5)), -1.0), S(r(), 3.0)]
+
+
+def _copy(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 4), r(3, 4)), S(r(3, 4), r(4), desc="broadcast source"), S(r(3, 4), r(1, 1)),
+            S(Const(r(3, 4)), r(3, 4), desc="self without grad"), S(r(3, 4), Const(r(3, 4)), desc="constant source"),
+            S(noncontig(r(2, 5)), noncontig(r(2, 5))), S(r(), r())]
+
+
+def _setitem(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(4, 5), (1,), r(5)), S(r(4, 5), (slice(1, 3),), 2.0, desc="python scalar"),
+            S(r(4, 5), (np.array([0, 2]),), r(2, 5), desc="int array index"),
+            S(r(4, 3), (np.array([True, False, True, False]),), r(3), desc="bool mask, broadcast value"),
+            S(r(3, 4), (slice(None), slice(0, 4, 2)), r(3, 1)), S(r(3, 4), (Ellipsis, -1), r()),
+            S(Const(r(3, 4)), (0,), r(4), desc="self without grad: joins the graph"),
+            S(r(3, 4), (1,), Const(r(4)), desc="constant value"), S(r(3, 4), (slice(2, 2),), 1.0, desc="empty slice")]
+
+
+def _setitem_op(a, idx, v):
+    y = a * 1.0
+    y[tuple(_index(i, type(a)) for i in idx)] = v
+    return y
+
+
+def _arange(rng, dtype):
+    return [S(7, grad=False), S(1, 9, 2, grad=False), S(0.0, 1.0, 0.1, grad=False), S(-1, 1.5, 0.25, grad=False),
+            S(3, 0, -1, grad=False), S(0, 2.0000001, 0.5, grad=False), S(2, 2, grad=False, desc="empty"),
+            S(5, dtype=np.float64, grad=False), S(0, 10, 3, dtype=np.int32, grad=False),
+            S(0.0, 2.0, 0.5, requires_grad=True, grad=False), S(10, 0.5, -1.5, grad=False)]
+
+
+def _full(rng, dtype):
+    return [S((2, 3), 1.5, grad=False), S((2,), 7, grad=False, desc="int value: int64"),
+            S((2,), True, grad=False, desc="bool value"), S((2, 2), 2.5, dtype=np.float64, grad=False),
+            S((0, 3), 1.0, grad=False), S((), 4.0, grad=False, desc="0-d"), S([3, 1], -2, dtype=np.float32, grad=False)]
+
+
+def _like(fill=False):
+    def samples(rng, dtype):
+        r = _mk(rng, dtype)
+        v = (2.5,) if fill else ()
+        return [S(r(2, 3), *v, grad=False), S(np.array([1, 2]), *v, grad=False, desc="int64 input"),
+                S(r(2, 3), *v, dtype=np.int32, grad=False), S(r(0, 2), *v, grad=False), S(r(), *v, grad=False),
+                S(noncontig(r(2, 5)), *v, dtype=np.float64, grad=False), S(r(3), *v, requires_grad=True, grad=False)]
+    return samples
+
+
+def _from_numpy(rng, dtype):
+    a = np.asarray(rng.standard_normal((3, 4)), dtype=dtype)
+    arrays = [a, a[:, ::2], np.arange(6, dtype=np.int32).reshape(2, 3), np.array([True, False]), np.zeros((0, 2), dtype)]
+    return [S(_Fresh(lambda x=x: x), grad=False) for x in arrays]
+
+
+def _tdt(dt):
+    """The torch dtype of a NumPy dtype (None stays None)."""
+    return None if dt is None else getattr(torch, np.dtype(dt).name if np.dtype(dt) != np.bool_ else "bool")
+
+
+def _with_tdt(fn):
+    """A torch function called with ``dtype=`` translated from NumPy's to torch's."""
+    return lambda *a, dtype=None, **kw: fn(*a, **({"dtype": _tdt(dtype)} if dtype is not None else {}), **kw)
+
+
+def _t_min(x, dim=None, keepdim=False):
+    if dim is None:
+        return x.amin()
+    return x.amin(dim=dim, keepdim=keepdim) if isinstance(dim, tuple) else x.min(dim=dim, keepdim=keepdim).values
+
+
 # ----- nn modules ----------------------------------------------------------------------------
 
 def _m_linear(rng, dtype):
@@ -390,7 +668,7 @@ def _m_dropout(rng, dtype):
     return [S(r(3, 4), p=0.0), S(r(3, 4), p=0.7, eval=True, desc="eval(): identity"), S(r(3, 4), p=1.0)]
 
 
-def _m_mse(rng, dtype):
+def _m_pointwise_loss(rng, dtype):
     r = _mk(rng, dtype)
     return [S(r(3, 4), r(3, 4)), S(r(3, 4), r(3, 4), reduction="sum"), S(r(2, 3), r(2, 3), reduction="none")]
 
@@ -399,7 +677,9 @@ def _m_xent(rng, dtype):
     r = _mk(rng, dtype)
     t = np.array([0, 2, 1, 2, 4, 3])
     return [S(r(6, 5), t), S(r(6, 5), t, ignore_index=2), S(r(6, 5), np.array([0, -1, 1, 2, 4, 3]), ignore_index=-1),
-            S(r(6, 5), t, reduction="sum", ignore_index=3), S(r(6, 5), t, reduction="none")]
+            S(r(6, 5), t, reduction="sum", ignore_index=3), S(r(6, 5), t, reduction="none"),
+            S(r(2, 4, 3), rng.integers(0, 4, (2, 3)), weight=Const(r(4, lo=0.5, hi=2.0)), label_smoothing=0.1),
+            S(r(6, 5), r(6, 5, lo=0.0, hi=1.0), reduction="sum", desc="probability targets")]
 
 
 def _m_sequential(rng, dtype):
@@ -416,6 +696,39 @@ def _t_seq(widths):
     a, b, c = widths
     N = torch.nn
     return N.Sequential(N.Linear(a, b), N.GELU(approximate="tanh"), N.LayerNorm(b), N.Linear(b, c))
+
+
+def _m_bce(rng, dtype):
+    r = _mk(rng, dtype)
+    t = r(4, 3, lo=0.0, hi=1.0)
+    return [S(r(4, 3), t), S(r(4, 3), t, reduction="sum", weight=Const(r(4, 3, lo=0.5, hi=2.0))),
+            S(r(4, 3), t, pos_weight=Const(r(3, lo=0.5, hi=3.0)), reduction="none"),
+            S(r(2, 4, 3), r(2, 4, 3, lo=0.0, hi=1.0), pos_weight=Const(r(3, lo=0.5, hi=3.0)),
+              weight=Const(r(3, lo=0.5, hi=2.0)))]
+
+
+def _m_flatten(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(2, 3, 4)), S(r(2, 3, 4), start_dim=0, end_dim=1), S(r(2, 3, 4, 5), start_dim=2),
+            S(r(2, 3, 4), start_dim=-2, end_dim=-1), S(noncontig(r(3, 4))), S(r(0, 2, 3))]
+
+
+def _m_identity(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(3, 4)), S(r(2, 3), desc="arguments ignored", unused=5), S(r())]
+
+
+def _m_nll(rng, dtype):
+    r = _mk(rng, dtype)
+    t6 = np.array([0, 2, 1, 2, 4, 3])
+    return [S(r(6, 5), t6), S(r(6, 5), t6, weight=Const(r(5, lo=0.5, hi=2.0)), ignore_index=1, reduction="sum"),
+            S(r(2, 4, 3), rng.integers(0, 4, (2, 3)), reduction="none"), S(r(6, 5), t6, ignore_index=2)]
+
+
+def _m_rmsnorm(rng, dtype):
+    r = _mk(rng, dtype)
+    return [S(r(4, 6), normalized_shape=6), S(r(2, 3, 4), normalized_shape=(3, 4), eps=1e-3),
+            S(r(3, 5), normalized_shape=5, elementwise_affine=False), S(noncontig(r(3, 7)), normalized_shape=[7])]
 
 
 def _module(name, samples, fg_ctor=None, t_ctor=None):
@@ -443,11 +756,29 @@ OPS = [
     Op("F.mse_loss", F.mse_loss, _t_mse, _mse),
     Op("F.cross_entropy", F.cross_entropy, TF.cross_entropy, _xent),
     Op("F.scaled_dot_product_attention", F.scaled_dot_product_attention, _t_sdpa, _sdpa),
+    Op("F.silu", F.silu, TF.silu, _unary()),
+    Op("F.leaky_relu", F.leaky_relu, TF.leaky_relu, _leaky),
+    Op("F.rms_norm", F.rms_norm, _t_rms_norm, _rms_norm),
+    Op("F.l1_loss", F.l1_loss, TF.l1_loss, _l1),
+    Op("F.nll_loss", F.nll_loss, TF.nll_loss, _nll),
+    Op("F.binary_cross_entropy_with_logits", F.binary_cross_entropy_with_logits,
+       TF.binary_cross_entropy_with_logits, _bce),
 
     # fusegrad.<function>
     Op("fg.cat", fg.cat, torch.cat, _cat),
     Op("fg.stack", fg.stack, torch.stack, _stack),
     Op("fg.split", fg.split, torch.split, _split),
+    Op("fg.matmul", fg.matmul, torch.matmul, _matmul),
+    Op("fg.maximum", fg.maximum, torch.maximum, _extremum),
+    Op("fg.minimum", fg.minimum, torch.minimum, _extremum),
+    Op("fg.where", fg.where, torch.where, _where),
+    # creation functions: values and dtypes (no gradient)
+    Op("fg.arange", fg.arange, _with_tdt(torch.arange), _arange),
+    Op("fg.full", fg.full, _with_tdt(torch.full), _full),
+    Op("fg.full_like", fg.full_like, _with_tdt(torch.full_like), _like(fill=True)),
+    Op("fg.zeros_like", fg.zeros_like, _with_tdt(torch.zeros_like), _like()),
+    Op("fg.ones_like", fg.ones_like, _with_tdt(torch.ones_like), _like()),
+    Op("fg.from_numpy", fg.from_numpy, torch.from_numpy, _from_numpy),
 
     # Tensor operators
     Op("Tensor.__add__", lambda a, b: a + b, SAME, _binary),
@@ -473,6 +804,15 @@ OPS = [
     Op("Tensor.mean", lambda x, **kw: x.mean(**kw), SAME, _reduce),
     Op("Tensor.max", lambda x, **kw: (x.max() if kw.get("dim") is None else x.amax(**kw) if isinstance(kw["dim"], tuple)
                                       else x.max(**kw).values), _t_max, _max),
+    Op("Tensor.min", lambda x, **kw: (x.min() if kw.get("dim") is None else x.amin(**kw) if isinstance(kw["dim"], tuple)
+                                      else x.min(**kw).values), _t_min, _max),
+    Op("Tensor.amax", lambda x, **kw: x.amax(**kw), SAME, lambda rng, dt: _max(rng, dt) + [_reduce(rng, dt)[-1]]),
+    Op("Tensor.amin", lambda x, **kw: x.amin(**kw), SAME, lambda rng, dt: _max(rng, dt) + [_reduce(rng, dt)[-1]]),
+    Op("Tensor.var", lambda x, **kw: x.var(**kw), SAME, _var),
+    Op("Tensor.std", lambda x, **kw: x.std(**kw), SAME, _var),
+    Op("Tensor.gather", lambda x, d, i: x.gather(d, i), SAME, _gather),
+    Op("Tensor.topk", lambda x, k, **kw: x.topk(k, **kw), SAME, _topk),
+    Op("Tensor.pow", lambda a, p: a.pow(p), SAME, _pow),
     Op("Tensor.exp", lambda x: x.exp(), SAME, _unary()),
     Op("Tensor.log", lambda x: x.log(), SAME, _unary(pos=True)),
     Op("Tensor.sqrt", lambda x: x.sqrt(), SAME, _unary(pos=True)),
@@ -489,6 +829,7 @@ OPS = [
     Op("Tensor.permute", lambda x, *d: x.permute(*d), SAME, _permute),
     Op("Tensor.transpose", lambda x, a, b: x.transpose(a, b), SAME, _transpose),
     Op("Tensor.T", lambda x: x.T, lambda x: x.permute(*reversed(range(x.ndim))), _T),
+    Op("Tensor.t", lambda x: x.t(), SAME, _t_tensor),
     Op("Tensor.unsqueeze", lambda x, d: x.unsqueeze(d), SAME, _unsqueeze),
     Op("Tensor.squeeze", lambda x, *d: x.squeeze(*d), SAME, _squeeze),
     Op("Tensor.expand", lambda x, *s: x.expand(*s), SAME, _expand),
@@ -496,6 +837,24 @@ OPS = [
     Op("Tensor.clone", lambda x: x.clone(), SAME, _plain),
     Op("Tensor.float", lambda x: x.float(), SAME, _plain),
     Op("Tensor.double", lambda x: x.double(), SAME, _plain),
+    Op("Tensor.cpu", lambda x: x.cpu(), SAME, _plain),
+    Op("Tensor.int", lambda x: x.int(), SAME, _casts),
+    Op("Tensor.bool", lambda x: x.bool(), SAME, _casts),
+    Op("Tensor.all", lambda x, **kw: x.all(**kw), SAME, _all_any),
+    Op("Tensor.any", lambda x, **kw: x.any(**kw), SAME, _all_any),
+    # in-place ops on a non-leaf: recorded by autograd
+    Op("Tensor.add_", lambda a, b, **kw: (a * 1.0).add_(b, **kw), SAME, lambda rng, dt: _inplace(rng, dt, alpha=True)),
+    Op("Tensor.sub_", lambda a, b, **kw: (a * 1.0).sub_(b, **kw), SAME, lambda rng, dt: _inplace(rng, dt, alpha=True)),
+    Op("Tensor.mul_", lambda a, b: (a * 1.0).mul_(b), SAME, _inplace),
+    Op("Tensor.div_", lambda a, b: (a * 1.0).div_(b), SAME, lambda rng, dt: _inplace(rng, dt, pos=True)),
+    Op("Tensor.__iadd__", lambda a, b: (a * 1.0).__iadd__(b), SAME, _inplace),
+    Op("Tensor.__isub__", lambda a, b: (a * 1.0).__isub__(b), SAME, _inplace),
+    Op("Tensor.__imul__", lambda a, b: (a * 1.0).__imul__(b), SAME, _inplace),
+    Op("Tensor.__itruediv__", lambda a, b: (a * 1.0).__itruediv__(b), SAME, lambda rng, dt: _inplace(rng, dt, pos=True)),
+    Op("Tensor.fill_", lambda a, v: (a * 1.0).fill_(v), SAME, _fill),
+    Op("Tensor.zero_", lambda a: (a * 1.0).zero_(), SAME, _plain),
+    Op("Tensor.copy_", lambda a, b: (a * 1.0).copy_(b), SAME, _copy),
+    Op("Tensor.__setitem__", _setitem_op, SAME, _setitem),
     Op("Tensor.to", lambda x, dt: x.to(dt), lambda x, dt: x.to(getattr(torch, np.dtype(dt).name)),
        lambda rng, dt: [S(_mk(rng, dt)(3, 4), np.float64), S(_mk(rng, dt)(3, 4), np.float32),
                         S(noncontig(_mk(rng, dt)(2, 5)), np.float64)]),
@@ -512,8 +871,16 @@ OPS = [
     _module("LayerNorm", _m_layernorm),
     _module("Embedding", _m_embedding),
     _module("Dropout", _m_dropout),
-    _module("MSELoss", _m_mse),
+    _module("MSELoss", _m_pointwise_loss),
     _module("CrossEntropyLoss", _m_xent),
+    _module("BCEWithLogitsLoss", _m_bce),
+    _module("Flatten", _m_flatten),
+    _module("Identity", _m_identity),
+    _module("L1Loss", _m_pointwise_loss),
+    _module("LeakyReLU", _m_act([{"negative_slope": 0.2}, {"negative_slope": -0.7}])),
+    _module("NLLLoss", _m_nll),
+    _module("RMSNorm", _m_rmsnorm),
+    _module("SiLU", _m_act()),
 ]
 
 # Public names that have no entry on purpose (the completeness test reads these).
@@ -534,16 +901,10 @@ EXCLUDED = {
     "Tensor.detach": "cuts the graph by definition", "Tensor.long": "integer result, no gradient",
     "Tensor.argmax": "integer result, no gradient", "Tensor.size": "shape query", "Tensor.numel": "shape query",
     "Tensor.dim": "shape query", "Tensor.backward": "the engine itself (exercised by every entry)",
-    "Tensor.requires_grad_": "flag setter", "Tensor.zero_": "in-place fill, not recorded by autograd",
-    "Tensor.fill_": "in-place fill, not recorded by autograd", "Tensor.copy_": "in-place copy, not recorded by autograd",
+    "Tensor.requires_grad_": "flag setter",
     "Tensor.eq": "boolean result", "Tensor.ne": "boolean result", "Tensor.__eq__": "boolean result",
     "Tensor.__ne__": "boolean result", "Tensor.__lt__": "boolean result", "Tensor.__le__": "boolean result",
     "Tensor.__gt__": "boolean result", "Tensor.__ge__": "boolean result",
-    "Tensor.__iadd__": "in-place on data, refused on leaves that require grad; not recorded",
-    "Tensor.__isub__": "in-place on data, refused on leaves that require grad; not recorded",
-    "Tensor.__imul__": "in-place on data, refused on leaves that require grad; not recorded",
-    "Tensor.__itruediv__": "in-place on data, refused on leaves that require grad; not recorded",
-    "Tensor.__setitem__": "in-place assignment, refused while grad is enabled",
     "Tensor.__float__": "Python number", "Tensor.__int__": "Python number", "Tensor.__bool__": "Python bool",
     "Tensor.__len__": "shape query", "Tensor.__array__": "NumPy interop, returns the array",
 }
@@ -557,18 +918,23 @@ OPERATOR_DUNDERS = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__
                     "__rfloordiv__", "__rmod__", "__and__", "__or__", "__xor__", "__invert__"}
 
 
-# Public API that landed in the same session as this table (issue 23's everyday API, autocast,
-# distributed's hook) before entries were written for it. The completeness test accepts exactly
-# these names as pending, so anything added later without an entry still fails; issue 22 stays
-# open until this set is empty.
-PENDING = {
-    'F.binary_cross_entropy_with_logits', 'F.l1_loss', 'F.leaky_relu', 'F.nll_loss', 'F.rms_norm', 'F.silu',
-    'Tensor.add_', 'Tensor.all', 'Tensor.amax', 'Tensor.amin', 'Tensor.any', 'Tensor.bool', 'Tensor.cpu',
-    'Tensor.device', 'Tensor.div_', 'Tensor.gather', 'Tensor.int', 'Tensor.min', 'Tensor.mul_', 'Tensor.pow',
-    'Tensor.register_post_accumulate_grad_hook', 'Tensor.std', 'Tensor.sub_', 'Tensor.t', 'Tensor.topk', 'Tensor.var',
-    'fg.Generator', 'fg.arange', 'fg.autocast', 'fg.enable_grad', 'fg.from_numpy', 'fg.full', 'fg.full_like',
-    'fg.get_default_dtype', 'fg.inference_mode', 'fg.initial_seed', 'fg.is_autocast_enabled', 'fg.load',
-    'fg.manual_seed', 'fg.matmul', 'fg.ones_like', 'fg.rand', 'fg.randint', 'fg.save', 'fg.set_default_dtype',
-    'fg.set_grad_enabled', 'fg.where', 'fg.zeros_like', 'nn.BCEWithLogitsLoss', 'nn.Flatten', 'nn.Identity',
-    'nn.L1Loss', 'nn.LeakyReLU', 'nn.NLLLoss', 'nn.RMSNorm', 'nn.SiLU',
+# Public API with no gradient to check: name -> (why, the group of tests/test_opinfo.py's
+# test_non_differentiable_matches_torch that compares its behaviour with torch's).
+NON_DIFFERENTIABLE = {
+    "fg.Generator": ("random state: draws are compared by seeding, shapes, dtypes and ranges", "random"),
+    "fg.manual_seed": ("seeds the default generator", "random"),
+    "fg.initial_seed": ("returns the seed", "random"),
+    "fg.rand": ("random values (no torch values to match): dtype, shape, range, seeding", "random"),
+    "fg.randint": ("random integers: dtype, shape, range, seeding", "random"),
+    "fg.enable_grad": ("grad-mode context", "grad_modes"),
+    "fg.set_grad_enabled": ("grad-mode switch and context", "grad_modes"),
+    "fg.inference_mode": ("grad-mode context", "grad_modes"),
+    "fg.autocast": ("precision context", "autocast"),
+    "fg.is_autocast_enabled": ("precision-mode query", "autocast"),
+    "fg.save": ("file output", "save_load"),
+    "fg.load": ("file input", "save_load"),
+    "fg.get_default_dtype": ("configuration query", "default_dtype"),
+    "fg.set_default_dtype": ("configuration", "default_dtype"),
+    "Tensor.device": ("metadata", "device"),
+    "Tensor.register_post_accumulate_grad_hook": ("hook registration (runs during backward)", "hooks"),
 }

@@ -30,3 +30,18 @@ def test_isa_path_on_emulated_cpu(cpu, expect):
                         "--expect", expect], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, f"under -cpu {cpu} (rc {r.returncode}):\n{r.stdout}\n{r.stderr[-2000:]}"
     assert f"isa: {expect}" in r.stdout and "ok:" in r.stdout, r.stdout
+
+
+BUILD = os.path.join(ROOT, "build")
+
+
+@pytest.mark.skipif(shutil.which("nm") is None or not os.path.isdir(os.path.join(BUILD, "CMakeFiles")),
+                    reason="needs the dev build's objects (build/) and nm")
+def test_no_weak_symbol_is_shared_between_isa_flag_sets():
+    # an inline function or template instance defined by objects built with different flags is
+    # merged by the linker into one copy that may hold AVX-512 code for the portable path
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "check_isa_symbols.py"), BUILD],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode == 2:
+        pytest.skip(r.stdout.strip())
+    assert r.returncode == 0, r.stdout + r.stderr

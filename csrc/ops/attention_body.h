@@ -33,8 +33,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <memory>
-#include <vector>
 
 #include "core/parallel.h"
 
@@ -42,6 +40,10 @@
 #include "ops/attention_impl.h"
 
 namespace fg::FG_ISA {
+
+using attn_detail::lclamp;
+using attn_detail::lmax;
+using attn_detail::lmin;
 
 
 // ---- hand-written AVX2/FMA tile kernels for D a multiple of 16 (32, 64, 128 specialized) --
@@ -92,13 +94,13 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) c[i] = acc ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
   if (tri == Tri::kbegin) {
-    int64_t k = std::max<int64_t>(0, rel);
-    for (const int64_t e = std::min<int64_t>(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
+    int64_t k = lmax(0, rel);
+    for (const int64_t e = lmin(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
     for (; k < K; ++k) FG_MK16_STEP(0, M);
   } else if (tri == Tri::kend) {
     int64_t k = 0;
-    for (const int64_t e = std::clamp<int64_t>(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
-    for (const int64_t e = std::min<int64_t>(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
+    for (const int64_t e = lclamp(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
+    for (const int64_t e = lmin(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
   } else {
     for (int64_t k = 0; k < K; ++k) FG_MK16_STEP(0, M);
   }
@@ -155,13 +157,13 @@ __attribute__((always_inline)) inline void mk16(float* __restrict C, int64_t ldc
     c1[i] = acc ? _mm256_loadu_ps(C + i * ldc + 8) : _mm256_setzero_ps();
   }
   if (tri == Tri::kbegin) {  // k in [rel, rel + M - 1): rows m <= k - rel
-    int64_t k = std::max<int64_t>(0, rel);
-    for (const int64_t e = std::min<int64_t>(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
+    int64_t k = lmax(0, rel);
+    for (const int64_t e = lmin(K, rel + M - 1); k < e; ++k) FG_MK16_STEP(0, k - rel + 1);
     for (; k < K; ++k) FG_MK16_STEP(0, M);
   } else if (tri == Tri::kend) {  // k in [rel + 1, rel + M): rows m >= k - rel
     int64_t k = 0;
-    for (const int64_t e = std::clamp<int64_t>(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
-    for (const int64_t e = std::min<int64_t>(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
+    for (const int64_t e = lclamp(rel + 1, 0, K); k < e; ++k) FG_MK16_STEP(0, M);
+    for (const int64_t e = lmin(K, rel + M); k < e; ++k) FG_MK16_STEP(k - rel, M);
   } else {
     for (int64_t k = 0; k < K; ++k) FG_MK16_STEP(0, M);
   }
@@ -285,7 +287,7 @@ inline void zero_rows(float* base, int64_t ld, int64_t t0, int64_t t1, int64_t D
 
 inline int64_t nvis(int64_t i, int64_t off, int64_t j0, int64_t nk, bool causal) {
   if (!causal) return nk;
-  return std::clamp<int64_t>(i + off + 1 - j0, 0, nk);
+  return lclamp(i + off + 1 - j0, 0, nk);
 }
 
 // Lanes j..j+7 of a tile row that are visible (j + lane < nv), as an all-ones/zero mask.
@@ -351,7 +353,7 @@ void dynamic_tasks(int64_t n, F&& body) {
     const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
     return t < n ? t : -1;
   };
-  parallel_region(static_cast<int>(std::min<int64_t>(get_num_threads(), n)), [&](int, int) { body(next); });
+  parallel_region(static_cast<int>(lmin(get_num_threads(), n)), [&](int, int) { body(next); });
 }
 
 // Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile u = t % nt of head
@@ -367,16 +369,23 @@ inline void tile_task(int64_t t, int64_t nt, int64_t& head, int64_t& u) {
 // A float buffer whose data() is 64-byte aligned, so that a 16-float row of a tile is one cache
 // line (unaligned tiles cost the micro-kernel ~6%). Zero-filled unless `zero` is false (for
 // buffers the caller overwrites entirely). Heap, not stack: thread stacks may be small.
+// Owns its memory itself: a std::unique_ptr<float[]> instance here would be a weak symbol shared
+// with objects built with other flags (issue 22).
 class Buf {
  public:
   explicit Buf(int64_t n, bool zero = true) : v_(zero ? new float[n + 16]() : new float[n + 16]) {
-    p_ = v_.get() + (16 - (reinterpret_cast<uintptr_t>(v_.get()) / sizeof(float)) % 16) % 16;
+    p_ = v_ + (16 - (reinterpret_cast<uintptr_t>(v_) / sizeof(float)) % 16) % 16;
   }
+  Buf(Buf&& o) noexcept : v_(o.v_), p_(o.p_) { o.v_ = o.p_ = nullptr; }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  Buf& operator=(Buf&&) = delete;
+  ~Buf() { delete[] v_; }
   float* data() { return p_; }
   const float* data() const { return p_; }
 
  private:
-  std::unique_ptr<float[]> v_;
+  float* v_;
   float* p_;
 };
 
@@ -390,7 +399,7 @@ Buf transpose_all(const float* k, HeadLayout Lk, int64_t Hkv, int64_t BHkv, int6
   parallel_for(BHkv * nkt, 4, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK;
-      transpose_keys<DC>(Kt.data() + t * D * kK, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, std::min(kK, S - j0), D);
+      transpose_keys<DC>(Kt.data() + t * D * kK, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, lmin(kK, S - j0), D);
     }
   });
   return Kt;
@@ -466,18 +475,18 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
     for (int64_t s = t * per; s < (t + 1) * per; ++s) {
       int64_t bh, u;
       tile_task(s, nqt, bh, u);
-      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = lmin(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
       const float* Kh = k + Lk.head(hk, Hkv);
       const float* Vh = v + Lv.head(hk, Hkv);
-      const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      const int64_t kend = causal ? lclamp(i0 + nr + off, 0, S) : S;
       // Qt[d, r] = scale * Q[r, d], zero-padded to kQ queries
       transpose_scaled(Qt, kQ, Q, Lq.st, nr, kQ, D, scale);
       std::fill(m, m + kQ, ninf);
       std::fill(l, l + kQ, 0.f);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {  // causal: key tiles past kend are skipped
-        const int64_t nk = std::min(kK, kend - j0);
+        const int64_t nk = lmin(kK, kend - j0);
         // diagonal tile: query r sees key j0 + c iff c <= r + diag
         const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
         const bool masked = diag != kNoDiag;
@@ -487,7 +496,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           // lanes r..r+7: visible key rows c satisfy r + lane >= c - diag, so rows c >= ce are
           // masked for all 8 lanes: not read here, and never read by the P V product (Tri::kend)
           const __m256 rl = _mm256_add_ps(iota, _mm256_set1_ps(float(r + (masked ? diag : 0))));
-          const int64_t ce = masked ? std::clamp<int64_t>(r + 8 + diag, 0, nk) : nk;
+          const int64_t ce = masked ? lclamp(r + 8 + diag, 0, nk) : nk;
           const __m256 mx = _mm256_loadu_ps(cm + r);
           const __m256 mo = _mm256_loadu_ps(m + r), mnv = _mm256_max_ps(mo, mx);
           // alpha = exp(m_old - m_new), 0 while m_old = -inf
@@ -631,7 +640,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
                    float scale, int64_t Drt) {
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
-  std::vector<float> Di(B * H * Tq);
+  attn_detail::Scratch<float> Di(B * H * Tq);
   // Di[bh * Tq + t] = dO_t . O_t for the rows [t0, t1) of head bh
   auto rowdots = [&](int64_t bh, int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -643,7 +652,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     }
   };
   // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
-  auto first_qtile = [&](int64_t j0) { return causal ? std::clamp<int64_t>(j0 - off, 0, Tq) / kQ * kQ : 0; };
+  auto first_qtile = [&](int64_t j0) { return causal ? lclamp(j0 - off, 0, Tq) / kQ * kQ : 0; };
   // tile (i0, j0) on the causal diagonal: row r sees key column c iff c <= r + diag
   auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
 
@@ -676,7 +685,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
         // dQ rows below first_qtile(0) see no key (S < T).
         for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, 0, first_qtile(0), D);
         for (int64_t j0 = 0; j0 < S; j0 += kK) {
-          const int64_t nk = std::min(kK, S - j0), iq = first_qtile(j0);
+          const int64_t nk = lmin(kK, S - j0), iq = first_qtile(j0);
           if (iq >= Tq) {  // no query sees this key tile
             zero_rows(dKh, Ldk.st, j0, j0 + nk, D);
             zero_rows(dVh, Ldv.st, j0, j0 + nk, D);
@@ -691,7 +700,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
             const float* dOh = dOof(bh);
             float* dQh = dq + Ldq.head(bh, H);
             for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
-              const int64_t nr = std::min(kQ, Tq - i0);
+              const int64_t nr = lmin(kQ, Tq - i0);
               const int64_t diag = diagonal(i0, j0);
               const bool acc_kv = bh != bh0 || i0 != iq;
               bwd_tile<DC>(P, dS, Qh, ldq, dOh, ldo, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
@@ -709,7 +718,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
 
   parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e;) {
-      const int64_t bh = i / Tq, t1 = std::min(e, (bh + 1) * Tq);
+      const int64_t bh = i / Tq, t1 = lmin(e, (bh + 1) * Tq);
       rowdots(bh, i % Tq, t1 - bh * Tq);
       i = t1;
     }
@@ -722,7 +731,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     for (int64_t t; (t = next()) >= 0;) {
       int64_t hk, jt;
       tile_task(t, nkt, hk, jt);
-      const int64_t j0 = jt * kK, nk = std::min(kK, S - j0);
+      const int64_t j0 = jt * kK, nk = lmin(kK, S - j0);
       const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
       const float* Ktt = Kt.data() + (hk * nkt + jt) * D * kK;
       const float* Vtt = Vt.data() + (hk * nkt + jt) * D * kK;
@@ -737,7 +746,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
         const float* Qh = q + Lq.head(bh, H);
         const float* dOh = do_ + Ldo.head(bh, H);
         for (int64_t i0 = iq; i0 < Tq; i0 += kQ) {
-          const int64_t nr = std::min(kQ, Tq - i0);
+          const int64_t nr = lmin(kQ, Tq - i0);
           const int64_t diag = diagonal(i0, j0);
           const bool acc_kv = bh != bh0 || i0 != iq;  // the first product overwrites
           bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
@@ -755,13 +764,13 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
     for (int64_t t; (t = next()) >= 0;) {
       int64_t bh, u;
       tile_task(t, nqt, bh, u);
-      const int64_t i0 = (nqt - 1 - u) * kQ, nr = std::min(kQ, Tq - i0);
+      const int64_t i0 = (nqt - 1 - u) * kQ, nr = lmin(kQ, Tq - i0);
       const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
       float* dQt = dq + Ldq.head(bh, H) + i0 * Ldq.st;
-      const int64_t kend = causal ? std::clamp<int64_t>(i0 + nr + off, 0, S) : S;
+      const int64_t kend = causal ? lclamp(i0 + nr + off, 0, S) : S;
       if (kend <= 0) zero_rows(dQt, Ldq.st, 0, nr, D);  // else the j0 = 0 product overwrites
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
-        const int64_t nk = std::min(kK, S - j0);
+        const int64_t nk = lmin(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
         bwd_tile<DC>(P, dS, q + Lq.head(bh, H), Lq.st, do_ + Ldo.head(bh, H), Ldo.st, Kt.data() + tile,
                      Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);

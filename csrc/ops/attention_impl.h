@@ -11,11 +11,38 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 #include "core/parallel.h"
 
 namespace fg::FG_ISA::attn_detail {
+
+// Integer min / max / clamp for the code of this path: std::min<int64_t> & co. instantiated in
+// an ISA's object are weak symbols that the linker merges with other objects' copies, so one copy
+// (maybe compiled for AVX-512) would serve every path (issue 22). These live in fg::FG_ISA.
+inline int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t lmax(int64_t a, int64_t b) { return a < b ? b : a; }
+inline int64_t lclamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (hi < v ? hi : v); }
+
+// n value-initialized Ts of per-task scratch. Not std::vector<T>: its members instantiated here
+// would be weak symbols that the linker merges with the instance of an object built with other
+// flags, so one copy (maybe the AVX-512 one) would serve every path (issue 22). This type lives
+// in fg::FG_ISA, one copy per set of flags (tools/check_isa_symbols.py checks the objects).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) : p_(new T[n]()), n_(n) {}
+  ~Scratch() { delete[] p_; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() { return p_; }
+  T* begin() { return p_; }
+  T* end() { return p_ + n_; }
+  T& operator[](int64_t i) { return p_[i]; }
+
+ private:
+  T* p_;
+  int64_t n_;
+};
 
 constexpr int64_t kBq = 32;  // query rows per tile
 constexpr int64_t kBk = 64;  // keys per tile
@@ -72,7 +99,7 @@ __attribute__((always_inline)) inline void accum_rows(T* __restrict y, const T* 
 // Number of keys query row i may see (all S, or i + S - T + 1 under the causal mask), in [0, S].
 inline int64_t visible(int64_t i, int64_t Tq, int64_t S, bool causal) {
   if (!causal) return S;
-  return std::clamp<int64_t>(i + S - Tq + 1, 0, S);
+  return lclamp(i + S - Tq + 1, 0, S);
 }
 
 // DC > 0 fixes the head size at compile time (fast paths), DC == 0 reads it from Drt.
@@ -83,9 +110,9 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t nqt = (Tq + kBq - 1) / kBq, G = H / Hkv;
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<T> Kt(D * kBk), s(kBk), m(kBq), l(kBq), acc(kBq * D);
+    Scratch<T> Kt(D * kBk), s(kBk), m(kBq), l(kBq), acc(kBq * D);
     for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = (t % nqt) * kBq, i1 = std::min(Tq, i0 + kBq);
+      const int64_t bh = t / nqt, i0 = (t % nqt) * kBq, i1 = lmin(Tq, i0 + kBq);
       const int64_t b = bh / H, h = bh % H, hk = b * Hkv + h / G;
       const T* Q = q + (bh * Tq) * D;
       const T* K = k + hk * S * D;
@@ -95,10 +122,10 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
       std::fill(l.begin(), l.end(), T(0));
       std::fill(acc.begin(), acc.end(), T(0));
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {  // causal: tiles past kend are never touched
-        const int64_t nk = std::min(kBk, kend - j0);
+        const int64_t nk = lmin(kBk, kend - j0);
         transpose_tile(Kt.data(), K + j0 * D, nk, D);
         for (int64_t r = 0; r < nr; ++r) {
-          const int64_t nv = std::min(nk, visible(i0 + r, Tq, S, causal) - j0);  // visible keys here
+          const int64_t nv = lmin(nk, visible(i0 + r, Tq, S, causal) - j0);  // visible keys here
           if (nv <= 0) continue;
           row_dots(s.data(), Q + (i0 + r) * D, Kt.data(), nv, D);
           // NaN-propagating max (std::max(m, NaN) == m would drop a NaN score from the row)
@@ -150,7 +177,7 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t G = H / Hkv;
   // Di = rowsum(dO * O): (B, H, T) scratch, linear in T
-  std::vector<T> Di(B * H * Tq);
+  Scratch<T> Di(B * H * Tq);
   parallel_for(B * H * Tq, 256, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       T acc = 0;
@@ -162,9 +189,9 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
   // dq_i = scale * sum_j P_ij (dP_ij - D_i) k_j, with dP = dO V^T; one task per query tile
   const int64_t nqt = (Tq + kBq - 1) / kBq;
   parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk);
+    Scratch<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk);
     for (int64_t t = tb; t < te; ++t) {
-      const int64_t bh = t / nqt, i0 = (t % nqt) * kBq, i1 = std::min(Tq, i0 + kBq);
+      const int64_t bh = t / nqt, i0 = (t % nqt) * kBq, i1 = lmin(Tq, i0 + kBq);
       const int64_t b = bh / H, h = bh % H, hk = b * Hkv + h / G;
       const T* K = k + hk * S * D;
       const T* V = v + hk * S * D;
@@ -172,12 +199,12 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
         for (int64_t d = 0; d < D; ++d) dq[(bh * Tq + i) * D + d] = T(0);
       const int64_t kend = visible(i1 - 1, Tq, S, causal);
       for (int64_t j0 = 0; j0 < kend; j0 += kBk) {
-        const int64_t nk = std::min(kBk, kend - j0);
+        const int64_t nk = lmin(kBk, kend - j0);
         transpose_tile(Kt.data(), K + j0 * D, nk, D);
         transpose_tile(Vt.data(), V + j0 * D, nk, D);
         for (int64_t i = i0; i < i1; ++i) {
           const int64_t row = bh * Tq + i;
-          const int64_t nv = std::min(nk, visible(i, Tq, S, causal) - j0);
+          const int64_t nv = lmin(nk, visible(i, Tq, S, causal) - j0);
           if (nv <= 0 || lse[row] == ninf) continue;
           row_dots(p.data(), q + row * D, Kt.data(), nv, D);
           probs(p.data(), nv, scale, lse[row], exp_rows);
@@ -193,9 +220,9 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
   // the group in a fixed order; one task per (b, kv head, key tile) => deterministic.
   const int64_t nkt = (S + kBk - 1) / kBk;
   parallel_for(B * Hkv * nkt, 1, [&](int64_t tb, int64_t te) {
-    std::vector<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk), Pt(kBk * kBq), St(kBk * kBq);
+    Scratch<T> Kt(D * kBk), Vt(D * kBk), p(kBk), dp(kBk), Pt(kBk * kBq), St(kBk * kBq);
     for (int64_t t = tb; t < te; ++t) {
-      const int64_t hk = t / nkt, j0 = (t % nkt) * kBk, nk = std::min(kBk, S - j0);
+      const int64_t hk = t / nkt, j0 = (t % nkt) * kBk, nk = lmin(kBk, S - j0);
       const int64_t b = hk / Hkv, g = hk % Hkv;
       T* dK = dk + (hk * S + j0) * D;
       T* dV = dv + (hk * S + j0) * D;
@@ -204,18 +231,18 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
       transpose_tile(Kt.data(), k + (hk * S + j0) * D, nk, D);
       transpose_tile(Vt.data(), v + (hk * S + j0) * D, nk, D);
       // first query that sees key j0: i + S - T >= j0
-      const int64_t ib = causal ? std::max<int64_t>(0, j0 - (S - Tq)) : 0;
+      const int64_t ib = causal ? lmax(0, j0 - (S - Tq)) : 0;
       for (int64_t h = g * G; h < (g + 1) * G; ++h) {
         const int64_t bh = b * H + h;
         // blocks of kBq query rows: Pt[j, r] = P, St[j, r] = scale * dS (0 where masked), then
         // dV_j += sum_r Pt[j, r] dO_r and dK_j += sum_r St[j, r] q_r with dV_j, dK_j in registers
         for (int64_t i0 = ib; i0 < Tq; i0 += kBq) {
-          const int64_t nr = std::min(kBq, Tq - i0);
+          const int64_t nr = lmin(kBq, Tq - i0);
           std::fill(Pt.begin(), Pt.end(), T(0));
           std::fill(St.begin(), St.end(), T(0));
           for (int64_t r = 0; r < nr; ++r) {
             const int64_t row = bh * Tq + i0 + r;
-            const int64_t nv = std::min(nk, visible(i0 + r, Tq, S, causal) - j0);
+            const int64_t nv = lmin(nk, visible(i0 + r, Tq, S, causal) - j0);
             if (nv <= 0 || lse[row] == ninf) continue;
             row_dots(p.data(), q + row * D, Kt.data(), nv, D);
             probs(p.data(), nv, scale, lse[row], exp_rows);
@@ -229,7 +256,7 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
           for (int64_t j = 0; j < nk; ++j) {
             // only the rows that see key j0 + j: a masked row adds 0 * dO, which is NaN when
             // that row's dO holds NaN/Inf (and would poison keys the row cannot see)
-            const int64_t r0 = causal ? std::clamp<int64_t>(j0 + j - (S - Tq) - i0, 0, nr) : 0;
+            const int64_t r0 = causal ? lclamp(j0 + j - (S - Tq) - i0, 0, nr) : 0;
             accum_rows(dV + j * D, Pt.data() + j * kBq + r0, 1, do_ + (rb + r0) * D, nr - r0, D);
             accum_rows(dK + j * D, St.data() + j * kBq + r0, 1, q + (rb + r0) * D, nr - r0, D);
           }

@@ -64,6 +64,12 @@ namespace fg::FG_ISA {
 
 namespace {
 
+// Integer min / max for the code of this path: std::min<int64_t> & co. instantiated in an ISA's
+// object are weak symbols that the linker merges with other objects' copies, so one copy (maybe
+// compiled for AVX-512) would serve every path (issue 22). These have internal linkage.
+int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
+int64_t lmax(int64_t a, int64_t b) { return a < b ? b : a; }
+
 constexpr int MR = Ukr::MR, NR = Ukr::NR;
 static_assert(NR % 8 == 0, "packing moves B in 8-float vectors");
 constexpr int64_t kMaxPackA = int64_t{32} << 20;  // bytes of packed A per row chunk
@@ -162,7 +168,7 @@ __attribute__((always_inline)) inline void store_first(float* o, __m256 v) {
 void pack_a_rows(float* d, const float* a, int64_t lda, int64_t i0, int64_t mr, int64_t p0, int64_t kc) {
   constexpr int kG = (MR + 7) / 8;  // groups of 8 rows; the last holds MR - 8 (kG - 1) of them
   const float* s[kG * 8];
-  for (int r = 0; r < kG * 8; ++r) s[r] = a + (i0 + std::min<int64_t>(r, mr - 1)) * lda + p0;
+  for (int r = 0; r < kG * 8; ++r) s[r] = a + (i0 + lmin(r, mr - 1)) * lda + p0;
   int64_t p = 0;
   for (; p + 8 <= kc; p += 8) {
     __m256 v[kG][8];
@@ -225,7 +231,7 @@ __attribute__((always_inline)) inline void copy_panel_row(float* d, const float*
 }
 void pack_a_cols(float* dblk, const float* a, int64_t lda, int64_t M, int64_t ip0, int64_t ip1, int64_t p0,
                  int64_t kc, float* sums = nullptr, bool init = false) {
-  const int64_t span = (std::min(M, ip1 * MR) - ip0 * MR) * int64_t(sizeof(float));  // bytes per row
+  const int64_t span = (lmin(M, ip1 * MR) - ip0 * MR) * int64_t(sizeof(float));  // bytes per row
   alignas(16) float acc[kSumPanels * kMRP];  // panel ip's rows at acc[ip * kMRP + r]; lanes past MR unused
   if (sums) {
     for (int64_t i = 0; i < ip1 * kMRP; ++i) acc[i] = 0.f;
@@ -275,7 +281,7 @@ void pack_b_rows(float* dblk, const float* b, int64_t ldb, int64_t N, int64_t jp
 // B(p, j) = b[j * ldb + p] (B transposed): one NR-column panel, K block; 8x8 transposes.
 void pack_b_cols(float* d, const float* b, int64_t ldb, int64_t j0, int64_t nr, int64_t p0, int64_t kc) {
   const float* s[NR];
-  for (int q = 0; q < NR; ++q) s[q] = b + (j0 + std::min<int64_t>(q, nr - 1)) * ldb + p0;
+  for (int q = 0; q < NR; ++q) s[q] = b + (j0 + lmin(q, nr - 1)) * ldb + p0;
   int64_t p = 0;
   for (; p + 8 <= kc; p += 8) {
     for (int h = 0; h < NR / 8; ++h) {
@@ -314,11 +320,11 @@ __attribute__((noinline)) void pack_a_range(const Plan& P, float* ap, int64_t m0
                                             int64_t ip1, int64_t pb0, int64_t pb1) {
   const int64_t mpad = (mrows + MR - 1) / MR * MR;
   for (int64_t pb = pb0; pb < pb1; ++pb) {
-    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    const int64_t p0 = pb * P.kcb, kc = lmin(P.kcb, P.K - p0);
     float* blk = ap + p0 * mpad;
     if (!P.ta) {
       for (int64_t ip = ip0; ip < ip1; ++ip)
-        pack_a_rows(blk + ip * MR * kc, P.a, P.lda, m0 + ip * MR, std::min<int64_t>(MR, mrows - ip * MR), p0, kc);
+        pack_a_rows(blk + ip * MR * kc, P.a, P.lda, m0 + ip * MR, lmin(MR, mrows - ip * MR), p0, kc);
     } else {
       // A stored (K, M): shift the origin to row m0 so panel indices are chunk-relative.
       pack_a_cols(blk, P.a + m0, P.lda, mrows, ip0, ip1, p0, kc);
@@ -331,13 +337,13 @@ __attribute__((noinline)) void pack_b_range(const Plan& P, float* bp, int64_t n0
                                             int64_t jp1, int64_t pb0, int64_t pb1) {
   const int64_t npad = (ncols + NR - 1) / NR * NR;
   for (int64_t pb = pb0; pb < pb1; ++pb) {
-    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    const int64_t p0 = pb * P.kcb, kc = lmin(P.kcb, P.K - p0);
     float* blk = bp + p0 * npad;
     if (!P.tb) {
       pack_b_rows(blk, P.b + n0, P.ldb, ncols, jp0, jp1, p0, kc);
     } else {
       for (int64_t jp = jp0; jp < jp1; ++jp)
-        pack_b_cols(blk + jp * NR * kc, P.b, P.ldb, n0 + jp * NR, std::min<int64_t>(NR, ncols - jp * NR), p0, kc);
+        pack_b_cols(blk + jp * NR * kc, P.b, P.ldb, n0 + jp * NR, lmin(NR, ncols - jp * NR), p0, kc);
     }
   }
 }
@@ -349,7 +355,7 @@ void pack_a_block(const Plan& P, float* d, int64_t r0, int64_t rows, int64_t p0,
   const int64_t npan = (rows + MR - 1) / MR;
   if (!P.ta) {
     for (int64_t ip = 0; ip < npan; ++ip)
-      pack_a_rows(d + ip * MR * kc, P.a, P.lda, r0 + ip * MR, std::min<int64_t>(MR, rows - ip * MR), p0, kc);
+      pack_a_rows(d + ip * MR * kc, P.a, P.lda, r0 + ip * MR, lmin(MR, rows - ip * MR), p0, kc);
     if (sums)
       for (int64_t r = 0; r < rows; ++r) {
         const float* s = P.a + (r0 + r) * P.lda + p0;
@@ -392,7 +398,7 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
   const int64_t ldt = (nt + NR - 1) / NR * NR;
   float* tbuf = P.c_trans ? tls_ws.tile_c.get((mt + MR - 1) / MR * MR * ldt + 64) : nullptr;
   for (int64_t pb = 0; pb < P.nkb; ++pb) {
-    const int64_t p0 = pb * P.kcb, kc = std::min(P.kcb, P.K - p0);
+    const int64_t p0 = pb * P.kcb, kc = lmin(P.kcb, P.K - p0);
     const bool add = P.accumulate || pb > 0;
     const float* bias = !add && P.bias ? P.bias + n0 : nullptr;
     const float* res = pb == P.nkb - 1 ? P.residual : nullptr;
@@ -405,14 +411,14 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
     const float* bblk = bp + p0 * npad;
     for (int64_t j = j0; j < j0 + nt; j += NR) {
       const float* bpp = bblk + (j / NR) * NR * kc;
-      const int64_t nr = std::min<int64_t>(NR, ncols - j);
+      const int64_t nr = lmin(NR, ncols - j);
       for (int64_t i = i0; i < i0 + mt; i += MR) {
         const float* app = ablk + ((i - ifirst) / MR) * MR * kc;
         if (tbuf) {  // the packed panels are zero-padded: whole micro-tiles, also at the edges
           Ukr::full(kc, app, bpp, tbuf + (i - i0) * ldt + (j - j0), ldt, add, nullptr, nullptr);
           continue;
         }
-        const int64_t mr = std::min<int64_t>(MR, mrows - i);
+        const int64_t mr = lmin(MR, mrows - i);
         float* cij = P.c + (m0 + i) * P.N + n0 + j;
         const float* bj = bias ? bias + j : nullptr;
         const float* rij = res ? res + (m0 + i) * P.N + n0 + j : nullptr;
@@ -463,14 +469,14 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   const GemmBlocking& G = gemm_blocking();
   const int64_t MC = G.mc, TW = G.tw;
   // Chunks bound the packed buffers (usually one chunk each way).
-  P.nch = std::max<int64_t>(TW, kMaxPackB / (4 * K) / TW * TW);
-  const int64_t nch = std::min(P.nch, (N + NR - 1) / NR * NR);
+  P.nch = lmax(TW, kMaxPackB / (4 * K) / TW * TW);
+  const int64_t nch = lmin(P.nch, (N + NR - 1) / NR * NR);
   const int64_t n_nchunks = (N + nch - 1) / nch;
 
   // Threads: serial below ~30 us of work (square ~115): waking a second thread costs more
   // than it gains there (measured: 2 threads at square 128-192 are 1.3-1.5x faster than 1).
   const double flops = 2.0 * M * N * K;
-  int nt = std::max(1, nthreads);
+  int nt = nthreads < 1 ? 1 : nthreads;
   if (flops < 3e6) nt = 1;
 
   // Tiles that span all columns of a chunk read rows of A no other tile reads: then each tile
@@ -481,7 +487,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   // enough row tiles for the threads.
   P.tile_packs_a = false;
   {
-    const int64_t nc0 = std::min(nch, N);
+    const int64_t nc0 = lmin(nch, N);
     if (P.nkb == 1 || nc0 <= TW) {
       const int64_t ntm0 = (M + MC - 1) / MC;
       double best = 1e300;
@@ -498,8 +504,8 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
     }
   }
   P.sums_in_pack = P.a_row_sums && P.tile_packs_a && P.tm <= kSumPanels * MR;
-  P.mch = P.tile_packs_a ? (M + MR - 1) / MR * MR : std::max<int64_t>(MC, kMaxPackA / (4 * K) / MC * MC);
-  const int64_t mch = std::min(P.mch, (M + MR - 1) / MR * MR);
+  P.mch = P.tile_packs_a ? (M + MR - 1) / MR * MR : lmax(MC, kMaxPackA / (4 * K) / MC * MC);
+  const int64_t mch = lmin(P.mch, (M + MR - 1) / MR * MR);
   const int64_t n_mchunks = (M + mch - 1) / mch;
 
   // Tiles: about MC x TW, evened out over the chunk. With several threads, more and smaller
@@ -508,7 +514,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   // in (e.g. 15 row tiles become 16, so 2 threads get 8 each instead of 8 and 7). The tile
   // shape never changes the order in which a C element is summed.
   {
-    const int64_t mr0 = std::min(mch, M), nc0 = std::min(nch, N);
+    const int64_t mr0 = lmin(mch, M), nc0 = lmin(nch, N);
     auto shape = [&](int64_t ntm, int64_t ntn, int64_t& tm, int64_t& tw) {
       tm = ((mr0 + ntm - 1) / ntm + MR - 1) / MR * MR;
       tw = ((nc0 + ntn - 1) / ntn + NR - 1) / NR * NR;
@@ -531,7 +537,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
           }
         }
     }
-    if (n_mchunks * n_nchunks == 1) nt = static_cast<int>(std::min<int64_t>(nt, tiles));
+    if (n_mchunks * n_nchunks == 1) nt = static_cast<int>(lmin(nt, tiles));
   }
 
   const bool two_b = n_nchunks > 1;
@@ -559,8 +565,8 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   for (int64_t q = 0; q < nphase; ++q) {
     Phase& f = ph[q];
     const int64_t mc = q / n_nchunks, nc = q % n_nchunks;
-    f.m0 = mc * mch; f.mrows = std::min(mch, M - f.m0);
-    f.n0 = nc * nch; f.ncols = std::min(nch, N - f.n0);
+    f.m0 = mc * mch; f.mrows = lmin(mch, M - f.m0);
+    f.n0 = nc * nch; f.ncols = lmin(nch, N - f.n0);
     f.na = nc == 0 && !P.tile_packs_a ? ((f.mrows + MR - 1) / MR + a_pg - 1) / a_pg * a_kb : 0;
     f.nb = ((f.ncols + NR - 1) / NR + b_pg - 1) / b_pg * b_kb;
     f.ntm = (f.mrows + P.tm - 1) / P.tm;
@@ -587,11 +593,11 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
       for (int64_t it; (it = f.pack_next.fetch_add(1, std::memory_order_relaxed)) < f.na + f.nb;) {
         if (it < f.na) {
           const int64_t ip0 = it / a_kb * a_pg, kb = it % a_kb;
-          pack_a_range(P, abufp, f.m0, f.mrows, ip0, std::min(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
+          pack_a_range(P, abufp, f.m0, f.mrows, ip0, lmin(mpanels, ip0 + a_pg), a_kb == 1 ? 0 : kb,
                        a_kb == 1 ? P.nkb : kb + 1);
         } else {
           const int64_t jp0 = (it - f.na) / b_kb * b_pg, kb = (it - f.na) % b_kb;
-          pack_b_range(P, f.bp, f.n0, f.ncols, jp0, std::min(npanels, jp0 + b_pg), b_kb == 1 ? 0 : kb,
+          pack_b_range(P, f.bp, f.n0, f.ncols, jp0, lmin(npanels, jp0 + b_pg), b_kb == 1 ? 0 : kb,
                        b_kb == 1 ? P.nkb : kb + 1);
         }
         f.pack_done.fetch_add(1, std::memory_order_release);
@@ -605,7 +611,7 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
         const int64_t ti = it % f.ntm, tj = it / f.ntm;
         const int64_t i0 = ti * P.tm, j0 = tj * P.tw;
         run_tile(P, abufp, mpanels * MR, f.bp, npanels * NR, f.m0, f.mrows, f.n0, f.ncols, i0,
-                 std::min(P.tm, f.mrows - i0), j0, std::min(P.tw, f.ncols - j0));
+                 lmin(P.tm, f.mrows - i0), j0, lmin(P.tw, f.ncols - j0));
         f.tile_done.fetch_add(1, std::memory_order_release);
       }
     }
@@ -623,7 +629,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
            bool trans_b, bool accumulate, int nthreads, const GemmExtras& extras) {
   if (M <= 0) return;
   if (N <= 0 || K <= 0) {
-    if (extras.a_row_sums) row_sums_plain(extras.a_row_sums, a, M, std::max<int64_t>(K, 0), trans_a ? M : K, trans_a, true);
+    if (extras.a_row_sums) row_sums_plain(extras.a_row_sums, a, M, lmax(K, 0), trans_a ? M : K, trans_a, true);
     if (N <= 0) return;
   }
   GemmExtras ex = extras;
@@ -642,7 +648,7 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
   // K blocks of nearly equal size <= KC (a multiple of 8 when K allows).
   int64_t nkb = (K + KC - 1) / KC;
   int64_t kcb = (K + nkb - 1) / nkb;
-  if (nkb > 1) kcb = std::min<int64_t>(KC, (kcb + 7) / 8 * 8);
+  if (nkb > 1) kcb = lmin(KC, (kcb + 7) / 8 * 8);
   nkb = (K + kcb - 1) / kcb;
   const int64_t lda = trans_a ? M : K, ldb = trans_b ? K : N;
   // Long K (e.g. dx of a vocabulary head, K = 50304): packing all of A would take row chunks
@@ -665,9 +671,9 @@ void sgemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64
     return;
   }
   if (mpad * K * 4 > kMaxPackA)
-    kchunk = std::max<int64_t>(8, std::min(kMaxPackA / (4 * mpad * kcb), kMaxPackB / (4 * npad * kcb)));
+    kchunk = lmax(8, lmin(kMaxPackA / (4 * mpad * kcb), kMaxPackB / (4 * npad * kcb)));
   for (int64_t pb = 0; pb < nkb; pb += kchunk) {
-    const int64_t p0 = pb * kcb, kc = std::min(K - p0, kchunk * kcb);
+    const int64_t p0 = pb * kcb, kc = lmin(K - p0, kchunk * kcb);
     const float* ak = trans_a ? a + p0 * lda : a + p0;
     const float* bk = trans_b ? b + p0 : b + p0 * ldb;
     sgemm_pass(c, ak, bk, ex, M, N, kc, lda, ldb, trans_a, trans_b, accumulate || pb > 0, nthreads, kcb, pb == 0,

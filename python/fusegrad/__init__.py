@@ -34,7 +34,6 @@ int8, int16, int32, int64 = _np.dtype(_np.int8), _np.dtype(_np.int16), _np.dtype
 uint8, bool_ = _np.dtype(_np.uint8), _np.dtype(_np.bool_)
 half, double, short, long = float16, float64, int16, int64
 globals().update({"float": float32, "int": int32, "bool": bool_})   # torch.float etc.; kept out of __all__
-# maximum/minimum join __all__ (which tests/test_opinfo.py's completeness check reads) with their OpInfo entries
 
 __version__ = "0.1.0"
 
@@ -51,7 +50,8 @@ if not _C.have_openmp():
 
 __all__ = ["autocast", "is_autocast_enabled", "ops", "Tensor", "tensor", "no_grad", "enable_grad", "set_grad_enabled", "inference_mode",
            "is_grad_enabled", "set_default_dtype", "get_default_dtype", "zeros", "ones", "full", "zeros_like",
-           "ones_like", "full_like", "randn", "rand", "randint", "arange", "from_numpy", "where", "matmul",
+           "ones_like", "full_like", "randn", "rand", "randint", "arange", "from_numpy", "where", "matmul", "maximum",
+           "minimum",
            "cat", "stack", "split", "Generator", "default_generator", "manual_seed", "initial_seed", "save", "load",
            "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "half", "double", "short",
            "long", "nn", "optim", "data", "GPT", "GPTConfig", "get_num_threads", "set_num_threads", "show_config",

@@ -72,7 +72,8 @@ def _sha256(path: Path) -> str:
 def _write_safetensors(path: Path, arrays: dict, metadata: dict | None = None) -> None:
     from safetensors.numpy import save
 
-    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+    # np.require, not np.ascontiguousarray: that one turns a 0-d array into shape (1,)
+    data = save({k: np.require(v, requirements="C") for k, v in arrays.items()}, metadata=metadata)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)

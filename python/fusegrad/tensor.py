@@ -115,7 +115,11 @@ def _unbroadcast(g, shape):
 
 class Function:
     """One primitive op. Subclasses define ``forward(*arrays, **kw) -> array`` and
-    ``backward(grad) -> tuple of (array or None)``, one per tensor input."""
+    ``backward(grad) -> tuple of (array or None)``, one per tensor input. ``saves_output``:
+    backward reads the op's output, so changing it in place must refuse backward too."""
+
+    saves_output = False
+    out_vc = None       # saves_output: the output's version count and its value at the op
 
     def __init__(self):
         self.inputs: tuple = ()
@@ -141,6 +145,8 @@ class Function:
                 if x is not None and (base is x.data or base is x.data.base):
                     t._vc, t._view_of = x._family(), x
                     break
+        if rg and cls.saves_output:
+            fn.out_vc = (t._family(), t._vc[0])
         return t
 
     def forward(self, *args, **kw):  # pragma: no cover - abstract
@@ -219,6 +225,19 @@ class _HookHandle:
         self._hooks.pop(self.id, None)
 
 
+class _Device(str):
+    """What ``Tensor.device`` returns: equal to the string 'cpu', with torch.device's ``type``,
+    ``index`` and repr."""
+    type = property(lambda self: str.__str__(self))
+    index = None
+
+    def __repr__(self):
+        return f"device(type='{str.__str__(self)}')"
+
+
+_CPU = _Device("cpu")
+
+
 class Tensor:
     """An n-dimensional array with an optional gradient (``requires_grad``)."""
 
@@ -227,6 +246,8 @@ class Tensor:
     # from the first change or view on; an op's backward refuses an input whose count moved after the op
     _vc = (0,)
     _view_of = None     # the tensor this one is a view of (an in-place op on it under autograd is refused)
+
+    _version = property(lambda self: self._vc[0])   # torch's name for the count
 
     def _family(self):
         """The version count this tensor shares with its views (created on first use)."""
@@ -333,7 +354,7 @@ class Tensor:
     def cpu(self):
         return self
 
-    device = property(lambda self: "cpu")
+    device = property(lambda self: _CPU)
 
     def __float__(self):
         return float(self.item())
@@ -405,6 +426,11 @@ class Tensor:
                         f"backward(): an input of {type(ctx).__name__} (shape {p.shape}) was modified by an in-place "
                         f"operation after {type(ctx).__name__} used it, so its gradient would be wrong; use the "
                         f"out-of-place form (y = y + v instead of y += v) or clone() before modifying")
+            if ctx.out_vc is not None and ctx.out_vc[0][0] != ctx.out_vc[1]:
+                raise RuntimeError(
+                    f"backward(): the output of {type(ctx).__name__} was modified by an in-place operation after "
+                    f"{type(ctx).__name__} made it, and its backward reads it, so its gradient would be wrong; use "
+                    f"the out-of-place form (y = y + v instead of y += v) or clone() before modifying")
             gin = ctx.backward(g)
             if not isinstance(gin, tuple):
                 gin = (gin,)
@@ -644,9 +670,9 @@ class Tensor:
             raise ValueError(f"gather: index must be an integer tensor with {self.ndim} dims, "
                              f"got {idx.dtype} with shape {idx.shape}")
         n = self.shape[d] if self.ndim else 1
-        if idx.size and (idx.min() < -n or idx.max() >= n):
-            raise IndexError(f"gather: index out of range [{-n}, {n}) along dim {dim}")
-        return _Gather.apply(self, idx=idx % max(n, 1), dim=d)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):   # torch takes no negative index here
+            raise IndexError(f"gather: index out of range [0, {n}) along dim {dim}")
+        return _Gather.apply(self, idx=idx, dim=d)
 
     def topk(self, k, dim=-1, largest=True, sorted=True):
         """The ``k`` largest (or smallest) elements along ``dim`` as ``(values, indices)``,
@@ -674,14 +700,14 @@ class Tensor:
             return ss * (1.0 / (n - c) if n - c > 0 else float("inf"))
 
     def std(self, dim=None, unbiased=None, keepdim=False, *, correction=None):
-        """Square root of ``var`` (same arguments)."""
-        return sqrt(self.var(dim, unbiased, keepdim, correction=correction))
+        """Square root of ``var`` (same arguments); where it is 0 the gradient is 0, as in torch."""
+        return _Std.apply(self.var(dim, unbiased, keepdim, correction=correction))
 
     def all(self, dim=None, keepdim=False):
-        return Tensor(np.all(self.data, axis=None if dim is None else _dim(dim, self.ndim, "all"), keepdims=keepdim))
+        return Tensor(np.asarray(np.all(self.data, axis=_axes(dim, self.ndim, "all"), keepdims=keepdim)))
 
     def any(self, dim=None, keepdim=False):
-        return Tensor(np.any(self.data, axis=None if dim is None else _dim(dim, self.ndim, "any"), keepdims=keepdim))
+        return Tensor(np.asarray(np.any(self.data, axis=_axes(dim, self.ndim, "any"), keepdims=keepdim)))
 
     def argmax(self, dim=None, keepdim=False):
         r = self.data.argmax(axis=dim)
@@ -716,7 +742,7 @@ class Tensor:
         b, e = _dim(start_dim, len(s), "flatten"), _dim(end_dim, len(s), "flatten")
         if b > e:
             raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim}")
-        return self.reshape(s[:b] + (-1,) + s[e + 1:])
+        return self.reshape(s[:b] + (math.prod(s[b:e + 1]),) + s[e + 1:])   # not -1: a 0-size dim
 
     def permute(self, *dims):
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
@@ -894,6 +920,7 @@ _RETURN = {name: namedtuple(name, ["values", "indices"]) for name in ("max", "mi
 class _FreedFn:
     inputs = ()
     needs = ()
+    out_vc = None
     versions = ()
 
     def backward(self, g):
@@ -1059,6 +1086,8 @@ class Pow(Function):
 
 
 class Exp(Function):
+    saves_output = True
+
     def forward(self, a):
         self.y = np.exp(a)
         return self.y
@@ -1077,12 +1106,23 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    saves_output = True
+
     def forward(self, a):
         self.y = np.sqrt(a)
         return self.y
 
     def backward(self, g):
         return (g * 0.5 / self.y,)
+
+
+class _Std(Sqrt):
+    """sqrt of a variance whose gradient is 0 where the result is 0 (torch's std_backward: a
+    constant row has no direction to move in, instead of 0 * inf = nan)."""
+
+    def backward(self, g):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.where(self.y == 0, 0.0, g * 0.5 / self.y).astype(g.dtype, copy=False),)
 
 
 class Abs(Function):
@@ -1171,13 +1211,15 @@ class Mean(Function):
 
 class Max(Function):
     """max over axes; the gradient is split evenly between tied maxima (like torch's amax)."""
+    saves_output = True
 
     reduce, name = staticmethod(np.max), "max"
 
     def forward(self, a, dim=None, keepdim=False):
         self.a, self.ax, self.keep = a, _axes(dim, a.ndim, self.name), keepdim
-        if a.size == 0:
-            raise ValueError(f"{self.name}: the tensor has no elements (shape {a.shape})")
+        if a.size == 0 and (self.ax is None or any(a.shape[i] == 0 for i in self.ax)):
+            raise ValueError(f"{self.name}: the tensor has no elements (shape {a.shape})" if self.ax is None else
+                             f"{self.name}: a reduced dim {dim} has size 0 (shape {a.shape})")
         self.m = self.reduce(a, axis=self.ax, keepdims=True)
         return np.asarray(self.m if keepdim else self.reduce(a, axis=self.ax))
 
@@ -1396,6 +1438,8 @@ class Relu(Function):
 
 
 class Sigmoid(Function):
+    saves_output = True
+
     def forward(self, x):
         self.y = K.sigmoid_forward(_kc(x))
         return self.y
@@ -1405,6 +1449,8 @@ class Sigmoid(Function):
 
 
 class Tanh(Function):
+    saves_output = True
+
     def forward(self, x):
         self.y = K.tanh_forward(_kc(x))
         return self.y
@@ -1424,6 +1470,7 @@ class Gelu(Function):
 
 class _LastAxis(Function):
     """Base for softmax/log_softmax over ``dim``: moves dim to the last axis for the kernel."""
+    saves_output = True
 
     fwd = bwd = None
 

@@ -9,7 +9,8 @@ import numpy as np
 from .. import _kernels as K
 from .. import _random
 from .. import amp as _amp
-from ..tensor import Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, log_softmax, softmax
+from ..tensor import (Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, is_grad_enabled, log_softmax,
+                      softmax)
 
 __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "silu", "leaky_relu", "softmax", "log_softmax", "layer_norm",
            "rms_norm", "embedding", "dropout", "mse_loss", "l1_loss", "cross_entropy", "nll_loss",
@@ -19,6 +20,9 @@ __all__ = ["linear", "relu", "gelu", "sigmoid", "tanh", "silu", "leaky_relu", "s
 class _Linear(Function):
     """y = x @ w.T + b, or residual + (x @ w.T + b) with the residual added where the kernel
     stores y (a skip connection without a pass of its own; the same bits as adding afterwards)."""
+
+    def saved_inputs(self):   # dx reads the weight, dweight the input
+        return [i for i, need in ((1, self.needs[0]), (0, self.needs[1])) if need]
 
     def forward(self, x, w, b=None, residual=None):
         if x.ndim < 1 or w.ndim != 2:
@@ -120,6 +124,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 class _Embedding(Function):
+    saves = (0,)   # the ids
     def forward(self, ids, table):
         dt = np.asarray(ids).dtype
         if dt.kind not in "iu":
@@ -142,6 +147,7 @@ def embedding(input, weight):
 
 
 class _Dropout(Function):
+    saves = ()   # the mask
     def forward(self, x, p, rng):
         self.mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p)
         return x * self.mask
@@ -245,6 +251,7 @@ def _classes_last(input, target, name):
 def _weights(weight, C, dtype, name):
     if weight is None:
         return None
+    _constant(name, "weight", weight)
     w = np.asarray(weight.data if isinstance(weight, Tensor) else weight)
     if w.shape != (C,) or w.dtype.kind not in "iuf":
         raise ValueError(f"{name}: weight must be a real tensor of shape ({C},) (one per class), "
@@ -271,7 +278,9 @@ def _nll(lp, t, w, ignore_index, reduction, label_smoothing, tshape, C, name):
     if reduction == "sum":
         return loss.sum()
     den = float(wt.sum())
-    return loss.sum() * (1.0 / den if den else float("nan"))     # all rows ignored: nan, as in torch
+    if not den:              # all rows ignored: nan, and gradients 0 (not nan), as in torch
+        return loss.sum() * 0.0 + float("nan")
+    return loss.sum() * (1.0 / den)
 
 
 def _check_loss_args(name, reduction, label_smoothing=0.0, size_average=None, reduce=None):
@@ -420,11 +429,21 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
     if input.dtype.kind != "f":
         raise TypeError(f"binary_cross_entropy_with_logits: input must be floating point, got {input.dtype}")
     t = t.to(input.dtype)
+    for arg, a in (("weight", weight), ("pos_weight", pos_weight)):
+        _constant("binary_cross_entropy_with_logits", arg, a)
     pw = None if pos_weight is None else np.asarray(getattr(pos_weight, "data", pos_weight), dtype=input.dtype)
     loss = _BCEWithLogits.apply(input, t, pw=pw)
     if weight is not None:
         loss = loss * Tensor(np.asarray(getattr(weight, "data", weight), dtype=input.dtype))
     return _reduce(loss, reduction, "binary_cross_entropy_with_logits")
+
+
+def _constant(name, arg, a):
+    """torch refuses a class/element weight that requires grad where autograd records (it has no
+    derivative for it); so does fusegrad, instead of silently treating it as a constant."""
+    if isinstance(a, Tensor) and a.requires_grad and is_grad_enabled():
+        raise RuntimeError(f"{name}: not differentiable with respect to {arg}, which cannot require grad "
+                           f"(as in torch); pass {arg}.detach()")
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
