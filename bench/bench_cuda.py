@@ -119,9 +119,59 @@ def run(limits, quick=False):
         fns["torch"] = txent
     row("cross-entropy fwd+bwd", f"{N}x{V}", time_ms(fns, reps=10), nbytes=3 * 4 * N * V)
 
+    rows.append(_gpt_step(time_ms, torch, quick))
+
     n = 124_000_000 if not quick else 10_000_000
     p, g, m, v2 = (rng.standard_normal(n, dtype=cp.float32) for _ in range(4))
     v2 = cp.abs(v2)
     row("adamw step", f"{n}", time_ms({"ours": lambda: ops.adamw_step(p, g, m, v2, 1, 1e-3)}, reps=10),
         nbytes=7 * 4 * n)
     return rows
+
+
+def _gpt_step(time_ms, torch, quick):
+    """One float32 training step (forward, backward, AdamW) of a GPT-2-shaped model on the GPU:
+    fusegrad's GPT moved with .to("cuda") against tests/torch_gpt.py's NanoGPT (PyTorch eager, the
+    same shape, tied weights) on the same batch."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from fusegrad import optim
+    from fusegrad.models.gpt import GPT, GPTConfig
+
+    B, T, L, C, H, V = (4, 256, 4, 512, 8, 50304) if quick else (8, 1024, 12, 768, 12, 50304)
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, V, (B, T + 1))
+    x, y = w[:, :-1], w[:, 1:]
+    model = GPT(GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C), seed=0).to("cuda")
+    opt = optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+
+    def ours():
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fns = {"ours": ours}
+    if torch is not None:
+        tests = str(Path(__file__).resolve().parent.parent / "tests")
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        from torch_gpt import GPTConfig as TConfig, NanoGPT
+        tm = NanoGPT(TConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=C)).cuda()
+        topt = torch.optim.AdamW(tm.parameters(), lr=3e-4, weight_decay=0.1)
+        tx, ty = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+        def tstep():
+            loss = tm(tx, ty)
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+        fns["torch"] = tstep
+    t = time_ms(fns, reps=3, warmup=1)
+    r = {"op": "GPT train step fp32", "shape": f"L{L} C{C} H{H} B{B} T{T} V{V}", "ours_ms": t["ours"],
+         "torch_ms": t.get("torch"), "tokens/s": B * T / t["ours"] * 1e3}
+    if "torch" in t:
+        r["x_torch"] = t["torch"] / t["ours"]
+    return r

@@ -907,6 +907,8 @@ EXCLUDED = {
     "Tensor.__gt__": "boolean result", "Tensor.__ge__": "boolean result",
     "Tensor.__float__": "Python number", "Tensor.__int__": "Python number", "Tensor.__bool__": "Python bool",
     "Tensor.__len__": "shape query", "Tensor.__array__": "NumPy interop, returns the array",
+    "Tensor.cuda": "device move: tests/test_cuda_tensor.py checks it and its gradient (GPU)",
+    "Tensor.is_cuda": "device query",
 }
 
 # Tensor dunders that are differentiable operators (others, like __repr__, are not ops)

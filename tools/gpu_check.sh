@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA path, in one run (about 5-8 minutes on one H100/H200):
 #   1. build fusegrad in place with CMake (FUSEGRAD_CUDA=on: fails loudly without nvcc);
-#   2. pytest -m cuda (every CUDA op against the CPU kernels and float64 references) plus the
+#   2. pytest -m cuda (every CUDA op against the CPU kernels and float64 references; tensors,
+#      the optimizers and a tiny GPT training on the GPU against the CPU run) plus the
 #      host-side CUDA tests;
 #   3. a short benchmark against PyTorch CUDA in the same run (bench/bench_cuda.py).
 # Results and logs go to the folder given as $1, else $OUT (the device tool's), else ./gpu_check_out.
@@ -20,7 +21,8 @@ check() {
   cmake -S . -B build-gpu -G Ninja -DFUSEGRAD_CUDA=on -DCMAKE_CUDA_ARCHITECTURES="${arch}-real" >/dev/null &&
     cmake --build build-gpu -j "$(nproc)" || { echo "BUILD FAILED"; return 1; }
   echo "== tests"
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_interop.py -m "cuda or not cuda" || status=1
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_tensor.py tests/test_interop.py \
+    -m "cuda or not cuda" || status=1
   echo "== bench"
   timeout 240 python3 -m bench cuda --out "$out/bench_cuda.json" || status=1
   return $status

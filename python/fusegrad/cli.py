@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt(g, "--dropout", type=float)
     opt(g, "--dtype", "bf16: matrix products with bfloat16 operands and float32 sums (fusegrad.autocast); "
                       "weights, optimizer and checkpoints stay float32", choices=["float32", "bf16"])
+    opt(g, "--device", "cuda: train on the GPU (fusegrad.cuda.is_available())", choices=["cpu", "cuda"])
     g = sp.add_argument_group("optimization")
     opt(g, "--batch-size", type=int)
     opt(g, "--max-iters", "optimizer steps; the learning-rate schedule spans them", type=int)

@@ -57,6 +57,7 @@ class TrainOptions:
     pos: str = "learned"
     dropout: float = 0.0
     dtype: str = "float32"       # "bf16": matrix products under fusegrad.autocast (fp32 master weights)
+    device: str = "cpu"              # "cuda": model, batches and optimizer state on the GPU (fusegrad.cuda)
     batch_size: int = 16
     max_iters: int = 400
     stop_at: int | None = None       # stop after this step (the schedule still spans max_iters)
@@ -88,6 +89,15 @@ class TrainOptions:
     def __post_init__(self):
         if self.dtype not in ("float32", "bf16"):
             raise ValueError(f"--dtype must be float32 or bf16, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"train: device (--device) must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda":
+            if self.dtype == "bf16":
+                raise ValueError("train: --dtype bf16 runs on the CPU's bf16 kernels; on --device cuda use float32 "
+                                 "(the GPU's bf16 products are not written yet)")
+            from . import cuda
+            if not cuda.is_available():
+                raise ValueError(f"train: --device cuda, but CUDA is not available here: {cuda.unavailable_reason()}")
         # (name, lowest allowed value, may be None); NaN fails every comparison, so it is refused
         limits = [("max_bytes", 1, False), ("n_layer", 1, False), ("n_head", 1, False),
                   ("n_embd", 1, False), ("n_kv_head", 1, True), ("block_size", 1, False), ("batch_size", 1, False),
@@ -383,6 +393,7 @@ def train_lm(opts: TrainOptions) -> dict:
         step = info["step"]
         sched.load_state_dict(info["meta"]["scheduler"])
         _print(opts, f"resumed from {out} at step {step}")
+    _to_device(model, opt, opts.device)
 
     _print(opts, f"data: {source}: {len(ids):,} tokens ({tok.vocab_size} symbols), "
                  f"train {len(train_ids):,} / val {len(val_ids):,}")
@@ -400,10 +411,12 @@ def train_lm(opts: TrainOptions) -> dict:
         if hist["checkpoint"] is None and not resume:     # the tokenizer goes with the first checkpoint
             out.mkdir(parents=True, exist_ok=True)
             tok.save(out / "tokenizer.json")
+        _to_device(model, opt, "cpu")           # checkpoints hold host arrays (a no-op on the CPU)
         model.save(out, optimizer=_Saved(state) if zero else opt, step=step,
                    meta={"scheduler": sched.state_dict(), "val_loss": val, "unigram_entropy": H,
                          "data": data_rec, "tokenizer": tok_rec,
                          "options": {k: getattr(opts, k) for k in _RUN_OPTIONS}})
+        _to_device(model, opt, opts.device)
         hist["checkpoint"] = step
 
     def validate():
@@ -479,6 +492,7 @@ def train_lm(opts: TrainOptions) -> dict:
         _print(opts, f"checkpoint: {out} (step {hist['checkpoint']})")
     elif out is not None:
         _print(opts, f"no checkpoint written" + (f"; {out} still holds step {first}" if resume else ""))
+    _to_device(model, opt, "cpu")               # sampling runs on the CPU's decode kernels
     if opts.sample_tokens and rank == 0:
         prompt = tok.decode(val_ids[:min(32, cfg.block_size // 2)].tolist())
         given, new = prompt_and_continuation(model, tok, prompt, opts.sample_tokens, temperature=0.8, top_k=40,
@@ -487,6 +501,18 @@ def train_lm(opts: TrainOptions) -> dict:
         _print(opts, f"sample (temperature 0.8, top_k 40): a prompt from the validation text, then {PROMPT_END}, "
                      f"then the model's text\n" + "-" * 60 + f"\n{given}{PROMPT_END}{new}\n" + "-" * 60)
     return hist
+
+
+def _to_device(model, opt, device):
+    """Model parameters and the optimizer's state arrays to ``device`` ("cpu" or "cuda")."""
+    from . import _xp
+    if device == "cpu" and not _xp.cuda_used:
+        return
+    model.to(device)
+    for st in getattr(opt, "state", {}).values():
+        for k, v in st.items():
+            if hasattr(v, "shape") and getattr(v, "ndim", 0):
+                st[k] = _xp.to_device(v, device)
 
 
 class _Saved:

@@ -22,6 +22,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _kernels as K
+from . import _xp
 from . import _random
 from ._checks import is_int
 
@@ -131,7 +132,11 @@ class Function:
         fn = cls()
         tensors = [a if isinstance(a, Tensor) else None for a in args]
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
-        out = np.asarray(fn.forward(*arrays, **kw))   # a NumPy scalar (0-d op result) keeps its dtype
+        if _xp.cuda_used:                             # one device per op (the CPU path skips this)
+            arrays = _xp.common_device(arrays, [t is not None for t in tensors], cls.__name__)
+        out = fn.forward(*arrays, **kw)
+        if type(out) is not np.ndarray:
+            out = _xp.asarray(out)                    # a NumPy scalar (0-d op result) keeps its dtype
         rg = _grad_enabled and any(t is not None and t.requires_grad for t in tensors)
         t = Tensor(out, requires_grad=rg)
         if rg:
@@ -188,6 +193,8 @@ class IndexedRows:
 def _as_array(data, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
+    if _xp.is_cuda(data):                       # a CuPy array stays on its GPU
+        return _xp.asarray(data, dtype)
     a = np.asarray(data, dtype=dtype)
     if a.dtype.kind not in "biufc":
         raise TypeError(f"tensor data must be numeric, got dtype {a.dtype} (from {type(data).__name__})")
@@ -226,7 +233,7 @@ class _HookHandle:
 
 
 class _Device(str):
-    """What ``Tensor.device`` returns: equal to the string 'cpu', with torch.device's ``type``,
+    """What ``Tensor.device`` returns: equal to the string 'cpu' (or 'cuda'), with torch.device's ``type``,
     ``index`` and repr."""
     type = property(lambda self: str.__str__(self))
     index = None
@@ -235,7 +242,7 @@ class _Device(str):
         return f"device(type='{str.__str__(self)}')"
 
 
-_CPU = _Device("cpu")
+_CPU, _CUDA = _Device("cpu"), _Device("cuda")
 
 
 class Tensor:
@@ -282,13 +289,16 @@ class Tensor:
         return len(self.data)
 
     def __repr__(self):
-        body = np.array2string(self.data, precision=4, separator=", ", prefix="tensor(")
+        body = np.array2string(_xp.to_device(self.data, "cpu"), precision=4, separator=", ", prefix="tensor(")
         extra = ", requires_grad=True" if self.requires_grad else ""
+        extra += ", device='cuda'" if _xp.is_cuda(self.data) else ""
         return f"tensor({body}{extra})"
 
     def numpy(self):
         if self.requires_grad:
             raise RuntimeError("Can't call numpy() on a Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        if _xp.is_cuda(self.data):
+            raise TypeError("numpy(): the tensor is on the GPU (device 'cuda'); use tensor.cpu().numpy()")
         return self.data
 
     def item(self):
@@ -337,24 +347,33 @@ class Tensor:
         return Tensor(self.data.astype(dt))     # not differentiable, as in torch
 
     def to(self, *args, dtype=None, device=None, copy=False):
-        """``to(dtype)``, ``to("cpu")``, ``to(other_tensor)``, ``to("cpu", dtype)``: self when
-        nothing changes (a copy with ``copy=True``), as in torch. Only the CPU exists."""
+        """``to(dtype)``, ``to("cuda")``, ``to("cpu")``, ``to(other_tensor)`` (its dtype and device),
+        ``to("cuda", dtype)``: self when nothing changes (a copy with ``copy=True``), as in torch.
+        ``"cuda"`` needs fusegrad.cuda.is_available() (a RuntimeError says why not); the move is
+        differentiable (the gradient goes back to the source device)."""
         for a in args:
             if isinstance(a, Tensor):
-                dtype = a.dtype
-            elif isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "meta", "xpu"):
+                dtype, device = a.dtype, a.device
+            elif isinstance(a, str) and not _xp.is_dtype_name(a):
                 device = a
             else:
                 dtype = a
-        if device is not None and str(device).split(":")[0] != "cpu":
-            raise RuntimeError(f"to: fusegrad tensors live in CPU memory; device {device!r} is not available")
-        out = self if dtype is None else self._astype(dtype)
+        out = self
+        if device is not None:
+            kind = _xp.parse_device(device, "to")
+            if kind != self.device:
+                out = _ToDevice.apply(self, device=kind)
+        out = out if dtype is None else out._astype(dtype)
         return out.clone() if copy and out is self else out
 
     def cpu(self):
-        return self
+        return self.to("cpu")
 
-    device = property(lambda self: _CPU)
+    def cuda(self):
+        return self.to("cuda")
+
+    device = property(lambda self: _CUDA if _xp.is_cuda(self.data) else _CPU)
+    is_cuda = property(lambda self: _xp.is_cuda(self.data))
 
     def __float__(self):
         return float(self.item())
@@ -366,7 +385,8 @@ class Tensor:
         return bool(self.item())
 
     def __array__(self, dtype=None, copy=None):
-        return self.data if dtype is None else self.data.astype(dtype)
+        a = _xp.to_device(self.data, "cpu")   # NumPy asks for host memory: a CUDA tensor is copied back
+        return a if dtype is None else a.astype(dtype)
 
     # ----- autograd -----
     def backward(self, gradient=None, retain_graph: bool = False):
@@ -445,7 +465,9 @@ class Tensor:
                             continue
                         acc = None
                         gp = gp.dense()
-                    gp = np.asarray(gp, dtype=p.dtype)
+                    gp = np.asarray(gp, dtype=p.dtype) if type(gp) is np.ndarray else _xp.asarray(gp, dtype=p.dtype)
+                    if _xp.cuda_used:
+                        gp = _xp.like(gp, p.data)      # a CPU 0-d constant's gradient comes back to the CPU
                     if gp.shape != p.shape:
                         gp = _unbroadcast(gp, p.shape)
                     if k not in grads:
@@ -453,7 +475,7 @@ class Tensor:
                         continue
                     acc = grads[k]
                     if acc.shape == gp.shape and acc.dtype == gp.dtype and _sole(acc, 4):
-                        np.add(acc, gp, out=acc)  # engine-owned: accumulate in place
+                        acc += gp  # engine-owned: accumulate in place
                     else:
                         grads[k] = acc + gp
                     del acc
@@ -1189,7 +1211,7 @@ def _axes(dim, ndim, op="reduction"):
 class Sum(Function):
     def forward(self, a, dim=None, keepdim=False):
         self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim, "sum"), keepdim
-        return np.asarray(a.sum(axis=self.ax, keepdims=keepdim))
+        return _xp.asarray(a.sum(axis=self.ax, keepdims=keepdim))
 
     def backward(self, g):
         if self.ax is not None and not self.keep:
@@ -1201,7 +1223,7 @@ class Mean(Function):
     def forward(self, a, dim=None, keepdim=False):
         self.shape, self.ax, self.keep = a.shape, _axes(dim, a.ndim, "mean"), keepdim
         self.n = a.size if self.ax is None else int(np.prod([a.shape[i] for i in self.ax]))
-        return np.asarray(a.mean(axis=self.ax, keepdims=keepdim))
+        return _xp.asarray(a.mean(axis=self.ax, keepdims=keepdim))
 
     def backward(self, g):
         if self.ax is not None and not self.keep:
@@ -1221,7 +1243,7 @@ class Max(Function):
             raise ValueError(f"{self.name}: the tensor has no elements (shape {a.shape})" if self.ax is None else
                              f"{self.name}: a reduced dim {dim} has size 0 (shape {a.shape})")
         self.m = self.reduce(a, axis=self.ax, keepdims=True)
-        return np.asarray(self.m if keepdim else self.reduce(a, axis=self.ax))
+        return _xp.asarray(self.m if keepdim else self.reduce(a, axis=self.ax))
 
     def backward(self, g):
         if self.ax is not None and not self.keep:
@@ -1251,7 +1273,7 @@ class _Gather(Function):
     def forward(self, a, idx, dim):
         self.shape, self.dtype = a.shape, a.dtype
         self.where = _along(idx, dim) if a.ndim else ()
-        return np.asarray(a[self.where])
+        return _xp.asarray(a[self.where])
 
     def backward(self, g):
         out = np.zeros(self.shape, dtype=self.dtype)
@@ -1370,8 +1392,19 @@ class Stack(Function):
 
 def _kc(a):
     """Arrays handed to C++ kernels must be C-contiguous (0-d arrays stay 0-d)."""
-    a = np.asarray(a)
-    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    a = _xp.asarray(a)
+    return a if a.flags.c_contiguous else _xp.contiguous(a)
+
+
+class _ToDevice(Function):
+    """Tensor.to(device): a copy on the other device; the gradient is copied back."""
+
+    def forward(self, a, device):
+        self.src = _xp.device_of(a)
+        return _xp.to_device(a, device)
+
+    def backward(self, g):
+        return (_xp.to_device(g, self.src),)
 
 
 class MatMul(Function):

@@ -35,6 +35,7 @@ import numpy as np
 from .. import _C
 from .. import _kernels as K
 from .. import _random
+from .. import _xp
 from .._checks import is_int
 from ..nn import functional as F
 from ..nn.modules import Embedding, LayerNorm, Linear, Module
@@ -104,7 +105,7 @@ def _rope(x, cos, sin, inverse=False):
     c, s = cos[None, :, None, :], sin[None, :, None, :]
     if inverse:
         s = -s
-    out = np.empty(x.shape, dtype=x.dtype)
+    out = np.empty_like(x, order="C")     # on x's device (CuPy takes empty_like over)
     out[..., 0::2] = x1 * c - x2 * s
     out[..., 1::2] = x1 * s + x2 * c
     return out
@@ -257,7 +258,7 @@ def _prompt_lengths(mask, shape):
 
 def _ids(x, name, vocab_size, block_size=None, allow_ignore=False):
     """Validate an integer id array (B, T) (NumPy array, Tensor or nested lists)."""
-    a = x.data if isinstance(x, Tensor) else np.asarray(x)
+    a = x.data if isinstance(x, Tensor) else _xp.asarray(x)
     if a.dtype.kind not in "iu":
         raise TypeError(f"GPT: {name} must hold integer token ids, got dtype {a.dtype}")
     if a.ndim != 2:
@@ -320,7 +321,9 @@ class GPT(Module):
     def _rope(self, pos0, t):
         if self.config.pos != "rope":
             return None
-        return _rope_tables(np.arange(pos0, pos0 + t), self.config.head_dim, self.config.rope_base, self.dtype_)
+        cos, sin = _rope_tables(np.arange(pos0, pos0 + t), self.config.head_dim, self.config.rope_base, self.dtype_)
+        w = self.wte.weight.data                                           # the tables live where the model does
+        return _xp.like(cos, w), _xp.like(sin, w)
 
     def _embed(self, idx, pos0=0):
         B, T = idx.shape

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import _kernels as K
 from .. import _random
+from .. import _xp
 from .. import amp as _amp
 from ..tensor import (Function, Gelu, IndexedRows, Relu, Sigmoid, Tanh, Tensor, _kc, is_grad_enabled, log_softmax,
                       softmax)
@@ -117,20 +118,20 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         raise ValueError(f"layer_norm: normalized_shape {ns} must be the last dim of input {input.shape}")
     C = ns[0]
     if weight is None:
-        weight = Tensor(np.ones(C, dtype=input.dtype))
+        weight = Tensor(_xp.xp(input.data).ones(C, dtype=input.dtype))
     if bias is None:
-        bias = Tensor(np.zeros(C, dtype=input.dtype))
+        bias = Tensor(_xp.xp(input.data).zeros(C, dtype=input.dtype))
     return _LayerNorm.apply(input, weight, bias, eps=eps)
 
 
 class _Embedding(Function):
     saves = (0,)   # the ids
     def forward(self, ids, table):
-        dt = np.asarray(ids).dtype
+        dt = _xp.asarray(ids).dtype
         if dt.kind not in "iu":
             # a float id would be truncated to a row silently; torch refuses them too
             raise TypeError(f"embedding: input must hold integer ids, got dtype {dt}")
-        self.ids, self.n = np.ascontiguousarray(ids, dtype=np.int64), table.shape[0]
+        self.ids, self.n = _xp.contiguous(ids, dtype=np.int64), table.shape[0]
         if self.ids.size and (self.ids.min() < 0 or self.ids.max() >= self.n):
             raise ValueError(f"embedding: ids must be in [0, {self.n}), got range "
                              f"[{self.ids.min()}, {self.ids.max()}]")
@@ -149,7 +150,7 @@ def embedding(input, weight):
 class _Dropout(Function):
     saves = ()   # the mask
     def forward(self, x, p, rng):
-        self.mask = (rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p)
+        self.mask = _xp.like((rng.random(x.shape) >= p).astype(x.dtype) / (1.0 - p), x)  # the CPU generator's mask
         return x * self.mask
 
     def backward(self, g):
@@ -169,7 +170,7 @@ def dropout(input, p=0.5, training=True, generator=None):
 class _MSE(Function):
     def forward(self, pred, target):
         self.p, self.t = _kc(pred), _kc(target.astype(pred.dtype, copy=False))
-        return np.asarray(K.mse_forward(self.p, self.t), dtype=pred.dtype)
+        return _xp.asarray(K.mse_forward(self.p, self.t), dtype=pred.dtype)
 
     def backward(self, g):
         d = K.mse_backward(self.p, self.t, float(g))
@@ -198,13 +199,13 @@ def mse_loss(input, target, reduction="mean"):
 class _CrossEntropy(Function):
     def forward(self, logits, targets, ignore_index=-100):
         self.x = _kc(logits)
-        self.t = np.ascontiguousarray(targets, dtype=np.int64)
+        self.t = _xp.contiguous(targets, dtype=np.int64)
         self.ii = ignore_index
         if K.cross_entropy_forward is K._cross_entropy_forward:
             loss, self.lse = K.cross_entropy_forward(self.x, self.t, ignore_index)
         else:
             loss, self.lse = K.cross_entropy_forward(self.x, self.t, ignore_index=ignore_index)
-        return np.asarray(loss, dtype=logits.dtype)
+        return _xp.asarray(loss, dtype=logits.dtype)
 
     def backward(self, g):
         # the kernel (native or NumPy) zeroes the ignored rows and averages over the others,
@@ -224,7 +225,7 @@ def _classes_last(input, target, name):
         raise ValueError(f"{name}: input must be (C,), (N, C) or (N, C, d1, ...), got shape {input.shape}")
     if input.dtype.kind != "f":
         raise TypeError(f"{name}: input must be floating point, got {input.dtype}")
-    tgt = target.data if isinstance(target, Tensor) else np.asarray(target)
+    tgt = target.data if isinstance(target, Tensor) else _xp.asarray(target)
     cd = 0 if input.ndim == 1 else 1
     C = input.shape[cd]
     perm = (0,) + tuple(range(2, input.ndim)) + (1,)

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import _xp
 from .._checks import is_int
 from ..tensor import Tensor, get_default_dtype
 from . import functional as F
@@ -137,8 +138,17 @@ class Module:
 
     def to(self, dtype):
         """Cast every floating-point parameter and buffer to ``dtype`` (a NumPy dtype or its name:
-        float32/float64) in place and return self; ``"cpu"`` is accepted and changes nothing."""
-        if isinstance(dtype, str) and dtype == "cpu":
+        float32/float64), or move them (and their gradients) to device ``"cuda"`` / ``"cpu"``, in
+        place, and return self. Moving to ``"cuda"`` needs fusegrad.cuda.is_available()."""
+        if isinstance(dtype, str) and not _xp.is_dtype_name(dtype):
+            kind = _xp.parse_device(dtype, "Module.to")
+            for m in self.modules():
+                for d in (m._parameters, m._buffers):
+                    for t in d.values():
+                        if isinstance(t, Tensor):
+                            t.data = _xp.to_device(t.data, kind)
+                            if t.grad is not None:
+                                t.grad = Tensor(_xp.to_device(getattr(t.grad, "data", t.grad), kind))
             return self
         dt = np.dtype(dtype)
         if dt.kind != "f" or dt.itemsize < 4:
@@ -153,7 +163,10 @@ class Module:
         return self
 
     def cpu(self):
-        return self
+        return self.to("cpu")
+
+    def cuda(self):
+        return self.to("cuda")
 
     def float(self):
         return self.to(np.float32)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from .. import _kernels as K
+from .. import _xp
 from .._checks import is_int
 from ..tensor import Tensor
 
@@ -166,7 +167,7 @@ class Adam(AdamW):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _decay(self, w, gr, wd, lr):
-        return (np.ascontiguousarray(gr + wd * w) if wd else gr), 0.0
+        return (_xp.contiguous(gr + wd * w) if wd else gr), 0.0
 
 
 class LRScheduler:
