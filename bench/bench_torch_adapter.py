@@ -7,7 +7,8 @@ from tiny to GPT-2 sized. Outputs and gradients are compared before timing (vali
 
     python -m bench torch_adapter                               # the table, as rows
     python -m bench.bench_torch_adapter --write [--threads 2]   # also store it in fusegrad/_torch_table.json
-    python -m bench.bench_torch_adapter --overhead --threads 1  # what each path into a kernel costs per call
+    python -m bench.bench_torch_adapter --write --cpu-time      # 1 thread by CPU time (a shared machine)
+    python -m bench.bench_torch_adapter --overhead             # what each path into a kernel costs per call
 
 --write stores, under this CPU's key (fusegrad.torch.cpu_key()), 'fusegrad' for each size bucket
 (floor(log2(size))) where ours was at least MARGIN times faster (smoothed over neighbouring
@@ -30,6 +31,7 @@ from bench.common import interleaved, paired_ratio, torch
 MARGIN = 1.05          # this CPU: ours must be 5% faster (a tie goes to PyTorch: never slower)
 DEFAULT_MARGIN = 1.25  # CPUs not measured: only where ours was clearly faster here
 THREADS = 2
+CPU_TIME = False  # --cpu-time: 1 thread, time.thread_time
 
 
 def shapes(op, quick):
@@ -94,7 +96,7 @@ def _fwd_bwd(f, inputs, dy):
     return y
 
 
-def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None):
+def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None, clock=time.perf_counter):
     import fusegrad.torch as fgt
 
     old = fgt.set_policy("fusegrad")
@@ -122,7 +124,7 @@ def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None):
                     samples = {}
                     t = interleaved({"fusegrad": lambda: _fwd_bwd(ours, inputs, dy),
                                      "torch": lambda: _fwd_bwd(theirs, inputs, dy)}, reps=reps, warmup=1,
-                                    samples_out=samples)
+                                    samples_out=samples, clock=clock)
                     rows.append({"op": op, "dtype": dt, "shape": "x".join(map(str, shape)), "size": size,
                                  "bucket": size.bit_length() - 1, "max_err": err, "valid": err < tol,
                                  "fallbacks": sum(fgt.fallback_counts.values()),
@@ -138,9 +140,12 @@ def overhead(N=768, C=128, reps=15):
     """What each way into the same layer_norm kernel costs (forward, float32, N x C), interleaved:
     the raw kernel on NumPy arrays; .numpy()/from_numpy around it; fusegrad.torch's eager path
     without and with autograd (a plain autograd.Function); the torch.library custom op (what
-    torch.compile traces); and PyTorch's F.layer_norm. Microseconds per call, medians."""
+    torch.compile traces); and PyTorch's F.layer_norm. Microseconds per call, medians, in CPU time
+    of the calling thread with one thread each (time.thread_time: on a shared machine, wall time
+    mostly measures waits for a core; both libraries' kernels then run on the calling thread)."""
     import numpy as np
 
+    import fusegrad
     import fusegrad.torch as fgt
     from fusegrad import _C
 
@@ -161,7 +166,14 @@ def overhead(N=768, C=128, reps=15):
     try:
         np.testing.assert_array_equal(fns["fgt.layer_norm, grad (autograd.Function)"]().detach().numpy(),
                                       fns["raw _C (NumPy)"]()[0])  # validate: the same kernel, the same bits
-        t = interleaved(fns, reps=reps)
+        threads = fusegrad.get_num_threads(), torch.get_num_threads()
+        fusegrad.set_num_threads(1)
+        torch.set_num_threads(1)
+        try:
+            t = interleaved(fns, reps=reps, clock=time.thread_time)
+        finally:
+            fusegrad.set_num_threads(threads[0])
+            torch.set_num_threads(threads[1])
     finally:
         fgt.set_policy(old)
     raw = t["raw _C (NumPy)"]
@@ -201,7 +213,8 @@ def write_table(rows, path=None):
 
     path = Path(path or fgt._TABLE_FILE)
     doc = json.loads(path.read_text()) if path.exists() else {}
-    doc["measured"] = {**doc.get("measured", {}), fgt.cpu_key(): time.strftime("%Y-%m-%d") + f", {THREADS} threads"}
+    doc["measured"] = {**doc.get("measured", {}), fgt.cpu_key(): time.strftime("%Y-%m-%d") + f", {THREADS} threads"
+                       + (", CPU time" if CPU_TIME else "")}
     doc["about"] = ("fusegrad.torch's policy table, written by bench/bench_torch_adapter.py --write: per CPU "
                     "(fusegrad.torch.cpu_key()), op and dtype, which implementation ran a forward+backward "
                     "faster for sizes in bucket floor(log2(size)) (size per op in fusegrad.torch.POLICY_OPS); "
@@ -231,16 +244,20 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help="store the table in fusegrad/_torch_table.json")
     p.add_argument("--overhead", action="store_true", help="only the per-call cost of each path (layer_norm fwd)")
     p.add_argument("--ops", default=None, help="comma-separated subset of ops (others keep their stored rows)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="1 thread, timed by the calling thread's CPU time (time.thread_time): on a shared "
+                        "machine wall time mostly measures waits for a core")
     args = p.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
-    fusegrad.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    global THREADS, CPU_TIME
+    THREADS, CPU_TIME = (1 if args.cpu_time else args.threads), args.cpu_time
+    fusegrad.set_num_threads(THREADS)
+    torch.set_num_threads(THREADS)
     if args.overhead:
         from bench.run import table
         print(table(overhead()))
         return
-    rows = measure(args.quick, ops=args.ops.split(",") if args.ops else None)
+    rows = measure(args.quick, ops=args.ops.split(",") if args.ops else None,
+                   clock=time.thread_time if args.cpu_time else time.perf_counter)
     if args.write:
         print("wrote", write_table(rows))
 

@@ -10,11 +10,13 @@ the same weights; the first step's losses are compared before timing (validation
 
     python -m bench torch_model                 # all shapes, 2 threads
     python -m bench.bench_torch_model --threads 2 --only tiny,small
+    python -m bench.bench_torch_model --cpu-time  # 1 thread, CPU time of the step (a shared machine)
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from bench.common import interleaved, paired_ratio, torch
@@ -29,7 +31,7 @@ CONFIGS = [  # (name, GPTConfig kwargs, batch, timed rounds)
 ]
 
 
-def run(limits, quick=False, only=None):
+def run(limits, quick=False, only=None, clock=time.perf_counter):
     if torch is None or not hasattr(torch.library, "custom_op"):
         return [{"model": "torch_model", "note": "needs torch >= 2.4"}]
     import fusegrad.torch as fgt
@@ -72,7 +74,7 @@ def run(limits, quick=False, only=None):
                for op in sorted({k.split(" -> ")[0] for k in dc})}
         samples = {}
         t = interleaved({"torch": lambda: step("torch", plain), "fusegrad": lambda: step("fusegrad", ours)},
-                        reps=3 if quick else reps, warmup=1, samples_out=samples)
+                        reps=3 if quick else reps, warmup=1, samples_out=samples, clock=clock)
         tokens = B * cfg.block_size
         rows.append({
             "model": name, "tokens/step": tokens, "loss_err_step1": loss_err,
@@ -92,12 +94,18 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=None, help="comma-separated model name prefixes (tiny, small, GPT-2)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="1 thread, timed by the calling thread's CPU time (time.thread_time), not wall time: "
+                        "on a shared machine wall time mostly measures waits for a core")
     args = p.parse_args(argv)
-    fusegrad.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    threads = 1 if args.cpu_time else args.threads
+    fusegrad.set_num_threads(threads)
+    torch.set_num_threads(threads)
     from bench.run import table
-    print(f"{fusegrad._config.cpu_model()}, {args.threads} threads, isa {fusegrad._C.get_isa()}")
-    print(table(run(None, args.quick, args.only.split(",") if args.only else None)))
+    print(f"{fusegrad._config.cpu_model()}, {threads} threads, isa {fusegrad._C.get_isa()}, "
+          f"{'CPU time' if args.cpu_time else 'wall time'}")
+    print(table(run(None, args.quick, args.only.split(",") if args.only else None,
+                    time.thread_time if args.cpu_time else time.perf_counter)))
 
 
 if __name__ == "__main__":

@@ -152,15 +152,15 @@ def ab_cols(t: dict) -> dict:
 
 
 def interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02,
-                samples_out: dict | None = None) -> dict:
-    t = _interleaved(_ab_expand(fns), reps, warmup, min_time, ramp, samples_out)
+                samples_out: dict | None = None, clock=time.perf_counter) -> dict:
+    t = _interleaved(_ab_expand(fns), reps, warmup, min_time, ramp, samples_out, clock)
     if AB_ISAS and "ours" in fns:
         t["ours"] = t[f"ours@{AB_ISAS[0]}"]
     return t
 
 
 def _interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0.0, ramp: float = 0.02,
-                 samples_out: dict | None = None) -> dict:
+                 samples_out: dict | None = None, clock=time.perf_counter) -> dict:
     """Median seconds per call for each named callable, timed round-robin.
 
     Each timed sample repeats the call `inner` times, chosen so one sample lasts at least
@@ -170,6 +170,8 @@ def _interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0
     machine waking up: after settle()'s idle wait, the first calls on the 2-core dev VM run up
     to 3x slow for ~2-5 ms (square-256 matmul: 700, 500, 430, ... 240 us; NumPy's alike).
     samples_out (a dict) receives each callable's per-round samples (see paired_ratio).
+    clock: time.perf_counter (wall); time.thread_time for one-thread calls on a shared machine
+    (CPU time of the calling thread: a sample is not inflated by the time other processes held the core).
     """
     names = list(fns)
     for _ in range(warmup):
@@ -179,9 +181,9 @@ def _interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0
     for n in names:
         settle()
         fns[n]()
-        t0 = time.perf_counter()
+        t0 = clock()
         fns[n]()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         inner[n] = max(1, int(max(2e-3, min_time) / max(dt, 1e-7)))
     samples = {n: [] for n in names}
     for _ in range(reps):
@@ -189,14 +191,14 @@ def _interleaved(fns: dict, reps: int = 15, warmup: int = 2, min_time: float = 0
             k = inner[n]
             if len(names) > 1:
                 settle()
-                t0 = time.perf_counter()
+                t0 = clock()
                 fns[n]()
-                while time.perf_counter() - t0 < ramp:
+                while clock() - t0 < ramp:
                     fns[n]()
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(k):
                 fns[n]()
-            samples[n].append((time.perf_counter() - t0) / k)
+            samples[n].append((clock() - t0) / k)
     if samples_out is not None:
         samples_out.update(samples)
     return {n: statistics.median(s) for n, s in samples.items()}

@@ -74,6 +74,15 @@ def attn_inputs(B, H, Hkv, L, S, E, dtype):
     return rnd(B, H, L, E, dtype=dtype, seed=1), rnd(B, Hkv, S, E, dtype=dtype, seed=2), rnd(B, Hkv, S, E, dtype=dtype, seed=3)
 
 
+def qkv_heads(x, H, Hkv, order=(0, 1, 2)):
+    """nanoGPT's q, k, v: head views (B, H, T, D) of one (B, T, (H + 2 Hkv) D) projection, which the
+    packed attention kernels read in place; another order of the three parts is not that layout."""
+    B, T, W = x.shape
+    D = W // (H + 2 * Hkv)
+    parts = x.split((H * D, Hkv * D, Hkv * D), dim=2)
+    return tuple(parts[i].view(B, T, -1, D).transpose(1, 2) for i in order)
+
+
 CASES = {
     "sdpa": (lambda q, k, v: fgt.scaled_dot_product_attention(q, k, v),
              lambda q, k, v: TF.scaled_dot_product_attention(q, k, v),
@@ -87,6 +96,19 @@ CASES = {
     "sdpa_3d": (lambda q, k, v: fgt.scaled_dot_product_attention(q, k, v, is_causal=True),
                 lambda q, k, v: TF.scaled_dot_product_attention(q, k, v, is_causal=True),
                 lambda dt: tuple(rnd(3, 7, 1, dtype=dt, seed=s) for s in (1, 2, 3))),
+    "sdpa_packed_qkv": (lambda x: fgt.scaled_dot_product_attention(*qkv_heads(x, 3, 3), is_causal=True),
+                        lambda x: TF.scaled_dot_product_attention(*qkv_heads(x, 3, 3), is_causal=True),
+                        lambda dt: (rnd(2, 7, 9 * 5, dtype=dt),)),
+    "sdpa_packed_gqa": (lambda x: fgt.scaled_dot_product_attention(*qkv_heads(x, 4, 2), scale=0.3, enable_gqa=True),
+                        lambda x: TF.scaled_dot_product_attention(*qkv_heads(x, 4, 2), scale=0.3, enable_gqa=True),
+                        lambda dt: (rnd(1, 6, 8 * 3, dtype=dt),)),
+    "sdpa_packed_qkv_in_larger": (  # q, k, v views of a tensor that holds more than them: gradients via the views
+        lambda x: fgt.scaled_dot_product_attention(*qkv_heads(x[3:].view(2, 5, 24), 2, 2), is_causal=True),
+        lambda x: TF.scaled_dot_product_attention(*qkv_heads(x[3:].view(2, 5, 24), 2, 2), is_causal=True),
+        lambda dt: (rnd(3 + 2 * 5 * 24, dtype=dt),)),
+    "sdpa_unpacked_order": (lambda x: fgt.scaled_dot_product_attention(*qkv_heads(x, 2, 2, (1, 0, 2)), is_causal=True),
+                            lambda x: TF.scaled_dot_product_attention(*qkv_heads(x, 2, 2, (1, 0, 2)), is_causal=True),
+                            lambda dt: (rnd(2, 5, 6 * 4, dtype=dt),)),
     "layer_norm": (lambda x, w, b: fgt.layer_norm(x, (33,), w, b),
                    lambda x, w, b: TF.layer_norm(x, (33,), w, b),
                    lambda dt: (rnd(2, 7, 33, dtype=dt) * 3 + 1, rnd(33, dtype=dt, seed=1), rnd(33, dtype=dt, seed=2))),
@@ -267,6 +289,26 @@ def test_zero_copy_attention(spy, no_fallback):
     args, res = spy.calls["attention_backward"]
     assert args[0] == do.data_ptr() and args[4] == o.data_ptr()      # saved output reused, not copied
     assert [dq.data_ptr(), dk.data_ptr(), dv.data_ptr()] == res       # gradients are the kernel's buffers
+
+
+def test_zero_copy_packed_attention(spy, no_fallback):
+    # nanoGPT's q, k, v (head views of one projection) are read in place, and the output is written
+    # (B, T, H D), so the model's o.transpose(1, 2).contiguous() copies nothing
+    x = rnd(2, 7, 9 * 8)
+    o = fgt.scaled_dot_product_attention(*qkv_heads(x, 3, 3), is_causal=True)
+    args, res = spy.calls["attention_qkv_forward"]
+    assert args[0] == x.data_ptr() and "attention_forward" not in spy.calls
+    y = o.transpose(1, 2).contiguous()
+    assert y.data_ptr() == res[0]
+    do = rnd(*y.shape, seed=5, grad=False)
+    (dx,) = torch.autograd.grad(y, x, do)
+    args, res = spy.calls["attention_qkv_backward"]
+    assert args[:2] == [do.data_ptr(), x.data_ptr()]
+    with torch.no_grad():  # the kernel alone: same bits
+        o2 = fgt.scaled_dot_product_attention(*qkv_heads(x, 3, 3), is_causal=True)
+    assert o2.grad_fn is None and torch.equal(o2, o)
+    ref = TF.scaled_dot_product_attention(*qkv_heads(x, 3, 3), is_causal=True)
+    close((o, dx), (ref, torch.autograd.grad(ref.transpose(1, 2), x, do)[0]), 2e-5)
 
 
 def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback):
