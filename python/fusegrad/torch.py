@@ -18,11 +18,13 @@ where it went (``'layer_norm -> fusegrad'``, ``'layer_norm -> torch'``).
 
 **Two paths, one result.** In eager mode a call goes through a plain ``torch.autograd.Function``
 (or straight to the kernel when no gradient is needed) that hands the tensors' memory to the
-kernels as NumPy views: about 2-4 µs above the raw kernel. Under ``torch.compile`` (and for tensor
-subclasses such as fake tensors) it goes through ``torch.library`` custom ops
-(``torch.ops.fusegrad.*``) with fake (meta) implementations and registered backwards, so
-``torch.compile(fullgraph=True)`` traces them without graph breaks; that path costs ~40 µs more
-per call in eager mode, which is why eager mode does not use it. Both run the same kernels.
+kernels as NumPy views: +9-12 µs above the raw kernel without autograd, +16-18 µs with it
+(layer_norm forward, 768x128, 1 thread, CPU time; autograd.Function.apply alone is ~3 µs).
+Under ``torch.compile`` (and for tensor subclasses such as fake tensors) it goes through
+``torch.library`` custom ops (``torch.ops.fusegrad.*``) with fake (meta) implementations and
+registered backwards, so ``torch.compile(fullgraph=True)`` traces them without graph breaks; that
+path costs ~40 µs more per call in eager mode, which is why eager mode does not use it. Both run
+the same kernels.
 
 **Fallbacks.** Arguments the kernels lack go to PyTorch's ORIGINAL op (captured when this module
 is imported, so ``torch.nn.functional.layer_norm = fusegrad.torch.layer_norm`` never recurses),
