@@ -121,22 +121,13 @@ AB_ISAS: list[str] = []
 def _ab_expand(fns: dict) -> dict:
     if not AB_ISAS or "ours" not in fns:
         return fns
-    from fusegrad import _C
-
     out = {}
     for name, f in fns.items():
         if name != "ours":
             out[name] = f
             continue
         for isa in AB_ISAS:
-            def on(f=f, isa=isa):
-                old = _C.get_isa()
-                _C.set_isa(isa)
-                try:
-                    return f()
-                finally:
-                    _C.set_isa(old)
-            out[f"ours@{isa}"] = on
+            out[f"ours@{isa}"] = on_isa(isa, f)
     return out
 
 

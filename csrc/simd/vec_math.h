@@ -10,6 +10,14 @@
 // (softmax rows of ordinary logits never have one): a branch is cheaper than the six blend and
 // compare steps, and the results are the same bits either way. Every lane is computed with the
 // same operations on every ISA, so exp gives the same bits on avx2 and avx512.
+// c[0] t^(N-1) + ... + c[N-1] by Horner's rule, one fma per coefficient (highest degree first)
+template <int N>
+FG_VEC_INLINE Vf horner(Vf t, const float (&c)[N]) {
+  Vf p = set1(c[0]);
+  for (int i = 1; i < N; ++i) p = fma(p, t, set1(c[i]));
+  return p;
+}
+
 // e^r for |r| <= ln2/2 (plus a little): degree-6 polynomial, rel. err ~2e-7
 FG_VEC_INLINE Vf exp_reduced(Vf r) {
   Vf p = set1(1.9875691500e-4f);
@@ -66,12 +74,8 @@ FG_VEC_INLINE Vf sigmoid(Vf x) {
 // the result is >= 0.55 so the subtraction does not cancel (2 ulp); e^{2|x|} overflow gives exactly +-1.
 FG_VEC_INLINE Vf tanh(Vf x) {
   const Vf one = set1(1.f), a = abs(x), t = x * x;
-  Vf p = set1(2.1426177117973566e-3f);
-  p = fma(p, t, set1(-8.176896721124649e-3f));
-  p = fma(p, t, set1(2.17004232108593e-2f));
-  p = fma(p, t, set1(-5.3946688771247864e-2f));
-  p = fma(p, t, set1(1.333320438861847e-1f));
-  p = fma(p, t, set1(-3.333333134651184e-1f));
+  const Vf p = horner(t, {2.1426177117973566e-3f, -8.176896721124649e-3f, 2.17004232108593e-2f,
+                          -5.3946688771247864e-2f, 1.333320438861847e-1f, -3.333333134651184e-1f});
   const Vf small = select(cmp_eq(x, zero()), x, fma(x * t, p, x));
   const Vf big = one - set1(2.f) / (exp(a + a) + one);  // NaN stays NaN here
   return select(cmp_lt(a, set1(0.625f)), small, select(cmp_lt(x, zero()), zero() - big, big));
@@ -91,25 +95,13 @@ constexpr float kCut = 0.5f, kClamp = 10.5f;
 constexpr float kRs = 0.70710677f, kRsLo = 1.2101617041793133e-08f;  // 1/sqrt 2 = kRs + kRsLo
 constexpr float kInvSqrt2Pi = 0.3989423f, kTwoOverSqrtPi = 1.1283792f;
 FG_VEC_INLINE Vf erf_small(Vf s) {  // erf(z) / z at s = z^2, |z| < kCut
-  Vf p = set1(4.718085114e-03f);
-  p = fma(p, s, set1(-2.675723768e-02f));
-  p = fma(p, s, set1(1.128282381e-01f));
-  p = fma(p, s, set1(-3.761260864e-01f));
-  return fma(p, s, set1(1.128379166e+00f));
+  return horner(s, {4.718085114e-03f, -2.675723768e-02f, 1.128282381e-01f, -3.761260864e-01f, 1.128379166e+00f});
 }
 FG_VEC_INLINE Vf mills(Vf a) {  // erfc(a) e^{a^2}, a >= kCut
   const Vf t = set1(1.f) / fma(a, set1(0.5f), set1(1.f));
-  Vf p = set1(2.511408185e-02f);
-  p = fma(p, t, set1(-1.641252729e-01f));
-  p = fma(p, t, set1(3.770600873e-01f));
-  p = fma(p, t, set1(-3.489023287e-01f));
-  p = fma(p, t, set1(7.426940893e-02f));
-  p = fma(p, t, set1(-3.980036454e-02f));
-  p = fma(p, t, set1(8.953889999e-02f));
-  p = fma(p, t, set1(1.757662825e-01f));
-  p = fma(p, t, set1(2.468586928e-01f));
-  p = fma(p, t, set1(2.820943210e-01f));
-  p = fma(p, t, set1(2.820947932e-01f));
+  const Vf p = horner(t, {2.511408185e-02f, -1.641252729e-01f, 3.770600873e-01f, -3.489023287e-01f,
+                          7.426940893e-02f, -3.980036454e-02f, 8.953889999e-02f, 1.757662825e-01f,
+                          2.468586928e-01f, 2.820943210e-01f, 2.820947932e-01f});
   return t * p;
 }
 // e^{-(a + al)^2} = p s1 s2 for a in [0, kClamp], |al| <= ulp(a)

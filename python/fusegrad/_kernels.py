@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from . import _C
 from . import ops as _ops
 
 
@@ -140,7 +141,6 @@ def _bf16(x):
 
 def round_bf16(x):
     """float32 values rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float32."""
-    from . import _C
     return _C._bf16_to_float32(_C._bf16_from_float32(np.ascontiguousarray(x, dtype=np.float32)))
 
 

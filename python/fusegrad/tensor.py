@@ -22,6 +22,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _kernels as K
+from . import amp as _amp
 from . import _xp
 from . import _random
 from ._checks import is_int
@@ -1421,7 +1422,6 @@ class MatMul(Function):
         self.a, self.b = a, b
         # autocast: bf16 operands, float32 sums (2-D on the bf16 kernel; other shapes round the
         # operands to bf16 and multiply in float32: the same function, another summation order)
-        from . import amp as _amp
         self.bf16 = _amp.is_autocast_enabled() and a.dtype == b.dtype == np.float32
         if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f":
             return (K.matmul_bf16 if self.bf16 else K.matmul)(_kc(a), _kc(b))
