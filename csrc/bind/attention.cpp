@@ -34,6 +34,12 @@ Dims check_qkv(const py::array& q, const py::array& k, const py::array& v, DType
   return s;
 }
 
+// bf16 (mixed precision) takes float32 operands only.
+void check_bf16(bool bf16, DType d, const char* fn, const char* name) {
+  if (bf16 && d != DType::f32)
+    type_error(cat(fn, ": bf16=True needs float32 ", name, " (bfloat16 operands, float32 sums), got float64"));
+}
+
 double get_scale(const py::object& scale, int64_t D, const char* fn) {
   if (scale.is_none()) return 1.0 / std::sqrt(static_cast<double>(D));
   double s;
@@ -45,10 +51,11 @@ double get_scale(const py::object& scale, int64_t D, const char* fn) {
 }
 
 py::tuple forward(const py::object& q_obj, const py::object& k_obj, const py::object& v_obj,
-                  bool causal, const py::object& scale_obj) {
+                  bool causal, const py::object& scale_obj, bool bf16) {
   const char* fn = "attention_forward";
   py::array q = as_array(q_obj, fn, "q"), k = as_array(k_obj, fn, "k"), v = as_array(v_obj, fn, "v");
   DType d = float_input(q, fn, "q");
+  check_bf16(bf16, d, fn, "q");
   Dims s = check_qkv(q, k, v, d, fn);
   const double scale = get_scale(scale_obj, s.D, fn);
   return dispatch_float(d, [&](auto tag) -> py::tuple {
@@ -59,7 +66,7 @@ py::tuple forward(const py::object& q_obj, const py::object& k_obj, const py::ob
     const T *pq = cptr<T>(q), *pk = cptr<T>(k), *pv = cptr<T>(v);
     {
       py::gil_scoped_release nogil;
-      attention_forward<T>(po, pl, pq, pk, pv, s.B, s.H, s.Hkv, s.T, s.S, s.D, causal, static_cast<T>(scale));
+      attention_forward<T>(po, pl, pq, pk, pv, s.B, s.H, s.Hkv, s.T, s.S, s.D, causal, static_cast<T>(scale), bf16);
     }
     return py::make_tuple(o, lse);
   });
@@ -67,11 +74,12 @@ py::tuple forward(const py::object& q_obj, const py::object& k_obj, const py::ob
 
 py::tuple backward(const py::object& do_obj, const py::object& q_obj, const py::object& k_obj,
                    const py::object& v_obj, const py::object& o_obj, const py::object& lse_obj,
-                   bool causal, const py::object& scale_obj) {
+                   bool causal, const py::object& scale_obj, bool bf16) {
   const char* fn = "attention_backward";
   py::array dO = as_array(do_obj, fn, "do"), q = as_array(q_obj, fn, "q"), k = as_array(k_obj, fn, "k"),
             v = as_array(v_obj, fn, "v"), o = as_array(o_obj, fn, "o"), lse = as_array(lse_obj, fn, "lse");
   DType d = float_input(q, fn, "q");
+  check_bf16(bf16, d, fn, "q");
   Dims s = check_qkv(q, k, v, d, fn);
   check_dtype(dO, d, fn, "do");
   check_dtype(o, d, fn, "o");
@@ -92,7 +100,7 @@ py::tuple backward(const py::object& do_obj, const py::object& q_obj, const py::
     {
       py::gil_scoped_release nogil;
       attention_backward<T>(pdq, pdk, pdv, pdo, pq, pk, pv, po, pl, s.B, s.H, s.Hkv, s.T, s.S, s.D,
-                            causal, static_cast<T>(scale));
+                            causal, static_cast<T>(scale), bf16);
     }
     return py::make_tuple(dq, dk, dv);
   });
@@ -121,10 +129,11 @@ Packed check_packed(const py::array& qkv, int64_t H, const py::object& hkv_obj, 
 }
 
 py::tuple qkv_forward(const py::object& qkv_obj, int64_t H, const py::object& hkv_obj, bool causal,
-                      const py::object& scale_obj) {
+                      const py::object& scale_obj, bool bf16) {
   const char* fn = "attention_qkv_forward";
   py::array qkv = as_array(qkv_obj, fn, "qkv");
   DType d = float_input(qkv, fn, "qkv");
+  check_bf16(bf16, d, fn, "qkv");
   const Packed s = check_packed(qkv, H, hkv_obj, fn);
   const double scale = get_scale(scale_obj, s.D, fn);
   return dispatch_float(d, [&](auto tag) -> py::tuple {
@@ -135,7 +144,7 @@ py::tuple qkv_forward(const py::object& qkv_obj, int64_t H, const py::object& hk
     const T* pqkv = cptr<T>(qkv);
     {
       py::gil_scoped_release nogil;
-      attention_qkv_forward<T>(po, pl, pqkv, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale));
+      attention_qkv_forward<T>(po, pl, pqkv, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale), bf16);
     }
     return py::make_tuple(o, lse);
   });
@@ -143,10 +152,11 @@ py::tuple qkv_forward(const py::object& qkv_obj, int64_t H, const py::object& hk
 
 py::array qkv_backward(const py::object& do_obj, const py::object& qkv_obj, const py::object& o_obj,
                        const py::object& lse_obj, int64_t H, const py::object& hkv_obj, bool causal,
-                       const py::object& scale_obj) {
+                       const py::object& scale_obj, bool bf16) {
   const char* fn = "attention_qkv_backward";
   py::array qkv = as_array(qkv_obj, fn, "qkv");
   DType d = float_input(qkv, fn, "qkv");
+  check_bf16(bf16, d, fn, "qkv");
   const Packed s = check_packed(qkv, H, hkv_obj, fn);
   py::array dO = as_array(do_obj, fn, "do"), o = as_array(o_obj, fn, "o"), lse = as_array(lse_obj, fn, "lse");
   for (auto [a, name] : {std::pair<py::array*, const char*>{&dO, "do"}, {&o, "o"}, {&lse, "lse"}}) {
@@ -164,7 +174,8 @@ py::array qkv_backward(const py::object& do_obj, const py::object& qkv_obj, cons
     const T *pdo = cptr<T>(dO), *pqkv = cptr<T>(qkv), *po = cptr<T>(o), *pl = cptr<T>(lse);
     {
       py::gil_scoped_release nogil;
-      attention_qkv_backward<T>(pd, pdo, pqkv, po, pl, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale));
+      attention_qkv_backward<T>(pd, pdo, pqkv, po, pl, s.B, s.H, s.Hkv, s.T, s.D, causal, static_cast<T>(scale),
+                                bf16);
     }
     return dqkv;
   });
@@ -174,24 +185,28 @@ py::array qkv_backward(const py::object& do_obj, const py::object& qkv_obj, cons
 
 void bind_attention(py::module_& m) {
   m.def("attention_qkv_forward", &qkv_forward, py::arg("qkv"), py::arg("n_head"), py::arg("n_kv_head") = py::none(),
-        py::arg("causal") = false, py::arg("scale") = py::none(),
+        py::arg("causal") = false, py::arg("scale") = py::none(), py::arg("bf16") = false,
         "(o, lse) = attention_forward on the packed projection of a transformer block, without\n"
         "head split/merge copies: qkv: (B, T, (H + 2 Hkv) D), each row [q heads | k heads | v heads]\n"
         "(H = n_head, Hkv = n_kv_head, default H); o: (B, T, H D) with heads side by side, lse: (B, H, T).");
   m.def("attention_qkv_backward", &qkv_backward, py::arg("do"), py::arg("qkv"), py::arg("o"), py::arg("lse"),
         py::arg("n_head"), py::arg("n_kv_head") = py::none(), py::arg("causal") = false,
-        py::arg("scale") = py::none(),
+        py::arg("scale") = py::none(), py::arg("bf16") = false,
         "dqkv (B, T, (H + 2 Hkv) D) for attention_qkv_forward (same packing as qkv).");
   m.def("attention_forward", &forward, py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("causal") = false, py::arg("scale") = py::none(),
+        py::arg("causal") = false, py::arg("scale") = py::none(), py::arg("bf16") = false,
         "(o, lse) = softmax(scale * q k^T + mask) v and its per-row log-sum-exp.\n"
         "q: (B, H, T, D), k, v: (B, Hkv, S, D), H % Hkv == 0, 1 <= D <= 256. causal aligns the\n"
         "mask bottom-right (query i sees key j iff j <= i + S - T); rows with no key give o = 0,\n"
-        "lse = -inf. scale defaults to 1/sqrt(D).");
+        "lse = -inf. scale defaults to 1/sqrt(D). bf16=True (float32 only; mixed precision, as\n"
+        "torch.autocast): the products take bfloat16 operands (q, k, v and the probabilities rounded to\n"
+        "nearest even) with float32 sums; softmax statistics, lse and o stay float32.");
   m.def("attention_backward", &backward, py::arg("do"), py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("o"), py::arg("lse"), py::arg("causal") = false, py::arg("scale") = py::none(),
+        py::arg("bf16") = false,
         "(dq, dk, dv) for attention_forward, recomputing probabilities tile by tile from lse.\n"
-        "dk/dv are bitwise identical for any thread count.");
+        "dk/dv are bitwise identical for any thread count. bf16=True: do, q, k, v, P and dS enter the\n"
+        "products as bfloat16 (float32 sums), as in attention_forward(bf16=True).");
   m.def("_attention_naive_forward", [](const py::array_t<double, 0>& q, const py::array_t<double, 0>& k,
                                        const py::array_t<double, 0>& v, bool causal, double scale) {
     // Test hook: the plain reference kernel (float64 only, no checks beyond pybind's).

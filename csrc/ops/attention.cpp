@@ -1,5 +1,7 @@
 // Portable attention kernels (float/double): the naive reference and the tiled online-softmax
 // kernels from attention_impl.h, plus the run-time dispatch to the AVX2 / AVX-512 versions.
+// bf16 (mixed precision): q, k, v, dO are rounded to bf16 here, once, into scratch of their
+// size (one pass over memory; the kernels then round P and dS themselves).
 #include "ops/attention.h"
 
 #include <cmath>
@@ -57,28 +59,67 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
   }
 }
 
+namespace {
+
+// n values of x rounded to bf16 (the operands of the bf16 products), or nothing without bf16.
 template <typename T>
-void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H,
-                       int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale) {
+std::vector<T> bf16_copy(const T* x, int64_t n, bool bf16) {
+  if (!bf16) return {};
+  std::vector<T> r(static_cast<size_t>(n));
+  parallel_for(n, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) r[i] = portable::attn_detail::to_bf16(x[i]);
+  });
+  return r;
+}
+
+// x, or its rounded copy r when there is one.
+template <typename T>
+const T* either(const std::vector<T>& r, const T* x) { return r.empty() ? x : r.data(); }
+
+// The kernels on operands already rounded when bf16 (they round P and dS).
+template <typename T>
+void forward_kernel(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
+                    int64_t S, int64_t D, bool causal, T scale, bool bf16) {
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return FG_VEC(attention_forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale));
+    if (use_avx2()) return FG_VEC(attention_forward(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, bf16));
   }
 #endif
-  portable::attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+  portable::attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, StdExp{}, bf16);
+}
+
+template <typename T>
+void backward_kernel(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v, const T* o, const T* lse,
+                     int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale,
+                     bool bf16) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2())
+      return FG_VEC(attention_backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, bf16));
+  }
+#endif
+  portable::attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{},
+                                     bf16);
+}
+
+}  // namespace
+
+template <typename T>
+void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H,
+                       int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale, bool bf16) {
+  const auto qr = bf16_copy(q, B * H * Tq * D, bf16), kr = bf16_copy(k, B * Hkv * S * D, bf16),
+             vr = bf16_copy(v, B * Hkv * S * D, bf16);
+  forward_kernel(o, lse, either(qr, q), either(kr, k), either(vr, v), B, H, Hkv, Tq, S, D, causal, scale, bf16);
 }
 
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
-                        int64_t S, int64_t D, bool causal, T scale) {
-#ifdef FUSEGRAD_HAVE_AVX2_BUILD
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2())
-      return FG_VEC(attention_backward(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale));
-  }
-#endif
-  portable::attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, StdExp{});
+                        int64_t S, int64_t D, bool causal, T scale, bool bf16) {
+  const auto qr = bf16_copy(q, B * H * Tq * D, bf16), kr = bf16_copy(k, B * Hkv * S * D, bf16),
+             vr = bf16_copy(v, B * Hkv * S * D, bf16), dor = bf16_copy(do_, B * H * Tq * D, bf16);
+  backward_kernel(dq, dk, dv, either(dor, do_), either(qr, q), either(kr, k), either(vr, v), o, lse, B, H, Hkv, Tq, S,
+                  D, causal, scale, bf16);
 }
 
 namespace {
@@ -97,14 +138,16 @@ void copy_heads(T* dst, HeadLayout Ld, const T* src, HeadLayout Ls, int64_t B, i
 
 template <typename T>
 void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
-                           int64_t D, bool causal, T scale) {
+                           int64_t D, bool causal, T scale, bool bf16) {
   const int64_t W = (H + 2 * Hkv) * D;
   const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
+  const auto qkvr = bf16_copy(qkv, B * Tq * W, bf16);
+  qkv = either(qkvr, qkv);
   const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2() &&
-        FG_VEC(attention_forward_strided(o, Lo, lse, q, Lin, k, Lin, v, Lin, B, H, Hkv, Tq, Tq, D, causal, scale)))
+    if (use_avx2() && FG_VEC(attention_forward_strided(o, Lo, lse, q, Lin, k, Lin, v, Lin, B, H, Hkv, Tq, Tq, D, causal,
+                                                        scale, bf16)))
       return;
   }
 #endif
@@ -114,21 +157,24 @@ void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int
   copy_heads(qc.data(), Cq, q, Lin, B, H, Tq, D);
   copy_heads(kc.data(), Ckv, k, Lin, B, Hkv, Tq, D);
   copy_heads(vc.data(), Ckv, v, Lin, B, Hkv, Tq, D);
-  attention_forward<T>(oc.data(), lse, qc.data(), kc.data(), vc.data(), B, H, Hkv, Tq, Tq, D, causal, scale);
+  forward_kernel<T>(oc.data(), lse, qc.data(), kc.data(), vc.data(), B, H, Hkv, Tq, Tq, D, causal, scale, bf16);
   copy_heads(o, Lo, oc.data(), Cq, B, H, Tq, D);
 }
 
 template <typename T>
 void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, const T* lse, int64_t B,
-                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale) {
+                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale, bool bf16) {
   const int64_t W = (H + 2 * Hkv) * D;
   const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
+  const auto qkvr = bf16_copy(qkv, B * Tq * W, bf16), dor = bf16_copy(do_, B * Tq * H * D, bf16);
+  qkv = either(qkvr, qkv);
+  do_ = either(dor, do_);
   const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
   T *dq = dqkv, *dk = dqkv + H * D, *dv = dqkv + (H + Hkv) * D;
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
     if (use_avx2() && FG_VEC(attention_backward_strided(dq, Lin, dk, Lin, dv, Lin, do_, Lo, q, Lin, k, Lin, v, Lin, o,
-                                                         Lo, lse, B, H, Hkv, Tq, Tq, D, causal, scale)))
+                                                         Lo, lse, B, H, Hkv, Tq, Tq, D, causal, scale, bf16)))
       return;
   }
 #endif
@@ -142,7 +188,7 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
   copy_heads(vc, Ckv, v, Lin, B, Hkv, Tq, D);
   copy_heads(doc, Cq, do_, Lo, B, H, Tq, D);
   copy_heads(oc, Cq, o, Lo, B, H, Tq, D);
-  attention_backward<T>(dqc, dkc, dvc, doc, qc, kc, vc, oc, lse, B, H, Hkv, Tq, Tq, D, causal, scale);
+  backward_kernel<T>(dqc, dkc, dvc, doc, qc, kc, vc, oc, lse, B, H, Hkv, Tq, Tq, D, causal, scale, bf16);
   copy_heads(dq, Lin, dqc, Cq, B, H, Tq, D);
   copy_heads(dk, Lin, dkc, Ckv, B, Hkv, Tq, D);
   copy_heads(dv, Lin, dvc, Ckv, B, Hkv, Tq, D);
@@ -150,16 +196,16 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
 
 #define FG_INST(T)                                                                               \
   template void attention_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t,      \
-                                     int64_t, int64_t, int64_t, int64_t, bool, T);                \
+                                     int64_t, int64_t, int64_t, int64_t, bool, T, bool);          \
   template void attention_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*,         \
                                       const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
-                                      int64_t, int64_t, bool, T);                                 \
+                                      int64_t, int64_t, bool, T, bool);                           \
   template void attention_naive_forward<T>(T*, T*, const T*, const T*, const T*, int64_t,         \
                                            int64_t, int64_t, int64_t, int64_t, int64_t, bool, T);  \
   template void attention_qkv_forward<T>(T*, T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
-                                         int64_t, bool, T);                                        \
+                                         int64_t, bool, T, bool);                                  \
   template void attention_qkv_backward<T>(T*, const T*, const T*, const T*, const T*, int64_t,     \
-                                          int64_t, int64_t, int64_t, int64_t, bool, T);
+                                          int64_t, int64_t, int64_t, int64_t, bool, T, bool);
 FG_INST(float)
 FG_INST(double)
 #undef FG_INST

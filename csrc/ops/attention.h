@@ -9,6 +9,13 @@
 // order (tasks: (b, kv head) or (b, kv head, key tile); the schedule depends on the shape only),
 // so results are bitwise identical for any thread count.
 // attention_naive_* are the plain reference kernels (O(T*S) scratch), kept for tests.
+//
+// bf16 = true (float only; mixed precision, as torch.autocast and flash-attention do it): every
+// operand of the matrix products is rounded to bfloat16 (round to nearest even) and the products
+// are summed in float32: q, k, v and dO on entry, the probabilities P before O = P V and
+// dV = P^T dO, scale * dS before dQ = dS K and dK = dS^T Q. Softmax statistics (max, sum, lse), Di
+// = rowsum(dO * O) and the outputs stay float32. A product of two bf16 values is exact in float32,
+// so every path computes the same function up to the order of the float32 sums.
 #pragma once
 #include <cstdint>
 
@@ -31,18 +38,19 @@ inline HeadLayout heads_in_rows(int64_t T, int64_t W, int64_t D) { return {T * W
 //   determinism as attention_forward/backward with S = T.
 template <typename T>
 void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
-                           int64_t D, bool causal, T scale);
+                           int64_t D, bool causal, T scale, bool bf16 = false);
 template <typename T>
 void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, const T* lse, int64_t B,
-                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale);
+                            int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale,
+                            bool bf16 = false);
 
 template <typename T>
 void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H,
-                       int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale);
+                       int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale, bool bf16 = false);
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
-                        int64_t S, int64_t D, bool causal, T scale);
+                        int64_t S, int64_t D, bool causal, T scale, bool bf16 = false);
 
 template <typename T>
 void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B,
@@ -50,25 +58,28 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
                              T scale);
 
 // The float32 kernels of each vector ISA (attention_body.h, compiled once per ISA in its own
-// namespace); attention.cpp takes the active one. The same declarations in each namespace:
+// namespace); attention.cpp takes the active one. With bf16 they round P and scale * dS to bf16
+// before their products; attention.cpp has rounded q, k, v and dO already. The same declarations
+// in each namespace:
 #define FG_ATTENTION_ISA_DECLS                                                                      \
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,                  \
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,                   \
-                       bool causal, float scale);                                                             \
+                       bool causal, float scale, bool bf16);                                                  \
 void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,                    \
                         const float* k, const float* v, const float* o, const float* lse,                     \
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,                  \
-                        bool causal, float scale);                                                            \
+                        bool causal, float scale, bool bf16);                                                 \
 /* Any layouts; only for D % 16 == 0 (returns false, doing nothing, otherwise). */                            \
 bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,            \
                                const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,       \
                                int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,         \
-                               float scale);                                                                  \
+                               float scale, bool bf16);                                                       \
 bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv,              \
                                 HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,             \
                                 HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,  \
                                 const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,        \
-                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale);     \
+                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale,      \
+                                bool bf16);                                                                   \
   /* end of FG_ATTENTION_ISA_DECLS */
 namespace avx2 { FG_ATTENTION_ISA_DECLS }
 namespace avx512 { FG_ATTENTION_ISA_DECLS }

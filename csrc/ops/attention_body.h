@@ -318,6 +318,16 @@ inline __m256 fast_exp8(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
 }
 
+// x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32: the bf16 products'
+// operands (bf16_round of matmul_bf16.h, 8 lanes at a time).
+inline __m256 round_bf16_8(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7fff))),
+                                     _mm256_set1_epi32(static_cast<int>(0xffff0000u)));
+  return _mm256_blendv_ps(_mm256_castsi256_ps(r), x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+
 // The exp of attention_impl.h's tiled kernels (head sizes not a multiple of 16).
 struct Exp8 {
   void operator()(float* x, int64_t n) const {
@@ -458,7 +468,7 @@ inline void fwd_scores(float* St, float* cmax, const float* K, int64_t ldk, cons
 template <int DC>
 void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq, const float* k,
                   HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
-                  int64_t S, bool causal, float scale, int64_t Drt) {
+                  int64_t S, bool causal, float scale, int64_t Drt, bool bf16) {
   const int64_t D = DC > 0 ? DC : Drt;  // a constant expression in the fast paths (DC > 0)
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nqt = (Tq + kQ - 1) / kQ, G = H / Hkv, off = S - Tq;
@@ -508,7 +518,7 @@ void fast_forward(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayou
           for (int64_t c = 0; c < ce; ++c) {
             __m256 p = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(St + c * kQ + r), msub));
             if (masked) p = _mm256_and_ps(p, _mm256_cmp_ps(rl, _mm256_set1_ps(float(c)), _CMP_GE_OQ));
-            _mm256_storeu_ps(St + c * kQ + r, p);
+            _mm256_storeu_ps(St + c * kQ + r, bf16 ? round_bf16_8(p) : p);  // P V's operand; l sums float32
             sum = _mm256_add_ps(sum, p);
           }
           _mm256_storeu_ps(l + r, _mm256_fmadd_ps(_mm256_loadu_ps(l + r), alpha, sum));
@@ -549,7 +559,8 @@ template <int M>
 __attribute__((always_inline)) inline void bwd_block(float* __restrict P, float* __restrict dS, const float* Q,
                                                      int64_t ldq, const float* dO, int64_t ldo, const float* Kt,
                                                      const float* Vt, const int64_t* nv, const float* L,
-                                                     const float* Dd, int64_t i, int64_t n, int64_t D, float scale) {
+                                                     const float* Dd, int64_t i, int64_t n, int64_t D, float scale,
+                                                     bool bf16) {
   bool none = true;  // nothing visible in the block: zeros, no products
   for (int m = 0; m < M; ++m) none = none && nv[i + m] <= n;
   if (none) {
@@ -585,6 +596,12 @@ __attribute__((always_inline)) inline void bwd_block(float* __restrict P, float*
       g0 = _mm256_and_ps(g0, vis_mask(n, v));
       g1 = _mm256_and_ps(g1, vis_mask(n + 8, v));
     }
+    if (bf16) {  // the operands of dV = P^T dO, dK = dS^T Q, dQ = dS K (dS from the float32 P)
+      g0 = round_bf16_8(g0);
+      g1 = round_bf16_8(g1);
+      _mm256_storeu_ps(P + (i + m) * kK + n, round_bf16_8(_mm256_loadu_ps(p)));
+      _mm256_storeu_ps(P + (i + m) * kK + n + 8, round_bf16_8(_mm256_loadu_ps(p + 8)));
+    }
     _mm256_storeu_ps(dS + (i + m) * kK + n, g0);
     _mm256_storeu_ps(dS + (i + m) * kK + n + 8, g1);
   });
@@ -597,7 +614,7 @@ template <int DC>
 inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, int64_t ldq, const float* dO,
                      int64_t ldo, const float* Kt, const float* Vt, const float* L, const float* Dd, int64_t i0,
                      int64_t nr, int64_t j0, int64_t nk, int64_t off, bool causal, float scale,
-                     int64_t /*diag*/, int64_t Drt) {
+                     int64_t /*diag*/, int64_t Drt, bool bf16) {
   const int64_t D = DC > 0 ? DC : Drt;
   const float ninf = -std::numeric_limits<float>::infinity();
   int64_t nv[kQ];
@@ -608,13 +625,13 @@ inline void bwd_tile(float* __restrict P, float* __restrict dS, const float* Q, 
   Dd += i0;
   for (int64_t n = 0; n < kK; n += 16) {
     int64_t i = 0;
-    for (; i + 6 <= nr; i += 6) bwd_block<6>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale);
+    for (; i + 6 <= nr; i += 6) bwd_block<6>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16);
     switch (nr - i) {
-      case 5: bwd_block<5>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
-      case 4: bwd_block<4>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
-      case 3: bwd_block<3>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
-      case 2: bwd_block<2>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
-      case 1: bwd_block<1>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale); break;
+      case 5: bwd_block<5>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16); break;
+      case 4: bwd_block<4>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16); break;
+      case 3: bwd_block<3>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16); break;
+      case 2: bwd_block<2>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16); break;
+      case 1: bwd_block<1>(P, dS, Q, ldq, dO, ldo, Kt, Vt, nv, L, Dd, i, n, D, scale, bf16); break;
       default: break;
     }
   }
@@ -637,7 +654,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
                    const float* do_, HeadLayout Ldo, const float* q, HeadLayout Lq, const float* k,
                    HeadLayout Lk, const float* v, HeadLayout Lv, const float* o, HeadLayout Lo,
                    const float* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, bool causal,
-                   float scale, int64_t Drt) {
+                   float scale, int64_t Drt, bool bf16) {
   const int64_t D = DC > 0 ? DC : Drt;
   const int64_t G = H / Hkv, off = S - Tq, nkt = (S + kK - 1) / kK, nqt = (Tq + kQ - 1) / kQ;
   attn_detail::Scratch<float> Di(B * H * Tq);
@@ -704,7 +721,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
               const int64_t diag = diagonal(i0, j0);
               const bool acc_kv = bh != bh0 || i0 != iq;
               bwd_tile<DC>(P, dS, Qh, ldq, dOh, ldo, Kt, Vt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
-                           causal, scale, diag, D);
+                           causal, scale, diag, D, bf16);
               gemm(dVh + j0 * Ldv.st, Ldv.st, P, 1, kK, dOh + i0 * ldo, ldo, nk, D, nr, acc_kv, Tri::kbegin, diag);
               gemm(dKh + j0 * Ldk.st, Ldk.st, dS, 1, kK, Qh + i0 * ldq, ldq, nk, D, nr, acc_kv, Tri::kbegin, diag);
               gemm(dQh + i0 * Ldq.st, Ldq.st, dS, kK, 1, Kr, D, nr, D, nk, j0 != 0, Tri::kend, diag);
@@ -750,7 +767,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
           const int64_t diag = diagonal(i0, j0);
           const bool acc_kv = bh != bh0 || i0 != iq;  // the first product overwrites
           bwd_tile<DC>(P, dS, Qh, Lq.st, dOh, Ldo.st, Ktt, Vtt, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off,
-                       causal, scale, diag, D);
+                       causal, scale, diag, D, bf16);
           gemm(dVt, Ldv.st, P, 1, kK, dOh + i0 * Ldo.st, Ldo.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
           gemm(dKt, Ldk.st, dS, 1, kK, Qh + i0 * Lq.st, Lq.st, nk, D, nr, acc_kv, Tri::kbegin, diag);
         }
@@ -773,7 +790,7 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
         const int64_t nk = lmin(kK, S - j0);
         const int64_t tile = (hk * nkt + j0 / kK) * D * kK, diag = diagonal(i0, j0);
         bwd_tile<DC>(P, dS, q + Lq.head(bh, H), Lq.st, do_ + Ldo.head(bh, H), Ldo.st, Kt.data() + tile,
-                     Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D);
+                     Vt.data() + tile, lse + bh * Tq, Di.data() + bh * Tq, i0, nr, j0, nk, off, causal, scale, diag, D, bf16);
         gemm(dQt, Ldq.st, dS, kK, 1, k + Lk.head(hk, Hkv) + j0 * Lk.st, Lk.st, nr, D, nk, j0 != 0, Tri::kend, diag);
       }
     }
@@ -785,16 +802,16 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
 bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,
                                const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,
                                int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal,
-                               float scale) {
+                               float scale, bool bf16) {
   // the common head sizes as compile-time constants (loops over D unroll fully); any other
   // multiple of 16 on the same tile kernels with D read at run time
   switch (D) {
-    case 32: fast_forward<32>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
-    case 64: fast_forward<64>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
-    case 128: fast_forward<128>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D); return true;
+    case 32: fast_forward<32>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D, bf16); return true;
+    case 64: fast_forward<64>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D, bf16); return true;
+    case 128: fast_forward<128>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D, bf16); return true;
     default:
       if (D % 16 != 0) return false;
-      fast_forward<0>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D);
+      fast_forward<0>(o, Lo, lse, q, Lq, k, Lk, v, Lv, B, H, Hkv, Tq, S, causal, scale, D, bf16);
       return true;
   }
 }
@@ -803,9 +820,11 @@ bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout
                                 HeadLayout Ldv, const float* do_, HeadLayout Ldo, const float* q,
                                 HeadLayout Lq, const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,
                                 const float* o, HeadLayout Lo, const float* lse, int64_t B, int64_t H,
-                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale) {
+                                int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, float scale,
+                                bool bf16) {
 #define FG_BWD(DC) \
-  fast_backward<DC>(dq, Ldq, dk, Ldk, dv, Ldv, do_, Ldo, q, Lq, k, Lk, v, Lv, o, Lo, lse, B, H, Hkv, Tq, S, causal, scale, D)
+  fast_backward<DC>(dq, Ldq, dk, Ldk, dv, Ldv, do_, Ldo, q, Lq, k, Lk, v, Lv, o, Lo, lse, B, H, Hkv, Tq, S, causal, scale, \
+                    D, bf16)
   switch (D) {
     case 32: FG_BWD(32); return true;
     case 64: FG_BWD(64); return true;
@@ -820,21 +839,21 @@ bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout
 
 void attention_forward(float* o, float* lse, const float* q, const float* k, const float* v,
                        int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
-                       bool causal, float scale) {
+                       bool causal, float scale, bool bf16) {
   const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
-  if (attention_forward_strided(o, Lq, lse, q, Lq, k, Lkv, v, Lkv, B, H, Hkv, Tq, S, D, causal, scale)) return;
-  attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  if (attention_forward_strided(o, Lq, lse, q, Lq, k, Lkv, v, Lkv, B, H, Hkv, Tq, S, D, causal, scale, bf16)) return;
+  attn_detail::forward<0>(o, lse, q, k, v, B, H, Hkv, Tq, S, D, causal, scale, Exp8{}, bf16);
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* do_, const float* q,
                         const float* k, const float* v, const float* o, const float* lse,
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
-                        bool causal, float scale) {
+                        bool causal, float scale, bool bf16) {
   const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
   if (attention_backward_strided(dq, Lq, dk, Lkv, dv, Lkv, do_, Lq, q, Lq, k, Lkv, v, Lkv, o, Lq, lse, B, H, Hkv,
-                                 Tq, S, D, causal, scale))
+                                 Tq, S, D, causal, scale, bf16))
     return;
-  attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{});
+  attn_detail::backward<0>(dq, dk, dv, do_, q, k, v, o, lse, B, H, Hkv, Tq, S, D, causal, scale, Exp8{}, bf16);
 }
 
 }  // namespace fg::FG_ISA

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "core/parallel.h"
+#include "ops/matmul_bf16.h"
 
 namespace fg::FG_ISA::attn_detail {
 
@@ -43,6 +44,17 @@ class Scratch {
   T* p_;
   int64_t n_;
 };
+
+// x rounded to bfloat16 (nearest even), as a T: the operands of the bf16 products.
+template <typename T>
+inline T to_bf16(T x) { return T(bf16_to_float(bf16_round(float(x)))); }
+
+// x[j] = to_bf16(x[j]) for j < n when bf16 (mixed precision), else nothing.
+template <typename T>
+inline void round_if(T* x, int64_t n, bool bf16) {
+  if (bf16)
+    for (int64_t j = 0; j < n; ++j) x[j] = to_bf16(x[j]);
+}
 
 constexpr int64_t kBq = 32;  // query rows per tile
 constexpr int64_t kBk = 64;  // keys per tile
@@ -105,7 +117,7 @@ inline int64_t visible(int64_t i, int64_t Tq, int64_t S, bool causal) {
 // DC > 0 fixes the head size at compile time (fast paths), DC == 0 reads it from Drt.
 template <int64_t DC, typename T, typename Exp>
 void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H, int64_t Hkv,
-             int64_t Tq, int64_t S, int64_t Drt, bool causal, T scale, Exp exp_rows) {
+             int64_t Tq, int64_t S, int64_t Drt, bool causal, T scale, Exp exp_rows, bool bf16 = false) {
   const int64_t D = DC > 0 ? DC : Drt;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t nqt = (Tq + kBq - 1) / kBq, G = H / Hkv;
@@ -142,6 +154,7 @@ void forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_
           m[r] = mn;
           T* ar = acc.data() + r * D;
           if (alpha != T(1)) for (int64_t d = 0; d < D; ++d) ar[d] *= alpha;
+          round_if(s.data(), nv, bf16);  // P in bf16 for P V; l sums the float32 values
           accum_rows(ar, s.data(), 1, V + j0 * D, nv, D);
         }
       }
@@ -172,7 +185,7 @@ inline void probs(T* s, int64_t n, T scale, T lse, Exp& exp_rows) {
 template <int64_t DC, typename T, typename Exp>
 void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v, const T* o,
               const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t Drt,
-              bool causal, T scale, Exp exp_rows) {
+              bool causal, T scale, Exp exp_rows, bool bf16 = false) {
   const int64_t D = DC > 0 ? DC : Drt;
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t G = H / Hkv;
@@ -210,6 +223,7 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
           probs(p.data(), nv, scale, lse[row], exp_rows);
           row_dots(dp.data(), do_ + row * D, Vt.data(), nv, D);
           for (int64_t j = 0; j < nv; ++j) p[j] = scale * p[j] * (dp[j] - Di[row]);  // scale * dS
+          round_if(p.data(), nv, bf16);
           accum_rows(dq + row * D, p.data(), 1, K + j0 * D, nv, D);
         }
       }
@@ -248,8 +262,9 @@ void backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T
             probs(p.data(), nv, scale, lse[row], exp_rows);
             row_dots(dp.data(), do_ + row * D, Vt.data(), nv, D);
             for (int64_t j = 0; j < nv; ++j) {
-              Pt[j * kBq + r] = p[j];
-              St[j * kBq + r] = scale * p[j] * (dp[j] - Di[row]);
+              const T dsj = scale * p[j] * (dp[j] - Di[row]);
+              Pt[j * kBq + r] = bf16 ? to_bf16(p[j]) : p[j];
+              St[j * kBq + r] = bf16 ? to_bf16(dsj) : dsj;
             }
           }
           const int64_t rb = bh * Tq + i0;

@@ -205,7 +205,9 @@ def _attention_logits(q, k, causal, scale):
     return logits, s, kr, rep
 
 
-def _attention_forward(q, k, v, causal=False, scale=None):
+def _attention_forward(q, k, v, causal=False, scale=None, bf16=False):
+    if bf16:  # mixed precision: the operands rounded to bf16 (P and dS are not: float64-like sums)
+        q, k, v = _bf16(q), _bf16(k), _bf16(v)
     logits, _, _, rep = _attention_logits(q, k, causal, scale)
     v = np.repeat(v, rep, axis=1)
     m = logits.max(-1, keepdims=True)
@@ -218,7 +220,9 @@ def _attention_forward(q, k, v, causal=False, scale=None):
     return (p @ v).astype(q.dtype), lse.astype(q.dtype)
 
 
-def _attention_backward(do, q, k, v, o, lse, causal=False, scale=None):
+def _attention_backward(do, q, k, v, o, lse, causal=False, scale=None, bf16=False):
+    if bf16:
+        do, q, k, v = _bf16(do), _bf16(q), _bf16(k), _bf16(v)
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     logits, s, kr, rep = _attention_logits(q, k, causal, scale)
@@ -241,14 +245,14 @@ def _split_qkv(qkv, H, Hkv):
     return _c(x[:, :H]), _c(x[:, H:H + Hkv]), _c(x[:, H + Hkv:])
 
 
-def _attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None):
+def _attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
     q, k, v = _split_qkv(qkv, n_head, n_kv_head or n_head)
-    o, lse = attention_forward(q, k, v, causal, scale)  # the dispatched kernel (module global)
+    o, lse = attention_forward(q, k, v, causal, scale, bf16)  # the dispatched kernel (module global)
     B, H, T, D = o.shape
     return _c(o.transpose(0, 2, 1, 3)).reshape(B, T, H * D), lse
 
 
-def _attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None):
+def _attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
     H, Hkv = n_head, n_kv_head or n_head
     q, k, v = _split_qkv(qkv, H, Hkv)
     B, T, W = qkv.shape
@@ -257,7 +261,7 @@ def _attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=Fals
     def heads(a):
         return _c(a.reshape(B, T, H, D).transpose(0, 2, 1, 3))
 
-    dq, dk, dv = attention_backward(heads(do), q, k, v, heads(o), lse, causal, scale)
+    dq, dk, dv = attention_backward(heads(do), q, k, v, heads(o), lse, causal, scale, bf16)
     d = np.empty((B, T, H + 2 * Hkv, D), dtype=qkv.dtype)
     d[:, :, :H] = dq.transpose(0, 2, 1, 3)
     d[:, :, H:H + Hkv] = dk.transpose(0, 2, 1, 3)

@@ -1,10 +1,11 @@
 """``fusegrad.autocast``: mixed precision, PyTorch's way (``torch.autocast("cpu", dtype=torch.bfloat16)``).
 
-Inside ``with fusegrad.autocast("bfloat16"):`` the matrix products of linear layers and of
-``Tensor @ Tensor`` (any shape; 2-D on the kernel, others with the operands rounded to bf16 and
+Inside ``with fusegrad.autocast("bfloat16"):`` the matrix products of linear layers, of fused
+attention (``F.scaled_dot_product_attention``, GPT's attention: q, k, v, dO, P and dS rounded to bf16,
+softmax statistics float32) and of ``Tensor @ Tensor`` (any shape; 2-D on the kernel, others with the operands rounded to bf16 and
 multiplied in float32) take bfloat16 operands with float32 accumulation (``ops.matmul_bf16``: the
 AVX512_BF16 kernel where the CPU has it, the same rounding emulated on the float32 GEMM elsewhere),
-forward and backward. Everything else stays float32: layer norm statistics, softmax, attention,
+forward and backward. Everything else stays float32: layer norm statistics, softmax,
 cross-entropy, the loss and the optimizer; parameters and their gradients stay float32 (master
 weights), so no loss scaling is needed. The operands are converted to bf16 inside the kernel, once
 per product (no bf16 copies in memory between ops). ``enabled=False`` turns it off; contexts nest;

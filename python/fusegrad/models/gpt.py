@@ -36,6 +36,7 @@ from .. import _C
 from .. import _kernels as K
 from .. import _random
 from .. import _xp
+from .. import amp as _amp
 from .._checks import is_int
 from ..nn import functional as F
 from ..nn.modules import Embedding, LayerNorm, Linear, Module
@@ -151,11 +152,14 @@ class _CausalSelfAttention(Function):
             kv[0][:B, :, :T] = x[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
             kv[1][:B, :, :T] = x[:, :, H + Hkv:].transpose(0, 2, 1, 3)
         self.qkv, self.H, self.Hkv, self.D, self.rope = qkv, H, Hkv, D, rope
-        self.o, self.lse = K.attention_qkv_forward(qkv, H, Hkv, True, None)
+        # autocast: bf16 operands of the products, float32 softmax statistics (CPU kernels only)
+        bf16 = _amp.is_autocast_enabled() and qkv.dtype == np.float32 and isinstance(qkv, np.ndarray)
+        self.kw = {"bf16": True} if bf16 else {}
+        self.o, self.lse = K.attention_qkv_forward(qkv, H, Hkv, True, None, **self.kw)
         return self.o
 
     def backward(self, g):
-        dqkv = K.attention_qkv_backward(_kc(g), self.qkv, self.o, self.lse, self.H, self.Hkv, True, None)
+        dqkv = K.attention_qkv_backward(_kc(g), self.qkv, self.o, self.lse, self.H, self.Hkv, True, None, **self.kw)
         if self.rope is not None:
             _rope_qkv(dqkv, self.H, self.Hkv, self.D, self.rope, inverse=True, out=dqkv)
         return (dqkv,)

@@ -341,11 +341,16 @@ class _Attention(Function):
     def forward(self, q, k, v, causal=False, scale=None):
         self.q, self.k, self.v = _kc(q), _kc(k), _kc(v)
         self.causal, self.scale = causal, scale
-        self.o, self.lse = K.attention_forward(self.q, self.k, self.v, causal, scale)
+        # autocast: bf16 operands of the products, float32 softmax statistics (backward alike;
+        # CPU kernels only: the keyword is not passed otherwise)
+        bf16 = _amp.is_autocast_enabled() and self.q.dtype == np.float32 and isinstance(self.q, np.ndarray)
+        self.kw = {"bf16": True} if bf16 else {}
+        self.o, self.lse = K.attention_forward(self.q, self.k, self.v, causal, scale, **self.kw)
         return self.o
 
     def backward(self, g):
-        return K.attention_backward(_kc(g), self.q, self.k, self.v, self.o, self.lse, self.causal, self.scale)
+        return K.attention_backward(_kc(g), self.q, self.k, self.v, self.o, self.lse, self.causal, self.scale,
+                                    **self.kw)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
