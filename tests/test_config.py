@@ -66,6 +66,23 @@ def test_isa_environment_variable_beyond_cpu_falls_back_with_warning():
     assert "FUSEGRAD_ISA" in r.stderr and "using" in r.stderr
 
 
+@pytest.mark.parametrize("env", ["emulated", "amx", "fastest"])
+def test_bf16_kernel_environment_variable(env):
+    # issue 19: FUSEGRAD_BF16_KERNEL picks the bf16 kernel; one this CPU cannot run warns and uses auto
+    import subprocess
+    import sys
+    code = ("import warnings; warnings.simplefilter('always'); import fusegrad; "
+            "print(fusegrad._C.bf16_kernel_setting()); fusegrad.show_config()")
+    r = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "FUSEGRAD_BF16_KERNEL": env},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    runs = env in _C.bf16_kernels_available()
+    assert r.stdout.splitlines()[0] == (env if runs else "auto")
+    assert ("FUSEGRAD_BF16_KERNEL" in r.stderr) == (not runs)
+    if runs:
+        assert f"(set: {env})" in r.stdout
+
+
 def test_peak_fma_per_isa():
     for name in _C.isas_supported():
         assert _C.peak_fma_gflops(1, 0.02, name) > 0

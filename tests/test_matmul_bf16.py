@@ -25,9 +25,7 @@ def _prod(a, b, ta, tb):
     return (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
 
 
-@pytest.mark.parametrize("M, K, N", SHAPES)
-@pytest.mark.parametrize("ta, tb", [(False, False), (False, True), (True, False), (True, True)])
-def test_error_budget(isa, rng, M, K, N, ta, tb):
+def _check_error_budget(rng, M, K, N, ta, tb):
     a, b = _operands(rng, M, K, N, ta, tb)
     got = ops.matmul_bf16(a, b, trans_a=ta, trans_b=tb)
     assert got.dtype == np.float32 and got.shape == (M, N)
@@ -39,11 +37,95 @@ def test_error_budget(isa, rng, M, K, N, ta, tb):
     terms = np.abs(bf16_round(a)).T if ta else np.abs(bf16_round(a))
     mag = terms @ (np.abs(bf16_round(b)).T if tb else np.abs(bf16_round(b)))
     assert np.all(np.abs(got - plain) <= 2 * max(K, 1) * np.finfo(np.float32).eps * mag + 1e-30)
+    return got
+
+
+TRANS = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.mark.parametrize("M, K, N", SHAPES)
+@pytest.mark.parametrize("ta, tb", TRANS)
+def test_error_budget(isa, rng, M, K, N, ta, tb):
+    _check_error_budget(rng, M, K, N, ta, tb)
 
 
 def test_paths(isa):
     want = "avx512_bf16" if isa == "avx512" and _C.cpu_has_avx512_bf16() else "emulated"
-    assert _C.bf16_path() == want
+    assert _C.bf16_kernel_setting() == "auto" and _C.bf16_path() == want
+
+
+# Every kernel this CPU runs, by name, on the avx512 path (where all but "emulated" live). The AMX
+# kernel (never chosen by "auto" until it has run on AMX hardware) is tested here on CPUs with
+# AMX-BF16, and its packing and tiling everywhere with AVX512_BF16 through "amx_simulated" (the same
+# kernel body over a software model of the tiles).
+KERNELS = ["emulated", "avx512_bf16", "amx_simulated", "amx"]
+
+
+@pytest.fixture(params=KERNELS)
+def bf16_kernel(request):
+    name = request.param
+    if name not in _C.bf16_kernels_available():
+        pytest.skip(f"this CPU or build does not run the {name} bf16 kernel")
+    old_isa, old = _C.get_isa(), _C.bf16_kernel_setting()
+    _C.set_isa(_C.best_isa())
+    _C.set_bf16_kernel(name)
+    assert _C.bf16_path() == name
+    yield name
+    _C.set_bf16_kernel(old)
+    _C.set_isa(old_isa)
+
+
+# AMX tiles are 16 x 16 float32 of C (32 x 32 per block) and 16 K pairs: shapes on both sides of each
+KERNEL_SHAPES = SHAPES[:-2] + [(16, 32, 16), (17, 33, 15), (32, 64, 32), (33, 65, 31), (31, 31, 65),
+                               (70, 97, 300), (5, 3, 0)]
+
+
+@pytest.mark.parametrize("M, K, N", KERNEL_SHAPES)
+@pytest.mark.parametrize("ta, tb", TRANS)
+def test_kernel_error_budget(bf16_kernel, rng, M, K, N, ta, tb):
+    _check_error_budget(rng, M, K, N, ta, tb)
+
+
+def test_kernel_long_k_and_large(bf16_kernel, rng):
+    # long K (the float32 sum over 4099 terms) and a product larger than a task (64 x 256 on AMX)
+    _check_error_budget(rng, 130, 4099, 70, False, True)
+    _check_error_budget(rng, 200, 300, 600, True, False)
+
+
+def test_kernels_agree(bf16_kernel, rng):
+    # every kernel computes the same function up to the order of the float32 sums
+    a, b = _operands(rng, 45, 257, 77, True, True)
+    got = ops.matmul_bf16(a, b, trans_a=True, trans_b=True)
+    _C.set_bf16_kernel("emulated")
+    want = ops.matmul_bf16(a, b, trans_a=True, trans_b=True)
+    mag = np.abs(bf16_round(a)).T @ np.abs(bf16_round(b)).T
+    assert np.all(np.abs(got - want) <= 2 * 257 * np.finfo(np.float32).eps * mag)
+
+
+def test_kernel_accumulate_threads_and_specials(bf16_kernel, rng, threads):
+    a, b = _operands(rng, 35, 70, 40, False, False)
+    c0 = rng.standard_normal((35, 40)).astype(np.float32)
+    res = []
+    for n in (1, 2, 3):
+        threads(n)
+        out = c0.copy()
+        ops.matmul_bf16(a, b, out=out, accumulate=True)
+        res.append(out)
+    for r in res[1:]:
+        np.testing.assert_array_equal(r, res[0])
+    np.testing.assert_allclose(res[0], c0 + ops.matmul_bf16(a, b), rtol=1e-6, atol=1e-5)
+    sp = ops.matmul_bf16(np.array([[np.inf, 1.0], [np.nan, 1.0], [2 ** -8 + 1, 0]], np.float32),
+                         np.ones((2, 1), np.float32))
+    assert sp[0, 0] == np.inf and np.isnan(sp[1, 0]) and sp[2, 0] == 1.0  # 1 + 2^-8 ties to even: 1
+
+
+def test_kernel_choice_errors():
+    with pytest.raises(ValueError, match="set_bf16_kernel: name='fast'.*auto, emulated"):
+        _C.set_bf16_kernel("fast")
+    if "amx" not in _C.bf16_kernels_available():
+        with pytest.raises(ValueError, match="name='amx'"):
+            _C.set_bf16_kernel("amx")
+    assert _C.bf16_kernel_setting() == "auto"
 
 
 def test_rounding_to_nearest_even_and_specials(isa):

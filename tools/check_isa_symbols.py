@@ -19,7 +19,7 @@ import subprocess
 import sys
 from collections import defaultdict
 
-ISA_RE = re.compile(r"_(avx2|avx512|avx512bf16)\.cpp\.o$")
+ISA_RE = re.compile(r"_(avx2|avx512|avx512bf16|amx)\.cpp\.o$")
 
 
 def weak_symbols(obj):

@@ -1,11 +1,24 @@
 // matmul_bf16: a 2-D product with bfloat16 operands and float32 accumulation (csrc/ops/matmul_bf16.h).
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
 #include "bind/bind.h"
 #include "bind/check.h"
+#include "core/cpu.h"
 #include "ops/matmul_bf16.h"
 
 namespace fg::bind {
 
 namespace {
+
+std::vector<std::string> bf16_kernels_available() {
+  std::vector<std::string> r;
+  for (const char* k : {"emulated", "avx512_bf16", "amx_simulated", "amx"})
+    if (bf16_kernel_runs(k)) r.emplace_back(k);
+  return r;
+}
 
 py::object matmul_bf16_py(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b,
                           const py::object& out_obj, bool accumulate) {
@@ -54,7 +67,28 @@ void bind_matmul_bf16(py::module_& m) {
         "products summed in float32 (mixed precision). With out, writes there (or adds, if accumulate).");
   m.def("cpu_has_avx512_bf16", &cpu_has_avx512_bf16, "The CPU (and OS) run AVX512_BF16, and this build has its kernel.");
   m.def("bf16_path", [] { return std::string(bf16_path()); },
-        "The path matmul_bf16 takes now: 'avx512_bf16' (AVX512_BF16 dot products) or 'emulated'.");
+        "The kernel matmul_bf16 takes now: 'amx' (AMX-BF16 tiles), 'avx512_bf16' (AVX512_BF16 dot "
+        "products), 'amx_simulated' (the AMX kernel over software tiles, for tests) or 'emulated'.");
+  m.def("cpu_has_amx_bf16", &cpu_amx_bf16,
+        "The CPU has AMX-BF16 and Linux granted this process the tile state (this build's AMX kernel aside).");
+  m.def(
+      "set_bf16_kernel",
+      [](const std::string& name) {
+        if (!set_bf16_kernel(name.c_str())) {
+          std::string have = "auto";
+          for (const auto& k : bf16_kernels_available()) have += ", " + k;
+          value_error(cat("set_bf16_kernel: name='", name, "' is not a kernel this CPU and build run; these do: ", have));
+        }
+      },
+      py::arg("name"),
+      "Chooses the bf16 matrix-product kernel: 'auto' or one of bf16_kernels_available(). A kernel other "
+      "than 'emulated' is taken only while the active ISA path is avx512.");
+  m.def("bf16_kernel_setting", [] { return std::string(bf16_kernel_setting()); },
+        "'auto' or the kernel set by set_bf16_kernel / FUSEGRAD_BF16_KERNEL.");
+  m.def("bf16_kernels_available", &bf16_kernels_available,
+        "The bf16 kernels this CPU and build run, slowest-named last: emulated, avx512_bf16, amx_simulated, amx.");
+  m.def("bf16_env_note", [] { return std::string(bf16_env_note()); },
+        "Non-empty when FUSEGRAD_BF16_KERNEL could not be honoured.");
 }
 
 }  // namespace fg::bind

@@ -10,6 +10,10 @@
 #include <cpuid.h>
 #define FG_X86_CPUID 1
 #endif
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace fg {
 
@@ -138,6 +142,28 @@ bool parse_isa(const std::string& name, Isa* out) {
 const std::string& isa_env_note() {
   (void)active_isa();  // the note is written when the choice is first made
   return env_note();
+}
+
+bool cpu_amx_bf16() {
+#if defined(FG_X86_CPUID) && defined(__linux__) && defined(__x86_64__)
+  static const bool ok = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+    if (__get_cpuid_max(0, nullptr) < 7) return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    const bool amx_bf16 = d & (1u << 22), amx_tile = d & (1u << 24);
+    if (!amx_bf16 || !amx_tile) return false;
+    if ((xcr0() & 0x60000u) != 0x60000u) return false;  // XTILECFG (bit 17) and XTILEDATA (bit 18)
+    // Linux hands the 8 KB tile data state to a process only on request (arch_prctl
+    // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA = 18; since Linux 5.16); without it the first tile
+    // instruction kills the process with SIGILL. The grant covers every thread of the process.
+    constexpr int kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+#else
+  return false;
+#endif
 }
 
 std::string cpu_model() {

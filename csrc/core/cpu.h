@@ -28,6 +28,9 @@ const char* isa_name(Isa isa);
 bool parse_isa(const std::string& name, Isa* out);  // "portable" | "avx2" | "avx512"
 const std::string& isa_env_note();  // non-empty when FUSEGRAD_ISA could not be honoured
 std::string cpu_model();      // the CPUID brand string ("" where unknown)
+// The CPU has AMX-TILE and AMX-BF16, the OS saves the tile state, and Linux granted this process
+// the tile data state (requested on the first call). Any AMX instruction needs this to be true.
+bool cpu_amx_bf16();
 
 inline bool use_avx2() { return active_isa() >= Isa::avx2; }
 inline bool use_avx512() { return active_isa() >= Isa::avx512; }

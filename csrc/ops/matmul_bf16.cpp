@@ -1,6 +1,10 @@
 // bf16 matrix products: path choice and the emulated path (see matmul_bf16.h).
 #include "ops/matmul_bf16.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/cpu.h"
@@ -28,7 +32,85 @@ bool cpu_has_avx512_bf16() {
 #endif
 }
 
-const char* bf16_path() { return cpu_has_avx512_bf16() && use_avx512() ? "avx512_bf16" : "emulated"; }
+namespace {
+
+enum class Bf16Kernel { automatic = 0, emulated, avx512_bf16, amx_simulated, amx };
+constexpr const char* kBf16Names[] = {"auto", "emulated", "avx512_bf16", "amx_simulated", "amx"};
+
+bool parse_bf16(const char* name, Bf16Kernel* out) {
+  for (int i = 0; i < 5; ++i)
+    if (std::strcmp(name, kBf16Names[i]) == 0) {
+      *out = static_cast<Bf16Kernel>(i);
+      return true;
+    }
+  return false;
+}
+
+bool runs(Bf16Kernel k) {
+  switch (k) {
+    case Bf16Kernel::automatic:
+    case Bf16Kernel::emulated: return true;
+    case Bf16Kernel::avx512_bf16:
+    case Bf16Kernel::amx_simulated: return cpu_has_avx512_bf16();
+    case Bf16Kernel::amx:
+#ifdef FUSEGRAD_HAVE_AMX_BUILD
+      return cpu_has_avx512_bf16() && cpu_amx_bf16();
+#else
+      return false;
+#endif
+  }
+  return false;
+}
+
+std::string& env_note() {
+  static std::string note;
+  return note;
+}
+
+std::atomic<int>& setting() {
+  static std::atomic<int> s{[] {
+    const char* env = std::getenv("FUSEGRAD_BF16_KERNEL");
+    Bf16Kernel k = Bf16Kernel::automatic;
+    if (env && *env && !(parse_bf16(env, &k) && runs(k))) {
+      env_note() = std::string("FUSEGRAD_BF16_KERNEL='") + env + "' is not a kernel this CPU and build run " +
+                   "(auto, emulated, avx512_bf16, amx_simulated, amx); using auto";
+      k = Bf16Kernel::automatic;
+    }
+    return static_cast<int>(k);
+  }()};
+  return s;
+}
+
+// The kernel taken now: the forced one while the ISA path allows it, else auto's choice.
+Bf16Kernel current() {
+  const auto k = static_cast<Bf16Kernel>(setting().load(std::memory_order_relaxed));
+  if (!use_avx512()) return Bf16Kernel::emulated;  // every kernel but emulated is AVX-512 code
+  if (k != Bf16Kernel::automatic) return k;
+  return cpu_has_avx512_bf16() ? Bf16Kernel::avx512_bf16 : Bf16Kernel::emulated;
+}
+
+}  // namespace
+
+const char* bf16_path() { return kBf16Names[static_cast<int>(current())]; }
+
+bool bf16_kernel_runs(const char* name) {
+  Bf16Kernel k;
+  return parse_bf16(name, &k) && runs(k);
+}
+
+bool set_bf16_kernel(const char* name) {
+  Bf16Kernel k;
+  if (!parse_bf16(name, &k) || !runs(k)) return false;
+  setting().store(static_cast<int>(k), std::memory_order_relaxed);
+  return true;
+}
+
+const char* bf16_kernel_setting() { return kBf16Names[setting().load(std::memory_order_relaxed)]; }
+
+const char* bf16_env_note() {
+  (void)setting();
+  return env_note().c_str();
+}
 
 namespace {
 
@@ -46,12 +128,18 @@ std::vector<float> rounded(const float* x, int64_t n) {
 void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
                  bool trans_b, bool accumulate) {
   if (M <= 0 || N <= 0) return;
-#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
-  if (cpu_has_avx512_bf16() && use_avx512() && K > 0) {
-    avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate);
-    return;
-  }
+  if (K > 0) switch (current()) {
+#ifdef FUSEGRAD_HAVE_AMX_BUILD
+      case Bf16Kernel::amx: amx::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); return;
 #endif
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+      case Bf16Kernel::avx512_bf16: avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); return;
+      case Bf16Kernel::amx_simulated:
+        avx512_bf16::gemm_amx_simulated(c, a, b, M, N, K, trans_a, trans_b, accumulate);
+        return;
+#endif
+      default: break;
+    }
   const std::vector<float> ra = rounded(a, M * K), rb = rounded(b, K * N);
   matmul<float>(c, ra.data(), rb.data(), 1, M, N, K, trans_a, trans_b, accumulate, 0, 0);
 }

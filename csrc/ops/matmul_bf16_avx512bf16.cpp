@@ -11,83 +11,28 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "core/parallel.h"
 #include "ops/matmul_bf16.h"
+#include "ops/matmul_bf16_amx_body.h"
+#include "ops/matmul_bf16_pack.h"
 
 namespace fg::avx512_bf16 {
 
 namespace {
+
+using bf16_pack::pack_pairs;
+using bf16_pack::words;
 
 constexpr int kMR = 12;        // rows of C per micro-tile (A tiles are this tall)
 constexpr int kNR = 32;        // columns of C per micro-tile (B panels are this wide)
 constexpr int64_t kKCp = 128;  // K pairs per block: a 128 x 32-word B micro-panel (16 KB) stays in L1
 constexpr int64_t kMC = 96;    // rows of C per task
 constexpr int64_t kNC = 256;   // columns of C per task: 8 micro-panels (128 KB of B per K block) in L2
-
-// 16 floats -> 16 bf16 (round to nearest even) in the low half of each 32-bit lane
-inline __m512i bf16_lo(__m512 v) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(v)); }
-
-// Packs an operand of R rows (of C) by K into tiles of W rows: dst[t][p][w] = the 32-bit pair
-// (k = 2p, 2p + 1) of row t W + w, zero past R and past K; P pairs per tile (P >= ceil(K / 2)).
-// Element (r, k) is src[r rs + k ks]; every operand of matmul_bf16 has rs == 1 or ks == 1.
-template <int W>
-void pack_pairs(uint32_t* dst, const float* src, int64_t R, int64_t K, int64_t P, int64_t rs, int64_t ks) {
-  const int64_t tiles = (R + W - 1) / W;
-  if (ks == 1) {
-    // Rows are K contiguous: 32 k of a row become 16 pairs at once; the 16 x W block of pairs is
-    // then stored transposed (pairs outer, rows inner).
-    parallel_for(tiles, 1, [&](int64_t t0, int64_t t1) {
-      alignas(64) uint32_t tmp[W][16];
-      for (int64_t t = t0; t < t1; ++t)
-        for (int64_t p0 = 0; p0 < P; p0 += 16) {
-          const int64_t k0 = 2 * p0;
-          const int n0 = static_cast<int>(std::clamp<int64_t>(K - k0, 0, 16));
-          const int n1 = static_cast<int>(std::clamp<int64_t>(K - k0 - 16, 0, 16));
-          for (int w = 0; w < W; ++w) {
-            const int64_t r = t * W + w;
-            __m512i v = _mm512_setzero_si512();
-            if (r < R) {
-              const float* s = src + r * rs + k0;
-              const __m512 lo = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n0) - 1u), s);
-              const __m512 hi = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n1) - 1u), s + 16);
-              v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
-            }
-            _mm512_store_si512(tmp[w], v);
-          }
-          const int64_t np = std::min<int64_t>(16, P - p0);
-          uint32_t* d = dst + (t * P + p0) * W;
-          for (int64_t i = 0; i < np; ++i)
-            for (int w = 0; w < W; ++w) d[i * W + w] = tmp[w][i];
-        }
-    });
-    return;
-  }
-  // Rows are contiguous across r (the operand is stored transposed): k = 2p and 2p + 1 are two
-  // rows of the stored matrix; interleaving their bf16 halves gives up to 16 pairs of one tile at
-  // once. Blocks of 16 pairs (32 stored rows, which stay in L2) are the outer loop and tiles the
-  // inner, so the stored rows are read from memory once although each tile takes only W floats of
-  // a row. (Packing A this way is still ~25% of a 768 x 2048 x 256 product, dW of the small GPT:
-  // with 256 columns each packed pair is used only 8 times.)
-  constexpr int64_t kPB = 16;
-  parallel_for((P + kPB - 1) / kPB, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t t = 0; t < tiles; ++t)
-      for (int64_t p = b0 * kPB; p < std::min(P, b1 * kPB); ++p)
-        for (int c = 0; c < W; c += 16) {
-          const int64_t r = t * W + c;
-          const int n = static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(R - r, W - c), 0, 16));
-          const __mmask16 m = static_cast<__mmask16>((1u << n) - 1u);
-          const int64_t k = 2 * p;
-          const __m512 e = k < K ? _mm512_maskz_loadu_ps(m, src + r * rs + k * ks) : _mm512_setzero_ps();
-          const __m512 o = k + 1 < K ? _mm512_maskz_loadu_ps(m, src + r * rs + (k + 1) * ks) : _mm512_setzero_ps();
-          const __m512i w = _mm512_or_si512(bf16_lo(e), _mm512_slli_epi32(bf16_lo(o), 16));
-          const int nw = std::min(16, W - c);  // W = 12: one vector of 12 lanes
-          _mm512_mask_storeu_epi32(dst + (t * P + p) * W + c, static_cast<__mmask16>((1u << nw) - 1u), w);
-        }
-  });
-}
 
 // c[0:mr, 0:nr] (= or +=) the products of a packed A tile (ap[p * kMR + r]) and a B micro-panel
 // (bp[p * kNR + j]) over np pairs. Rows past mr and columns past nr are computed and not stored.
@@ -118,14 +63,6 @@ __attribute__((always_inline)) inline void kernel(float* c, int64_t ldc, const u
     _mm512_mask_storeu_ps(cr, m0, v0);
     _mm512_mask_storeu_ps(cr + 16, m1, v1);
   }
-}
-
-// malloc, not std::vector: a template instantiated in a TU with these flags could be the copy the
-// linker keeps for portable callers too (tools/check_isa_symbols.py)
-uint32_t* words(int64_t n) {
-  void* p = std::aligned_alloc(64, static_cast<size_t>((n * 4 + 63) / 64 * 64));
-  if (p == nullptr) throw std::bad_alloc();
-  return static_cast<uint32_t*>(p);
 }
 
 }  // namespace
@@ -162,6 +99,80 @@ void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_
   });
   std::free(Ap);
   std::free(Bp);
+}
+
+}  // namespace fg::avx512_bf16
+
+// ---- The AMX kernel (matmul_bf16_amx_body.h) over tile operations done in software ----
+
+namespace fg::avx512_bf16 {
+
+namespace {
+
+// Eight 16 x 64-byte tiles per thread and TDPBF16PS's arithmetic as Intel documents it: each
+// product of two bf16 values is exact in float32 and added on its own, round to nearest even,
+// denormal inputs read as zero and denormal results flushed to zero. Slow (scalar): for tests.
+struct SimTiles {
+  struct State {
+    alignas(64) uint32_t t[8][16][16];
+  };
+  static State& s() {
+    static thread_local State st;
+    return st;
+  }
+  static float daz(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; }
+  static float lo(uint32_t w) { return daz(bf16_to_float(static_cast<uint16_t>(w & 0xffffu))); }
+  static float hi(uint32_t w) { return daz(bf16_to_float(static_cast<uint16_t>(w >> 16))); }
+  static void configure() {}
+  static void release() {}
+  static void load(int i, const void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(s().t[i][r], static_cast<const char*>(p) + r * stride, 64);
+  }
+  static void store(int i, void* p, int64_t stride) {
+    for (int r = 0; r < 16; ++r) std::memcpy(static_cast<char*>(p) + r * stride, s().t[i][r], 64);
+  }
+  static void dp(int ci, int ai, int bi) {
+    auto& t = s().t;
+    for (int m = 0; m < 16; ++m)
+      for (int n = 0; n < 16; ++n) {
+        float acc;
+        std::memcpy(&acc, &t[ci][m][n], 4);
+        for (int p = 0; p < 16; ++p) {
+          acc = daz(acc + lo(t[ai][m][p]) * lo(t[bi][p][n]));
+          acc = daz(acc + hi(t[ai][m][p]) * hi(t[bi][p][n]));
+        }
+        std::memcpy(&t[ci][m][n], &acc, 4);
+      }
+  }
+  template <int I>
+  static void c_zero() {
+    std::memset(s().t[I], 0, sizeof s().t[I]);
+  }
+  template <int I>
+  static void c_load(const void* p, int64_t stride) {
+    load(I, p, stride);
+  }
+  template <int I>
+  static void c_store(void* p, int64_t stride) {
+    store(I, p, stride);
+  }
+  static void step(const void* a0, const void* a1, const void* b, int64_t b_stride) {
+    load(4, a0, 64);
+    load(5, a1, 64);
+    load(6, b, b_stride);
+    load(7, static_cast<const char*>(b) + 64, b_stride);
+    dp(0, 4, 6);
+    dp(1, 4, 7);
+    dp(2, 5, 6);
+    dp(3, 5, 7);
+  }
+};
+
+}  // namespace
+
+void gemm_amx_simulated(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
+                        bool trans_b, bool accumulate) {
+  amx_body::gemm<SimTiles>(c, a, b, M, N, K, trans_a, trans_b, accumulate);
 }
 
 }  // namespace fg::avx512_bf16

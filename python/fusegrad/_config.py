@@ -94,11 +94,31 @@ def cpu_model() -> str:
 
 
 def warn_isa_env() -> None:
-    """Warn once at import when FUSEGRAD_ISA asked for a path this CPU or build cannot take."""
-    note = _C.isa_env_note()
-    if note:
-        import warnings
-        warnings.warn(note, RuntimeWarning, stacklevel=3)
+    """Warn once at import when FUSEGRAD_ISA asked for a path (or FUSEGRAD_BF16_KERNEL for a bf16
+    kernel) this CPU or build cannot take."""
+    for note in (_C.isa_env_note(), _C.bf16_env_note()):
+        if note:
+            import warnings
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+
+
+_BF16_KERNELS = {
+    "amx": "AMX-BF16 tiles (TDPBF16PS)",
+    "avx512_bf16": "VDPBF16PS dot products",
+    "amx_simulated": "the AMX kernel over software tiles (slow; for tests)",
+    "emulated": "bf16-rounded operands on the float32 GEMM",
+}
+
+
+def _bf16_summary() -> str:
+    """The bf16 matrix-product kernel in use, then what else this CPU runs (issue 19)."""
+    path = _C.bf16_path()
+    s = f"{path}: {_BF16_KERNELS[path]}"
+    if _C.bf16_kernel_setting() != "auto":
+        s += f" (set: {_C.bf16_kernel_setting()})"
+    if "amx" in _C.bf16_kernels_available() and path != "amx":
+        s += "; AMX-BF16 here: its kernel is opt-in until verified on AMX (FUSEGRAD_BF16_KERNEL=amx)"
+    return s
 
 
 def config() -> dict:
@@ -110,8 +130,7 @@ def config() -> dict:
         "isa": _C.get_isa(),
         "isas_compiled": ", ".join(_C.isas_compiled()),
         "isas_supported": ", ".join(_C.isas_supported()),
-        "bf16_matmul": ("avx512_bf16: VDPBF16PS dot products" if _C.bf16_path() == "avx512_bf16"
-                        else "emulated: bf16-rounded operands on the float32 GEMM"),
+        "bf16_matmul": _bf16_summary(),
         "openmp": _C.have_openmp(),
         "num_threads": _C.get_num_threads(),
         "sanitized": bool(_C.sanitized),

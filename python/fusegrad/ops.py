@@ -33,6 +33,7 @@ from . import _C
 _CONFIG = {
     "get_num_threads", "set_num_threads", "have_openmp", "cpu_has_avx2", "avx2_compiled",
     "isas_compiled", "isas_supported", "best_isa", "cpu_model", "isa_env_note", "bf16_path", "cpu_has_avx512_bf16",
+    "cpu_has_amx_bf16", "set_bf16_kernel", "bf16_kernel_setting", "bf16_kernels_available", "bf16_env_note",
     "get_isa", "set_isa", "peak_fma_gflops", "copy_bandwidth_gbs", "sanitized", "empty_cache", "memory_stats",
 }
 
