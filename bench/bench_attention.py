@@ -2,7 +2,8 @@
 and a naive NumPy implementation: forward and forward+backward, B*H = 48, D = 64/128,
 T = S in 128..2048, causal and not, interleaved; plus peak extra memory at T = 4096. Where the CPU
 runs another vector path (avx2 beside avx512), ours is timed on it too: x_<isa> > 1 means the
-active path is faster."""
+active path is faster. Mixed precision: ours with bf16=True (what fusegrad.autocast runs) against
+ours in float32 and PyTorch's SDPA under torch.autocast("cpu", dtype=torch.bfloat16), fwd+bwd."""
 from __future__ import annotations
 
 import tracemalloc
@@ -37,6 +38,38 @@ def naive_fwd_bwd(q, k, v, do, causal, scale):
 def ours_fwd_bwd(q, k, v, do, causal):
     o, lse = ops.attention_forward(q, k, v, causal=causal)
     return ops.attention_backward(do, q, k, v, o, lse, causal=causal)
+
+
+def ours_bf16_fwd_bwd(q, k, v, do, causal):
+    o, lse = ops.attention_forward(q, k, v, causal=causal, bf16=True)
+    return ops.attention_backward(do, q, k, v, o, lse, causal=causal, bf16=True)
+
+
+def run_bf16(limits, quick=False):
+    """fwd+bwd in mixed precision: ours bf16 vs ours float32 vs PyTorch autocast (float32 inputs)."""
+    rows = []
+    for D, T, causal in [(64, 256, True)] if quick else [(64, T, c) for T in (256, 1024) for c in (True, False)]:
+        q, k, v, do = (rand((B, H, T, D), seed=s) for s in range(4))
+        fns = {"ours_bf16": lambda: ours_bf16_fwd_bwd(q, k, v, do, causal),
+               "ours_f32": lambda: ours_fwd_bwd(q, k, v, do, causal)}
+        if torch is not None:
+            tq, tk, tv, tdo = (torch.from_numpy(x) for x in (q, k, v, do))
+
+            def torch_amp():
+                a, b, c = (x.detach().requires_grad_() for x in (tq, tk, tv))
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    o = torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=causal)
+                o.backward(tdo.to(o.dtype))
+                return a.grad, b.grad, c.grad
+            fns["torch_amp"] = torch_amp
+        t = interleaved(fns, reps=3 if quick else 5, warmup=1)
+        rows.append({"op": "attention bf16 fwd+bwd", "T=S": T, "D": D, "causal": causal,
+                     "ours_bf16_ms": t["ours_bf16"] * 1e3, "ours_f32_ms": t["ours_f32"] * 1e3,
+                     "torch_amp_ms": t.get("torch_amp", 0) * 1e3 or None,
+                     "x_ours_f32": ratio(t["ours_f32"], t["ours_bf16"]),
+                     "x_torch_amp": ratio(t.get("torch_amp"), t["ours_bf16"]),
+                     "GFLOP/s": flops(T, D, causal, True) / t["ours_bf16"] / 1e9})
+    return rows
 
 
 def flops(T, D, causal, bwd):
@@ -104,6 +137,7 @@ def run(limits, quick=False):
                 "frac_peak": flops(T, D, causal, bwd) / t["ours"] / 1e9 / limits.peak_gflops,
                 **ab,
             })
+    rows += run_bf16(limits, quick)
     if not quick:
         mem = peak_memory()
         rows.append({"op": "attention fwd+bwd peak extra MB (B*H=1, T=4096, D=64, causal)",

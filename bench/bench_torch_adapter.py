@@ -9,6 +9,8 @@ from tiny to GPT-2 sized. Outputs and gradients are compared before timing (vali
     python -m bench.bench_torch_adapter --write [--threads 2]   # also store it in fusegrad/_torch_table.json
     python -m bench.bench_torch_adapter --write --cpu-time      # 1 thread by CPU time (a shared machine)
     python -m bench.bench_torch_adapter --overhead             # what each path into a kernel costs per call
+    python -m bench.bench_torch_adapter --dtypes bfloat16 --ops linear,scaled_dot_product_attention --write
+                                          # under torch.autocast("cpu", dtype=torch.bfloat16): the 'bfloat16' rows
 
 --write stores, under this CPU's key (fusegrad.torch.cpu_key()), 'fusegrad' for each size bucket
 (floor(log2(size))) where ours was at least MARGIN times faster (smoothed over neighbouring
@@ -55,7 +57,17 @@ def shapes(op, quick):
 
 
 def make_case(op, shape, dtype):
-    """(fusegrad call, torch call, differentiable inputs, size) for one shape."""
+    """(fusegrad call, torch call, differentiable inputs, size) for one shape. dtype bfloat16: float32
+    inputs (master weights) and both calls under torch.autocast("cpu", dtype=torch.bfloat16)."""
+    if dtype is torch.bfloat16:
+        ours, theirs, inputs, size = make_case(op, shape, torch.float32)
+
+        def amp(f):
+            def call():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return f()
+            return call
+        return amp(ours), amp(theirs), inputs, size
     import fusegrad.torch as fgt
 
     g = torch.Generator().manual_seed(0)
@@ -112,13 +124,17 @@ def measure(quick=False, dtypes=("float32", "float64"), reps=9, ops=None, clock=
                 for shape in shp:
                     ours, theirs, inputs, size = make_case(op, shape, dtype)
                     y0 = theirs()
-                    dy = torch.randn(y0.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+                    dy = torch.randn(y0.shape, dtype=y0.dtype, generator=torch.Generator().manual_seed(1))
                     fgt.fallback_counts.clear()
                     y1 = _fwd_bwd(ours, inputs, dy)
                     g1 = [t.grad.clone() for t in inputs]
                     y2 = _fwd_bwd(theirs, inputs, dy)
-                    tol = 1e-3 if dt == "float32" else 1e-9
-                    err = max([(y1 - y2).abs().max().item()] +
+                    # bfloat16: both round the products' operands (2^-8 relative each), in other orders
+                    tol = {"float32": 1e-3, "bfloat16": 5e-2}.get(dt, 1e-9)
+                    dy_err = (y1 - y2).abs().max()
+                    if dt == "bfloat16":  # relative to the output's size, like the gradients' errors
+                        dy_err = dy_err.float() / (1 + y2.float().abs().max())
+                    err = max([dy_err.item()] +
                               [((a - t.grad).abs().max() / (1 + t.grad.abs().max())).item()
                                for a, t in zip(g1, inputs)])
                     samples = {}
@@ -225,7 +241,9 @@ def write_table(rows, path=None):
     for (op, dt), per in bucket_ratios(rows).items():  # the measurements behind the table, for readers
         doc["ratios"][fgt.cpu_key()].setdefault(op, {})[dt] = {str(b): round(x, 2) for b, x in per.items()}
     for key, margin in ((fgt.cpu_key(), MARGIN), ("default", DEFAULT_MARGIN)):
-        doc["tables"][key] = {**doc["tables"].get(key, {}), **table_from(rows, margin)}  # re-measured ops replaced
+        tab = doc["tables"].setdefault(key, {})
+        for op, per_dtype in table_from(rows, margin).items():  # re-measured (op, dtype) pairs replaced
+            tab[op] = {**tab.get(op, {}), **per_dtype}
     path.write_text(json.dumps(doc, indent=1) + "\n")  # buckets stay in numeric order
     return path
 
@@ -244,6 +262,8 @@ def main(argv=None):
     p.add_argument("--write", action="store_true", help="store the table in fusegrad/_torch_table.json")
     p.add_argument("--overhead", action="store_true", help="only the per-call cost of each path (layer_norm fwd)")
     p.add_argument("--ops", default=None, help="comma-separated subset of ops (others keep their stored rows)")
+    p.add_argument("--dtypes", default="float32,float64",
+                   help="comma-separated: float32, float64, bfloat16 (float32 inputs under torch.autocast)")
     p.add_argument("--cpu-time", action="store_true",
                    help="1 thread, timed by the calling thread's CPU time (time.thread_time): on a shared "
                         "machine wall time mostly measures waits for a core")
@@ -256,7 +276,7 @@ def main(argv=None):
         from bench.run import table
         print(table(overhead()))
         return
-    rows = measure(args.quick, ops=args.ops.split(",") if args.ops else None,
+    rows = measure(args.quick, dtypes=tuple(args.dtypes.split(",")), ops=args.ops.split(",") if args.ops else None,
                    clock=time.thread_time if args.cpu_time else time.perf_counter)
     if args.write:
         print("wrote", write_table(rows))

@@ -37,6 +37,14 @@ once per trace. The optimizer is the exception: ``AdamW`` raises ``ValueError`` 
 lacks (``amsgrad``, ``maximize``, ...) and ``RuntimeError`` for CUDA parameters, since silently
 running another optimizer would change a training run.
 
+**Autocast.** Inside ``torch.autocast("cpu", dtype=torch.bfloat16)`` the linear and attention
+adapters run fusegrad's bf16 kernels (``ops.matmul_bf16``, ``ops.attention_*(bf16=True)``): float32
+or bfloat16 inputs, every product's operands rounded to bfloat16, float32 sums and softmax
+statistics, bfloat16 outputs (the dtype torch's autocast gives), and gradients in each input's
+dtype (float32 for float32 master weights). The policy decides them under the dtype key
+``bfloat16`` (measured with autocast by the bench); fallbacks are counted as for float32. Under
+``torch.compile`` (or with tensor subclasses) autocast calls go to PyTorch's op.
+
 This module imports torch (>= 2.4, for ``torch.library.custom_op``); fusegrad itself never depends
 on it, and no libtorch is linked into fusegrad's C++ extension: tensors cross over as NumPy views.
 """
@@ -291,6 +299,55 @@ def _init_policy():
 _init_policy()
 
 
+# ----------------------------------------------------------------- autocast (bf16)
+_autocast_on = torch.is_autocast_enabled
+_autocast_dtype = torch.get_autocast_dtype
+_AMP_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _amp_bf16():
+    """True inside torch.autocast("cpu", dtype=torch.bfloat16)."""
+    return _autocast_on("cpu") and _autocast_dtype("cpu") is torch.bfloat16
+
+
+def _native_amp(name, *ts):
+    """_native for a call under CPU bf16 autocast: None (fallback counted), 1 (no gradient needed)
+    or 2 (autograd). Inputs may be float32 (master weights) or bfloat16 (autocast outputs)."""
+    have = _HAVE.get((name, "bf16"))
+    if have is None:
+        have = _HAVE[(name, "bf16")] = _have(name) and hasattr(_C, "matmul_bf16")
+    if not have:
+        return _fallback(name, "kernel not built")
+    grad = False
+    for t in ts:
+        if not t.is_cpu:
+            return _fallback(name, "device")
+        if t.dtype not in _AMP_DTYPES:
+            return _fallback(name, "dtype")
+        if type(t) not in _PLAIN:
+            return _fallback(name, "autocast with a tensor subclass")
+        grad = grad or t.requires_grad
+    if _is_compiling():
+        return _fallback(name, "autocast under torch.compile")
+    return 2 if grad and torch.is_grad_enabled() else 1
+
+
+def _f32(t):
+    """A tensor as a float32 NumPy array (bfloat16 widened: exact; float32 viewed, not copied)."""
+    return _n(t if t.dtype is torch.float32 else t.float())
+
+
+def _bf(a):
+    """A float32 NumPy result as the bfloat16 tensor torch's autocast would return."""
+    return _t(a).to(torch.bfloat16)
+
+
+def _like(a, t):
+    """A float32 NumPy gradient as a tensor of t's dtype."""
+    g = _t(a)
+    return g if t.dtype is torch.float32 else g.to(t.dtype)
+
+
 # ----------------------------------------------------------------- attention
 @torch.library.custom_op("fusegrad::attention_forward", mutates_args=())
 def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -354,6 +411,28 @@ class _Attention(torch.autograd.Function):
 
 
 _attention_apply = _fast_apply(_Attention)
+
+
+class _AttentionBF16(torch.autograd.Function):
+    """Under autocast: q, k, v (float32 or bfloat16) on the bf16 kernels, o in bfloat16."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        qn, kn, vn = _f32(q), _f32(k), _f32(v)
+        o, lse = _C.attention_forward(qn, kn, vn, causal, scale, True)
+        ctx.save_for_backward(q, k, v)
+        ctx.o, ctx.lse, ctx.causal, ctx.scale = o, lse, causal, scale
+        return _bf(o)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = _C.attention_backward(_f32(do), _f32(q), _f32(k), _f32(v), ctx.o, ctx.lse, ctx.causal,
+                                           ctx.scale, True)
+        return _like(dq, q), _like(dk, k), _like(dv, v), None, None
+
+
+_attention_bf16_apply = _fast_apply(_AttentionBF16)
 
 
 def _packed_qkv(q, k, v, grad):
@@ -436,7 +515,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                         scale=scale, enable_gqa=enable_gqa)
 
     name = "scaled_dot_product_attention"
-    mode = _native(name, query, key, value)
+    amp = _amp_bf16()
+    mode = _native_amp(name, query, key, value) if amp else _native(name, query, key, value)
     if mode is None:
         return torch_op()
     if attn_mask is not None:
@@ -454,9 +534,15 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return _fallback(name, "shapes") or torch_op()
     if is_causal and L != S:
         return _fallback(name, "is_causal with L != S (PyTorch aligns the mask top-left)") or torch_op()
-    if not _use(name, q.dtype, B * H * L * S * E):
+    if not _use(name, torch.bfloat16 if amp else q.dtype, B * H * L * S * E):
         return torch_op()
     causal, scale = bool(is_causal), None if scale is None else float(scale)
+    if amp:
+        if mode == 2:
+            o = _attention_bf16_apply(q, k, v, causal, scale)
+        else:
+            o = _bf(_C.attention_forward(_f32(q), _f32(k), _f32(v), causal, scale, True)[0])
+        return o if nd == 4 else o.squeeze(1)
     qkv, views = _packed_qkv(q, k, v, mode == 2) if mode and nd == 4 else (None, None)
     if qkv is not None:
         heads = (H, k.shape[1])
@@ -801,6 +887,37 @@ class _Linear(torch.autograd.Function):
 _linear_apply = _fast_apply(_Linear)
 
 
+def _linear_bf16_fwd(xn, w, b):
+    """y (float32) = x w^T (+ b) with bf16 operands and float32 sums; the bias added in float32."""
+    y = _C.matmul_bf16(xn, _f32(w), trans_b=True)
+    if b is not None:
+        y += _f32(b)
+    return y
+
+
+class _LinearBF16(torch.autograd.Function):
+    """Under autocast: x, w, b (float32 or bfloat16) on the bf16 kernels, y in bfloat16; the
+    backward's products in bf16 too (as torch's), gradients in each input's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.b = None if b is None else b.dtype
+        return _bf(_linear_bf16_fwd(_f32(x), w, b))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        g = _f32(dy)
+        dx = _C.matmul_bf16(g, _f32(w))
+        dw = _C.matmul_bf16(g, _f32(x), trans_a=True)
+        db = None if ctx.b is None else _t(g.sum(0)).to(ctx.b)
+        return _like(dx, x), _like(dw, w), db
+
+
+_linear_bf16_apply = _fast_apply(_LinearBF16)
+
+
 def linear(input, weight, bias=None):
     """``torch.nn.functional.linear``: ``y = input @ weight.T + bias``, weight ``(out, in)``, on fusegrad's matmul.
 
@@ -810,17 +927,21 @@ def linear(input, weight, bias=None):
     True
     """
     name = "linear"
-    mode = _native(name, input, weight) if bias is None else _native(name, input, weight, bias)
+    amp = _amp_bf16()
+    ts = (input, weight) if bias is None else (input, weight, bias)
+    mode = _native_amp(name, *ts) if amp else _native(name, *ts)
     if mode is None:
         return _pt_linear(input, weight, bias)
     if (input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]
             or (bias is not None and tuple(bias.shape) != (weight.shape[0],))):
         return _fallback(name, "shapes") or _pt_linear(input, weight, bias)
-    if not _use(name, input.dtype, input.numel() * weight.shape[0]):
+    if not _use(name, torch.bfloat16 if amp else input.dtype, input.numel() * weight.shape[0]):
         return _pt_linear(input, weight, bias)
     flat = input.dim() == 2
     x = input if flat else input.reshape(-1, weight.shape[1])
-    if mode == 0:
+    if amp:
+        y = _linear_bf16_apply(x, weight, bias) if mode == 2 else _bf(_linear_bf16_fwd(_f32(x), weight, bias))
+    elif mode == 0:
         y = _linear_fwd(x, weight, bias)
     elif mode == 2:
         y = _linear_apply(x, weight, bias)
