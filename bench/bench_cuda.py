@@ -94,6 +94,22 @@ def run(limits, quick=False):
         row("attention fwd+bwd fp32 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
             flops=3.5 * 2 * B * H * T * T * D)
 
+        # bf16 products on tensor cores (autocast's arithmetic), against SDPA on bf16 tensors (flash)
+        def attn16():
+            o, lse = ops.attention_forward(q, k, v, causal=True, bf16=True)
+            ops.attention_backward(do, q, k, v, o, lse, causal=True, bf16=True)
+        fns = {"ours": attn16}
+        if torch is not None:
+            hq, hk, hv = (torch.from_dlpack(a).bfloat16().requires_grad_(True) for a in (q, k, v))
+            hdo = torch.from_dlpack(do).bfloat16()
+
+            def tattn16():
+                hq.grad = hk.grad = hv.grad = None
+                torch.nn.functional.scaled_dot_product_attention(hq, hk, hv, is_causal=True).backward(hdo)
+            fns["torch"] = tattn16
+        row("attention fwd+bwd bf16 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
+            flops=3.5 * 2 * B * H * T * T * D)
+
     for M in ([2048] if quick else [2048, 4096]):
         a, b = rng.standard_normal((M, M), dtype=cp.float32), rng.standard_normal((M, M), dtype=cp.float32)
         fns = {"ours": lambda: ops.matmul(a, b)}

@@ -268,6 +268,36 @@ def test_gpu_attention(B, H, Hkv, T, S, D, causal):
 
 @gpu
 @needs_gpu
+@pytest.mark.parametrize("case", [(1, 1, 1, 1, 1, 64), (1, 4, 1, 63, 65, 64), (1, 2, 1, 65, 63, 128),
+                                  (4, 8, 4, 33, 70, 64), (2, 2, 2, 300, 200, 128), (1, 2, 1, 700, 700, 64),
+                                  (1, 2, 2, 33, 257, 24)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_attention_bf16(case, causal):
+    # bf16=True (autocast): the tensor-core kernels (head sizes 64, 128; the float32 ones on
+    # bf16-rounded operands otherwise), judged as the CPU kernels are: error against float64 at most
+    # 2x that of the same computation done plainly in bf16 (test_attention_bf16's definitions)
+    from test_attention_bf16 import make, maxerr, plain_bf16, reference
+    cp = _cp()
+    q, k, v, do = make(np.random.default_rng(3), *case)
+    go, glse = ops.attention_forward(*map(cp.asarray, (q, k, v)), causal=causal, bf16=True)
+    gd = ops.attention_backward(*map(cp.asarray, (do, q, k, v)), go, glse, causal=causal, bf16=True)
+    got = {n: cp.asnumpy(a) for n, a in zip(("o", "lse", "dq", "dk", "dv"), (go, glse, *gd))}
+    exact, plain = reference(q, k, v, do, causal), plain_bf16(q, k, v, do, causal)
+    for name in exact:
+        err, budget = maxerr(got[name], exact[name]), maxerr(plain[name], exact[name])
+        assert err <= 2 * budget, f"{name}: error {err:.3g} > 2 x {budget:.3g}"
+    B, H, Hkv, T, S, D = case
+    if T == S:  # the packed entry points take the same kernels
+        qkv = np.concatenate([x.transpose(0, 2, 1, 3).reshape(B, T, -1) for x in (q, k, v)], axis=-1)
+        o2, l2 = ops.attention_qkv_forward(cp.asarray(qkv), H, Hkv, causal=causal, bf16=True)
+        _close(o2, got["o"].transpose(0, 2, 1, 3).reshape(B, T, -1), 0, 0)
+        d2 = ops.attention_qkv_backward(cp.asarray(do.transpose(0, 2, 1, 3).reshape(B, T, -1)), cp.asarray(qkv), o2,
+                                        l2, H, Hkv, causal=causal, bf16=True)
+        _close(d2[..., :H * D], got["dq"].transpose(0, 2, 1, 3).reshape(B, T, -1), 0, 0)
+
+
+@gpu
+@needs_gpu
 @pytest.mark.parametrize("N, K, O", [(1, 1, 1), (37, 129, 65), (1024, 768, 3072)])
 def test_gpu_linear_and_matmul(N, K, O):
     cp = _cp()

@@ -214,6 +214,16 @@ void attention_forward(float* o, Heads Lo, float* lse, const float* q, Heads Lq,
   check_launch("attention_forward");
 }
 
+void attention_delta(float* delta, const float* dO, Heads Ldo, const float* o, Heads Lo, int64_t B, int64_t H,
+                     int64_t T, int64_t D, cudaStream_t s) {
+  const int64_t rows = B * H * T;
+  if (rows <= 0) return;
+  with_dpl(D, [&](auto dpl) {
+    attn_delta<decltype(dpl)::value><<<warp_blocks(rows), kThreads, 0, s>>>(delta, dO, Ldo, o, Lo, B, H, T, D);
+  });
+  check_launch("attention_backward (delta)");
+}
+
 void attention_backward(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, Heads Ldv, float* work,
                         const float* dO, Heads Ldo, const float* q, Heads Lq, const float* k, Heads Lk,
                         const float* v, Heads Lv, const float* o, Heads Lo, const float* lse, int64_t B,
@@ -223,8 +233,7 @@ void attention_backward(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, H
   with_dpl(D, [&](auto dpl) {
     constexpr int P = decltype(dpl)::value;
     if (qrows > 0) {
-      attn_delta<P><<<warp_blocks(qrows), kThreads, 0, s>>>(work, dO, Ldo, o, Lo, B, H, T, D);
-      check_launch("attention_backward (delta)");
+      attention_delta(work, dO, Ldo, o, Lo, B, H, T, D, s);
       attn_dq<P><<<warp_blocks(qrows), kThreads, 0, s>>>(dq, Ldq, dO, Ldo, q, Lq, k, Lk, v, Lv, lse, work, B, H, Hkv,
                                                          T, S, D, causal, scale);
       check_launch("attention_backward (dq)");

@@ -69,6 +69,23 @@ void attention_backward(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, H
                         const float* v, Heads Lv, const float* o, Heads Lo, const float* lse, int64_t B,
                         int64_t H, int64_t Hkv, int64_t T, int64_t S, int64_t D, bool causal, float scale,
                         cudaStream_t s);
+// delta (B*H*T,) = the rows' sum(do * o), the first step of attention_backward
+void attention_delta(float* delta, const float* dO, Heads Ldo, const float* o, Heads Lo, int64_t B, int64_t H,
+                     int64_t T, int64_t D, cudaStream_t s);
+
+// attention_tc.cu: the same operations with bf16 tensor-core products (WMMA, sm_80 and later), the
+// CPU kernels' bf16=True arithmetic: q, k, v and dO rounded to bf16, P and scale * dS rounded to
+// bf16 before their products, softmax statistics, sums and outputs float32. Head sizes for which
+// attention_tc_supported(D); the arguments as attention_forward / attention_backward.
+bool attention_tc_supported(int64_t D);
+void attention_forward_tc(float* o, Heads Lo, float* lse, const float* q, Heads Lq, const float* k, Heads Lk,
+                          const float* v, Heads Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t S,
+                          int64_t D, bool causal, float scale, cudaStream_t s);
+void attention_backward_tc(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, Heads Ldv, float* work,
+                           const float* dO, Heads Ldo, const float* q, Heads Lq, const float* k, Heads Lk,
+                           const float* v, Heads Lv, const float* o, Heads Lo, const float* lse, int64_t B,
+                           int64_t H, int64_t Hkv, int64_t T, int64_t S, int64_t D, bool causal, float scale,
+                           cudaStream_t s);
 
 // bias / residual epilogue of linear (the product itself is cuBLAS's): y (N, O) += bias[o] (+ residual);
 // db (O,) = column sums of dy (N, O), over fixed row chunks in order; `work` holds

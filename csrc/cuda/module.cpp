@@ -159,23 +159,34 @@ PYBIND11_MODULE(_cuda, m) {
     fc::sum_squares(P<double>(out), P<double>(work), P<const float>(x), N, S(s));
   });
   using H3 = std::tuple<int64_t, int64_t, int64_t>;
-  m.def("attention_forward", [](uintptr_t o, H3 Lo, uintptr_t lse, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v,
-                                H3 Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t Sk, int64_t D, bool causal,
-                                double scale, uintptr_t s) {
-    need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, "attention_forward: bad head sizes");
-    fc::attention_forward(P<float>(o), heads(Lo), P<float>(lse), P<const float>(q), heads(Lq), P<const float>(k),
-                          heads(Lk), P<const float>(v), heads(Lv), B, H, Hkv, T, Sk, D, causal, float(scale), S(s));
-  });
-  m.def("attention_backward", [](uintptr_t dq, H3 Ldq, uintptr_t dk, H3 Ldk, uintptr_t dv, H3 Ldv, uintptr_t work,
-                                 uintptr_t dO, H3 Ldo, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v, H3 Lv,
-                                 uintptr_t o, H3 Lo, uintptr_t lse, int64_t B, int64_t H, int64_t Hkv, int64_t T,
-                                 int64_t Sk, int64_t D, bool causal, double scale, uintptr_t s) {
-    need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, "attention_backward: bad head sizes");
-    fc::attention_backward(P<float>(dq), heads(Ldq), P<float>(dk), heads(Ldk), P<float>(dv), heads(Ldv), P<float>(work),
-                           P<const float>(dO), heads(Ldo), P<const float>(q), heads(Lq), P<const float>(k), heads(Lk),
-                           P<const float>(v), heads(Lv), P<const float>(o), heads(Lo), P<const float>(lse), B, H, Hkv,
-                           T, Sk, D, causal, float(scale), S(s));
-  });
+  // the float32 kernels (attention.cu) and the bf16 tensor-core ones (attention_tc.cu) share arguments
+  auto attn_forward = [](auto kernel, std::string name) {
+    return [kernel, name](uintptr_t o, H3 Lo, uintptr_t lse, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v,
+                          H3 Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t Sk, int64_t D, bool causal,
+                          double scale, uintptr_t s) {
+      need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, name + ": bad head sizes");
+      kernel(P<float>(o), heads(Lo), P<float>(lse), P<const float>(q), heads(Lq), P<const float>(k), heads(Lk),
+             P<const float>(v), heads(Lv), B, H, Hkv, T, Sk, D, causal, float(scale), S(s));
+    };
+  };
+  auto attn_backward = [](auto kernel, std::string name) {
+    return [kernel, name](uintptr_t dq, H3 Ldq, uintptr_t dk, H3 Ldk, uintptr_t dv, H3 Ldv, uintptr_t work,
+                          uintptr_t dO, H3 Ldo, uintptr_t q, H3 Lq, uintptr_t k, H3 Lk, uintptr_t v, H3 Lv,
+                          uintptr_t o, H3 Lo, uintptr_t lse, int64_t B, int64_t H, int64_t Hkv, int64_t T,
+                          int64_t Sk, int64_t D, bool causal, double scale, uintptr_t s) {
+      need(H > 0 && Hkv > 0 && H % Hkv == 0 && D >= 1 && D <= fc::kAttnMaxD, name + ": bad head sizes");
+      kernel(P<float>(dq), heads(Ldq), P<float>(dk), heads(Ldk), P<float>(dv), heads(Ldv), P<float>(work),
+             P<const float>(dO), heads(Ldo), P<const float>(q), heads(Lq), P<const float>(k), heads(Lk),
+             P<const float>(v), heads(Lv), P<const float>(o), heads(Lo), P<const float>(lse), B, H, Hkv, T, Sk, D,
+             causal, float(scale), S(s));
+    };
+  };
+  m.def("attention_forward", attn_forward(&fc::attention_forward, "attention_forward"));
+  m.def("attention_backward", attn_backward(&fc::attention_backward, "attention_backward"));
+  m.def("attention_forward_tc", attn_forward(&fc::attention_forward_tc, "attention_forward (bf16)"));
+  m.def("attention_backward_tc", attn_backward(&fc::attention_backward_tc, "attention_backward (bf16)"));
+  m.def("attention_tc_supported", &fc::attention_tc_supported,
+        "The bf16 tensor-core attention kernels take this head size.");
   m.def("add_bias_residual", [](uintptr_t y, uintptr_t b, uintptr_t r, int64_t N, int64_t O, uintptr_t s) {
     fc::add_bias_residual(P<float>(y), P<const float>(b), P<const float>(r), N, O, S(s));
   });

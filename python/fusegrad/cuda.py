@@ -370,18 +370,39 @@ def _attn_shapes(q, k, v, fn):
     return B, H, Hkv, T, S, D
 
 
-def attention_forward(q, k, v, causal=False, scale=None):
+def _round_bf16(x):
+    """x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32 (a new array)."""
+    cp = _cupy()
+    u = x.view(cp.uint32)
+    r = (u + cp.uint32(0x7FFF) + ((u >> 16) & cp.uint32(1))) & cp.uint32(0xFFFF0000)
+    return cp.where((u & cp.uint32(0x7FFFFFFF)) > cp.uint32(0x7F800000), u, r).view(cp.float32)
+
+
+def _attn_kernels(bf16, D, *operands):
+    """(forward, backward, operands) for the attention arithmetic asked for: float32, or with
+    bf16=True (autocast) the bf16 tensor-core kernels where they take this head size, else the
+    float32 kernels on bf16-rounded operands (P and dS then stay float32: less rounding, inside
+    the error budget of the bf16 computation)."""
+    if not bf16:
+        return _cuda.attention_forward, _cuda.attention_backward, operands
+    if _cuda.attention_tc_supported(D):
+        return _cuda.attention_forward_tc, _cuda.attention_backward_tc, operands
+    return (_cuda.attention_forward, _cuda.attention_backward,
+            tuple(None if a is None else _round_bf16(a) for a in operands))
+
+
+def attention_forward(q, k, v, causal=False, scale=None, bf16=False):
     fn = "attention_forward"
     q, k, v = _arr(q, fn, "q"), _arr(k, fn, "k"), _arr(v, fn, "v")
     B, H, Hkv, T, S, D = _attn_shapes(q, k, v, fn)
     o, lse = _empty(q.shape), _empty((B, H, T))
     Lq, Lk = _heads_contig(H, T, D), _heads_contig(Hkv, S, D)
-    _cuda.attention_forward(_p(o), Lq, _p(lse), _p(q), Lq, _p(k), Lk, _p(v), Lk, B, H, Hkv, T, S, D, bool(causal),
-                            _scale(scale, D), _s())
+    fwd, _, (q, k, v) = _attn_kernels(bf16, D, q, k, v)
+    fwd(_p(o), Lq, _p(lse), _p(q), Lq, _p(k), Lk, _p(v), Lk, B, H, Hkv, T, S, D, bool(causal), _scale(scale, D), _s())
     return o, lse
 
 
-def attention_backward(do, q, k, v, o, lse, causal=False, scale=None):
+def attention_backward(do, q, k, v, o, lse, causal=False, scale=None, bf16=False):
     fn = "attention_backward"
     q, k, v = _arr(q, fn, "q"), _arr(k, fn, "k"), _arr(v, fn, "v")
     B, H, Hkv, T, S, D = _attn_shapes(q, k, v, fn)
@@ -389,8 +410,9 @@ def attention_backward(do, q, k, v, o, lse, causal=False, scale=None):
     lse = _opt(lse, fn, "lse", (B, H, T))
     dq, dk, dv, work = _empty(q.shape), _empty(k.shape), _empty(v.shape), _empty((max(1, B * H * T),))
     Lq, Lk = _heads_contig(H, T, D), _heads_contig(Hkv, S, D)
-    _cuda.attention_backward(_p(dq), Lq, _p(dk), Lk, _p(dv), Lk, _p(work), _p(do), Lq, _p(q), Lq, _p(k), Lk, _p(v), Lk,
-                             _p(o), Lq, _p(lse), B, H, Hkv, T, S, D, bool(causal), _scale(scale, D), _s())
+    _, bwd, (do, q, k, v) = _attn_kernels(bf16, D, do, q, k, v)
+    bwd(_p(dq), Lq, _p(dk), Lk, _p(dv), Lk, _p(work), _p(do), Lq, _p(q), Lq, _p(k), Lk, _p(v), Lk,
+        _p(o), Lq, _p(lse), B, H, Hkv, T, S, D, bool(causal), _scale(scale, D), _s())
     return dq, dk, dv
 
 
@@ -412,26 +434,28 @@ def _packed(qkv, n_head, n_kv_head, fn):
     return qkv, B, T, H, Hkv, D, L, Lo
 
 
-def attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None):
+def attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
     fn = "attention_qkv_forward"
     qkv, B, T, H, Hkv, D, L, Lo = _packed(qkv, n_head, n_kv_head, fn)
     o, lse = _empty((B, T, H * D)), _empty((B, H, T))
+    fwd, _, (qkv,) = _attn_kernels(bf16, D, qkv)
     base, isz = _p(qkv), 4
-    _cuda.attention_forward(_p(o), Lo, _p(lse), base, L, base + H * D * isz, L, base + (H + Hkv) * D * isz, L,
-                            B, H, Hkv, T, T, D, bool(causal), _scale(scale, D), _s())
+    fwd(_p(o), Lo, _p(lse), base, L, base + H * D * isz, L, base + (H + Hkv) * D * isz, L,
+        B, H, Hkv, T, T, D, bool(causal), _scale(scale, D), _s())
     return o, lse
 
 
-def attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None):
+def attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
     fn = "attention_qkv_backward"
     qkv, B, T, H, Hkv, D, L, Lo = _packed(qkv, n_head, n_kv_head, fn)
     do, o = _opt(do, fn, "do", (B, T, H * D)), _opt(o, fn, "o", (B, T, H * D))
     lse = _opt(lse, fn, "lse", (B, H, T))
     dqkv, work = _empty(qkv.shape), _empty((max(1, B * H * T),))
+    _, bwd, (do, qkv) = _attn_kernels(bf16, D, do, qkv)
     base, dbase, isz = _p(qkv), _p(dqkv), 4
     ko, vo = H * D * isz, (H + Hkv) * D * isz
-    _cuda.attention_backward(dbase, L, dbase + ko, L, dbase + vo, L, _p(work), _p(do), Lo, base, L, base + ko, L,
-                             base + vo, L, _p(o), Lo, _p(lse), B, H, Hkv, T, T, D, bool(causal), _scale(scale, D), _s())
+    bwd(dbase, L, dbase + ko, L, dbase + vo, L, _p(work), _p(do), Lo, base, L, base + ko, L,
+        base + vo, L, _p(o), Lo, _p(lse), B, H, Hkv, T, T, D, bool(causal), _scale(scale, D), _s())
     return dqkv
 
 

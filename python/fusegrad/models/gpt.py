@@ -152,8 +152,9 @@ class _CausalSelfAttention(Function):
             kv[0][:B, :, :T] = x[:, :, H:H + Hkv].transpose(0, 2, 1, 3)
             kv[1][:B, :, :T] = x[:, :, H + Hkv:].transpose(0, 2, 1, 3)
         self.qkv, self.H, self.Hkv, self.D, self.rope = qkv, H, Hkv, D, rope
-        # autocast: bf16 operands of the products, float32 softmax statistics (CPU kernels only)
-        bf16 = _amp.is_autocast_enabled() and qkv.dtype == np.float32 and isinstance(qkv, np.ndarray)
+        # autocast: bf16 operands of the products, float32 softmax statistics (on CuPy arrays the
+        # tensor-core kernels)
+        bf16 = _amp.is_autocast_enabled() and qkv.dtype == np.float32
         self.kw = {"bf16": True} if bf16 else {}
         self.o, self.lse = K.attention_qkv_forward(qkv, H, Hkv, True, None, **self.kw)
         return self.o

@@ -341,9 +341,9 @@ class _Attention(Function):
     def forward(self, q, k, v, causal=False, scale=None):
         self.q, self.k, self.v = _kc(q), _kc(k), _kc(v)
         self.causal, self.scale = causal, scale
-        # autocast: bf16 operands of the products, float32 softmax statistics (backward alike;
-        # CPU kernels only: the keyword is not passed otherwise)
-        bf16 = _amp.is_autocast_enabled() and self.q.dtype == np.float32 and isinstance(self.q, np.ndarray)
+        # autocast: bf16 operands of the products, float32 softmax statistics (backward alike; on
+        # CuPy arrays the tensor-core kernels)
+        bf16 = _amp.is_autocast_enabled() and self.q.dtype == np.float32
         self.kw = {"bf16": True} if bf16 else {}
         self.o, self.lse = K.attention_forward(self.q, self.k, self.v, causal, scale, **self.kw)
         return self.o

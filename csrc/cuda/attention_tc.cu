@@ -1,0 +1,425 @@
+// Fused attention with bf16 tensor-core products (see kernels.h): the CPU kernels' bf16=True
+// arithmetic on the GPU. q, k, v and dO are rounded to bf16 as their tiles are loaded; the
+// probabilities P (for P V and P^T dO) and scale * dS (for dS K and dS^T Q) are rounded to bf16
+// before their products; softmax statistics, every sum and every output are float32.
+//
+// Layout of the work (flash-attention 2's): a block of 4 warps takes 64 rows (queries, or keys in
+// the dK/dV kernel), 16 per warp, and walks the other side in tiles of 64 staged in shared memory
+// as bf16. Products are WMMA 16 x 16 x 16 bf16 fragments with float32 accumulators: S = Q K^T and
+// dP = dO V^T go to shared memory, where the warp's lanes apply the mask, the online softmax (or
+// the recomputed P = exp(scale S - lse)) and dS = P (dP - delta) row by row. The forward output
+// lives in shared memory as float32 (each new key tile rescales its rows by exp(m_old - m_new),
+// which WMMA accumulators cannot do in registers); dQ, dK and dV stay in accumulator fragments.
+// dQ has its own kernel (a query tile walks the key tiles) and dK/dV theirs (a key tile walks the
+// query tiles of every head in its group), so each output element is summed by one warp in a fixed
+// order: no atomics, the same bits on every run. Head sizes 64 and 128 (kernels.h says which);
+// written for sm_80 and later.
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <math.h>
+
+#include <stdexcept>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+#include "cuda/kernels.h"
+
+namespace fg::cuda {
+namespace {
+
+namespace wm = nvcuda::wmma;
+using bf16 = __nv_bfloat16;
+
+constexpr int kTc = 64;          // rows per block and per tile of the other side
+constexpr int kTcWarps = 4;      // 16 rows each
+constexpr int kTcThreads = kTcWarps * kWarp;
+constexpr int kLdS = kTc + 4;    // float32 score rows (a multiple of 4 floats, as WMMA needs)
+constexpr int kLdP = kTc + 8;    // bf16 probability rows (a multiple of 8 halves)
+
+using FragA = wm::fragment<wm::matrix_a, 16, 16, 16, bf16, wm::row_major>;
+using FragBRow = wm::fragment<wm::matrix_b, 16, 16, 16, bf16, wm::row_major>;
+using FragBCol = wm::fragment<wm::matrix_b, 16, 16, 16, bf16, wm::col_major>;
+using FragC = wm::fragment<wm::accumulator, 16, 16, 16, float>;
+
+// Shared-memory layout of a kernel with D-wide bf16 tiles: every section a multiple of 128 bytes,
+// so every fragment pointer is 32-byte aligned as WMMA requires.
+template <int D>
+struct Tiles {
+  static constexpr int kLdH = D + 8;  // bf16 tile rows
+  static constexpr int kLdO = D + 4;  // float32 output rows
+  static constexpr size_t kTile = size_t(kTc) * kLdH * sizeof(bf16);
+  static constexpr size_t kScores = size_t(kTc) * kLdS * sizeof(float);
+  static constexpr size_t kProbs = size_t(kTc) * kLdP * sizeof(bf16);
+  static constexpr size_t kOut = size_t(kTc) * kLdO * sizeof(float);
+  static constexpr size_t kRows = size_t(kTc) * 2 * sizeof(float);  // two per-row statistics
+  static_assert(kTile % 128 == 0 && kScores % 128 == 0 && kProbs % 128 == 0 && kOut % 128 == 0, "alignment");
+  // the dQ / dK / dV staging reuses the two score buffers: 16 rows x kLdO per warp must fit
+  static_assert(kOut <= 2 * kScores, "staging");
+};
+
+__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// rows [r0, r0 + 64) of one head's (t, d) matrix at base (row stride st) into a bf16 tile, rows at
+// or past `rows` as zeros
+template <int D>
+__device__ __forceinline__ void load_tile(bf16* dst, const float* base, int64_t st, int64_t r0, int64_t rows) {
+  for (int i = threadIdx.x; i < kTc * D; i += kTcThreads) {
+    const int r = i / D, d = i % D;
+    const int64_t t = r0 + r;
+    dst[r * Tiles<D>::kLdH + d] = __float2bfloat16_rn(t < rows ? base[t * st + d] : 0.f);
+  }
+}
+
+// out (16 x 64 float32, row stride kLdS) = a rows (16 x D) times b rows (64 x D) transposed
+template <int D>
+__device__ __forceinline__ void rows_times_rows_t(float* out, const bf16* a, const bf16* b) {
+  constexpr int ld = Tiles<D>::kLdH;
+#pragma unroll
+  for (int n = 0; n < kTc / 16; ++n) {
+    FragC acc;
+    wm::fill_fragment(acc, 0.f);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      FragA fa;
+      FragBCol fb;  // (k, n) of b^T is b[n][k]: column-major with leading dimension ld
+      wm::load_matrix_sync(fa, a + kk * 16, ld);
+      wm::load_matrix_sync(fb, b + n * 16 * ld + kk * 16, ld);
+      wm::mma_sync(acc, fa, fb, acc);
+    }
+    wm::store_matrix_sync(out + n * 16, acc, kLdS, wm::mem_row_major);
+  }
+}
+
+// acc[dn] (16 x D in fragments) += p (16 x 64 bf16, row stride kLdP) times b (64 x D bf16 rows)
+template <int D>
+__device__ __forceinline__ void probs_times_rows(FragC (&acc)[D / 16], const bf16* p, const bf16* b) {
+  constexpr int ld = Tiles<D>::kLdH;
+#pragma unroll
+  for (int kk = 0; kk < kTc / 16; ++kk) {
+    FragA fa;
+    wm::load_matrix_sync(fa, p + kk * 16, kLdP);
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      FragBRow fb;
+      wm::load_matrix_sync(fb, b + kk * 16 * ld + dn * 16, ld);
+      wm::mma_sync(acc[dn], fa, fb, acc[dn]);
+    }
+  }
+}
+
+// Writes 16 rows x D of accumulator fragments (times `mul`) to global rows r0.. (< rows) through
+// the warp's staging rows.
+template <int D>
+__device__ __forceinline__ void store_rows(float* base, int64_t st, int64_t r0, int64_t rows, FragC (&acc)[D / 16],
+                                           float* stage, float mul) {
+  constexpr int ld = Tiles<D>::kLdO;
+  const int lane = threadIdx.x % kWarp;
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) wm::store_matrix_sync(stage + dn * 16, acc[dn], ld, wm::mem_row_major);
+  __syncwarp();
+  for (int r = 0; r < 16; ++r) {
+    const int64_t t = r0 + r;
+    if (t >= rows) break;
+    for (int d = lane; d < D; d += kWarp) base[t * st + d] = stage[r * ld + d] * mul;
+  }
+}
+
+__device__ __forceinline__ int64_t last_key(int64_t t, int64_t T, int64_t S, bool causal) {
+  return causal ? t + S - T : S - 1;  // query t sees keys [0, last_key]
+}
+
+template <int D>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_fwd_tc(float* o, Heads Lo, float* lse, const float* q, Heads Lq, const float* k, Heads Lk, const float* v,
+                Heads Lv, int64_t H, int64_t Hkv, int64_t T, int64_t S, bool causal, float scale) {
+  using L = Tiles<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  bf16* Ks = reinterpret_cast<bf16*>(smem + L::kTile);
+  bf16* Vs = reinterpret_cast<bf16*>(smem + 2 * L::kTile);
+  float* Ss = reinterpret_cast<float*>(smem + 3 * L::kTile);
+  bf16* Ps = reinterpret_cast<bf16*>(smem + 3 * L::kTile + L::kScores);
+  float* Os = reinterpret_cast<float*>(smem + 3 * L::kTile + L::kScores + L::kProbs);
+
+  const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / (H / Hkv);
+  const int64_t q0 = int64_t(blockIdx.y) * kTc;
+  const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = w * 16;
+  const float* qb = q + b * Lq.sb + h * Lq.sh;
+  const float* kb = k + b * Lk.sb + hk * Lk.sh;
+  const float* vb = v + b * Lv.sb + hk * Lv.sh;
+  load_tile<D>(Qs, qb, Lq.st, q0, T);
+  for (int i = threadIdx.x; i < kTc * L::kLdO; i += kTcThreads) Os[i] = 0.f;
+  float m[16], l[16];
+#pragma unroll
+  for (int r = 0; r < 16; ++r) m[r] = -INFINITY, l[r] = 0.f;
+  const int64_t last_row = (q0 + kTc < T ? q0 + kTc : T) - 1;
+  int64_t kend = last_key(last_row, T, S, causal) + 1;
+  kend = kend < 0 ? 0 : (kend < S ? kend : S);
+  float* Sw = Ss + r0 * kLdS;
+  bf16* Pw = Ps + r0 * kLdP;
+  float* Ow = Os + r0 * L::kLdO;
+  for (int64_t j0 = 0; j0 < kend; j0 += kTc) {
+    __syncthreads();  // every warp is done with the previous K and V tiles
+    load_tile<D>(Ks, kb, Lk.st, j0, S);
+    load_tile<D>(Vs, vb, Lv.st, j0, S);
+    __syncthreads();
+    rows_times_rows_t<D>(Sw, Qs + r0 * L::kLdH, Ks);
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+      const int64_t t = q0 + r0 + r, lim = last_key(t, T, S, causal);
+      float s[2];
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int64_t j = j0 + lane + 32 * c;
+        s[c] = (t < T && j < S && j <= lim) ? Sw[r * kLdS + lane + 32 * c] * scale : -INFINITY;
+      }
+      const float mn = nan_max(m[r], warp_max(nan_max(s[0], s[1])));
+      float alpha = 1.f, p0 = 0.f, p1 = 0.f;  // a row with no finite score yet: weight 0
+      if (mn != -INFINITY) {
+        alpha = expf(m[r] - mn);
+        p0 = expf(s[0] - mn);
+        p1 = expf(s[1] - mn);
+      }
+      l[r] = l[r] * alpha + warp_sum(p0 + p1);  // sums the float32 p, as the CPU kernels
+      m[r] = mn;
+      Pw[r * kLdP + lane] = __float2bfloat16_rn(p0);
+      Pw[r * kLdP + lane + 32] = __float2bfloat16_rn(p1);
+      for (int d = lane; d < D; d += kWarp) Ow[r * L::kLdO + d] *= alpha;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int dn = 0; dn < D / 16; ++dn) {
+      FragC acc;
+      wm::load_matrix_sync(acc, Ow + dn * 16, L::kLdO, wm::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < kTc / 16; ++kk) {
+        FragA fa;
+        FragBRow fb;
+        wm::load_matrix_sync(fa, Pw + kk * 16, kLdP);
+        wm::load_matrix_sync(fb, Vs + kk * 16 * L::kLdH + dn * 16, L::kLdH);
+        wm::mma_sync(acc, fa, fb, acc);
+      }
+      wm::store_matrix_sync(Ow + dn * 16, acc, L::kLdO, wm::mem_row_major);
+    }
+    __syncwarp();
+  }
+  __syncthreads();  // Os was zeroed by every thread (no key tile may have synchronized since)
+  float* ob = o + b * Lo.sb + h * Lo.sh;
+#pragma unroll
+  for (int r = 0; r < 16; ++r) {
+    const int64_t t = q0 + r0 + r;
+    if (t >= T) break;
+    const bool none = m[r] == -INFINITY;  // a row that sees no key: o = 0, lse = -inf
+    const float inv = none ? 0.f : 1.f / l[r];
+    for (int d = lane; d < D; d += kWarp) ob[t * Lo.st + d] = none ? 0.f : Ow[r * L::kLdO + d] * inv;
+    if (lane == 0) lse[bh * T + t] = none ? -INFINITY : m[r] + logf(l[r]);
+  }
+}
+
+// dQ = sum over key tiles of (scale dS) K, dS = P (dP - delta), P = exp(scale Q K^T - lse), dP = dO V^T
+template <int D>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_dq_tc(float* dq, Heads Ldq, const float* dO, Heads Ldo, const float* q, Heads Lq, const float* k, Heads Lk,
+               const float* v, Heads Lv, const float* lse, const float* delta, int64_t H, int64_t Hkv, int64_t T,
+               int64_t S, bool causal, float scale) {
+  using L = Tiles<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);
+  bf16* dOs = reinterpret_cast<bf16*>(smem + L::kTile);
+  bf16* Ks = reinterpret_cast<bf16*>(smem + 2 * L::kTile);
+  bf16* Vs = reinterpret_cast<bf16*>(smem + 3 * L::kTile);
+  float* Ss = reinterpret_cast<float*>(smem + 4 * L::kTile);  // then dPs right after it
+  float* dPs = Ss + kTc * kLdS;
+  bf16* Ps = reinterpret_cast<bf16*>(smem + 4 * L::kTile + 2 * L::kScores);
+  float* rowL = reinterpret_cast<float*>(smem + 4 * L::kTile + 2 * L::kScores + L::kProbs);
+  float* rowD = rowL + kTc;
+
+  const int64_t bh = blockIdx.x, b = bh / H, h = bh % H, hk = h / (H / Hkv);
+  const int64_t q0 = int64_t(blockIdx.y) * kTc;
+  const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = w * 16;
+  load_tile<D>(Qs, q + b * Lq.sb + h * Lq.sh, Lq.st, q0, T);
+  load_tile<D>(dOs, dO + b * Ldo.sb + h * Ldo.sh, Ldo.st, q0, T);
+  for (int i = threadIdx.x; i < kTc; i += kTcThreads) {
+    const int64_t t = q0 + i;
+    rowL[i] = t < T ? lse[bh * T + t] : 0.f;
+    rowD[i] = t < T ? delta[bh * T + t] : 0.f;
+  }
+  FragC acc[D / 16];
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) wm::fill_fragment(acc[dn], 0.f);
+  const int64_t last_row = (q0 + kTc < T ? q0 + kTc : T) - 1;
+  int64_t kend = last_key(last_row, T, S, causal) + 1;
+  kend = kend < 0 ? 0 : (kend < S ? kend : S);
+  const float* kb = k + b * Lk.sb + hk * Lk.sh;
+  const float* vb = v + b * Lv.sb + hk * Lv.sh;
+  float *Sw = Ss + r0 * kLdS, *dPw = dPs + r0 * kLdS;
+  bf16* Pw = Ps + r0 * kLdP;
+  for (int64_t j0 = 0; j0 < kend; j0 += kTc) {
+    __syncthreads();
+    load_tile<D>(Ks, kb, Lk.st, j0, S);
+    load_tile<D>(Vs, vb, Lv.st, j0, S);
+    __syncthreads();
+    rows_times_rows_t<D>(Sw, Qs + r0 * L::kLdH, Ks);
+    rows_times_rows_t<D>(dPw, dOs + r0 * L::kLdH, Vs);
+    __syncwarp();
+    for (int r = 0; r < 16; ++r) {
+      const int64_t t = q0 + r0 + r, lim = last_key(t, T, S, causal);
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const int col = lane + 32 * c;
+        const int64_t j = j0 + col;
+        float ds = 0.f;
+        if (t < T && j < S && j <= lim) {
+          const float p = expf(Sw[r * kLdS + col] * scale - rowL[r0 + r]);
+          ds = p * (dPw[r * kLdS + col] - rowD[r0 + r]) * scale;
+        }
+        Pw[r * kLdP + col] = __float2bfloat16_rn(ds);
+      }
+    }
+    __syncwarp();
+    probs_times_rows<D>(acc, Pw, Ks);
+  }
+  __syncthreads();  // the staging rows overlap other warps' score rows
+  store_rows<D>(dq + b * Ldq.sb + h * Ldq.sh, Ldq.st, q0 + r0, T, acc, Ss + r0 * L::kLdO, 1.f);
+}
+
+// dV = sum of P^T dO and dK = sum of (scale dS)^T Q over the query tiles of every head in kv head
+// hk's group that see the block's keys
+template <int D>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_dkv_tc(float* dk, Heads Ldk, float* dv, Heads Ldv, const float* dO, Heads Ldo, const float* q, Heads Lq,
+                const float* k, Heads Lk, const float* v, Heads Lv, const float* lse, const float* delta, int64_t H,
+                int64_t Hkv, int64_t T, int64_t S, bool causal, float scale) {
+  using L = Tiles<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem);
+  bf16* Vs = reinterpret_cast<bf16*>(smem + L::kTile);
+  bf16* Qs = reinterpret_cast<bf16*>(smem + 2 * L::kTile);
+  bf16* dOs = reinterpret_cast<bf16*>(smem + 3 * L::kTile);
+  float* Ss = reinterpret_cast<float*>(smem + 4 * L::kTile);  // S^T, then dP^T right after it
+  float* dPs = Ss + kTc * kLdS;
+  bf16* Ps = reinterpret_cast<bf16*>(smem + 4 * L::kTile + 2 * L::kScores);
+  bf16* dSs = reinterpret_cast<bf16*>(smem + 4 * L::kTile + 2 * L::kScores + L::kProbs);
+  float* rowL = reinterpret_cast<float*>(smem + 4 * L::kTile + 2 * L::kScores + 2 * L::kProbs);
+  float* rowD = rowL + kTc;
+
+  const int64_t bk = blockIdx.x, b = bk / Hkv, hk = bk % Hkv, G = H / Hkv;
+  const int64_t j0 = int64_t(blockIdx.y) * kTc;
+  const int w = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, r0 = w * 16;
+  load_tile<D>(Ks, k + b * Lk.sb + hk * Lk.sh, Lk.st, j0, S);
+  load_tile<D>(Vs, v + b * Lv.sb + hk * Lv.sh, Lv.st, j0, S);
+  FragC ak[D / 16], av[D / 16];
+#pragma unroll
+  for (int dn = 0; dn < D / 16; ++dn) {
+    wm::fill_fragment(ak[dn], 0.f);
+    wm::fill_fragment(av[dn], 0.f);
+  }
+  int64_t t_first = causal ? j0 - (S - T) : 0;  // the first query row that sees key j0
+  t_first = t_first < 0 ? 0 : t_first / kTc * kTc;
+  float *Sw = Ss + r0 * kLdS, *dPw = dPs + r0 * kLdS;
+  bf16 *Pw = Ps + r0 * kLdP, *dSw = dSs + r0 * kLdP;
+  for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+    const int64_t bh = b * H + h;
+    for (int64_t i0 = t_first; i0 < T; i0 += kTc) {
+      __syncthreads();
+      load_tile<D>(Qs, q + b * Lq.sb + h * Lq.sh, Lq.st, i0, T);
+      load_tile<D>(dOs, dO + b * Ldo.sb + h * Ldo.sh, Ldo.st, i0, T);
+      for (int i = threadIdx.x; i < kTc; i += kTcThreads) {
+        const int64_t t = i0 + i;
+        rowL[i] = t < T ? lse[bh * T + t] : 0.f;
+        rowD[i] = t < T ? delta[bh * T + t] : 0.f;
+      }
+      __syncthreads();
+      rows_times_rows_t<D>(Sw, Ks + r0 * L::kLdH, Qs);    // S^T: the warp's 16 keys x 64 queries
+      rows_times_rows_t<D>(dPw, Vs + r0 * L::kLdH, dOs);  // dP^T
+      __syncwarp();
+      for (int r = 0; r < 16; ++r) {
+        const int64_t j = j0 + r0 + r;
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = lane + 32 * c;
+          const int64_t t = i0 + col;
+          float p = 0.f, ds = 0.f;
+          if (j < S && t < T && j <= last_key(t, T, S, causal)) {
+            p = expf(Sw[r * kLdS + col] * scale - rowL[col]);
+            ds = p * (dPw[r * kLdS + col] - rowD[col]) * scale;
+          }
+          Pw[r * kLdP + col] = __float2bfloat16_rn(p);
+          dSw[r * kLdP + col] = __float2bfloat16_rn(ds);
+        }
+      }
+      __syncwarp();
+      probs_times_rows<D>(av, Pw, dOs);
+      probs_times_rows<D>(ak, dSw, Qs);
+    }
+  }
+  __syncthreads();
+  float* stage = Ss + r0 * L::kLdO;
+  store_rows<D>(dk + b * Ldk.sb + hk * Ldk.sh, Ldk.st, j0 + r0, S, ak, stage, 1.f);
+  __syncwarp();
+  store_rows<D>(dv + b * Ldv.sb + hk * Ldv.sh, Ldv.st, j0 + r0, S, av, stage, 1.f);
+}
+
+// Launches kernel<D> with `bytes` of dynamic shared memory (raising the 48 KB default once).
+template <typename K, typename... A>
+void launch(K kernel, size_t bytes, dim3 grid, cudaStream_t s, const char* what, A... args) {
+  FG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  kernel<<<grid, kTcThreads, bytes, s>>>(args...);
+  check_launch(what);
+}
+
+template <typename F>
+void with_d(int64_t D, F&& f) {
+  if (D == 64) f(std::integral_constant<int, 64>{});
+  else if (D == 128) f(std::integral_constant<int, 128>{});
+  else throw std::invalid_argument("attention (bf16 tensor cores): head size must be 64 or 128");
+}
+
+unsigned tiles(int64_t n) { return static_cast<unsigned>((n + kTc - 1) / kTc); }
+
+}  // namespace
+
+bool attention_tc_supported(int64_t D) { return D == 64 || D == 128; }
+
+void attention_forward_tc(float* o, Heads Lo, float* lse, const float* q, Heads Lq, const float* k, Heads Lk,
+                          const float* v, Heads Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t S,
+                          int64_t D, bool causal, float scale, cudaStream_t s) {
+  if (B * H <= 0 || T <= 0) return;
+  with_d(D, [&](auto d) {
+    constexpr int Dc = decltype(d)::value;
+    using L = Tiles<Dc>;
+    const size_t bytes = 3 * L::kTile + L::kScores + L::kProbs + L::kOut;
+    launch(attn_fwd_tc<Dc>, bytes, dim3(unsigned(B * H), tiles(T)), s, "attention_forward (bf16 tensor cores)", o, Lo,
+           lse, q, Lq, k, Lk, v, Lv, H, Hkv, T, S, causal, scale);
+  });
+}
+
+void attention_backward_tc(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, Heads Ldv, float* work,
+                           const float* dO, Heads Ldo, const float* q, Heads Lq, const float* k, Heads Lk,
+                           const float* v, Heads Lv, const float* o, Heads Lo, const float* lse, int64_t B,
+                           int64_t H, int64_t Hkv, int64_t T, int64_t S, int64_t D, bool causal, float scale,
+                           cudaStream_t s) {
+  with_d(D, [&](auto d) {
+    constexpr int Dc = decltype(d)::value;
+    using L = Tiles<Dc>;
+    const size_t bytes = 4 * L::kTile + 2 * L::kScores + 2 * L::kProbs + L::kRows;
+    if (B * H > 0 && T > 0) {
+      attention_delta(work, dO, Ldo, o, Lo, B, H, T, D, s);
+      launch(attn_dq_tc<Dc>, bytes, dim3(unsigned(B * H), tiles(T)), s, "attention_backward (bf16 tensor cores, dq)",
+             dq, Ldq, dO, Ldo, q, Lq, k, Lk, v, Lv, lse, work, H, Hkv, T, S, causal, scale);
+    }
+    if (B * Hkv > 0 && S > 0)
+      launch(attn_dkv_tc<Dc>, bytes, dim3(unsigned(B * Hkv), tiles(S)), s,
+             "attention_backward (bf16 tensor cores, dk, dv)", dk, Ldk, dv, Ldv, dO, Ldo, q, Lq, k, Lk, v, Lv, lse,
+             work, H, Hkv, T, S, causal, scale);
+  });
+}
+
+}  // namespace fg::cuda
