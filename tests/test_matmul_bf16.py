@@ -184,3 +184,30 @@ def test_native_matches_numpy_fallback(isa, rng):
     got, want = KK.matmul_bf16(a, b, trans_a=True), KK._matmul_bf16(a, b, trans_a=True)
     mag = np.abs(bf16_round(a)).T @ np.abs(bf16_round(b))
     assert np.all(np.abs(got - want) <= 2 * 33 * np.finfo(np.float32).eps * mag)
+
+
+@pytest.mark.parametrize("M, K, N, tb", [(37, 300, 70, True), (64, 1000, 33, False), (5, 0, 3, True), (1, 1, 1, False)])
+def test_kernel_bias_residual_epilogue(bf16_kernel, rng, M, K, N, tb):
+    # linear's epilogue under autocast: (product + bias) + residual, the same bits as adding afterwards
+    # (K = 1000 spans several K blocks of the AVX512_BF16 kernel: the epilogue goes in the last one)
+    a, b = _operands(rng, M, K, N, False, tb)
+    bias, res = rng.standard_normal(N).astype(np.float32), rng.standard_normal((M, N)).astype(np.float32)
+    prod = ops.matmul_bf16(a, b, trans_b=tb)
+    np.testing.assert_array_equal(ops.matmul_bf16(a, b, trans_b=tb, bias=bias, residual=res), (prod + bias) + res)
+    np.testing.assert_array_equal(ops.matmul_bf16(a, b, trans_b=tb, bias=bias), prod + bias)
+    out = np.empty((M, N), np.float32)
+    assert ops.matmul_bf16(a, b, trans_b=tb, residual=res, out=out) is out
+    np.testing.assert_array_equal(out, res + prod)
+
+
+def test_epilogue_bad_arguments():
+    a, b = np.ones((3, 4), np.float32), np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="matmul_bf16: bias cannot be combined with accumulate"):
+        ops.matmul_bf16(a, b, out=np.zeros((3, 2), np.float32), accumulate=True, bias=np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="matmul_bf16: bias"):
+        ops.matmul_bf16(a, b, bias=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="matmul_bf16: residual"):
+        ops.matmul_bf16(a, b, residual=np.ones((3, 2)))
+    res = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match="out.*residual|residual.*out"):
+        ops.matmul_bf16(a, b, residual=res, out=res)

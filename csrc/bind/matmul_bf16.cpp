@@ -20,8 +20,21 @@ std::vector<std::string> bf16_kernels_available() {
   return r;
 }
 
+// an optional float32 operand of the epilogue (bias or residual): null when None
+py::array epilogue_arg(const py::object& obj, std::vector<int64_t> shape, bool accumulate, const char* fn,
+                       const char* name) {
+  if (obj.is_none()) return py::array();
+  if (accumulate) value_error(cat(fn, ": ", name, " cannot be combined with accumulate=True"));
+  py::array x = as_array(obj, fn, name);
+  check_dtype(x, DType::f32, fn, name);
+  check_shape(x, shape, fn, name);
+  check_contiguous(x, fn, name);
+  return x;
+}
+
 py::object matmul_bf16_py(const py::object& a_obj, const py::object& b_obj, bool trans_a, bool trans_b,
-                          const py::object& out_obj, bool accumulate) {
+                          const py::object& out_obj, bool accumulate, const py::object& bias_obj,
+                          const py::object& res_obj) {
   const char* fn = "matmul_bf16";
   py::array a = as_array(a_obj, fn, "a"), b = as_array(b_obj, fn, "b");
   check_dtype(a, DType::f32, fn, "a");
@@ -48,12 +61,16 @@ py::object matmul_bf16_py(const py::object& a_obj, const py::object& b_obj, bool
     check_no_alias(out, a, fn, "out", "a");
     check_no_alias(out, b, fn, "out", "b");
   }
+  const py::array bias = epilogue_arg(bias_obj, {N}, accumulate, fn, "bias");
+  const py::array res = epilogue_arg(res_obj, {M, N}, accumulate, fn, "residual");
+  if (!out_obj.is_none() && !res_obj.is_none()) check_no_alias(out, res, fn, "out", "residual");
   float* pc = ptr<float>(out);
   const float *pa = cptr<float>(a), *pb = cptr<float>(b);
+  const float* pbias = bias_obj.is_none() ? nullptr : cptr<float>(bias);
+  const float* pres = res_obj.is_none() ? nullptr : cptr<float>(res);
   {
     py::gil_scoped_release nogil;
-    if (Ka == 0 && !accumulate) std::fill(pc, pc + M * N, 0.f);
-    else matmul_bf16(pc, pa, pb, M, N, Ka, trans_a, trans_b, accumulate);
+    matmul_bf16(pc, pa, pb, M, N, Ka, trans_a, trans_b, accumulate, pbias, pres);
   }
   return out_obj.is_none() ? py::object(out) : out_obj;
 }
@@ -63,8 +80,11 @@ py::object matmul_bf16_py(const py::object& a_obj, const py::object& b_obj, bool
 void bind_matmul_bf16(py::module_& m) {
   m.def("matmul_bf16", &matmul_bf16_py, py::arg("a"), py::arg("b"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("out") = py::none(), py::arg("accumulate") = false,
+        py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         "op(a) @ op(b) for 2-D float32 arrays with every operand element rounded to bfloat16 and the "
-        "products summed in float32 (mixed precision). With out, writes there (or adds, if accumulate).");
+        "products summed in float32 (mixed precision). With out, writes there (or adds, if accumulate).\n"
+        "bias (N,) and residual (M, N), float32, optional (not with accumulate): (op(a) @ op(b) + bias) + "
+        "residual, added in float32 as the product is stored (linear's epilogue under autocast).");
   m.def("cpu_has_avx512_bf16", &cpu_has_avx512_bf16, "The CPU (and OS) run AVX512_BF16, and this build has its kernel.");
   m.def("bf16_path", [] { return std::string(bf16_path()); },
         "The kernel matmul_bf16 takes now: 'amx' (AMX-BF16 tiles), 'avx512_bf16' (AVX512_BF16 dot "

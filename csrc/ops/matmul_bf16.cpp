@@ -1,6 +1,7 @@
 // bf16 matrix products: path choice and the emulated path (see matmul_bf16.h).
 #include "ops/matmul_bf16.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -126,22 +127,42 @@ std::vector<float> rounded(const float* x, int64_t n) {
 }  // namespace
 
 void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-                 bool trans_b, bool accumulate) {
+                 bool trans_b, bool accumulate, const float* bias, const float* residual) {
   if (M <= 0 || N <= 0) return;
-  if (K > 0) switch (current()) {
+  const Bf16Kernel k = K > 0 ? current() : Bf16Kernel::automatic;
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if (k == Bf16Kernel::avx512_bf16) {  // the epilogue fused into the kernel's last stores
+    avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate, bias, residual);
+    return;
+  }
+#endif
+  switch (k) {
 #ifdef FUSEGRAD_HAVE_AMX_BUILD
-      case Bf16Kernel::amx: amx::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); return;
+    case Bf16Kernel::amx: amx::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); break;
 #endif
 #ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
-      case Bf16Kernel::avx512_bf16: avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); return;
-      case Bf16Kernel::amx_simulated:
-        avx512_bf16::gemm_amx_simulated(c, a, b, M, N, K, trans_a, trans_b, accumulate);
-        return;
+    case Bf16Kernel::amx_simulated:
+      avx512_bf16::gemm_amx_simulated(c, a, b, M, N, K, trans_a, trans_b, accumulate);
+      break;
 #endif
-      default: break;
+    case Bf16Kernel::automatic:  // K == 0: the product is zero
+      if (!accumulate) std::fill(c, c + M * N, 0.f);
+      break;
+    default: {
+      const std::vector<float> ra = rounded(a, M * K), rb = rounded(b, K * N);
+      matmul<float>(c, ra.data(), rb.data(), 1, M, N, K, trans_a, trans_b, accumulate, 0, 0);
     }
-  const std::vector<float> ra = rounded(a, M * K), rb = rounded(b, K * N);
-  matmul<float>(c, ra.data(), rb.data(), 1, M, N, K, trans_a, trans_b, accumulate, 0, 0);
+  }
+  if (bias || residual)  // the same additions, in the same order, as the fused epilogue
+    parallel_for(M, std::max<int64_t>(1, (int64_t{1} << 14) / N), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          float v = c[i * N + j];
+          if (bias) v += bias[j];
+          if (residual) v = residual[i * N + j] + v;
+          c[i * N + j] = v;
+        }
+    });
 }
 
 }  // namespace fg

@@ -1,6 +1,8 @@
 // Matrix products with bfloat16 operands and float32 accumulation (mixed precision), fp32 in and out.
 //   a: (M, K) row-major, or (K, M) when trans_a;  b: (K, N) row-major, or (N, K) when trans_b
 //   c: (M, N) row-major; overwritten (=) unless `accumulate` (then +=).
+//   bias (N,) and residual (M, N, row-major), each optional (null), only without accumulate:
+//   c = (op(a) op(b) + bias) + residual, float32 additions in that order (linear's epilogue).
 // Each operand element is rounded to bfloat16 (round to nearest even; NaN stays NaN) and the
 // products are summed in float32: a product of two bfloat16 values is exact in float32, so every
 // path computes the same function up to the order of the float32 sums (and, on the dot-product
@@ -21,7 +23,7 @@
 namespace fg {
 
 void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
-                 bool trans_b, bool accumulate);
+                 bool trans_b, bool accumulate, const float* bias = nullptr, const float* residual = nullptr);
 
 // The kernel matmul_bf16 takes now: "amx", "avx512_bf16", "amx_simulated" or "emulated".
 const char* bf16_path();
@@ -53,9 +55,10 @@ static inline float bf16_to_float(uint16_t h) {
 }
 
 namespace avx512_bf16 {
-// c (=|+=) op(a) op(b) on the VDPBF16PS kernel; same operands as matmul_bf16, K > 0. Threads split the work.
+// c (=|+=) op(a) op(b) on the VDPBF16PS kernel; same operands as matmul_bf16, K > 0. Threads split the
+// work. bias / res (or null): the epilogue, added in the last K block's stores.
 void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
-          bool accumulate);
+          bool accumulate, const float* bias, const float* res);
 // The AMX kernel with its tile operations done in software (slow): tests its packing and tiling
 // on CPUs without AMX. Needs AVX512_BF16 (the packing uses it).
 void gemm_amx_simulated(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,

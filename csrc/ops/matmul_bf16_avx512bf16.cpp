@@ -44,7 +44,8 @@ static_assert(kAW % kMR == 0 && kMC % kAW == 0, "a task's 12-row tiles must not 
 // c[0:mr, 0:nr] (= or +=) the products of a packed A tile (ap[p * as + r]) and a B micro-panel
 // (bp[p * kNR + j]) over np pairs. Rows past mr and columns past nr are computed and not stored.
 __attribute__((always_inline)) inline void kernel(float* c, int64_t ldc, const uint32_t* ap, const uint32_t* bp,
-                                                  int64_t np, int64_t as, int mr, int nr, bool add) {
+                                                  int64_t np, int64_t as, int mr, int nr, bool add,
+                                                  const float* bias, const float* res) {
   __m512 acc[kMR][2];
 #pragma GCC unroll 12
   for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
@@ -71,6 +72,14 @@ __attribute__((always_inline)) inline void kernel(float* c, int64_t ldc, const u
       v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);
       v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr + 16), v1);
     }
+    if (bias) {  // the epilogue (last K block only): (product + bias) + residual, in that order
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, bias));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, bias + 16));
+    }
+    if (res) {
+      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, res + r * ldc), v0);
+      v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, res + r * ldc + 16), v1);
+    }
     _mm512_mask_storeu_ps(cr, m0, v0);
     _mm512_mask_storeu_ps(cr + 16, m1, v1);
   }
@@ -79,7 +88,7 @@ __attribute__((always_inline)) inline void kernel(float* c, int64_t ldc, const u
 }  // namespace
 
 void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a, bool trans_b,
-          bool accumulate) {
+          bool accumulate, const float* bias, const float* res) {
   const int64_t P = (K + 1) / 2;
   const int64_t aw = trans_a ? kAW : kMR;  // rows per packed block of A
   const int64_t mt = (M + aw - 1) / aw, nt = (N + kNR - 1) / kNR;
@@ -98,13 +107,14 @@ void gemm(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_
       const int64_t i1 = std::min(M, i0 + kMC), j1 = std::min(N, j0 + kNC);
       for (int64_t p0 = 0; p0 < P; p0 += kKCp) {
         const int64_t np = std::min(kKCp, P - p0);
-        const bool add = accumulate || p0 > 0;
+        const bool add = accumulate || p0 > 0, last = p0 + np == P;
         for (int64_t j = j0; j < j1; j += kNR) {
           const uint32_t* bp = Bp + ((j / kNR) * P + p0) * kNR;
           const int nr = static_cast<int>(std::min<int64_t>(kNR, j1 - j));
           for (int64_t i = i0; i < i1; i += kMR) {
             const int mr = static_cast<int>(std::min<int64_t>(kMR, i1 - i));
-            kernel(c + i * N + j, N, Ap + ((i / aw) * P + p0) * aw + i % aw, bp, np, aw, mr, nr, add);
+            kernel(c + i * N + j, N, Ap + ((i / aw) * P + p0) * aw + i % aw, bp, np, aw, mr, nr, add,
+                   last && bias ? bias + j : nullptr, last && res ? res + i * N + j : nullptr);
           }
         }
       }

@@ -144,8 +144,12 @@ def round_bf16(x):
     return _C._bf16_to_float32(_C._bf16_from_float32(np.ascontiguousarray(x, dtype=np.float32)))
 
 
-def _matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+def _matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False, bias=None, residual=None):
     c = _matmul(_bf16(a), _bf16(b), trans_a, trans_b)
+    if bias is not None:
+        c = c + bias
+    if residual is not None:
+        c = residual + c
     if out is None:
         return c
     out[...] = out + c if accumulate else c

@@ -889,10 +889,7 @@ _linear_apply = _fast_apply(_Linear)
 
 def _linear_bf16_fwd(xn, w, b):
     """y (float32) = x w^T (+ b) with bf16 operands and float32 sums; the bias added in float32."""
-    y = _C.matmul_bf16(xn, _f32(w), trans_b=True)
-    if b is not None:
-        y += _f32(b)
-    return y
+    return _C.matmul_bf16(xn, _f32(w), trans_b=True, bias=None if b is None else _f32(b))
 
 
 class _LinearBF16(torch.autograd.Function):

@@ -45,11 +45,7 @@ class _Linear(Function):
             residual = _kc(residual).reshape(N, w.shape[0])
         self.bf16 = _amp.is_autocast_enabled() and self.x.dtype == np.float32
         if self.bf16:  # autocast: bf16 operands, float32 sums; bias and residual added in float32
-            y = K.matmul_bf16(x2, self.w, trans_b=True)
-            if b is not None:
-                y += _kc(b)
-            if residual is not None:
-                y = residual + y
+            y = K.matmul_bf16(x2, self.w, trans_b=True, bias=None if b is None else _kc(b), residual=residual)
         else:
             y = K.linear_forward(x2, self.w, _kc(b) if b is not None else None, residual)
         return y.reshape(shape)
