@@ -121,25 +121,52 @@ def test_rounded_inputs_need_no_rounding(isa, rng):
 
 @pytest.mark.parametrize("D", [24, 64])
 def test_isa_paths_agree(rng, D):
-    # every path sums the same bf16 products in float32: avx2 and avx512 give the same bits, the
-    # portable path agrees up to the float32 sums' order
+    # every path sums the same bf16 products in float32: the avx2 and avx512 tile kernels give the
+    # same bits (on an AVX512_BF16 CPU with matmul_bf16's kernel set to 'emulated', which keeps the
+    # forward off VDPBF16PS); VDPBF16PS and the portable kernels agree up to the sums' order
     isas = __import__("conftest").ISAS
     q, k, v, do = make(rng, 2, 4, 2, 70, 70, D)
-    old = _C.get_isa()
+    old, old_kernel = _C.get_isa(), _C.bf16_kernel_setting()
     res = {}
     try:
         for name in isas:
             _C.set_isa(name)
             res[name] = ours(q, k, v, do, True)
+        if "avx512" in isas:
+            _C.set_bf16_kernel("emulated")
+            res["avx512 emulated"] = ours(q, k, v, do, True)
     finally:
         _C.set_isa(old)
-    for key in res[isas[0]]:
+        _C.set_bf16_kernel(old_kernel)
+    first = res[isas[0]]
+    for key in first:
         if "avx2" in res and "avx512" in res:
-            np.testing.assert_array_equal(res["avx512"][key], res["avx2"][key], err_msg=key)
-        for name in isas[1:]:  # 4 x bf16's unit roundoff of the magnitudes: P's rounding differs
-            scale = np.abs(res[isas[0]][key][np.isfinite(res[isas[0]][key])]).max(initial=1)
-            np.testing.assert_allclose(res[name][key], res[isas[0]][key], rtol=0, atol=4 * 2 ** -8 * scale,
+            np.testing.assert_array_equal(res["avx512 emulated"][key], res["avx2"][key], err_msg=key)
+        scale = np.abs(first[key][np.isfinite(first[key])]).max(initial=1)
+        for name in res:  # 4 x bf16's unit roundoff of the magnitudes: P is rounded at other tile maxima
+            np.testing.assert_allclose(res[name][key], first[key], rtol=0, atol=4 * 2 ** -8 * scale,
                                        err_msg=f"{name} vs {isas[0]} {key}")
+
+
+@pytest.mark.skipif(not _C.cpu_has_avx512_bf16(), reason="this CPU has no AVX512_BF16")
+@pytest.mark.parametrize("case", [(1, 2, 1, 65, 63, 16), (2, 3, 3, 100, 130, 32), (1, 2, 2, 1, 3, 128)],
+                         ids=lambda c: "B{}H{}Hkv{}T{}S{}D{}".format(*c))
+def test_vdpbf16ps_forward(rng, case):
+    # on the avx512 path the forward takes VDPBF16PS (other sums than the tile kernels: not the
+    # same bits), within the error budget; 'emulated' turns it off
+    old, old_kernel = _C.get_isa(), _C.bf16_kernel_setting()
+    q, k, v, do = make(rng, *case)
+    try:
+        _C.set_isa("avx512")
+        check_budget(q, k, v, do, True)
+        o1, l1 = ops.attention_forward(q, k, v, causal=False, bf16=True)
+        _C.set_bf16_kernel("emulated")
+        o2, l2 = ops.attention_forward(q, k, v, causal=False, bf16=True)
+    finally:
+        _C.set_isa(old)
+        _C.set_bf16_kernel(old_kernel)
+    assert not np.array_equal(o1, o2)
+    np.testing.assert_allclose(o1, o2, rtol=0, atol=4 * 2 ** -8 * np.abs(o2).max())
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 2, 150, 150, 64), (4, 8, 4, 70, 70, 32), (1, 2, 1, 90, 90, 24)])

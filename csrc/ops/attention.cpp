@@ -7,11 +7,14 @@
 #include <cmath>
 #include <limits>
 #include <algorithm>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
 #include "core/cpu.h"
+#include "core/host_cache.h"
 #include "core/parallel.h"
+#include "ops/matmul_bf16.h"
 #define FG_ISA portable  // attention_impl.h's kernels go to fg::portable::attn_detail
 #include "ops/attention_impl.h"
 
@@ -61,20 +64,47 @@ void attention_naive_forward(T* o, T* lse, const T* q, const T* k, const T* v, i
 
 namespace {
 
-// n values of x rounded to bf16 (the operands of the bf16 products), or nothing without bf16.
+// The n values of x rounded to bf16 (the operands of the bf16 products) in a block of the host
+// memory cache (fresh pages would cost more than the rounding), or x itself without bf16.
 template <typename T>
-std::vector<T> bf16_copy(const T* x, int64_t n, bool bf16) {
-  if (!bf16) return {};
-  std::vector<T> r(static_cast<size_t>(n));
-  parallel_for(n, int64_t{1} << 15, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) r[i] = portable::attn_detail::to_bf16(x[i]);
-  });
-  return r;
-}
+class Rounded {
+ public:
+  Rounded(const T* x, int64_t n, bool bf16) : x_(x), bytes_(static_cast<size_t>(n) * sizeof(T)) {
+    if (!bf16 || n <= 0) return;
+    T* d = p_ = static_cast<T*>(host_cache().allocate(bytes_));  // every element written below
+    parallel_for(n, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+#ifdef FUSEGRAD_HAVE_AVX2_BUILD
+      if constexpr (std::is_same_v<T, float>) {
+        if (use_avx2()) return FG_VEC(round_bf16(d + b, x + b, e - b));
+      }
+#endif
+      for (int64_t i = b; i < e; ++i) d[i] = portable::attn_detail::to_bf16(x[i]);
+    });
+  }
+  ~Rounded() {
+    if (p_) host_cache().release(p_, bytes_);
+  }
+  Rounded(const Rounded&) = delete;
+  Rounded& operator=(const Rounded&) = delete;
+  const T* get() const { return p_ ? p_ : x_; }
 
-// x, or its rounded copy r when there is one.
-template <typename T>
-const T* either(const std::vector<T>& r, const T* x) { return r.empty() ? x : r.data(); }
+ private:
+  const T* x_;
+  T* p_ = nullptr;
+  size_t bytes_;
+};
+
+}  // namespace
+
+void* attention_scratch(size_t bytes) { return host_cache().allocate(bytes); }
+void attention_scratch_free(void* p, size_t bytes) { host_cache().release(p, bytes); }
+
+namespace {
+
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+// The bf16 forward runs on VDPBF16PS (attention_avx512bf16.cpp) here and now.
+bool dpbf16() { return cpu_has_avx512_bf16() && use_avx512() && std::string_view(bf16_path()) != "emulated"; }
+#endif
 
 // The kernels on operands already rounded when bf16 (they round P and dS).
 template <typename T>
@@ -107,19 +137,26 @@ void backward_kernel(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, 
 template <typename T>
 void attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, int64_t B, int64_t H,
                        int64_t Hkv, int64_t Tq, int64_t S, int64_t D, bool causal, T scale, bool bf16) {
-  const auto qr = bf16_copy(q, B * H * Tq * D, bf16), kr = bf16_copy(k, B * Hkv * S * D, bf16),
-             vr = bf16_copy(v, B * Hkv * S * D, bf16);
-  forward_kernel(o, lse, either(qr, q), either(kr, k), either(vr, v), B, H, Hkv, Tq, S, D, causal, scale, bf16);
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
+    if (bf16 && dpbf16() &&
+        avx512_bf16::attention_forward_dpbf16(o, Lq, lse, q, Lq, k, Lkv, v, Lkv, B, H, Hkv, Tq, S, D, causal, scale))
+      return;
+  }
+#endif
+  const Rounded<T> qr(q, B * H * Tq * D, bf16), kr(k, B * Hkv * S * D, bf16), vr(v, B * Hkv * S * D, bf16);
+  forward_kernel(o, lse, qr.get(), kr.get(), vr.get(), B, H, Hkv, Tq, S, D, causal, scale, bf16);
 }
 
 template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
                         int64_t S, int64_t D, bool causal, T scale, bool bf16) {
-  const auto qr = bf16_copy(q, B * H * Tq * D, bf16), kr = bf16_copy(k, B * Hkv * S * D, bf16),
-             vr = bf16_copy(v, B * Hkv * S * D, bf16), dor = bf16_copy(do_, B * H * Tq * D, bf16);
-  backward_kernel(dq, dk, dv, either(dor, do_), either(qr, q), either(kr, k), either(vr, v), o, lse, B, H, Hkv, Tq, S,
-                  D, causal, scale, bf16);
+  const Rounded<T> qr(q, B * H * Tq * D, bf16), kr(k, B * Hkv * S * D, bf16), vr(v, B * Hkv * S * D, bf16),
+      dor(do_, B * H * Tq * D, bf16);
+  backward_kernel(dq, dk, dv, dor.get(), qr.get(), kr.get(), vr.get(), o, lse, B, H, Hkv, Tq, S, D, causal, scale,
+                  bf16);
 }
 
 namespace {
@@ -141,8 +178,16 @@ void attention_qkv_forward(T* o, T* lse, const T* qkv, int64_t B, int64_t H, int
                            int64_t D, bool causal, T scale, bool bf16) {
   const int64_t W = (H + 2 * Hkv) * D;
   const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
-  const auto qkvr = bf16_copy(qkv, B * Tq * W, bf16);
-  qkv = either(qkvr, qkv);
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16 && dpbf16() &&
+        avx512_bf16::attention_forward_dpbf16(o, Lo, lse, qkv, Lin, qkv + H * D, Lin, qkv + (H + Hkv) * D, Lin, B, H,
+                                              Hkv, Tq, Tq, D, causal, scale))
+      return;
+  }
+#endif
+  const Rounded<T> qkvr(qkv, B * Tq * W, bf16);
+  qkv = qkvr.get();
   const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD
   if constexpr (std::is_same_v<T, float>) {
@@ -166,9 +211,9 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
                             int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale, bool bf16) {
   const int64_t W = (H + 2 * Hkv) * D;
   const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
-  const auto qkvr = bf16_copy(qkv, B * Tq * W, bf16), dor = bf16_copy(do_, B * Tq * H * D, bf16);
-  qkv = either(qkvr, qkv);
-  do_ = either(dor, do_);
+  const Rounded<T> qkvr(qkv, B * Tq * W, bf16), dor(do_, B * Tq * H * D, bf16);
+  qkv = qkvr.get();
+  do_ = dor.get();
   const T *q = qkv, *k = qkv + H * D, *v = qkv + (H + Hkv) * D;
   T *dq = dqkv, *dk = dqkv + H * D, *dv = dqkv + (H + Hkv) * D;
 #ifdef FUSEGRAD_HAVE_AVX2_BUILD

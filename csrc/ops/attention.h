@@ -15,8 +15,10 @@
 // are summed in float32: q, k, v and dO on entry, the probabilities P before O = P V and
 // dV = P^T dO, scale * dS before dQ = dS K and dK = dS^T Q. Softmax statistics (max, sum, lse), Di
 // = rowsum(dO * O) and the outputs stay float32. A product of two bf16 values is exact in float32,
-// so every path computes the same function up to the order of the float32 sums.
+// so every path computes the same function up to the order of the float32 sums. Where the CPU
+// has AVX512_BF16 (avx512 path) the forward multiplies on VDPBF16PS (attention_avx512bf16.cpp).
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace fg {
@@ -69,6 +71,8 @@ void attention_backward(float* dq, float* dk, float* dv, const float* do_, const
                         const float* k, const float* v, const float* o, const float* lse,                     \
                         int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,                  \
                         bool causal, float scale, bool bf16);                                                 \
+/* dst[i] = x[i] rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32, for i < n. */           \
+void round_bf16(float* dst, const float* x, int64_t n);                                                       \
 /* Any layouts; only for D % 16 == 0 (returns false, doing nothing, otherwise). */                            \
 bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,            \
                                const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,       \
@@ -82,6 +86,25 @@ bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout
                                 bool bf16);                                                                   \
   /* end of FG_ATTENTION_ISA_DECLS */
 namespace avx2 { FG_ATTENTION_ISA_DECLS }
+// e^x = 2^(x log2 e) with 2^r, |r| <= 1/2, a degree-5 minimax polynomial (max rel. error 1.9e-7 in
+// float32), highest power first: the vectorized exp of every ISA's kernels (internal linkage).
+static constexpr float kExpLog2e = 1.44269504088896341f;
+static constexpr float kExp2Poly[6] = {1.326472731e-03f, 9.671512991e-03f, 5.550733581e-02f,
+                                       2.402224243e-01f, 6.931470037e-01f, 1.f};
+
+// Scratch from the host memory cache (core/host_cache.h) for the ISA objects, which do not
+// include its header (its std::map instances would be shared with objects built with other flags).
+void* attention_scratch(size_t bytes);
+void attention_scratch_free(void* p, size_t bytes);
+// The bf16 forward on VDPBF16PS (attention_avx512bf16.cpp), any layouts, from the float32 inputs
+// (it rounds them itself): only for D % 16 == 0 (returns false, doing nothing, otherwise) and only
+// where the CPU has AVX512_BF16. attention.cpp takes it with bf16 = true on the avx512 path unless
+// matmul_bf16's kernel is set to "emulated".
+namespace avx512_bf16 {
+bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq, const float* k,
+                              HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B, int64_t H, int64_t Hkv,
+                              int64_t Tq, int64_t S, int64_t D, bool causal, float scale);
+}
 namespace avx512 { FG_ATTENTION_ISA_DECLS }
 #undef FG_ATTENTION_ISA_DECLS
 

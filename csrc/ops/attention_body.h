@@ -303,16 +303,12 @@ inline __m256 vis_mask(int64_t j, int64_t nv) {
 // NaN in, NaN out: max/min return their second operand when either is NaN, so the clamp is
 // written with t second (a NaN score must poison its row), and the underflow test is false.
 inline __m256 fast_exp8(__m256 x) {
-  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(kExpLog2e));
   t = _mm256_min_ps(_mm256_set1_ps(127.f), _mm256_max_ps(_mm256_set1_ps(-126.f), t));
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 r = _mm256_sub_ps(t, n);
-  __m256 p = _mm256_set1_ps(1.326472731e-03f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.671512991e-03f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.550733581e-02f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402224243e-01f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931470037e-01f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
   const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
   return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
@@ -798,6 +794,16 @@ void fast_backward(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* 
 }
 
 }  // namespace
+
+// The entry points' rounding of q, k, v and dO (bf16 = true), 8 floats at a time.
+void round_bf16(float* dst, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, round_bf16_8(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(dst + i, m, round_bf16_8(_mm256_maskload_ps(x + i, m)));
+  }
+}
 
 bool attention_forward_strided(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq,
                                const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B,
