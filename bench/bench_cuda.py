@@ -110,13 +110,49 @@ def run(limits, quick=False):
         row("attention fwd+bwd bf16 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
             flops=3.5 * 2 * B * H * T * T * D)
 
-    for M in ([2048] if quick else [2048, 4096]):
+    info = cuda.matmul_info()
+    if not info["cublaslt"]:
+        try:
+            cuda.load_cublaslt()
+        except RuntimeError as e:
+            rows.append({"op": "cuBLASLt", "status": f"not loaded, products on CuPy's cuBLAS: {e}"})
+    rows.append({"op": "cuBLASLt", "status": f"{cuda.matmul_info()['cublaslt']} "
+                                           f"(version {cuda.matmul_info()['cublaslt_version']})"})
+    for M in ([4096] if quick else [2048, 4096]):
         a, b = rng.standard_normal((M, M), dtype=cp.float32), rng.standard_normal((M, M), dtype=cp.float32)
-        fns = {"ours": lambda: ops.matmul(a, b)}
-        if torch is not None:
-            ta, tb = torch.from_dlpack(a), torch.from_dlpack(b)
-            fns["torch"] = lambda: torch.matmul(ta, tb)
-        row("matmul fp32", f"{M}^3", time_ms(fns), flops=2 * M ** 3)
+        a16, b16 = a.astype(cp.float16), b.astype(cp.float16)
+        abf, bbf = cuda._bf16_bits(a), cuda._bf16_bits(b)  # bfloat16 bit patterns (uint16)
+        cases = [("matmul fp32 (no TF32)", lambda: ops.matmul(a, b), a, b, None),
+                 ("matmul fp16", lambda: ops.matmul(a16, b16), a16, b16, None),
+                 ("matmul bf16", lambda: ops.matmul_bf16(abf, bbf), abf, bbf, "bf16")]
+        for name, ours, x, y, kind in cases:
+            fns = {"ours": ours}
+            if torch is not None:
+                tx, ty = (torch.from_dlpack(v.view(cp.int16)).view(torch.bfloat16) if kind else torch.from_dlpack(v)
+                          for v in (x, y))
+                fns["torch"] = lambda tx=tx, ty=ty: torch.matmul(tx, ty)
+            row(name, f"{M}^3", time_ms(fns), flops=2 * M ** 3)
+
+    N, K, O = 8192, 768, 3072  # GPT-2 small's MLP up-projection, B8 T1024
+    x = rng.standard_normal((N, K), dtype=cp.float32).astype(cp.float16)
+    w = (rng.standard_normal((O, K), dtype=cp.float32) / 30).astype(cp.float16)
+    bb = rng.standard_normal(O, dtype=cp.float32).astype(cp.float16)
+    dy = rng.standard_normal((N, O), dtype=cp.float32).astype(cp.float16)
+
+    def lin():
+        ops.linear_forward(x, w, bb)
+        ops.linear_backward(dy, x, w)
+    fns = {"ours": lin}
+    if torch is not None:
+        tx, tw, tb = (torch.from_dlpack(v).requires_grad_(True) for v in (x, w, bb))
+        tdy = torch.from_dlpack(dy)
+
+        def tlin():
+            tx.grad = tw.grad = tb.grad = None
+            torch.nn.functional.linear(tx, tw, tb).backward(tdy)
+        fns["torch"] = tlin
+    row("linear fwd+bwd fp16 (bias, bgrad epilogues)", f"{N}x{K}->{O}", time_ms(fns), flops=3 * 2 * N * K * O)
+    rows.append({"op": "matmul counts", "status": str(dict(cuda.matmul_counts))})
 
     N, V = 8192, 50304
     logits = rng.standard_normal((N, V), dtype=cp.float32)

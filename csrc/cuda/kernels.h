@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace fg::cuda {
 
@@ -93,5 +95,52 @@ void attention_backward_tc(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv
 void add_bias_residual(float* y, const float* bias, const float* residual, int64_t N, int64_t O, cudaStream_t s);
 int64_t colsum_workspace_floats(int64_t N, int64_t O);
 void column_sums(float* out, float* work, const float* x, int64_t N, int64_t O, cudaStream_t s);
+
+// matmul.cu: products through cuBLASLt (dlopen'ed by lt_load from the first of `candidates` that
+// loads and has the entry points; a RuntimeError lists every path tried and why it failed).
+// D (batch, M, N) row-major = op(A) op(B) (+ D when accumulate) with op(A) (M, K), op(B) (K, N);
+// A is stored (M, K), or (K, M) when ta; B (K, N), or (N, K) when tb; batch strides in elements
+// (0: one matrix shared by the batch). ab: the operands' type; cd: the output's (f32 for bf16/f16
+// operands with float32 output). Float32 sums throughout; TF32 only when tf32 is set.
+// Epilogues (batch 1 only; only bias with accumulate):  bias: D[m, n] += bias[n] (bias of type cd);
+//   gelu_bias: aux = AB + bias, D = gelu_tanh(aux) (aux (M, N) of type cd);
+//   dgelu_bgrad: D = AB * gelu_tanh'(aux), dbias[n] = sum over m of D[m, n];
+//   bgradb: dbias[m] = sum over k of op(A)[m, k] (the bias gradient of a weight-gradient product).
+// Returns "" when run, else why cuBLASLt has no algorithm for it (the caller falls back).
+enum class Dt : int { f32 = 0, f16 = 1, bf16 = 2 };
+enum class Epi : int { none = 0, bias = 1, gelu_bias = 2, dgelu_bgrad = 3, bgradb = 4 };
+struct Gemm {
+  bool ta = false, tb = false;
+  int64_t M = 0, N = 0, K = 0, batch = 1, sa = 0, sb = 0, sd = 0;
+  Dt ab = Dt::f32, cd = Dt::f32;
+  Epi epi = Epi::none;
+  bool accumulate = false, tf32 = false;
+};
+// What one product asks of cuBLASLt (column-major): its ops, m n k, the layouts of its A (our b),
+// B (our a) and C = D, the epilogue and compute type (matmul.cu's header explains the mapping).
+struct LtLayout {
+  Dt dt;
+  int64_t rows, cols, ld, batch, stride;
+};
+struct LtProblem {
+  int32_t opa, opb, compute;
+  int64_t m, n, k;
+  LtLayout a, b, d;
+  uint32_t epilogue;
+  int64_t aux_ld;  // 0: no aux matrix
+};
+LtProblem lt_problem(const Gemm& g);
+std::string lt_load(const std::vector<std::string>& candidates);
+bool lt_loaded();
+std::string lt_path();
+size_t lt_version();
+std::string lt_key(const Gemm& g, const uint32_t align[3], int device);  // the plan cache's key
+size_t lt_plan_count();
+void lt_clear_plans();
+std::string lt_matmul(const Gemm& g, void* d, const void* a, const void* b, const void* bias, void* aux, void* dbias,
+                      cudaStream_t s);
+// float32 <-> bfloat16 bits (math.h's rounding: nearest, ties to even)
+void to_bf16(uint16_t* y, const float* x, int64_t n, cudaStream_t s);
+void bf16_to_f32(float* y, const uint16_t* x, int64_t n, cudaStream_t s);
 
 }  // namespace fg::cuda

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include <cstdint>
+#include <cstring>
 
 #ifdef __CUDACC__
 #define FG_HD __host__ __device__ __forceinline__
@@ -77,6 +78,21 @@ FG_HD void adam_update(float& p, float& m, float& v, float g, const AdamConsts& 
   p = p - c.step_size * (mi / denom);
   m = mi;
   v = vi;
+}
+
+// float32 -> bfloat16 bits, rounded to nearest, ties to even; NaN stays a (quiet) NaN. The CPU's
+// _bf16_from_float32 rule, so bf16 products on the GPU round their operands as the CPU does.
+FG_HD uint16_t bf16_bits(float x) {
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40u);  // NaN: keep sign, set quiet bit
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+FG_HD float bf16_value(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
 }
 
 }  // namespace fg::cuda_math

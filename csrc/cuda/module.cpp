@@ -83,6 +83,51 @@ void host_adam(py::array_t<float> p, py::array_t<float> m, py::array_t<float> v,
   for (int64_t i = 0; i < p.size(); ++i) fg::cuda_math::adam_update(pp[i], pm[i], pv[i], pg[i], c);
 }
 
+fg::cuda::Dt dtype_of(const std::string& name, const char* what) {
+  using fg::cuda::Dt;
+  if (name == "float32") return Dt::f32;
+  if (name == "float16") return Dt::f16;
+  if (name == "bfloat16") return Dt::bf16;
+  throw py::type_error(std::string("lt_matmul: ") + what + " must be 'float32', 'float16' or 'bfloat16', got '" + name +
+                       "'");
+}
+
+fg::cuda::Epi epilogue_of(const std::string& name) {
+  using fg::cuda::Epi;
+  if (name == "none") return Epi::none;
+  if (name == "bias") return Epi::bias;
+  if (name == "gelu_bias") return Epi::gelu_bias;
+  if (name == "dgelu_bgrad") return Epi::dgelu_bgrad;
+  if (name == "bgradb") return Epi::bgradb;
+  throw py::value_error("lt_matmul: epilogue must be one of none, bias, gelu_bias, dgelu_bgrad, bgradb, got '" + name +
+                        "'");
+}
+
+// A Gemm from the binding's arguments, every size and pointer the epilogue needs checked here,
+// before anything reaches the device.
+fg::cuda::Gemm gemm_of(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t sa, int64_t sb,
+                       int64_t sd, const std::string& ab, const std::string& cd, const std::string& epi, bool accumulate,
+                       bool tf32) {
+  using fg::cuda::Epi;
+  fg::cuda::Gemm g;
+  g.ta = ta, g.tb = tb, g.M = M, g.N = N, g.K = K, g.batch = batch, g.sa = sa, g.sb = sb, g.sd = sd;
+  g.ab = dtype_of(ab, "ab"), g.cd = dtype_of(cd, "cd"), g.epi = epilogue_of(epi), g.accumulate = accumulate;
+  g.tf32 = tf32;
+  need(M >= 0 && N >= 0 && K >= 0, "lt_matmul: M, N, K must be >= 0, got " + std::to_string(M) + ", " +
+                                       std::to_string(N) + ", " + std::to_string(K));
+  const int64_t lim = int64_t(1) << 31;
+  need(M < lim && N < lim && K < lim && batch < lim, "lt_matmul: M, N, K and batch must each be below 2^31");
+  need(batch >= 1, "lt_matmul: batch must be >= 1, got " + std::to_string(batch));
+  need(sa >= 0 && sb >= 0 && sd >= 0, "lt_matmul: batch strides must be >= 0");
+  need(batch == 1 || sd >= M * N, "lt_matmul: the output's batch stride must be at least M*N");
+  need(g.ab != fg::cuda::Dt::f32 || g.cd == fg::cuda::Dt::f32, "lt_matmul: float32 operands need a float32 output");
+  need(g.cd == fg::cuda::Dt::f32 || g.cd == g.ab, "lt_matmul: the output type must be float32 or the operands' type");
+  need(g.epi == Epi::none || batch == 1, "lt_matmul: epilogue '" + epi + "' needs batch 1");
+  need(g.epi == Epi::none || g.epi == Epi::bias || !accumulate,
+       "lt_matmul: epilogue '" + epi + "' cannot accumulate into the output");
+  return g;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -187,6 +232,62 @@ PYBIND11_MODULE(_cuda, m) {
   m.def("attention_backward_tc", attn_backward(&fc::attention_backward_tc, "attention_backward (bf16)"));
   m.def("attention_tc_supported", &fc::attention_tc_supported,
         "The bf16 tensor-core attention kernels take this head size.");
+  m.def("lt_load", &fc::lt_load, py::arg("candidates"),
+        "dlopen the first cuBLASLt library in candidates that has the entry points; returns its path\n"
+        "(RuntimeError listing every path tried and why, when none does). Once loaded, stays loaded.");
+  m.def("lt_loaded", &fc::lt_loaded);
+  m.def("lt_path", &fc::lt_path);
+  m.def("lt_version", &fc::lt_version);
+  m.def("lt_plan_count", &fc::lt_plan_count);
+  m.def("lt_clear_plans", &fc::lt_clear_plans);
+  m.def("_lt_key", [](bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t sa, int64_t sb,
+                      int64_t sd, const std::string& ab, const std::string& cd, const std::string& epi, bool tf32,
+                      std::tuple<uint32_t, uint32_t, uint32_t> al, int device) {
+    const auto g = gemm_of(ta, tb, M, N, K, batch, sa, sb, sd, ab, cd, epi, false, tf32);
+    const uint32_t a[3] = {std::get<0>(al), std::get<1>(al), std::get<2>(al)};
+    return fc::lt_key(g, a, device);
+  });
+  m.def("_lt_problem", [](bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t sa, int64_t sb,
+                          int64_t sd, const std::string& ab, const std::string& cd, const std::string& epi, bool tf32) {
+    const auto q = fc::lt_problem(gemm_of(ta, tb, M, N, K, batch, sa, sb, sd, ab, cd, epi, false, tf32));
+    auto lay = [](const fc::LtLayout& l) {
+      py::dict d;
+      d["dtype"] = int(l.dt), d["rows"] = l.rows, d["cols"] = l.cols, d["ld"] = l.ld, d["batch"] = l.batch;
+      d["stride"] = l.stride;
+      return d;
+    };
+    py::dict d;
+    d["opa"] = q.opa, d["opb"] = q.opb, d["compute"] = q.compute, d["m"] = q.m, d["n"] = q.n, d["k"] = q.k;
+    d["a"] = lay(q.a), d["b"] = lay(q.b), d["d"] = lay(q.d), d["epilogue"] = q.epilogue, d["aux_ld"] = q.aux_ld;
+    return d;
+  }, "what a product asks of cuBLASLt (for the tests: its column-major problem)");
+  m.def("lt_matmul", [](bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t sa, int64_t sb,
+                        int64_t sd, const std::string& ab, const std::string& cd, const std::string& epi,
+                        bool accumulate, bool tf32, uintptr_t d, uintptr_t a, uintptr_t b, uintptr_t bias,
+                        uintptr_t aux, uintptr_t dbias, uintptr_t s) {
+    const auto g = gemm_of(ta, tb, M, N, K, batch, sa, sb, sd, ab, cd, epi, accumulate, tf32);
+    using fg::cuda::Epi;
+    need(d && (a || K == 0) && (b || K == 0), "lt_matmul: d, a and b must be device pointers, got null");
+    need(!(g.epi == Epi::bias || g.epi == Epi::gelu_bias) || bias, "lt_matmul: epilogue '" + epi + "' needs bias");
+    need(!(g.epi == Epi::gelu_bias || g.epi == Epi::dgelu_bgrad) || aux, "lt_matmul: epilogue '" + epi + "' needs aux");
+    need(!(g.epi == Epi::bgradb || g.epi == Epi::dgelu_bgrad) || dbias, "lt_matmul: epilogue '" + epi + "' needs dbias");
+    if (!fc::lt_loaded()) throw std::runtime_error("lt_matmul: cuBLASLt is not loaded (fusegrad.cuda.load_cublaslt())");
+    return fc::lt_matmul(g, P<void>(d), P<const void>(a), P<const void>(b), P<const void>(bias), P<void>(aux),
+                         P<void>(dbias), S(s));
+  });
+  m.def("to_bf16", [](uintptr_t y, uintptr_t x, int64_t n, uintptr_t s) {
+    fc::to_bf16(P<uint16_t>(y), P<const float>(x), n, S(s));
+  });
+  m.def("bf16_to_f32", [](uintptr_t y, uintptr_t x, int64_t n, uintptr_t s) {
+    fc::bf16_to_f32(P<float>(y), P<const uint16_t>(x), n, S(s));
+  });
+  m.def("_host_bf16", [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x) {
+    py::array_t<uint16_t> y(x.request().shape);
+    const float* px = x.data();
+    uint16_t* py_ = y.mutable_data();
+    for (int64_t i = 0; i < x.size(); ++i) py_[i] = fg::cuda_math::bf16_bits(px[i]);
+    return y;
+  }, "math.h's float32 -> bfloat16 rounding on the host (for the tests)");
   m.def("add_bias_residual", [](uintptr_t y, uintptr_t b, uintptr_t r, int64_t N, int64_t O, uintptr_t s) {
     fc::add_bias_residual(P<float>(y), P<const float>(b), P<const float>(r), N, O, S(s));
   });

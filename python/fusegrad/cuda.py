@@ -4,14 +4,17 @@
 driver answer). The functions below have the names, arguments and results of :mod:`fusegrad.ops`
 and take CuPy arrays (``fusegrad.ops`` sends CUDA arrays here: CuPy, anything with
 ``__cuda_array_interface__`` or a CUDA DLPack capsule); they return CuPy arrays allocated on the
-caller's current CuPy stream and launch on that stream. float32 throughout; matrix products are
-cuBLAS's through CuPy (``cupy.matmul``), everything else is fusegrad's own kernels (csrc/cuda).
+caller's current CuPy stream and launch on that stream. float32 throughout; matrix products (also
+float16, and bfloat16 operands with float32 sums) are cuBLASLt's, loaded at first use (see
+:func:`load_cublaslt`, :func:`matmul_info`; CuPy's cuBLAS where it cannot be loaded, counted in
+``matmul_counts``), everything else is fusegrad's own kernels (csrc/cuda).
 """
 from __future__ import annotations
 
 import math
 
-__all__ = ["is_available", "device_count", "unavailable_reason"]
+__all__ = ["is_available", "device_count", "unavailable_reason", "load_cublaslt", "cublaslt_candidates",
+           "matmul_info", "matmul_counts", "set_matmul_backend", "set_allow_tf32"]
 
 try:
     from . import _cuda
@@ -371,11 +374,9 @@ def _attn_shapes(q, k, v, fn):
 
 
 def _round_bf16(x):
-    """x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32 (a new array)."""
-    cp = _cupy()
-    u = x.view(cp.uint32)
-    r = (u + cp.uint32(0x7FFF) + ((u >> 16) & cp.uint32(1))) & cp.uint32(0xFFFF0000)
-    return cp.where((u & cp.uint32(0x7FFFFFFF)) > cp.uint32(0x7F800000), u, r).view(cp.float32)
+    """x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32 (a new array): math.h's
+    rounding, the CPU's rule bit for bit (test_cuda_matmul checks it on the host)."""
+    return _bf16_values(x)
 
 
 def _attn_kernels(bf16, D, *operands):
@@ -459,58 +460,368 @@ def attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False
     return dqkv
 
 
-# --- matrix products (cuBLAS through CuPy) and linear ---
+# --- matrix products: cuBLASLt (dlopen'ed at first use), CuPy's cuBLAS as the fallback ---
+#
+# fusegrad._cuda is built without cuBLAS (the build machines have only the CUDA runtime), so it
+# loads libcublasLt.so.<CUDA major> at the first product, from the first of cublaslt_candidates()
+# that loads. Where none does, products go to CuPy's cuBLAS (cupy.matmul), each one counted in
+# matmul_counts; FUSEGRAD_CUDA_MATMUL=cublaslt makes that an error instead, =cupy always uses CuPy.
+# float32 products sum in float32 without TF32 unless set_allow_tf32(True) (or FUSEGRAD_CUDA_TF32=1).
 
-def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
-    fn = "matmul"
+import collections as _collections
+import os as _os
+import sys as _sys
+
+#: products by where they ran: 'cublaslt', 'cupy (<reason>)'
+matmul_counts = _collections.Counter()
+
+_lt = {"tried": False, "path": "", "error": "", "searched": []}
+_opts = {"backend": _os.environ.get("FUSEGRAD_CUDA_MATMUL", "auto"),
+         "tf32": _os.environ.get("FUSEGRAD_CUDA_TF32", "0") not in ("", "0")}
+
+
+def _cuda_major():
+    return (_cuda.runtime_version() // 1000) if _cuda is not None else 13
+
+
+def cublaslt_candidates(environ=None, path=None, major=None):
+    """Where libcublasLt is looked for, in order: ``$FUSEGRAD_CUBLASLT`` (a file), the CUDA toolkit
+    (``$CUDA_HOME``, ``$CUDA_PATH``, the toolkit of ``nvcc`` on ``$PATH``, /usr/local/cuda), the pip
+    wheels next to torch and cupy (``<site-packages>/nvidia/cublas/lib``, ``nvidia/cu<major>/lib``),
+    ``$LD_LIBRARY_PATH``, and last the bare soname (the dynamic linker's own search). Returns
+    (files to try, folders searched)."""
+    env = _os.environ if environ is None else environ
+    path = _sys.path if path is None else path
+    major = _cuda_major() if major is None else major
+    soname = f"libcublasLt.so.{major}"
+    dirs = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(var):
+            dirs += [_os.path.join(env[var], d) for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
+    for d in env.get("PATH", "").split(_os.pathsep):
+        nvcc = _os.path.join(d, "nvcc") if d else ""
+        if nvcc and _os.path.exists(nvcc):  # <toolkit>/bin/nvcc, perhaps through a symlink
+            root = _os.path.dirname(_os.path.dirname(_os.path.realpath(nvcc)))
+            dirs += [_os.path.join(root, "lib64"), _os.path.join(root, "targets/x86_64-linux/lib")]
+    dirs += ["/usr/local/cuda/lib64", f"/usr/local/cuda-{major}/lib64"]
+    for site in path:
+        if site and site.rstrip("/").endswith(("site-packages", "dist-packages")):
+            dirs += [_os.path.join(site, "nvidia", "cublas", "lib"), _os.path.join(site, "nvidia", f"cu{major}", "lib")]
+    dirs += [d for d in env.get("LD_LIBRARY_PATH", "").split(_os.pathsep) if d]
+    seen, folders = set(), []
+    for d in dirs:
+        d = _os.path.normpath(d)
+        if d not in seen:
+            seen.add(d)
+            folders.append(d)
+    files = [env["FUSEGRAD_CUBLASLT"]] if env.get("FUSEGRAD_CUBLASLT") else []
+    files += [_os.path.join(d, soname) for d in folders if _os.path.exists(_os.path.join(d, soname))]
+    return files + [soname], folders
+
+
+def load_cublaslt() -> str:
+    """Load cuBLASLt now (products do it at first use); returns the library's path, or raises
+    RuntimeError naming every folder searched and every file tried."""
+    if _cuda is None:
+        raise RuntimeError(unavailable_reason())
+    if _cuda.lt_loaded():
+        return _cuda.lt_path()
+    if _lt["tried"] and _lt["error"]:
+        raise RuntimeError(_lt["error"])
+    files, folders = cublaslt_candidates()
+    _lt.update(tried=True, searched=folders)
+    try:
+        _lt["path"] = _cuda.lt_load(files)
+    except RuntimeError as e:
+        _lt["error"] = (f"{e}\nfolders searched for libcublasLt.so.{_cuda_major()}: {', '.join(folders) or '(none)'}; "
+                        f"install the CUDA toolkit's cuBLAS or 'pip install nvidia-cublas', or name the file in "
+                        f"FUSEGRAD_CUBLASLT")
+        raise RuntimeError(_lt["error"]) from None
+    return _lt["path"]
+
+
+def matmul_info() -> dict:
+    """Which library the products use: backend setting, cuBLASLt's path and version (or why it is
+    not loaded), TF32, cached plans, and matmul_counts."""
+    loaded = _cuda is not None and _cuda.lt_loaded()
+    return {"backend": _opts["backend"], "cublaslt": _cuda.lt_path() if loaded else None,
+            "cublaslt_version": _cuda.lt_version() if loaded else None, "cublaslt_error": _lt["error"],
+            "searched": list(_lt["searched"]), "allow_tf32": _opts["tf32"],
+            "plans": _cuda.lt_plan_count() if _cuda is not None else 0, "counts": dict(matmul_counts)}
+
+
+def set_matmul_backend(backend: str):
+    """'auto' (cuBLASLt, else CuPy's cuBLAS, counted), 'cublaslt' (an error without it) or 'cupy'."""
+    if backend not in ("auto", "cublaslt", "cupy"):
+        raise ValueError(f"set_matmul_backend: backend must be 'auto', 'cublaslt' or 'cupy', got {backend!r}")
+    _opts["backend"] = backend
+
+
+def set_allow_tf32(allow: bool):
+    """float32 products on TF32 tensor cores (10-bit mantissa operands) when True; False (default): full float32."""
+    _opts["tf32"] = bool(allow)
+
+
+def _use_lt() -> bool:
+    """Whether products go to cuBLASLt now (loading it on first call)."""
+    b = _opts["backend"]
+    if b == "cupy":
+        return False
+    if _cuda.lt_loaded():
+        return True
+    try:
+        load_cublaslt()
+        return True
+    except RuntimeError:
+        if b == "cublaslt":
+            raise
+        return False
+
+
+_DT = {"float32": "float32", "float16": "float16"}
+
+
+def _lt_gemm(d, a, b, ta, tb, M, N, K, batch=1, sa=0, sb=0, sd=0, ab="float32", cd="float32", epi="none",
+             accumulate=False, bias=0, aux=0, dbias=0, stream=None):
+    """One cuBLASLt product on raw device pointers (ints). True when it ran; False (counted) when
+    cuBLASLt cannot run it, so the caller computes it another way."""
+    why = _cuda.lt_matmul(ta, tb, M, N, K, batch, sa, sb, sd, ab, cd, epi, accumulate, _opts["tf32"], d, a, b, bias,
+                          aux, dbias, _s() if stream is None else stream)
+    if why:
+        matmul_counts[f"fallback ({epi}: no cuBLASLt algorithm)"] += 1
+        return False
+    matmul_counts["cublaslt"] += 1
+    return True
+
+
+def _mm_shapes(A, Bm, fn):
+    """Batch shape, M, N, K and element strides of op(a) @ op(b) that one strided cuBLASLt call
+    covers (equal batch shapes, or one 2-D operand shared by the batch); None otherwise."""
+    M, K, N = A.shape[-2], A.shape[-1], Bm.shape[-1]
+    if A.ndim == 2 and Bm.ndim == 2:
+        return (), M, N, K, 1, 0, 0
+    ba, bb = A.shape[:-2], Bm.shape[:-2]
+    if A.ndim > 2 and Bm.ndim > 2 and ba != bb:
+        return None
+    batch_shape = ba or bb
+    nb = math.prod(batch_shape)
+    return batch_shape, M, N, K, nb, (M * K if A.ndim > 2 else 0), (K * N if Bm.ndim > 2 else 0)
+
+
+def _product(a, b, trans_a, trans_b, out, accumulate, fn, ab, cd, a_dev=None, b_dev=None):
+    """op(a) @ op(b) into a new array (or out), through cuBLASLt when it can, else CuPy. a, b:
+    checked C-contiguous arrays; a_dev/b_dev: the operands as cuBLASLt reads them (bf16 bits)."""
     cp = _cupy()
-    a, b = _arr(a, fn, "a"), _arr(b, fn, "b")
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"{fn}: a and b must have at least 2 dimensions, got {tuple(a.shape)} and {tuple(b.shape)}")
     A = cp.swapaxes(a, -1, -2) if trans_a else a
     Bm = cp.swapaxes(b, -1, -2) if trans_b else b
     if A.shape[-1] != Bm.shape[-2]:
         raise ValueError(f"{fn}: inner dimensions differ: {A.shape[-1]} and {Bm.shape[-2]}")
-    if out is None:
-        if accumulate:
-            raise ValueError(f"{fn}: accumulate=True needs out (the array to add into)")
-        return cp.matmul(A, Bm)
-    out = _arr(out, fn, "out")
+    if out is None and accumulate:
+        raise ValueError(f"{fn}: accumulate=True needs out (the array to add into)")
+    sh = _mm_shapes(A, Bm, fn)
+    if sh is not None:
+        batch_shape, M, N, K, nb, sa, sb = sh
+        shape = tuple(batch_shape) + (M, N)
+        if out is not None:
+            out = _arr(out, fn, "out", ("uint16" if cd == "bfloat16" else cd,))
+            _shape(out, shape, fn, "out")
+            if not out.flags.c_contiguous:
+                raise ValueError(f"{fn}: out is written in place and must be C-contiguous")
+            d = out
+        else:
+            d = _empty(shape, "uint16" if cd == "bfloat16" else cd)
+        if d.size == 0:
+            return d
+        if K == 0:
+            if not accumulate:
+                d.fill(0)
+            return d
+        if _use_lt():
+            ad, bd = (a if a_dev is None else a_dev), (b if b_dev is None else b_dev)
+            if _lt_gemm(_p(d), _p(ad), _p(bd), bool(trans_a), bool(trans_b), M, N, K, nb, sa, sb, M * N, ab, cd,
+                        accumulate=bool(accumulate)):
+                return d
+        else:
+            matmul_counts[f"cupy ({_opts['backend'] if _opts['backend'] == 'cupy' else 'cuBLASLt not loaded'})"] += 1
+    else:
+        matmul_counts["cupy (batch shapes cuBLASLt's strided batch does not cover)"] += 1
+    if a_dev is not None:  # the fallback of a bf16 product: float32 values that bf16 holds exactly
+        A, Bm = _bf16_values(A), _bf16_values(Bm)
     r = cp.matmul(A, Bm)
+    bits = cd == "bfloat16"  # a bf16 result: float32 sums, rounded once at the end (as cuBLASLt)
+    if out is None:
+        return _bf16_bits(r) if bits else r
+    out = _arr(out, fn, "out", ("uint16" if bits else cd,))
     _shape(out, r.shape, fn, "out")
     if accumulate:
-        out += r
+        out[...] = _bf16_bits(_bf16_values(out) + r) if bits else out + r
     else:
-        out[...] = r
+        out[...] = _bf16_bits(r) if bits else r
     return out
 
 
-def linear_forward(x, w, b=None, residual=None):
-    fn = "linear_forward"
-    cp = _cupy()
-    x, w = _arr(x, fn, "x"), _arr(w, fn, "w")
-    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"{fn}: x (N, K) and w (O, K) expected, got {tuple(x.shape)} and {tuple(w.shape)}")
-    N, O = x.shape[0], w.shape[0]
-    b = _opt(b, fn, "b", (O,))
-    residual = _opt(residual, fn, "residual", (N, O))
-    y = cp.matmul(x, w.T)
-    _cuda.add_bias_residual(_p(y), _p(b), _p(residual), N, O, _s())
+def _bf16_bits(a):
+    """float32 array -> its bfloat16 bit patterns (uint16), rounded to nearest even on the GPU."""
+    y = _empty(a.shape, "uint16")
+    _cuda.to_bf16(_p(y), _p(a), a.size, _s())
     return y
 
 
-def linear_backward(dy, x, w):
-    fn = "linear_backward"
-    cp = _cupy()
-    dy, x, w = _arr(dy, fn, "dy"), _arr(x, fn, "x"), _arr(w, fn, "w")
+def _bf16_values(a):
+    """float32 values rounded to bfloat16 (or uint16 bfloat16 bits), as float32 (views made contiguous first)."""
+    a = _cupy().ascontiguousarray(a)
+    y = _empty(a.shape)
+    _cuda.bf16_to_f32(_p(y), _p(a if a.dtype == "uint16" else _bf16_bits(a)), a.size, _s())
+    return y
+
+
+def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """op(a) @ op(b): float32 (float32 sums, TF32 only with set_allow_tf32) or float16 (float32
+    sums, float16 result); 2-D or batched as on the CPU."""
+    fn = "matmul"
+    a, b = _arr(a, fn, "a", ("float32", "float16")), _arr(b, fn, "b", ("float32", "float16"))
+    if a.dtype != b.dtype:
+        raise TypeError(f"{fn}: a and b must have one dtype, got {a.dtype} and {b.dtype}")
+    dt = str(a.dtype)
+    return _product(a, b, trans_a, trans_b, out, accumulate, fn, dt, dt)
+
+
+def matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """op(a) @ op(b) on the tensor cores with bfloat16 operands and float32 sums. float32 a and b:
+    every element rounded to bfloat16 (as the CPU's matmul_bf16), float32 result. uint16 a and b
+    (bfloat16 bit patterns, as the CPU's gemv weights; CuPy has no bfloat16 dtype): used as they
+    are, and the result is bfloat16 bits too (as torch.matmul on bfloat16 tensors)."""
+    fn = "matmul_bf16"
+    a, b = _arr(a, fn, "a", ("float32", "uint16")), _arr(b, fn, "b", ("float32", "uint16"))
+    if a.dtype != b.dtype:
+        raise TypeError(f"{fn}: a and b must both be float32 or both uint16 (bfloat16 bits), got {a.dtype} and {b.dtype}")
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"{fn}: a and b must have at least 2 dimensions, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dtype == "uint16":
+        return _product(a, b, trans_a, trans_b, out, accumulate, fn, "bfloat16", "bfloat16", a, b)
+    return _product(a, b, trans_a, trans_b, out, accumulate, fn, "bfloat16", "float32", _bf16_bits(a), _bf16_bits(b))
+
+
+def _linear_args(x, w, fn, dtypes=("float32", "float16")):
+    x, w = _arr(x, fn, "x", dtypes), _arr(w, fn, "w", dtypes)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"{fn}: x (N, K) and w (O, K) expected, got {tuple(x.shape)} and {tuple(w.shape)}")
-    N, O = x.shape[0], w.shape[0]
+    if x.dtype != w.dtype:
+        raise TypeError(f"{fn}: x and w must have one dtype, got {x.dtype} and {w.dtype}")
+    return x, w, x.shape[0], x.shape[1], w.shape[0], str(x.dtype)
+
+
+def _opt_dt(a, fn, name, shape, dt):
+    if a is None:
+        return None
+    a = _arr(a, fn, name, (dt,))
+    _shape(a, shape, fn, name)
+    return a
+
+
+def linear_forward(x, w, b=None, residual=None):
+    """y = x @ w.T + b (+ residual): one cuBLASLt call (bias epilogue; the residual as its C with
+    beta = 1). float32 or float16 (float32 sums)."""
+    fn = "linear_forward"
+    x, w, N, K, O, dt = _linear_args(x, w, fn)
+    b = _opt_dt(b, fn, "b", (O,), dt)
+    residual = _opt_dt(residual, fn, "residual", (N, O), dt)
+    y = _empty((N, O), dt)
+    if N and O and K and _use_lt():
+        if residual is not None:
+            y[...] = residual
+        epi = "bias" if b is not None else "none"
+        if _lt_gemm(_p(y), _p(x), _p(w), False, True, N, O, K, ab=dt, cd=dt, epi=epi, accumulate=residual is not None,
+                    bias=_p(b)):
+            return y
+    y = _product(x, w, False, True, None, False, fn, dt, dt)
+    if dt == "float32":
+        _cuda.add_bias_residual(_p(y), _p(b), _p(residual), N, O, _s())
+    else:
+        y = y + b if b is not None else y
+        y = residual + y if residual is not None else y
+    return y
+
+
+def _column_sums(dy, N, O):
+    db = _empty((O,))
+    work = _empty((max(1, _cuda.colsum_workspace_floats(N, O)),))
+    src = dy if dy.dtype == "float32" else dy.astype("float32")
+    _cuda.column_sums(_p(db), _p(work), _p(src), N, O, _s())
+    return db
+
+
+def linear_backward(dy, x, w):
+    """dx = dy @ w, dw = dy^T @ x, db = column sums of dy: db from the weight-gradient product's
+    BGRADB epilogue where cuBLASLt has one, else the deterministic column-sum kernel."""
+    fn = "linear_backward"
+    x, w, N, K, O, dt = _linear_args(x, w, fn)
+    dy = _arr(dy, fn, "dy", (dt,))
     _shape(dy, (N, O), fn, "dy")
-    dx, dw = cp.matmul(dy, w), cp.matmul(dy.T, x)
-    db, work = _empty((O,)), _empty((max(1, _cuda.colsum_workspace_floats(N, O)),))
-    _cuda.column_sums(_p(db), _p(work), _p(dy), N, O, _s())
+    dx = _product(dy, w, False, False, None, False, fn, dt, dt)
+    dw = _empty((O, K), dt)
+    db = None
+    if N and O and K and _use_lt():
+        dbb = _empty((O,), dt)
+        if _lt_gemm(_p(dw), _p(dy), _p(x), True, False, O, K, N, ab=dt, cd=dt, epi="bgradb", dbias=_p(dbb)):
+            db = dbb
+        else:
+            dw = _product(dy, x, True, False, None, False, fn, dt, dt)
+    else:
+        dw = _product(dy, x, True, False, None, False, fn, dt, dt)
+    if db is None:
+        db = _column_sums(dy, N, O)
+        db = db if dt == "float32" else db.astype(dt)
     return dx, dw, db
+
+
+def linear_gelu_forward(x, w, b):
+    """h = gelu_tanh(x @ w.T + b) and pre = x @ w.T + b (saved for the backward), in one cuBLASLt
+    call (GELU_AUX_BIAS epilogue) where it can; else the product then fusegrad's GELU kernel."""
+    fn = "linear_gelu_forward"
+    x, w, N, K, O, dt = _linear_args(x, w, fn)
+    b = _opt_dt(b, fn, "b", (O,), dt)
+    if b is None:
+        raise TypeError(f"{fn}: b is required (the epilogue adds a bias)")
+    h, pre = _empty((N, O), dt), _empty((N, O), dt)
+    if N and O and K and O % 8 == 0 and _use_lt():  # cuBLASLt wants the aux matrix's ld a multiple of 8
+        if _lt_gemm(_p(h), _p(x), _p(w), False, True, N, O, K, ab=dt, cd=dt, epi="gelu_bias", bias=_p(b), aux=_p(pre)):
+            return h, pre
+    pre = linear_forward(x, w, b)
+    if dt == "float32":
+        _cuda.act_forward("gelu_tanh", _p(h), _p(pre), pre.size, _s())
+    else:
+        h = gelu_forward(pre.astype("float32"), "tanh").astype(dt)
+    return h, pre
+
+
+def linear_backward_gelu(dy, h, w, pre):
+    """The backward of y = linear(h, w) where h = gelu_tanh(pre) came from linear_gelu_forward:
+    dpre = (dy @ w) * gelu_tanh'(pre) in one cuBLASLt call (DGELU_BGRAD epilogue, which also sums
+    dpre's columns: the gradient of pre's bias), dw = dy^T h, db = column sums of dy.
+    Returns (dpre, dw, db, dbias_pre)."""
+    fn = "linear_backward_gelu"
+    h, w, N, K, O, dt = _linear_args(h, w, fn)
+    dy = _arr(dy, fn, "dy", (dt,))
+    _shape(dy, (N, O), fn, "dy")
+    pre = _opt_dt(pre, fn, "pre", (N, K), dt)
+    if pre is None:
+        raise TypeError(f"{fn}: pre (from linear_gelu_forward) is required")
+    _, dw, db = linear_backward(dy, h, w)
+    dpre, dbp = _empty((N, K), dt), _empty((K,), dt)
+    if N and O and K and K % 8 == 0 and _use_lt():
+        if _lt_gemm(_p(dpre), _p(dy), _p(w), False, False, N, K, O, ab=dt, cd=dt, epi="dgelu_bgrad", aux=_p(pre),
+                    dbias=_p(dbp)):
+            return dpre, dw, db, dbp
+    dh = _product(dy, w, False, False, None, False, fn, dt, dt)
+    if dt == "float32":
+        _cuda.act_backward("gelu_tanh", _p(dpre), _p(dh), _p(pre), dh.size, _s())
+    else:
+        dpre = gelu_backward(dh.astype("float32"), pre.astype("float32"), "tanh").astype(dt)
+    dbp = _column_sums(dpre, N, K)
+    return dpre, dw, db, (dbp if dt == "float32" else dbp.astype(dt))
 
 
 def mse_forward(pred, target):
@@ -533,4 +844,4 @@ OPS = ["relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "sigmoi
        "softmax_backward", "log_softmax_forward", "log_softmax_backward", "cross_entropy_forward",
        "cross_entropy_backward", "embedding_forward", "embedding_backward", "adamw_step", "adam_step", "sgd_step",
        "sum_squares", "attention_forward", "attention_backward", "attention_qkv_forward", "attention_qkv_backward",
-       "matmul", "linear_forward", "linear_backward", "mse_forward", "mse_backward"]
+       "matmul", "matmul_bf16", "linear_forward", "linear_backward", "mse_forward", "mse_backward"]
