@@ -457,7 +457,7 @@ def test_non_cpu_tensors_fall_back_and_adamw_refuses_them():
     p = torch.nn.Parameter(torch.empty(3, device="meta"))
     p.grad = torch.empty(3, device="meta")
     with pytest.raises(RuntimeError, match=r"fusegrad.torch.AdamW: a parameter is on meta; fusegrad's optimizer "
-                                           r"kernels run on CPU tensors"):
+                                           r"kernels run on CPU tensors and float32 CUDA tensors"):
         fgt.AdamW([p]).step()
 
 

@@ -25,7 +25,7 @@ check() {
     { echo "cuBLASLt NOT LOADED: the products ran on CuPy's fallback, so cuBLASLt is unverified"; status=1; }
   echo "== tests"
   python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_matmul.py tests/test_cuda_tensor.py \
-    tests/test_interop.py \
+    tests/test_interop.py tests/test_torch_cuda.py \
     -m "cuda or not cuda" || status=1
   echo "== bench"
   timeout 240 python3 -m bench cuda --out "$out/bench_cuda.json" || status=1

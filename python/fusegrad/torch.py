@@ -28,14 +28,16 @@ the same kernels.
 
 **Fallbacks.** Arguments the kernels lack go to PyTorch's ORIGINAL op (captured when this module
 is imported, so ``torch.nn.functional.layer_norm = fusegrad.torch.layer_norm`` never recurses),
-counted in ``fallback_counts`` by reason: non-CPU tensors (not routed to ``fusegrad._cuda`` yet),
-dtypes other than float32/float64, and options the kernels lack (``attn_mask``, ``dropout_p >
-0``, ``is_causal`` with a query length different from the key length (PyTorch aligns that mask
-top-left, our kernel bottom-right), class weights, label smoothing, reductions other than
-``'mean'``, inputs other than ``(N, C)`` logits, ...); under ``torch.compile`` a fallback counts
-once per trace. The optimizer is the exception: ``AdamW`` raises ``ValueError`` for options it
-lacks (``amsgrad``, ``maximize``, ...) and ``RuntimeError`` for CUDA parameters, since silently
-running another optimizer would change a training run.
+counted in ``fallback_counts`` by reason: tensors on devices other than the CPU and CUDA, CUDA
+tensors that ``fusegrad._torch_cuda.route`` refuses (``'cuda: dtype'``, ...; the CUDA tensors it
+accepts run on ``fusegrad._cuda`` on torch's current stream), dtypes other than float32/float64,
+and options the kernels lack (``attn_mask``, ``dropout_p > 0``, ``is_causal`` with a query length
+different from the key length (PyTorch aligns that mask top-left, our kernel bottom-right), class
+weights, label smoothing, reductions other than ``'mean'``, inputs other than ``(N, C)`` logits,
+...); under ``torch.compile`` a fallback counts once per trace. The optimizer is the exception:
+``AdamW`` raises ``ValueError`` for options it lacks (``amsgrad``, ``maximize``, ...) and
+``RuntimeError`` for parameters its kernels cannot update (not CPU, or CUDA but not float32),
+since silently running another optimizer would change a training run.
 
 **Autocast.** Inside ``torch.autocast("cpu", dtype=torch.bfloat16)`` the linear and attention
 adapters run fusegrad's bf16 kernels (``ops.matmul_bf16``, ``ops.attention_*(bf16=True)``): float32
@@ -65,6 +67,7 @@ if not hasattr(torch.library, "custom_op"):  # added in torch 2.4
     raise ImportError(f"fusegrad.torch needs torch >= 2.4 (torch.library.custom_op); found torch {torch.__version__}")
 
 from . import _C
+from . import _torch_cuda as _tc
 
 __all__ = ["scaled_dot_product_attention", "layer_norm", "cross_entropy", "gelu", "linear", "AdamW",
            "LayerNorm", "GELU", "Linear", "optimize", "restore", "set_policy", "get_policy",
@@ -124,7 +127,7 @@ def _native(name, *ts, also=()):
     grad = sub = False
     for t in ts:
         if not t.is_cpu:
-            return _fallback(name, "device")
+            return _cuda_mode(name, ts, also)
         if t.dtype is not dt:
             return _fallback(name, "dtype")
         if type(t) not in _PLAIN:
@@ -138,6 +141,30 @@ def _native(name, *ts, also=()):
     if sub or _is_compiling():
         return 0
     return 2 if grad and torch.is_grad_enabled() else 1
+
+
+#: the path of a call that runs on fusegrad._cuda (torch CUDA tensors; see fusegrad._torch_cuda)
+CUDA = 3
+
+
+def _cuda_mode(name, ts, also=()):
+    """CUDA when fusegrad._cuda runs these (non-CPU) tensors, else None with the reason counted:
+    'device' (not all on one GPU: meta tensors, mixed devices), 'cuda: ...' (_torch_cuda.route)."""
+    if _is_compiling() or any(type(t) not in _PLAIN for t in (*ts, *also)):
+        return _fallback(name, "device" if any(t.device.type != "cuda" for t in ts) else
+                         "cuda: torch.compile or a tensor subclass")
+    if _autocast_on("cuda"):  # torch.autocast("cuda"): PyTorch's op applies its dtype rules
+        return _fallback(name, "device" if any(t.device.type != "cuda" for t in ts) else "cuda: autocast")
+    why = _tc.route(name, ts, also)
+    return _fallback(name, why) if why else CUDA
+
+
+def _use_cuda(op):
+    """Whether a CUDA call runs fusegrad's kernel: yes unless the policy says 'torch' (the measured
+    table is for CPUs), counted in dispatch_counts."""
+    ours = _policy[op] != "torch"
+    dispatch_counts[_KEYS[op][ours]] += 1
+    return ours
 
 
 def _fallback(name, reason):
@@ -534,6 +561,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         return _fallback(name, "shapes") or torch_op()
     if is_causal and L != S:
         return _fallback(name, "is_causal with L != S (PyTorch aligns the mask top-left)") or torch_op()
+    if mode == CUDA:
+        if not _use_cuda(name):
+            return torch_op()
+        o = _tc.Attention.apply(q, k, v, bool(is_causal), None if scale is None else float(scale))
+        return o if nd == 4 else o.squeeze(1)
     if not _use(name, torch.bfloat16 if amp else q.dtype, B * H * L * S * E):
         return torch_op()
     causal, scale = bool(is_causal), None if scale is None else float(scale)
@@ -641,14 +673,16 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if k == 0 or len(shape) < k or shape[-k:] != ns or (weight is not None and weight.shape != ns) or (
             bias is not None and bias.shape != ns):
         return _fallback(name, "shapes") or _pt_layer_norm(input, normalized_shape, weight, bias, eps)
-    if not _use(name, input.dtype, input.numel()):
+    if not (_use_cuda(name) if mode == CUDA else _use(name, input.dtype, input.numel())):
         return _pt_layer_norm(input, normalized_shape, weight, bias, eps)
     C = ns[0] if k == 1 else math.prod(ns)
     flat = len(shape) == 2 and k == 1  # already (N, C): no reshapes (each costs ~1 µs)
     x = input if flat else input.reshape(-1, C)
     w = weight if k == 1 or weight is None else weight.reshape(C)
     b = bias if k == 1 or bias is None else bias.reshape(C)
-    if mode == 2:
+    if mode == CUDA:
+        y = _tc.LayerNorm.apply(x, w, b, float(eps))
+    elif mode == 2:
         y = _layernorm_apply(x, w, b, float(eps))
     elif mode == 1:
         y = _t(_C.layernorm_forward(_n(x), None if w is None else _n(w), None if b is None else _n(b), float(eps))[0])
@@ -746,6 +780,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if (input.dim() != 2 or target.dim() != 1 or target.shape[0] != input.shape[0]
             or target.dtype not in (torch.int64, torch.int32) or target.device != input.device):
         return _fallback(name, "shapes") or torch_op()
+    if mode == CUDA:
+        return _tc.CrossEntropy.apply(input, target, int(ignore_index)) if _use_cuda(name) else torch_op()
     if not _use(name, input.dtype, input.numel()):
         return torch_op()
     if mode == 0:
@@ -820,7 +856,10 @@ def gelu(input, approximate="none"):
         return _pt_gelu(input, approximate=approximate)
     if approximate not in ("none", "tanh"):
         return _fallback("gelu", "approximate") or _pt_gelu(input, approximate=approximate)
-    if not _use("gelu" if approximate == "none" else "gelu_tanh", input.dtype, input.numel()):
+    op = "gelu" if approximate == "none" else "gelu_tanh"
+    if mode == CUDA:
+        return _tc.Gelu.apply(input, approximate) if _use_cuda(op) else _pt_gelu(input, approximate=approximate)
+    if not _use(op, input.dtype, input.numel()):
         return _pt_gelu(input, approximate=approximate)
     if mode == 0:
         return _gelu_fwd(input, approximate)
@@ -932,11 +971,14 @@ def linear(input, weight, bias=None):
     if (input.dim() < 1 or weight.dim() != 2 or input.shape[-1] != weight.shape[1]
             or (bias is not None and tuple(bias.shape) != (weight.shape[0],))):
         return _fallback(name, "shapes") or _pt_linear(input, weight, bias)
-    if not _use(name, torch.bfloat16 if amp else input.dtype, input.numel() * weight.shape[0]):
+    if not (_use_cuda(name) if mode == CUDA else
+            _use(name, torch.bfloat16 if amp else input.dtype, input.numel() * weight.shape[0])):
         return _pt_linear(input, weight, bias)
     flat = input.dim() == 2
     x = input if flat else input.reshape(-1, weight.shape[1])
-    if amp:
+    if mode == CUDA:
+        y = _tc.Linear.apply(x, weight, bias)
+    elif amp:
         y = _linear_bf16_apply(x, weight, bias) if mode == 2 else _bf(_linear_bf16_fwd(_f32(x), weight, bias))
     elif mode == 0:
         y = _linear_fwd(x, weight, bias)
@@ -1033,7 +1075,8 @@ class AdamW(torch.optim.Optimizer):
     Same arguments, defaults, update formula and state (``step``, ``exp_avg``, ``exp_avg_sq``) as
     ``torch.optim.AdamW``, so its ``state_dict`` loads either way. Not supported: ``amsgrad``,
     ``maximize``, ``capturable``, ``differentiable`` (``ValueError``); ``foreach``/``fused`` are
-    accepted and ignored. Parameters must be contiguous float32/float64 CPU tensors.
+    accepted and ignored. Parameters must be contiguous float32/float64 CPU tensors, or contiguous
+float32 CUDA tensors (fusegrad._cuda's fused AdamW kernel on torch's current stream).
 
     >>> import torch, fusegrad.torch as fgt
     >>> w = torch.nn.Parameter(torch.ones(3)); opt = fgt.AdamW([w], lr=0.1, weight_decay=0.0)
@@ -1062,7 +1105,7 @@ class AdamW(torch.optim.Optimizer):
     def _buffer(t, what):
         if t.device.type != "cpu":
             raise RuntimeError(f"fusegrad.torch.AdamW: {what} is on {t.device}; fusegrad's optimizer kernels "
-                               f"run on CPU tensors (fusegrad.torch does not use fusegrad._cuda yet); "
+                               f"run on CPU tensors and float32 CUDA tensors (with fusegrad.cuda available); "
                                f"use torch.optim.AdamW")
         if not t.is_contiguous():
             raise ValueError(f"fusegrad.torch.AdamW: {what} is non-contiguous (shape {tuple(t.shape)}, strides "
@@ -1090,6 +1133,13 @@ class AdamW(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
                 state["step"] += 1
+                if p.device.type == "cuda":
+                    why = _tc.adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], int(state["step"].item()),
+                                         lr, beta1, beta2, eps, wd)
+                    if why:
+                        raise RuntimeError(f"fusegrad.torch.AdamW: a parameter on {p.device} cannot be updated by "
+                                           f"fusegrad._cuda ({why}); use torch.optim.AdamW")
+                    continue
                 _C.adamw_step(self._buffer(p, "a parameter"), _n(p.grad), self._buffer(state["exp_avg"], "exp_avg"),
                               self._buffer(state["exp_avg_sq"], "exp_avg_sq"), int(state["step"].item()),
                               lr, beta1, beta2, eps, wd)
