@@ -662,6 +662,11 @@ def test_emulated_products_and_linear_layers(emulated):
     np.testing.assert_allclose(np.asarray(cuda.linear_forward(c(x), c(w))), x @ w.T, rtol=1e-5, atol=1e-5)
     for u, v in zip(cuda.linear_backward(c(dy), c(x), c(w)), ops.linear_backward(dy, x, w)):
         np.testing.assert_allclose(np.asarray(u), v, rtol=1e-5, atol=1e-5)
+    g = cuda.matmul_bf16(c(x), c(w), trans_b=True, bias=c(bias), residual=c(r))  # autocast's linear
+    np.testing.assert_allclose(np.asarray(g), ops.matmul_bf16(x, w, trans_b=True, bias=bias, residual=r),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="matmul_bf16: bias and residual cannot be combined with accumulate"):
+        cuda.matmul_bf16(c(x), c(w), trans_b=True, out=c(r), accumulate=True, bias=c(bias))
     h, pre = cuda.linear_gelu_forward(c(x), c(w), c(bias))
     PRE = x.astype(np.float64) @ w.T + bias
     np.testing.assert_allclose(np.asarray(pre), PRE, rtol=1e-5, atol=1e-5)

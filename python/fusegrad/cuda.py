@@ -688,20 +688,32 @@ def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
     return _product(a, b, trans_a, trans_b, out, accumulate, fn, dt, dt)
 
 
-def matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+def matmul_bf16(a, b, trans_a=False, trans_b=False, out=None, accumulate=False, bias=None, residual=None):
     """op(a) @ op(b) on the tensor cores with bfloat16 operands and float32 sums. float32 a and b:
-    every element rounded to bfloat16 (as the CPU's matmul_bf16), float32 result. uint16 a and b
-    (bfloat16 bit patterns, as the CPU's gemv weights; CuPy has no bfloat16 dtype): used as they
-    are, and the result is bfloat16 bits too (as torch.matmul on bfloat16 tensors)."""
+    every element rounded to bfloat16 (as the CPU's matmul_bf16), float32 result, optionally
+    (op(a) @ op(b) + bias) + residual added in float32 (bias (N,), residual (M, N); not with
+    accumulate), as the CPU's. uint16 a and b (bfloat16 bit patterns, as the CPU's gemv weights;
+    CuPy has no bfloat16 dtype): used as they are, and the result is bfloat16 bits too (as
+    torch.matmul on bfloat16 tensors)."""
     fn = "matmul_bf16"
     a, b = _arr(a, fn, "a", ("float32", "uint16")), _arr(b, fn, "b", ("float32", "uint16"))
     if a.dtype != b.dtype:
         raise TypeError(f"{fn}: a and b must both be float32 or both uint16 (bfloat16 bits), got {a.dtype} and {b.dtype}")
     if a.ndim < 2 or b.ndim < 2:
         raise ValueError(f"{fn}: a and b must have at least 2 dimensions, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if bias is not None or residual is not None:
+        if accumulate:
+            raise ValueError(f"{fn}: bias and residual cannot be combined with accumulate=True")
+        if a.dtype == "uint16" or a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"{fn}: bias and residual need 2-D float32 a and b")
+        M, N = a.shape[1] if trans_a else a.shape[0], b.shape[0] if trans_b else b.shape[1]
+        bias, residual = _opt(bias, fn, "bias", (N,)), _opt(residual, fn, "residual", (M, N))
     if a.dtype == "uint16":
         return _product(a, b, trans_a, trans_b, out, accumulate, fn, "bfloat16", "bfloat16", a, b)
-    return _product(a, b, trans_a, trans_b, out, accumulate, fn, "bfloat16", "float32", _bf16_bits(a), _bf16_bits(b))
+    y = _product(a, b, trans_a, trans_b, out, accumulate, fn, "bfloat16", "float32", _bf16_bits(a), _bf16_bits(b))
+    if bias is not None or residual is not None:  # (y + bias) + residual, in float32: the CPU's order
+        _cuda.add_bias_residual(_p(y), _p(bias), _p(residual), y.shape[0], y.shape[1], _s())
+    return y
 
 
 def _linear_args(x, w, fn, dtypes=("float32", "float16")):
