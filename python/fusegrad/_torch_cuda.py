@@ -7,8 +7,9 @@ The autograd Functions below hand the tensors' memory to the launchers as raw de
 the tensors' device and launch on **torch's current stream**, so they order with the rest of
 the model's work exactly as PyTorch's own ops do. No CuPy is involved.
 
-float32 for layer norm, GELU, cross-entropy and attention (our kernels are float32); float32,
-float16 and bfloat16 for linear (cuBLASLt, float32 sums, bias and bias-gradient epilogues).
+float32 for layer norm, GELU and cross-entropy (our kernels are float32); float32 and bfloat16 for
+attention (bf16: the tensor-core kernels of attention_tc.cu); float32, float16 and bfloat16 for
+linear (cuBLASLt, float32 sums, bias and bias-gradient epilogues).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ DTYPES = {
     "layer_norm": (torch.float32,),
     "gelu": (torch.float32,),
     "cross_entropy": (torch.float32,),
-    "scaled_dot_product_attention": (torch.float32,),
+    "scaled_dot_product_attention": (torch.float32, torch.bfloat16),
     "linear": (torch.float32, torch.float16, torch.bfloat16),
 }
 _LT_NAME = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -167,33 +168,39 @@ def _heads(t):
 
 class Attention(torch.autograd.Function):
     """q (B, H, T, D), k, v (B, Hkv, S, D); causal masks aligned bottom-right (callers route
-    is_causal only where T == S, where that is PyTorch's top-left mask too)."""
+    is_causal only where T == S, where that is PyTorch's top-left mask too). float32, or bfloat16:
+    the bf16 tensor-core kernels (attention_tc.cu: the CPU's bf16=True arithmetic on the float32
+    values the bf16 tensors hold) where they take D, else the float32 kernels; bf16 outputs."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        q, k, v = _c(q), _c(k), _c(v)
+        dt = q.dtype
+        q, k, v = (_c(t.float()) for t in (q, k, v)) if dt == torch.bfloat16 else (_c(q), _c(k), _c(v))
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        tc = dt == torch.bfloat16 and _k().attention_tc_supported(D)
         o, lse = torch.empty_like(q), _empty((B, H, T), q)
-        _k().attention_forward(_p(o), _heads(o), _p(lse), _p(q), _heads(q), _p(k), _heads(k), _p(v), _heads(v),
-                               B, H, Hkv, T, S, D, bool(causal), scale, _s())
+        fwd = _k().attention_forward_tc if tc else _k().attention_forward
+        fwd(_p(o), _heads(o), _p(lse), _p(q), _heads(q), _p(k), _heads(k), _p(v), _heads(v), B, H, Hkv, T, S, D,
+            bool(causal), scale, _s())
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.causal, ctx.scale = bool(causal), scale
-        return o
+        ctx.causal, ctx.scale, ctx.dt, ctx.tc = bool(causal), scale, dt, tc
+        return o.to(dt)
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        do = _c(do)
+        do = _c(do.float())
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         work = _empty((max(1, B * H * T),), q)
-        _k().attention_backward(_p(dq), _heads(dq), _p(dk), _heads(dk), _p(dv), _heads(dv), _p(work), _p(do),
-                                _heads(do), _p(q), _heads(q), _p(k), _heads(k), _p(v), _heads(v), _p(o), _heads(o),
-                                _p(lse), B, H, Hkv, T, S, D, ctx.causal, ctx.scale, _s())
-        return dq, dk, dv, None, None
+        bwd = _k().attention_backward_tc if ctx.tc else _k().attention_backward
+        bwd(_p(dq), _heads(dq), _p(dk), _heads(dk), _p(dv), _heads(dv), _p(work), _p(do), _heads(do), _p(q), _heads(q),
+            _p(k), _heads(k), _p(v), _heads(v), _p(o), _heads(o), _p(lse), B, H, Hkv, T, S, D, ctx.causal, ctx.scale,
+            _s())
+        return dq.to(ctx.dt), dk.to(ctx.dt), dv.to(ctx.dt), None, None
 
 
 # ----------------------------------------------------------------- linear
