@@ -114,6 +114,38 @@ def test_gpu_tiny_gpt_trains_as_on_the_cpu(pos):
 
 @gpu
 @needs_gpu
+def test_gpu_tiny_gpt_trains_under_autocast_as_on_the_cpu():
+    # fusegrad.autocast on the GPU: linear on cuBLASLt's bf16 products, attention on the tensor-core
+    # kernels; the CPU run rounds the same operands (its bf16 kernels) and sums in other orders, so
+    # an operand can land on the other side of a bf16 rounding boundary (2^-8 relative) in one run
+    # and not the other: the losses agree to ~1e-3 of ~3.6, not to float32's rounding
+    with fg.autocast("bfloat16"):
+        want_loss, _ = _train(_tiny("learned"), "cpu")
+        got_loss, _ = _train(_tiny("learned"), "cuda")
+    np.testing.assert_allclose(got_loss, want_loss, rtol=5e-3)
+
+
+@gpu
+@needs_gpu
+def test_gpu_batched_matmul_under_autocast():
+    # a batched product under autocast rounds its operands on the GPU (fusegrad.cuda's rounding),
+    # forward and backward, as the CPU does
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 5, 70)).astype(np.float32), rng.standard_normal((3, 70, 9)).astype(np.float32)
+
+    def run(device):
+        ta, tb = fg.tensor(a, requires_grad=True), fg.tensor(b, requires_grad=True)
+        with fg.autocast("bfloat16"):
+            y = ta.to(device) @ tb.to(device)
+        y.sum().backward()
+        return y.cpu().numpy(), ta.grad.numpy(), tb.grad.numpy()
+
+    for got, want in zip(run("cuda"), run("cpu")):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # same bf16 operands, float32 sums
+
+
+@gpu
+@needs_gpu
 def test_gpu_tensor_round_trip_and_gradients_cross_devices():
     import cupy
     x = fg.tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from . import _C
+from . import _xp
 from . import ops as _ops
 
 
@@ -140,7 +141,11 @@ def _bf16(x):
 
 
 def round_bf16(x):
-    """float32 values rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float32."""
+    """float32 values rounded to the nearest bfloat16 (ties to even; NaN stays NaN), as float32;
+    a CuPy array stays on its GPU (fusegrad.cuda's rounding kernel, the same rule bit for bit)."""
+    if _xp.is_cuda(x):
+        from . import cuda
+        return cuda._round_bf16(_xp.contiguous(x, np.float32))
     return _C._bf16_to_float32(_C._bf16_from_float32(np.ascontiguousarray(x, dtype=np.float32)))
 
 
