@@ -156,7 +156,9 @@ def overhead(N=768, C=128, reps=15):
     """What each way into the same layer_norm kernel costs (forward, float32, N x C), interleaved:
     the raw kernel on NumPy arrays; .numpy()/from_numpy around it; fusegrad.torch's eager path
     without and with autograd (a plain autograd.Function); the torch.library custom op (what
-    torch.compile traces); and PyTorch's F.layer_norm. Microseconds per call, medians, in CPU time
+    torch.compile traces); and PyTorch's F.layer_norm. Then forward+backward: the two raw kernels,
+    and fgt's and PyTorch's op through ``.backward()`` (whose engine start costs ~30 µs a call
+    even for PyTorch's own op at 8x128, so these rows compare, they do not isolate one node). Microseconds per call, medians, in CPU time
     of the calling thread with one thread each (time.thread_time: on a shared machine, wall time
     mostly measures waits for a core; both libraries' kernels then run on the calling thread)."""
     import numpy as np
@@ -169,6 +171,14 @@ def overhead(N=768, C=128, reps=15):
     x, w, b = torch.randn(N, C, generator=g), torch.randn(C, generator=g), torch.randn(C, generator=g)
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
     xn, wn, bn = x.numpy(), w.numpy(), b.numpy()
+    dy = torch.randn(N, C, generator=g)
+    dyn, (_, mean, rstd) = dy.numpy(), _C.layernorm_forward(xn, wn, bn, 1e-5)
+
+    def fwd_bwd(f):  # one forward and backward through autograd, as training calls it
+        def run():
+            f(xg, (C,), wg, bg).backward(dy)
+            xg.grad = wg.grad = bg.grad = None
+        return run
     old = fgt.set_policy("fusegrad")
     fns = {
         "raw _C (NumPy)": lambda: _C.layernorm_forward(xn, wn, bn, 1e-5),
@@ -178,6 +188,10 @@ def overhead(N=768, C=128, reps=15):
         "fgt.layer_norm, grad (autograd.Function)": lambda: fgt.layer_norm(xg, (C,), wg, bg),
         "torch.ops.fusegrad custom op, grad": lambda: torch.ops.fusegrad.layernorm_forward(xg, wg, bg, 1e-5),
         "PyTorch F.layer_norm, grad": lambda: fgt.ORIGINALS["layer_norm"](xg, (C,), wg, bg),
+        "fwd+bwd: raw _C (NumPy)": lambda: (_C.layernorm_forward(xn, wn, bn, 1e-5),
+                                            _C.layernorm_backward(dyn, xn, wn, mean, rstd)),
+        "fwd+bwd: fgt.layer_norm, .backward()": fwd_bwd(fgt.layer_norm),
+        "fwd+bwd: PyTorch F.layer_norm, .backward()": fwd_bwd(fgt.ORIGINALS["layer_norm"]),
     }
     try:
         np.testing.assert_array_equal(fns["fgt.layer_norm, grad (autograd.Function)"]().detach().numpy(),
@@ -192,8 +206,9 @@ def overhead(N=768, C=128, reps=15):
             torch.set_num_threads(threads[1])
     finally:
         fgt.set_policy(old)
-    raw = t["raw _C (NumPy)"]
-    return [{"path": k, "shape": f"{N}x{C}", "us": v * 1e6, "us_above_raw": (v - raw) * 1e6} for k, v in t.items()]
+    raw = {False: t["raw _C (NumPy)"], True: t["fwd+bwd: raw _C (NumPy)"]}
+    return [{"path": k, "shape": f"{N}x{C}", "us": v * 1e6, "us_above_raw": (v - raw[k.startswith("fwd+bwd")]) * 1e6}
+            for k, v in t.items()]
 
 
 def bucket_ratios(rows):

@@ -18,4 +18,5 @@ void bind_tokenizer(py::module_& m);
 void bind_alloc(py::module_& m);
 void bind_gemv(py::module_& m);
 void bind_decode(py::module_& m);
+void bind_torch(py::module_& m);  // entries on torch.Tensor objects (fusegrad.torch's eager path)
 }  // namespace fg::bind

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_C, m) {
   fg::bind::bind_alloc(m);
   fg::bind::bind_gemv(m);
   fg::bind::bind_decode(m);
+  fg::bind::bind_torch(m);
 }

@@ -17,9 +17,12 @@ kernels, ``'torch'`` PyTorch's, per op or for all). ``dispatch_counts`` counts e
 where it went (``'layer_norm -> fusegrad'``, ``'layer_norm -> torch'``).
 
 **Two paths, one result.** In eager mode a call goes through a plain ``torch.autograd.Function``
-(or straight to the kernel when no gradient is needed) that hands the tensors' memory to the
-kernels as NumPy views: +9-12 µs above the raw kernel without autograd, +16-18 µs with it
-(layer_norm forward, 768x128, 1 thread, CPU time; autograd.Function.apply alone is ~3 µs).
+(or straight to the kernel when no gradient is needed) that hands the tensors themselves to the
+``_C._torch_*`` kernel entries (csrc/bind/torch.cpp: they read each tensor's dtype, device,
+contiguity, shape and data pointer, check them as the NumPy entries do, and return NumPy-allocated
+outputs as tensors through ``torch.from_numpy``): layer_norm forward at 8x128, 1 thread, CPU time,
+contended Zen 4: +4.8 µs above the raw kernel without autograd, +9.6 µs with it (NumPy views
+before: +7.0 / +12.9 µs), of which ``autograd.Function.apply`` alone is ~4 µs.
 Under ``torch.compile`` (and for tensor subclasses such as fake tensors) it goes through
 ``torch.library`` custom ops (``torch.ops.fusegrad.*``) with fake (meta) implementations and
 registered backwards, so ``torch.compile(fullgraph=True)`` traces them without graph breaks; that
@@ -48,7 +51,8 @@ dtype (float32 for float32 master weights). The policy decides them under the dt
 ``torch.compile`` (or with tensor subclasses) autocast calls go to PyTorch's op.
 
 This module imports torch (>= 2.4, for ``torch.library.custom_op``); fusegrad itself never depends
-on it, and no libtorch is linked into fusegrad's C++ extension: tensors cross over as NumPy views.
+on it, and no libtorch is linked into fusegrad's C++ extension: tensors cross over through their
+Python attributes (the ``_C._torch_*`` entries) or as NumPy views (attention, cross-entropy).
 """
 import collections
 import copy
@@ -300,15 +304,15 @@ def _decide(op, dtype, bucket):
     return min(rows, key=lambda r: (abs(r[0] - bucket), r[0]))[1]
 
 
-def _use(op, dtype, size):
-    """Whether this call runs fusegrad's kernel (policy + table), counted in dispatch_counts."""
-    if _is_compiling():  # sizes may be symbolic here; the choice specializes the graph to this bucket
+def _use(op, dtype, size, mode):
+    """Whether this call runs fusegrad's kernel (policy + table), counted in dispatch_counts.
+    mode: _native's answer (0: maybe tracing, where sizes may be symbolic)."""
+    if not mode and _is_compiling():  # the choice specializes the graph to this bucket
         return _decide(op, dtype, int(size).bit_length() - 1)
-    bucket = size.bit_length() - 1
-    key = (op, dtype, bucket)
+    key = (op, dtype, size.bit_length() - 1)
     ours = _decided.get(key)
     if ours is None:
-        ours = _decided[key] = _decide(op, dtype, bucket)
+        ours = _decided[key] = _decide(*key)
     dispatch_counts[_KEYS[op][ours]] += 1
     return ours
 
@@ -566,7 +570,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             return torch_op()
         o = _tc.Attention.apply(q, k, v, bool(is_causal), None if scale is None else float(scale))
         return o if nd == 4 else o.squeeze(1)
-    if not _use(name, torch.bfloat16 if amp else q.dtype, B * H * L * S * E):
+    if not _use(name, torch.bfloat16 if amp else q.dtype, B * H * L * S * E, mode):
         return torch_op()
     causal, scale = bool(is_causal), None if scale is None else float(scale)
     if amp:
@@ -596,8 +600,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 @torch.library.custom_op("fusegrad::layernorm_forward", mutates_args=())
 def _layernorm_fwd(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, mean, rstd = _C.layernorm_forward(_n(x), _n(weight), _n(bias), eps)
-    return _t(y), _t(mean), _t(rstd)
+    y, mean, rstd = _C._torch_layernorm_forward(x.contiguous(), weight.contiguous(), bias.contiguous(), eps)
+    return y, _t(mean), _t(rstd)
 
 
 @_layernorm_fwd.register_fake
@@ -609,8 +613,8 @@ def _(x, weight, bias, eps):
 @torch.library.custom_op("fusegrad::layernorm_backward", mutates_args=())
 def _layernorm_bwd(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
                    rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = _C.layernorm_backward(_n(dy), _n(x), _n(weight), _n(mean), _n(rstd))
-    return _t(dx), _t(dw), _t(db)
+    return _C._torch_layernorm_backward(dy.contiguous(), x.contiguous(), weight.contiguous(), mean.contiguous(),
+                                       rstd.contiguous())
 
 
 @_layernorm_bwd.register_fake
@@ -638,18 +642,17 @@ class _LayerNorm(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch (weight, bias: a tensor or None)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, rstd = _C.layernorm_forward(_n(x), None if weight is None else _n(weight),
-                                             None if bias is None else _n(bias), eps)
+    def forward(ctx, x, weight, bias, eps):  # x, weight, bias contiguous (the caller's .contiguous())
+        y, mean, rstd = _C._torch_layernorm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight)
         ctx.stats, ctx.has_bias = (mean, rstd), bias is not None
-        return _t(y)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        dx, dw, db = _C.layernorm_backward(_n(dy), _n(x), None if weight is None else _n(weight), *ctx.stats)
-        return _t(dx), None if weight is None else _t(dw), _t(db) if ctx.has_bias else None, None
+        dx, dw, db = _C._torch_layernorm_backward(dy.contiguous(), x, weight, *ctx.stats)
+        return dx, None if weight is None else dw, db if ctx.has_bias else None, None
 
 
 _layernorm_apply = _fast_apply(_LayerNorm)
@@ -673,19 +676,30 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if k == 0 or len(shape) < k or shape[-k:] != ns or (weight is not None and weight.shape != ns) or (
             bias is not None and bias.shape != ns):
         return _fallback(name, "shapes") or _pt_layer_norm(input, normalized_shape, weight, bias, eps)
-    if not (_use_cuda(name) if mode == CUDA else _use(name, input.dtype, input.numel())):
+    if not (_use_cuda(name) if mode == CUDA else _use(name, input.dtype, input.numel(), mode)):
         return _pt_layer_norm(input, normalized_shape, weight, bias, eps)
+    if k == 1 and (mode == 1 or mode == 2):  # the CPU entries take (..., C) as it is: no reshapes (~1 µs each)
+        x, w, b = input.contiguous(), weight, bias
+        if w is not None:
+            w = w.contiguous()
+        if b is not None:
+            b = b.contiguous()
+        if mode == 2:
+            return _layernorm_apply(x, w, b, float(eps))
+        return _C._torch_layernorm_forward(x, w, b, float(eps))[0]
     C = ns[0] if k == 1 else math.prod(ns)
-    flat = len(shape) == 2 and k == 1  # already (N, C): no reshapes (each costs ~1 µs)
+    flat = len(shape) == 2 and k == 1  # already (N, C): no reshapes
     x = input if flat else input.reshape(-1, C)
     w = weight if k == 1 or weight is None else weight.reshape(C)
     b = bias if k == 1 or bias is None else bias.reshape(C)
     if mode == CUDA:
         y = _tc.LayerNorm.apply(x, w, b, float(eps))
     elif mode == 2:
-        y = _layernorm_apply(x, w, b, float(eps))
+        y = _layernorm_apply(x.contiguous(), None if w is None else w.contiguous(),
+                             None if b is None else b.contiguous(), float(eps))
     elif mode == 1:
-        y = _t(_C.layernorm_forward(_n(x), None if w is None else _n(w), None if b is None else _n(b), float(eps))[0])
+        y = _C._torch_layernorm_forward(x.contiguous(), None if w is None else w.contiguous(),
+                                       None if b is None else b.contiguous(), float(eps))[0]
     else:  # the custom op's schema takes tensors
         y = _layernorm_fwd(x, input.new_ones(C) if w is None else w, input.new_zeros(C) if b is None else b,
                            float(eps))[0]
@@ -782,7 +796,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return _fallback(name, "shapes") or torch_op()
     if mode == CUDA:
         return _tc.CrossEntropy.apply(input, target, int(ignore_index)) if _use_cuda(name) else torch_op()
-    if not _use(name, input.dtype, input.numel()):
+    if not _use(name, input.dtype, input.numel(), mode):
         return torch_op()
     if mode == 0:
         return _xent_fwd(input, target, int(ignore_index))[0]
@@ -794,7 +808,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 # ----------------------------------------------------------------- gelu
 @torch.library.custom_op("fusegrad::gelu_forward", mutates_args=())
 def _gelu_fwd(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    return _t(_C.gelu_forward(_n(x), approximate))
+    return _C._torch_gelu_forward(x.contiguous(), approximate)
 
 
 @_gelu_fwd.register_fake
@@ -804,7 +818,7 @@ def _(x, approximate):
 
 @torch.library.custom_op("fusegrad::gelu_backward", mutates_args=())
 def _gelu_bwd(dy: torch.Tensor, x: torch.Tensor, approximate: str) -> torch.Tensor:
-    return _t(_C.gelu_backward(_n(dy), _n(x), approximate))
+    return _C._torch_gelu_backward(dy.contiguous(), x.contiguous(), approximate)
 
 
 @_gelu_bwd.register_fake
@@ -829,15 +843,15 @@ class _Gelu(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch."""
 
     @staticmethod
-    def forward(ctx, x, approximate):
+    def forward(ctx, x, approximate):  # x contiguous
         ctx.save_for_backward(x)
         ctx.approximate = approximate
-        return _t(_C.gelu_forward(_n(x), approximate))
+        return _C._torch_gelu_forward(x, approximate)
 
     @staticmethod
     def backward(ctx, dy):
         (x,) = ctx.saved_tensors
-        return _t(_C.gelu_backward(_n(dy), _n(x), ctx.approximate)), None
+        return _C._torch_gelu_backward(dy.contiguous(), x, ctx.approximate), None
 
 
 _gelu_apply = _fast_apply(_Gelu)
@@ -859,19 +873,19 @@ def gelu(input, approximate="none"):
     op = "gelu" if approximate == "none" else "gelu_tanh"
     if mode == CUDA:
         return _tc.Gelu.apply(input, approximate) if _use_cuda(op) else _pt_gelu(input, approximate=approximate)
-    if not _use(op, input.dtype, input.numel()):
+    if not _use(op, input.dtype, input.numel(), mode):
         return _pt_gelu(input, approximate=approximate)
     if mode == 0:
         return _gelu_fwd(input, approximate)
     if mode == 2:
-        return _gelu_apply(input, approximate)
-    return _t(_C.gelu_forward(_n(input), approximate))
+        return _gelu_apply(input.contiguous(), approximate)
+    return _C._torch_gelu_forward(input.contiguous(), approximate)
 
 
 # ----------------------------------------------------------------- linear
 @torch.library.custom_op("fusegrad::linear_forward", mutates_args=())
 def _linear_fwd(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-    return _t(_C.linear_forward(_n(x), _n(w), None if b is None else _n(b)))
+    return _C._torch_linear_forward(x.contiguous(), w.contiguous(), None if b is None else b.contiguous())
 
 
 @_linear_fwd.register_fake
@@ -882,8 +896,7 @@ def _(x, w, b):
 @torch.library.custom_op("fusegrad::linear_backward", mutates_args=())
 def _linear_bwd(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = _C.linear_backward(_n(dy), _n(x), _n(w))
-    return _t(dx), _t(dw), _t(db)
+    return _C._torch_linear_backward(dy.contiguous(), x.contiguous(), w.contiguous())
 
 
 @_linear_bwd.register_fake
@@ -911,16 +924,16 @@ class _Linear(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch."""
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b):  # x (..., in), w, b contiguous
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _t(_C.linear_forward(_n(x), _n(w), None if b is None else _n(b)))
+        return _C._torch_linear_forward(x, w, b)
 
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dx, dw, db = _C.linear_backward(_n(dy), _n(x), _n(w))
-        return _t(dx), _t(dw), (_t(db) if ctx.has_bias else None)
+        dx, dw, db = _C._torch_linear_backward(dy.contiguous(), x, w)
+        return dx, dw, (db if ctx.has_bias else None)
 
 
 _linear_apply = _fast_apply(_Linear)
@@ -972,20 +985,19 @@ def linear(input, weight, bias=None):
             or (bias is not None and tuple(bias.shape) != (weight.shape[0],))):
         return _fallback(name, "shapes") or _pt_linear(input, weight, bias)
     if not (_use_cuda(name) if mode == CUDA else
-            _use(name, torch.bfloat16 if amp else input.dtype, input.numel() * weight.shape[0])):
+            _use(name, torch.bfloat16 if amp else input.dtype, input.numel() * weight.shape[0], mode)):
         return _pt_linear(input, weight, bias)
+    if (mode == 1 or mode == 2) and not amp:  # the CPU entries take x (..., in) as it is: no reshapes
+        x, w, b = input.contiguous(), weight.contiguous(), None if bias is None else bias.contiguous()
+        return _linear_apply(x, w, b) if mode == 2 else _C._torch_linear_forward(x, w, b)
     flat = input.dim() == 2
     x = input if flat else input.reshape(-1, weight.shape[1])
     if mode == CUDA:
         y = _tc.Linear.apply(x, weight, bias)
     elif amp:
         y = _linear_bf16_apply(x, weight, bias) if mode == 2 else _bf(_linear_bf16_fwd(_f32(x), weight, bias))
-    elif mode == 0:
+    else:  # mode 0: the custom op
         y = _linear_fwd(x, weight, bias)
-    elif mode == 2:
-        y = _linear_apply(x, weight, bias)
-    else:
-        y = _t(_C.linear_forward(_n(x), _n(weight), None if bias is None else _n(bias)))
     return y if flat else y.reshape(*input.shape[:-1], weight.shape[0])
 
 
