@@ -4,7 +4,6 @@ Times are medians of CUDA-event timings of interleaved rounds; bandwidth is comp
 GPU's measured device-to-device copy bandwidth. Rows say 'skipped' where no GPU can be used."""
 from __future__ import annotations
 
-import math
 
 
 def _timer(cp):
@@ -78,37 +77,25 @@ def run(limits, quick=False):
     for B, H, T, D in ([(4, 12, 1024, 64)] if quick else [(4, 12, 1024, 64), (2, 16, 2048, 128)]):
         q, k, v, do = (rng.standard_normal((B, H, T, D), dtype=cp.float32) for _ in range(4))
 
-        def attn():
-            o, lse = ops.attention_forward(q, k, v, causal=True)
-            ops.attention_backward(do, q, k, v, o, lse, causal=True)
-        fns = {"ours": attn}
-        if torch is not None:
-            tq, tk, tv = (torch.from_dlpack(a).requires_grad_(True) for a in (q, k, v))
-            tdo = torch.from_dlpack(do)
+        # fp32, then bf16 products on tensor cores (autocast's arithmetic) against SDPA on bf16
+        # tensors (flash)
+        for bf16 in (False, True):
+            def attn(bf16=bf16):
+                o, lse = ops.attention_forward(q, k, v, causal=True, bf16=bf16)
+                ops.attention_backward(do, q, k, v, o, lse, causal=True, bf16=bf16)
+            fns = {"ours": attn}
+            if torch is not None:
+                tq, tk, tv = (torch.from_dlpack(a).to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(True)
+                              for a in (q, k, v))
+                tdo = torch.from_dlpack(do).to(tq.dtype)
 
-            def tattn():
-                tq.grad = tk.grad = tv.grad = None
-                torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(tdo)
-            fns["torch"] = tattn
-        # causal: half of 4 B H T^2 D (fwd) + 2.5x that (bwd)
-        row("attention fwd+bwd fp32 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
-            flops=3.5 * 2 * B * H * T * T * D)
-
-        # bf16 products on tensor cores (autocast's arithmetic), against SDPA on bf16 tensors (flash)
-        def attn16():
-            o, lse = ops.attention_forward(q, k, v, causal=True, bf16=True)
-            ops.attention_backward(do, q, k, v, o, lse, causal=True, bf16=True)
-        fns = {"ours": attn16}
-        if torch is not None:
-            hq, hk, hv = (torch.from_dlpack(a).bfloat16().requires_grad_(True) for a in (q, k, v))
-            hdo = torch.from_dlpack(do).bfloat16()
-
-            def tattn16():
-                hq.grad = hk.grad = hv.grad = None
-                torch.nn.functional.scaled_dot_product_attention(hq, hk, hv, is_causal=True).backward(hdo)
-            fns["torch"] = tattn16
-        row("attention fwd+bwd bf16 causal", f"B{B} H{H} T{T} D{D}", time_ms(fns, reps=5),
-            flops=3.5 * 2 * B * H * T * T * D)
+                def tattn(tq=tq, tk=tk, tv=tv, tdo=tdo):
+                    tq.grad = tk.grad = tv.grad = None
+                    torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(tdo)
+                fns["torch"] = tattn
+            # causal: half of 4 B H T^2 D (fwd) + 2.5x that (bwd)
+            row(f"attention fwd+bwd {'bf16' if bf16 else 'fp32'} causal", f"B{B} H{H} T{T} D{D}",
+                time_ms(fns, reps=5), flops=3.5 * 2 * B * H * T * T * D)
 
     info = cuda.matmul_info()
     if not info["cublaslt"]:

@@ -13,13 +13,6 @@ namespace fg::bind {
 
 namespace {
 
-std::vector<std::string> bf16_kernels_available() {
-  std::vector<std::string> r;
-  for (const char* k : {"emulated", "avx512_bf16", "amx_simulated", "amx"})
-    if (bf16_kernel_runs(k)) r.emplace_back(k);
-  return r;
-}
-
 // an optional float32 operand of the epilogue (bias or residual): null when None
 py::array epilogue_arg(const py::object& obj, std::vector<int64_t> shape, bool accumulate, const char* fn,
                        const char* name) {

@@ -99,6 +99,13 @@ bool bf16_kernel_runs(const char* name) {
   return parse_bf16(name, &k) && runs(k);
 }
 
+std::vector<std::string> bf16_kernels_available() {
+  std::vector<std::string> r;
+  for (int i = 1; i < 5; ++i)  // every kernel by name, "auto" (0) aside
+    if (runs(static_cast<Bf16Kernel>(i))) r.emplace_back(kBf16Names[i]);
+  return r;
+}
+
 bool set_bf16_kernel(const char* name) {
   Bf16Kernel k;
   if (!parse_bf16(name, &k) || !runs(k)) return false;
@@ -129,28 +136,26 @@ std::vector<float> rounded(const float* x, int64_t n) {
 void matmul_bf16(float* c, const float* a, const float* b, int64_t M, int64_t N, int64_t K, bool trans_a,
                  bool trans_b, bool accumulate, const float* bias, const float* residual) {
   if (M <= 0 || N <= 0) return;
-  const Bf16Kernel k = K > 0 ? current() : Bf16Kernel::automatic;
+  const Bf16Kernel k = current();
+  if (K <= 0) {  // the product is zero
+    if (!accumulate) std::fill(c, c + M * N, 0.f);
+  } else {
+    switch (k) {
 #ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
-  if (k == Bf16Kernel::avx512_bf16) {  // the epilogue fused into the kernel's last stores
-    avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate, bias, residual);
-    return;
-  }
+      case Bf16Kernel::avx512_bf16:  // the epilogue fused into the kernel's last stores
+        avx512_bf16::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate, bias, residual);
+        return;
+      case Bf16Kernel::amx_simulated:
+        avx512_bf16::gemm_amx_simulated(c, a, b, M, N, K, trans_a, trans_b, accumulate);
+        break;
 #endif
-  switch (k) {
 #ifdef FUSEGRAD_HAVE_AMX_BUILD
-    case Bf16Kernel::amx: amx::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); break;
+      case Bf16Kernel::amx: amx::gemm(c, a, b, M, N, K, trans_a, trans_b, accumulate); break;
 #endif
-#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
-    case Bf16Kernel::amx_simulated:
-      avx512_bf16::gemm_amx_simulated(c, a, b, M, N, K, trans_a, trans_b, accumulate);
-      break;
-#endif
-    case Bf16Kernel::automatic:  // K == 0: the product is zero
-      if (!accumulate) std::fill(c, c + M * N, 0.f);
-      break;
-    default: {
-      const std::vector<float> ra = rounded(a, M * K), rb = rounded(b, K * N);
-      matmul<float>(c, ra.data(), rb.data(), 1, M, N, K, trans_a, trans_b, accumulate, 0, 0);
+      default: {
+        const std::vector<float> ra = rounded(a, M * K), rb = rounded(b, K * N);
+        matmul<float>(c, ra.data(), rb.data(), 1, M, N, K, trans_a, trans_b, accumulate, 0, 0);
+      }
     }
   }
   if (bias || residual)  // the same additions, in the same order, as the fused epilogue

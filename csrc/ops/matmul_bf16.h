@@ -19,6 +19,8 @@
 //                GEMM (fg::matmul) run on them.
 #pragma once
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace fg {
 
@@ -35,6 +37,7 @@ bool cpu_has_avx512_bf16();
 // bf16_env_note() says when that could not be honoured.
 bool set_bf16_kernel(const char* name);
 bool bf16_kernel_runs(const char* name);  // this CPU and build run it (the ISA path aside)
+std::vector<std::string> bf16_kernels_available();  // the names of those that do, "auto" aside
 const char* bf16_kernel_setting();        // "auto" or the forced kernel's name
 const char* bf16_env_note();
 

@@ -145,7 +145,7 @@ def round_bf16(x):
     a CuPy array stays on its GPU (fusegrad.cuda's rounding kernel, the same rule bit for bit)."""
     if _xp.is_cuda(x):
         from . import cuda
-        return cuda._round_bf16(_xp.contiguous(x, np.float32))
+        return cuda._bf16_values(_xp.contiguous(x, np.float32))
     return _C._bf16_to_float32(_C._bf16_from_float32(np.ascontiguousarray(x, dtype=np.float32)))
 
 

@@ -373,12 +373,6 @@ def _attn_shapes(q, k, v, fn):
     return B, H, Hkv, T, S, D
 
 
-def _round_bf16(x):
-    """x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32 (a new array): math.h's
-    rounding, the CPU's rule bit for bit (test_cuda_matmul checks it on the host)."""
-    return _bf16_values(x)
-
-
 def _attn_kernels(bf16, D, *operands):
     """(forward, backward, operands) for the attention arithmetic asked for: float32, or with
     bf16=True (autocast) the bf16 tensor-core kernels where they take this head size, else the
@@ -389,7 +383,7 @@ def _attn_kernels(bf16, D, *operands):
     if _cuda.attention_tc_supported(D):
         return _cuda.attention_forward_tc, _cuda.attention_backward_tc, operands
     return (_cuda.attention_forward, _cuda.attention_backward,
-            tuple(None if a is None else _round_bf16(a) for a in operands))
+            tuple(None if a is None else _bf16_values(a) for a in operands))
 
 
 def attention_forward(q, k, v, causal=False, scale=None, bf16=False):
