@@ -86,12 +86,6 @@ bool attention_backward_strided(float* dq, HeadLayout Ldq, float* dk, HeadLayout
                                 bool bf16);                                                                   \
   /* end of FG_ATTENTION_ISA_DECLS */
 namespace avx2 { FG_ATTENTION_ISA_DECLS }
-// e^x = 2^(x log2 e) with 2^r, |r| <= 1/2, a degree-5 minimax polynomial (max rel. error 1.9e-7 in
-// float32), highest power first: the vectorized exp of every ISA's kernels (internal linkage).
-static constexpr float kExpLog2e = 1.44269504088896341f;
-static constexpr float kExp2Poly[6] = {1.326472731e-03f, 9.671512991e-03f, 5.550733581e-02f,
-                                       2.402224243e-01f, 6.931470037e-01f, 1.f};
-
 // Scratch from the host memory cache (core/host_cache.h) for the ISA objects, which do not
 // include its header (its std::map instances would be shared with objects built with other flags).
 void* attention_scratch(size_t bytes);

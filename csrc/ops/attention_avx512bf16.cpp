@@ -27,6 +27,8 @@
 #include "core/parallel.h"
 #include "ops/attention.h"
 #include "ops/matmul_bf16.h"
+#define FG_VEC_AVX512_NS avx512_bf16  // the vector type in this file's namespace (not fg::avx512's flags)
+#include "simd/vec_avx512.h"
 
 namespace fg::avx512_bf16 {
 
@@ -35,7 +37,6 @@ namespace {
 constexpr int64_t kQ = 64;  // query rows per tile
 constexpr int64_t kK = 64;  // keys per tile
 
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t iclamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (hi < v ? hi : v); }
 
 // A uint32 buffer aligned to 64 bytes, uninitialized (callers write what they read), from the
@@ -74,19 +75,8 @@ inline __m512i interleave(__m512 a, __m512 b) {
   return _mm512_permutexvar_epi16(idx, ab);
 }
 
-// e^x for 16 floats: attention_body.h's fast_exp8 (same polynomial and clamps) on 16 lanes.
-inline __m512 fast_exp16(__m512 x) {
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(kExpLog2e));
-  t = _mm512_min_ps(_mm512_set1_ps(127.f), _mm512_max_ps(_mm512_set1_ps(-126.f), t));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
-  for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExp2Poly[i]));
-  const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-  const __m512 y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33f), _CMP_LT_OQ);
-  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~under), y);
-}
+// e^x for 16 floats: exp_softmax of csrc/simd/vec_math.h (attention_body.h's exp, on 16 lanes).
+inline __m512 fast_exp16(__m512 x) { return exp_softmax(Vf{x}).v; }
 
 // C (M x 16, ldc) (+)= sum_p A[i * ars + p * acs] (a bf16 pair) . B[p * ldb + 0..15] (16 pairs),
 // P pair steps, one VDPBF16PS per row and step.

@@ -38,8 +38,20 @@
 
 #include "ops/attention.h"
 #include "ops/attention_impl.h"
+#if defined(__AVX512F__)
+#include "simd/vec_avx512.h"
+#else
+#include "simd/vec_avx2.h"
+#endif
 
 namespace fg::FG_ISA {
+
+// The 8-lane vector type of this path (csrc/simd): the avx2 one, or the EVEX-encoded one of avx512.
+#if defined(__AVX512F__)
+namespace v8 = ymm;
+#else
+namespace v8 = ::fg::avx2;
+#endif
 
 using attn_detail::lclamp;
 using attn_detail::lmax;
@@ -296,23 +308,11 @@ inline __m256 vis_mask(int64_t j, int64_t nv) {
                        _mm256_set1_ps(float(nv)), _CMP_LT_OQ);
 }
 
-// e^x for 8 floats via 2^t, t = x log2(e) = n + r, |r| <= 1/2, degree-5 minimax polynomial
-// for 2^r (max rel. error 1.9e-7 in float32), 2^n added into the exponent bits. t is
-// clamped to [-126, 127]; x < -87.33 (and -inf) gives exactly 0, so a visible key whose
-// score is -inf gets no weight (a row whose every visible score is -inf has no key, o = 0).
-// NaN in, NaN out: max/min return their second operand when either is NaN, so the clamp is
-// written with t second (a NaN score must poison its row), and the underflow test is false.
-inline __m256 fast_exp8(__m256 x) {
-  __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(kExpLog2e));
-  t = _mm256_min_ps(_mm256_set1_ps(127.f), _mm256_max_ps(_mm256_set1_ps(-126.f), t));
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(t, n);
-  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
-  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExp2Poly[i]));
-  const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-  const __m256 y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ), y);
-}
+// e^x for 8 floats: exp_softmax of csrc/simd/vec_math.h (the one the VDPBF16PS kernels take on 16
+// lanes) on this path's 8-lane vector type. x < -87.33 (and -inf) gives exactly 0, so a visible key
+// whose score is -inf gets no weight (a row whose every visible score is -inf has no key, o = 0);
+// NaN in, NaN out.
+inline __m256 fast_exp8(__m256 x) { return v8::exp_softmax(v8::Vf{x}).v; }
 
 // x rounded to bfloat16 (nearest even; NaN stays NaN), kept as float32: the bf16 products'
 // operands (bf16_round of matmul_bf16.h, 8 lanes at a time).

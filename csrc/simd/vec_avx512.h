@@ -1,7 +1,10 @@
 // The vector type of the avx512 path (AVX-512 F/BW/VL/DQ): Vf = 16 float lanes, Vd = 8 double
 // lanes, Mf = an opmask (__mmask16). The same API as vec_avx2.h (see there for the list and the
 // NaN rule of min/max); tails use masked loads/stores, which never touch the masked-off memory.
-// Include only from files compiled with the AVX-512 flags (*_avx512.cpp).
+// Include only from files compiled with the AVX-512 flags (*_avx512.cpp; an *_avx512bf16.cpp file
+// defines FG_VEC_AVX512_NS as its own namespace first, so nothing is shared between the two flag sets).
+// ymm::Vf: the 8-lane type of vec_256.h in the same namespace, for code that keeps 8-lane tiles on
+// this path (attention_body.h).
 #pragma once
 #include <immintrin.h>
 
@@ -10,9 +13,13 @@
 #include <cstdlib>
 #include <new>
 
-namespace fg::avx512 {
+#ifndef FG_VEC_AVX512_NS
+#define FG_VEC_AVX512_NS avx512
+#endif
 
 #define FG_VEC_INLINE __attribute__((always_inline)) inline
+
+namespace fg::FG_VEC_AVX512_NS {
 
 struct Vf {
   static constexpr int kLanes = 16;
@@ -109,8 +116,13 @@ FG_VEC_INLINE double reduce_add(Vd a) {
   return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
 }
 
-}  // namespace fg::avx512
+}  // namespace fg::FG_VEC_AVX512_NS
 
-namespace fg::avx512 {
+namespace fg::FG_VEC_AVX512_NS {
 #include "simd/vec_math.h"
-}  // namespace fg::avx512
+}  // namespace fg::FG_VEC_AVX512_NS
+
+namespace fg::FG_VEC_AVX512_NS::ymm {
+#include "simd/vec_256.h"
+#include "simd/vec_math.h"
+}  // namespace fg::FG_VEC_AVX512_NS::ymm
