@@ -624,6 +624,37 @@ def test_policy_torch_runs_pytorch_and_counts_it():
     assert fgt.get_policy()["gelu"] == "fusegrad" and fgt.get_policy()["linear"] == "torch"
 
 
+@pytest.mark.parametrize("policy", ["fusegrad", "torch"])
+@pytest.mark.parametrize("params", [True, False])
+def test_layer_norm_eager_fast_path_counts_once_and_matches(policy, params):
+    # layer_norm's inline path for the common training call (weight and bias given, autograd on) must
+    # count one dispatch per call, pick what the policy says and give the general path's bits
+    fgt.set_policy(policy, ops="layer_norm")
+    try:
+        x = rnd(5, 3, 37).requires_grad_()
+        w, b = rnd(37), rnd(37)
+        w, b = (torch.nn.Parameter(w), torch.nn.Parameter(b)) if params else (w.requires_grad_(), b.requires_grad_())
+        dy = rnd(5, 3, 37)
+        fgt.dispatch_counts.clear()
+        for ns in ((37,), [37], torch.Size([37]), (37,)):
+            y = fgt.layer_norm(x, ns, w, b, 1e-5)
+            assert (y.grad_fn is not None) and y.grad_fn.name() == (
+                "_LayerNormBackward" if policy == "fusegrad" else "NativeLayerNormBackward0")
+        assert dict(fgt.dispatch_counts) == {f"layer_norm -> {policy}": 4}
+        grads = torch.autograd.grad(y, (x, w, b), dy)
+        with torch.no_grad():  # the general path (mode 1) for the forward's bits
+            y1 = fgt.layer_norm(x, (37,), w, b, 1e-5)
+        assert torch.equal(y.detach(), y1)
+        ref = torch.autograd.grad(TF.layer_norm(x.double(), (37,), w.double(), b.double(), 1e-5), (x, w, b),
+                                  dy.double())
+        for g, r in zip(grads, ref):
+            torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
+        with pytest.raises(RuntimeError):  # shapes that do not match: PyTorch's own error, as before
+            fgt.layer_norm(x, (36,), w, b)
+    finally:
+        fgt.set_policy("auto")
+
+
 def test_policy_table_decides_by_size_bucket():
     # a table given as a dict: layer_norm float32 measured faster at 2^10 elements, slower at 2^20;
     # sizes between go to the nearest measured bucket, dtypes or ops not in it to PyTorch
