@@ -28,6 +28,13 @@ CASES = [
     (4, 8, 4, 33, 70, 64),
     (1, 2, 1, 70, 70, 16),
     (1, 2, 2, 33, 257, 24),
+    # head sizes 16, 48, 80 (not multiples of 32: half-filled pair vectors on VDPBF16PS), size 1 on
+    # the tile kernels (S = 2: with one key dq = dk = 0 exactly, a budget of 0), T > S (causal: the
+    # first T - S queries see no key), many small heads with GQA
+    (1, 1, 1, 1, 2, 16),
+    (1, 2, 1, 45, 31, 48),
+    (2, 3, 1, 3, 2, 80),
+    (16, 2, 1, 9, 11, 16),
 ]
 IDS = ["B{}H{}Hkv{}T{}S{}D{}".format(*c) for c in CASES]
 
@@ -169,7 +176,50 @@ def test_vdpbf16ps_forward(rng, case):
     np.testing.assert_allclose(o1, o2, rtol=0, atol=4 * 2 ** -8 * np.abs(o2).max())
 
 
-@pytest.mark.parametrize("shape", [(1, 4, 2, 150, 150, 64), (4, 8, 4, 70, 70, 32), (1, 2, 1, 90, 90, 24)])
+@pytest.mark.skipif(not _C.cpu_has_avx512_bf16(), reason="this CPU has no AVX512_BF16")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", [(1, 2, 1, 65, 63, 16), (2, 3, 3, 100, 97, 32), (1, 2, 1, 130, 67, 48),
+                                  (1, 1, 1, 1, 2, 16), (1, 2, 2, 1, 3, 128), (16, 2, 1, 33, 31, 80)],
+                         ids=lambda c: "B{}H{}Hkv{}T{}S{}D{}".format(*c))
+def test_vdpbf16ps_backward(rng, case, causal):
+    # the backward on VDPBF16PS (dq, dk, dv; other sums than the emulated kernels, so other bits) is
+    # within the error budget and close to the emulated one, which 'emulated' selects
+    old, old_kernel = _C.get_isa(), _C.bf16_kernel_setting()
+    q, k, v, do = make(rng, *case)
+    try:
+        _C.set_isa("avx512")
+        got = check_budget(q, k, v, do, causal)
+        _C.set_bf16_kernel("emulated")
+        emu = ours(q, k, v, do, causal)
+    finally:
+        _C.set_isa(old)
+        _C.set_bf16_kernel(old_kernel)
+    if min(case[3], case[4]) > 16:  # (sums of a few products come out the same in any order)
+        assert any(not np.array_equal(got[n], emu[n]) for n in ("dq", "dk", "dv"))
+    for n in ("dq", "dk", "dv"):  # 4 x bf16's unit roundoff of the magnitudes: P and dS rounded from other sums
+        np.testing.assert_allclose(got[n], emu[n], rtol=0, atol=4 * 2 ** -8 * np.abs(emu[n]).max(initial=1), err_msg=n)
+
+
+@pytest.mark.skipif(not _C.cpu_has_avx512_bf16(), reason="this CPU has no AVX512_BF16")
+@pytest.mark.parametrize("causal", [False, True])
+def test_vdpbf16ps_backward_schedules_agree(rng, causal):
+    # 16 (b, kv head) groups take the one-task-per-group schedule, one batch element the per-tile
+    # one: both sum every output in the same order, so batch element b gives the same bits either way
+    q, k, v, do = make(rng, 16, 2, 1, 70, 90, 32)
+    old = _C.get_isa()
+    try:
+        _C.set_isa("avx512")
+        whole = ours(q, k, v, do, causal)
+        for b in (0, 7, 15):
+            one = ours(*(np.ascontiguousarray(x[b:b + 1]) for x in (q, k, v, do)), causal)
+            for n in one:
+                np.testing.assert_array_equal(one[n], whole[n][b:b + 1], err_msg=f"{n} b={b}")
+    finally:
+        _C.set_isa(old)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2, 150, 150, 64), (4, 8, 4, 70, 70, 32), (1, 2, 1, 90, 90, 24),
+                                   (1, 3, 1, 77, 101, 48)])
 def test_threads_bitwise_identical(isa, threads, rng, shape):
     q, k, v, do = make(rng, *shape)
     res = []
@@ -181,7 +231,7 @@ def test_threads_bitwise_identical(isa, threads, rng, shape):
             np.testing.assert_array_equal(r[key], res[0][key], err_msg=key)
 
 
-@pytest.mark.parametrize("D", [24, 64])
+@pytest.mark.parametrize("D", [24, 48, 64])
 def test_qkv_equals_split_heads_bitwise(isa, rng, D):
     B, H, Hkv, T = 2, 4, 2, 67
     qkv = rng.standard_normal((B, T, (H + 2 * Hkv) * D)).astype(np.float32)

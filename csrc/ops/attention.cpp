@@ -102,7 +102,7 @@ void attention_scratch_free(void* p, size_t bytes) { host_cache().release(p, byt
 namespace {
 
 #ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
-// The bf16 forward runs on VDPBF16PS (attention_avx512bf16.cpp) here and now.
+// The bf16 forward and backward run on VDPBF16PS (attention_avx512bf16.cpp) here and now.
 bool dpbf16() { return cpu_has_avx512_bf16() && use_avx512() && std::string_view(bf16_path()) != "emulated"; }
 #endif
 
@@ -153,6 +153,15 @@ template <typename T>
 void attention_backward(T* dq, T* dk, T* dv, const T* do_, const T* q, const T* k, const T* v,
                         const T* o, const T* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq,
                         int64_t S, int64_t D, bool causal, T scale, bool bf16) {
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    const HeadLayout Lq = heads_contiguous(H, Tq, D), Lkv = heads_contiguous(Hkv, S, D);
+    if (bf16 && dpbf16() &&
+        avx512_bf16::attention_backward_dpbf16(dq, Lq, dk, Lkv, dv, Lkv, do_, Lq, q, Lq, k, Lkv, v, Lkv, o, Lq, lse, B,
+                                               H, Hkv, Tq, S, D, causal, scale))
+      return;
+  }
+#endif
   const Rounded<T> qr(q, B * H * Tq * D, bf16), kr(k, B * Hkv * S * D, bf16), vr(v, B * Hkv * S * D, bf16),
       dor(do_, B * H * Tq * D, bf16);
   backward_kernel(dq, dk, dv, dor.get(), qr.get(), kr.get(), vr.get(), o, lse, B, H, Hkv, Tq, S, D, causal, scale,
@@ -211,6 +220,15 @@ void attention_qkv_backward(T* dqkv, const T* do_, const T* qkv, const T* o, con
                             int64_t H, int64_t Hkv, int64_t Tq, int64_t D, bool causal, T scale, bool bf16) {
   const int64_t W = (H + 2 * Hkv) * D;
   const HeadLayout Lin = heads_in_rows(Tq, W, D), Lo = heads_in_rows(Tq, H * D, D);
+#ifdef FUSEGRAD_HAVE_AVX512BF16_BUILD
+  if constexpr (std::is_same_v<T, float>) {
+    if (bf16 && dpbf16() &&
+        avx512_bf16::attention_backward_dpbf16(dqkv, Lin, dqkv + H * D, Lin, dqkv + (H + Hkv) * D, Lin, do_, Lo, qkv,
+                                               Lin, qkv + H * D, Lin, qkv + (H + Hkv) * D, Lin, o, Lo, lse, B, H, Hkv,
+                                               Tq, Tq, D, causal, scale))
+      return;
+  }
+#endif
   const Rounded<T> qkvr(qkv, B * Tq * W, bf16), dor(do_, B * Tq * H * D, bf16);
   qkv = qkvr.get();
   do_ = dor.get();

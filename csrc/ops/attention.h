@@ -16,7 +16,7 @@
 // dV = P^T dO, scale * dS before dQ = dS K and dK = dS^T Q. Softmax statistics (max, sum, lse), Di
 // = rowsum(dO * O) and the outputs stay float32. A product of two bf16 values is exact in float32,
 // so every path computes the same function up to the order of the float32 sums. Where the CPU
-// has AVX512_BF16 (avx512 path) the forward multiplies on VDPBF16PS (attention_avx512bf16.cpp).
+// has AVX512_BF16 (avx512 path) forward and backward multiply on VDPBF16PS (attention_avx512bf16.cpp).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -90,14 +90,19 @@ namespace avx2 { FG_ATTENTION_ISA_DECLS }
 // include its header (its std::map instances would be shared with objects built with other flags).
 void* attention_scratch(size_t bytes);
 void attention_scratch_free(void* p, size_t bytes);
-// The bf16 forward on VDPBF16PS (attention_avx512bf16.cpp), any layouts, from the float32 inputs
-// (it rounds them itself): only for D % 16 == 0 (returns false, doing nothing, otherwise) and only
-// where the CPU has AVX512_BF16. attention.cpp takes it with bf16 = true on the avx512 path unless
-// matmul_bf16's kernel is set to "emulated".
+// The bf16 forward and backward on VDPBF16PS (attention_avx512bf16.cpp), any layouts, from the
+// float32 inputs (they round them themselves): only for D % 16 == 0 (return false, doing nothing,
+// otherwise) and only where the CPU has AVX512_BF16. attention.cpp takes them with bf16 = true on the
+// avx512 path unless matmul_bf16's kernel is set to "emulated".
 namespace avx512_bf16 {
 bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq, const float* k,
                               HeadLayout Lk, const float* v, HeadLayout Lv, int64_t B, int64_t H, int64_t Hkv,
                               int64_t Tq, int64_t S, int64_t D, bool causal, float scale);
+bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv, HeadLayout Ldv,
+                               const float* do_, HeadLayout Ldo, const float* q, HeadLayout Lq, const float* k,
+                               HeadLayout Lk, const float* v, HeadLayout Lv, const float* o, HeadLayout Lo,
+                               const float* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
+                               bool causal, float scale);
 }
 namespace avx512 { FG_ATTENTION_ISA_DECLS }
 #undef FG_ATTENTION_ISA_DECLS

@@ -1,20 +1,23 @@
-// Attention forward in mixed precision on AVX512_BF16 (VDPBF16PS): the two products S = Q K^T and
-// O = P V take bf16 operands in K pairs and sum in float32, 32 products per instruction (the
-// float32 kernels of attention_body.h do 16). Compiled with the AVX-512 flags plus -mavx512bf16;
-// attention.cpp calls it only where the CPU has AVX512_BF16, on the avx512 path, with bf16 = true
-// and D % 16 == 0. The backward runs the rounded float32 tile kernels (attention_body.h).
+// Attention in mixed precision on AVX512_BF16 (VDPBF16PS), forward and backward: every product takes
+// bf16 operands in K pairs and sums in float32, 32 products per instruction (the float32 kernels of
+// attention_body.h do 16). Compiled with the AVX-512 flags plus -mavx512bf16; attention.cpp calls it
+// only where the CPU has AVX512_BF16, on the avx512 path, with bf16 = true and D % 16 == 0.
 //
-// Same schedule and online softmax as fast_forward in attention_body.h (one task per (b, h) query
-// tile of 64 rows, 64-key tiles, scores transposed so the softmax runs 16 queries per vector). What
-// differs is the operands' layout, because VDPBF16PS multiplies a *pair* of bf16 along K into each
-// float32 lane:
+// Forward: the schedule and online softmax of fast_forward in attention_body.h (one task per (b, h)
+// query tile of 64 rows, 64-key tiles, scores transposed so the softmax runs 16 queries per vector).
+// What differs is the operands' layout, because VDPBF16PS multiplies a *pair* of bf16 along K into
+// each float32 lane:
 //   S^T = K Q^T  A = the key rows in bf16 (pairs along D, as stored), B = the query tile as
 //                Qp[d pair][query]: one 32-bit pair per lane;
 //   O += P V     A = Pp[key pair][query] (P rounded to bf16, written by the softmax pass), B = V as
 //                Vp[key pair][d]: two rows of V interleaved, packed once per call (S padded to even).
-// Masked keys get P = 0; a masked key that shares a pair with a visible one multiplies its v by
-// that 0, so a NaN or inf in such a v reaches the row (the float32 kernels skip masked keys).
-// Conversions use VCVTNE2PS2BF16 (round to nearest even; denormals read as zero).
+// Backward (attention_backward_dpbf16): per (key tile, query tile) S^T = K Q^T and dP^T = V dO^T as
+// in the forward, P and dS in float32, rounded to bf16 as the emulated kernels round them, then
+// dV += P^T dO and dK += dS^T Q (A: rows of P^T / dS^T in query pairs, B: dO / Q as query pairs) and
+// dQ += dS K (A: dS^T in key pairs, B: K as key pairs); every operand packed once per call.
+// Masked entries get P = dS = 0; a masked key or query that shares a pair with a visible one
+// multiplies its row by that 0, so a NaN or inf there reaches the sums (the float32 kernels skip
+// masked entries). Conversions use VCVTNE2PS2BF16 (round to nearest even; denormals read as zero).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -73,6 +76,45 @@ inline __m512i interleave(__m512 a, __m512 b) {
   const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                        21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(idx, ab);
+}
+
+// dst[p] = the bf16 pair (x[2p], x[2p + 1]) for p < D / 2: a row as an operand whose pairs run
+// along D.
+inline void row_pairs(uint32_t* dst, const float* x, int64_t D) {
+  for (int64_t d = 0; d < D; d += 32)
+    _mm512_mask_storeu_epi32(dst + d / 2, static_cast<__mmask16>(D - d >= 32 ? 0xffff : 0xff), pairs32(x + d, D - d));
+}
+
+// dst[d] = the bf16 pair (a[d], b[d]) for d < D (b = nullptr reads as zeros): two rows interleaved,
+// the B operand of a product summed over rows.
+inline void rows_interleaved(uint32_t* dst, const float* a, const float* b, int64_t D) {
+  for (int64_t d = 0; d < D; d += 16)
+    _mm512_storeu_si512(dst + d, interleave(_mm512_loadu_ps(a + d), b ? _mm512_loadu_ps(b + d) : _mm512_setzero_ps()));
+}
+
+// dst[p * ld + r] = the bf16 pair (x_r[2p], x_r[2p + 1]) of row x_r = X + r * st for r < n, zero for
+// n <= r < npad: a tile of rows as a B operand with one row per lane, pairs along D.
+inline void tile_pairs(uint32_t* dst, int64_t ld, const float* X, int64_t st, int64_t n, int64_t npad, int64_t D) {
+  alignas(64) uint32_t row[16];
+  for (int64_t r = 0; r < npad; ++r)
+    for (int64_t d = 0; d < D; d += 32) {
+      _mm512_store_si512(row, r < n ? pairs32(X + r * st + d, D - d) : _mm512_setzero_si512());
+      for (int64_t p = 0; p < 16 && d / 2 + p < D / 2; ++p) dst[(d / 2 + p) * ld + r] = row[p];
+    }
+}
+
+// fn(hk, j, two, K0, V0) for every kv head hk < BHkv and even key j < S, in parallel: K0, V0 = key and
+// value row j of head hk, two = whether row j + 1 exists (the rows one call packs).
+template <typename F>
+void for_key_pairs(const float* k, HeadLayout Lk, const float* v, HeadLayout Lv, int64_t BHkv, int64_t Hkv, int64_t S,
+                   F&& fn) {
+  const int64_t S2 = (S + 1) / 2;
+  parallel_for(BHkv * S2, 16, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t hk = t / S2, j = 2 * (t % S2);
+      fn(hk, j, j + 1 < S, k + Lk.head(hk, Hkv) + j * Lk.st, v + Lv.head(hk, Hkv) + j * Lv.st);
+    }
+  });
 }
 
 // e^x for 16 floats: exp_softmax of csrc/simd/vec_math.h (attention_body.h's exp, on 16 lanes).
@@ -142,25 +184,9 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
   // Once per call: the keys in bf16 (row j: D2 pairs along D) and the values as key pairs
   // (Vp[j2][d] = (v[2 j2][d], v[2 j2 + 1][d]), zero past S).
   Words Kb(B * Hkv * S * D2), Vp(B * Hkv * S2 * D);
-  parallel_for(B * Hkv * S2, 16, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t) {
-      const int64_t hk = t / S2, j = 2 * (t % S2);
-      const float* K0 = k + Lk.head(hk, Hkv) + j * Lk.st;
-      const float* V0 = v + Lv.head(hk, Hkv) + j * Lv.st;
-      const bool two = j + 1 < S;
-      uint32_t* kb = Kb.data() + (hk * S + j) * D2;
-      uint32_t* vp = Vp.data() + (hk * S2 + j / 2) * D;
-      for (int64_t d = 0; d < D; d += 32) {
-        _mm512_mask_storeu_epi32(kb + d / 2, static_cast<__mmask16>(D - d >= 32 ? 0xffff : 0xff), pairs32(K0 + d, D - d));
-        if (two)
-          _mm512_mask_storeu_epi32(kb + D2 + d / 2, static_cast<__mmask16>(D - d >= 32 ? 0xffff : 0xff),
-                                   pairs32(K0 + Lk.st + d, D - d));
-      }
-      for (int64_t d = 0; d < D; d += 16) {
-        const __m512 a = _mm512_loadu_ps(V0 + d), b = two ? _mm512_loadu_ps(V0 + Lv.st + d) : _mm512_setzero_ps();
-        _mm512_storeu_si512(vp + d, interleave(a, b));
-      }
-    }
+  for_key_pairs(k, Lk, v, Lv, B * Hkv, Hkv, S, [&](int64_t hk, int64_t j, bool two, const float* K0, const float* V0) {
+    for (int e = 0; e < 1 + two; ++e) row_pairs(Kb.data() + (hk * S + j + e) * D2, K0 + e * Lk.st, D);
+    rows_interleaved(Vp.data() + (hk * S2 + j / 2) * D, V0, two ? V0 + Lv.st : nullptr, D);
   });
   const int64_t per = B * H >= 4 * get_num_threads() && nqt > 0 ? nqt : 1;
   dynamic_tasks(B * H * nqt / per, [&](auto next) {
@@ -178,12 +204,7 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
         const uint32_t* Vh = Vp.data() + hk * S2 * D;
         const int64_t kend = causal ? iclamp(i0 + nr + off, 0, S) : S;
         // Qp[p][r] = the bf16 pair (q[r][2p], q[r][2p + 1]), zero for padding rows r >= nr
-        alignas(64) uint32_t row[16];
-        for (int64_t r = 0; r < nc; ++r)
-          for (int64_t d = 0; d < D; d += 32) {
-            _mm512_store_si512(row, r < nr ? pairs32(Q + r * Lq.st + d, D - d) : _mm512_setzero_si512());
-            for (int64_t p = 0; p < 16 && d / 2 + p < D2; ++p) Qp.data()[(d / 2 + p) * kQ + r] = row[p];
-          }
+        tile_pairs(Qp.data(), kQ, Q, Lq.st, nr, nc, D);
         std::fill(m, m + kQ, ninf);
         std::fill(l, l + kQ, 0.f);
         for (int64_t j0 = 0; j0 < kend; j0 += kK) {
@@ -243,6 +264,205 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
           }
         }
       }
+  });
+  return true;
+}
+
+
+namespace {
+
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+// (b, kv head) groups from which the backward runs one task per group (dK, dV and dQ together); below,
+// one task per key tile for dK, dV and one per query tile for dQ (S and dP computed twice).
+constexpr int64_t kManyHeads = 16;
+
+// x rounded to bf16 (VCVTNEPS2BF16), as float32.
+inline __m512 round16(__m512 x) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)), 16));
+}
+
+// Per-task scratch of the backward: one (key tile, query tile) pair, keys x queries.
+struct BwdScratch {
+  Words St{kK * kQ}, dPt{kK * kQ};           // S^T, dP^T (float32 sums)
+  Words Pr{kK * kQ / 2}, dSr{kK * kQ / 2};   // P^T, scale dS^T: [key][query pair]
+  Words dSc{kK / 2 * kQ};                    // scale dS^T: [key pair][query]
+  Words Lt{kQ}, Dt{kQ};                      // lse and Di of the tile's queries, padded
+};
+
+// P and dS of query rows [i0, i0 + nr) of one head against keys [j0, j0 + nk) of its kv head. The
+// products St = K Q^T and dPt = V dO^T (keys x queries) on VDPBF16PS from the bf16 operands (Kd, Vd:
+// the tile's key / value rows, pairs along D; Qt, dOt: the query tile, [d pair][query]); then in float32
+// P = exp(scale S - lse), dS = scale P (dP - Di), zero where masked, for padding queries and for rows
+// that see no key (lse = -inf); both rounded to bf16 into the operands of the products that follow:
+//   kv: w.Pr, w.dSr [key][query pair]  (A of dV += P^T dO, dK += dS^T Q)
+//   q:  w.dSc [key pair][query]        (A of dQ += dS K)
+// Query r sees key c iff c <= r + diag (kNoDiag: every key).
+void bwd_tile(BwdScratch& w, const uint32_t* Kd, const uint32_t* Vd, const uint32_t* Qt, const uint32_t* dOt,
+              const float* L, const float* Di, int64_t nr, int64_t nk, int64_t D2, int64_t diag, float scale, bool kv,
+              bool q) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const int64_t nc = (nr + 31) / 32 * 32;  // whole 32-query rows of pairs
+  float *St = w.St.f(), *dPt = w.dPt.f(), *Lt = w.Lt.f(), *Dt = w.Dt.f();
+  dp_gemm(St, kQ, Kd, D2, 1, Qt, kQ, nk, nc, D2, false);
+  dp_gemm(dPt, kQ, Vd, D2, 1, dOt, kQ, nk, nc, D2, false);
+  for (int64_t r = 0; r < nc; ++r) {
+    Lt[r] = r < nr ? L[r] : ninf;
+    Dt[r] = r < nr ? Di[r] : 0.f;
+  }
+  const bool masked = diag != kNoDiag;
+  const __m512 vs = _mm512_set1_ps(scale), vninf = _mm512_set1_ps(ninf);
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t c = 0; c < nk; c += 2)
+    for (int64_t r = 0; r < nc; r += 32) {
+      __m512 p[2][2], ds[2][2];  // [key c, c + 1][queries r.., r + 16..]
+      for (int h = 0; h < 2; ++h) {
+        const int64_t rh = r + 16 * h;
+        const __m512 vL = _mm512_load_ps(Lt + rh), vD = _mm512_load_ps(Dt + rh);
+        const __mmask16 live = _mm512_cmp_ps_mask(vL, vninf, _CMP_NEQ_OQ);
+        const __m512 rl = _mm512_add_ps(iota, _mm512_set1_ps(float(rh + (masked ? diag : 0))));
+        for (int e = 0; e < 2; ++e) {
+          const int64_t ce = c + e;
+          if (ce >= nk) {
+            p[e][h] = ds[e][h] = _mm512_setzero_ps();
+            continue;
+          }
+          __mmask16 m = live;
+          if (masked) m &= _mm512_cmp_ps_mask(rl, _mm512_set1_ps(float(ce)), _CMP_GE_OQ);
+          p[e][h] = _mm512_maskz_mov_ps(m, fast_exp16(_mm512_fmsub_ps(_mm512_load_ps(St + ce * kQ + rh), vs, vL)));
+          const __m512 dp = _mm512_sub_ps(_mm512_load_ps(dPt + ce * kQ + rh), vD);
+          ds[e][h] = _mm512_maskz_mov_ps(m, _mm512_mul_ps(_mm512_mul_ps(vs, p[e][h]), dp));
+        }
+        if (q) _mm512_store_si512(w.dSc.data() + (c / 2) * kQ + rh, interleave(ds[0][h], ds[1][h]));
+      }
+      if (kv)
+        for (int e = 0; e < 2 && c + e < nk; ++e) {
+          const int64_t at = (c + e) * (kQ / 2) + r / 2;
+          _mm512_store_si512(w.Pr.data() + at, (__m512i)_mm512_cvtne2ps_pbh(p[e][1], p[e][0]));
+          _mm512_store_si512(w.dSr.data() + at, (__m512i)_mm512_cvtne2ps_pbh(ds[e][1], ds[e][0]));
+        }
+    }
+}
+
+// Rows [0, n) of base (row stride ld) set to zero.
+inline void zero_rows(float* base, int64_t ld, int64_t n, int64_t D) {
+  for (int64_t t = 0; t < n; ++t) std::memset(base + t * ld, 0, static_cast<size_t>(D) * sizeof(float));
+}
+
+}  // namespace
+
+bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout Ldk, float* dv, HeadLayout Ldv,
+                               const float* do_, HeadLayout Ldo, const float* q, HeadLayout Lq, const float* k,
+                               HeadLayout Lk, const float* v, HeadLayout Lv, const float* o, HeadLayout Lo,
+                               const float* lse, int64_t B, int64_t H, int64_t Hkv, int64_t Tq, int64_t S, int64_t D,
+                               bool causal, float scale) {
+  if (D % 16 != 0) return false;
+  const int64_t D2 = D / 2, S2 = (S + 1) / 2, T2 = (Tq + 1) / 2, G = H / Hkv, off = S - Tq;
+  const int64_t nqt = (Tq + kQ - 1) / kQ, nkt = (S + kK - 1) / kK;
+  // Once per call, the operands in bf16: key and value rows with pairs along D (A of St, dPt), keys as
+  // key pairs (B of dQ), query and dO tiles as [d pair][query] (B of St, dPt), queries and dO as query
+  // pairs (B of dK, dV); every pair past the end (odd S or T) is zero. Di = rowsum(bf16(dO) * O).
+  Words Kd(B * Hkv * S * D2), Vd(B * Hkv * S * D2), Kp(B * Hkv * S2 * D);
+  Words Qt(B * H * nqt * D2 * kQ), dOt(B * H * nqt * D2 * kQ), Qp(B * H * T2 * D), dOp(B * H * T2 * D), Dv(B * H * Tq);
+  float* Di = Dv.f();
+  for_key_pairs(k, Lk, v, Lv, B * Hkv, Hkv, S, [&](int64_t hk, int64_t j, bool two, const float* K0, const float* V0) {
+    for (int e = 0; e < 1 + two; ++e) {
+      row_pairs(Kd.data() + (hk * S + j + e) * D2, K0 + e * Lk.st, D);
+      row_pairs(Vd.data() + (hk * S + j + e) * D2, V0 + e * Lv.st, D);
+    }
+    rows_interleaved(Kp.data() + (hk * S2 + j / 2) * D, K0, two ? K0 + Lk.st : nullptr, D);
+  });
+  parallel_for(B * H * nqt, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t bh = t / nqt, i0 = (t % nqt) * kQ, nr = imin(kQ, Tq - i0);
+      const float* Q = q + Lq.head(bh, H) + i0 * Lq.st;
+      const float* dO = do_ + Ldo.head(bh, H) + i0 * Ldo.st;
+      const float* O = o + Lo.head(bh, H) + i0 * Lo.st;
+      tile_pairs(Qt.data() + t * D2 * kQ, kQ, Q, Lq.st, nr, kQ, D);
+      tile_pairs(dOt.data() + t * D2 * kQ, kQ, dO, Ldo.st, nr, kQ, D);
+      for (int64_t r = 0; r < nr; r += 2) {
+        const bool two = r + 1 < nr;
+        rows_interleaved(Qp.data() + (bh * T2 + (i0 + r) / 2) * D, Q + r * Lq.st, two ? Q + (r + 1) * Lq.st : nullptr, D);
+        rows_interleaved(dOp.data() + (bh * T2 + (i0 + r) / 2) * D, dO + r * Ldo.st,
+                         two ? dO + (r + 1) * Ldo.st : nullptr, D);
+      }
+      for (int64_t r = 0; r < nr; ++r) {
+        __m512 a = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16)
+          a = _mm512_fmadd_ps(round16(_mm512_loadu_ps(dO + r * Ldo.st + d)), _mm512_loadu_ps(O + r * Lo.st + d), a);
+        Di[bh * Tq + i0 + r] = reduce_add(Vf{a});
+      }
+    }
+  });
+
+  // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
+  auto first_qtile = [&](int64_t j0) { return causal ? iclamp(j0 - off, 0, Tq) / kQ * kQ : 0; };
+  auto tile = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0, bool kv, bool qq) {
+    const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
+    const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
+    const int64_t at = (bh * nqt + i0 / kQ) * D2 * kQ;
+    bwd_tile(w, Kd.data() + (hk * S + j0) * D2, Vd.data() + (hk * S + j0) * D2, Qt.data() + at, dOt.data() + at,
+             lse + bh * Tq + i0, Di + bh * Tq + i0, imin(kQ, Tq - i0), imin(kK, S - j0), D2, diag, scale, kv, qq);
+  };
+  // dV += P^T dO and dK += dS^T Q for the tile's keys (summed over query pairs)
+  auto kv_products = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0) {
+    const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk = imin(kK, S - j0), nr2 = (imin(kQ, Tq - i0) + 1) / 2;
+    const int64_t at = (bh * T2 + i0 / 2) * D;
+    dp_gemm(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, w.Pr.data(), kQ / 2, 1, dOp.data() + at, D, nk, D, nr2, true);
+    dp_gemm(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, w.dSr.data(), kQ / 2, 1, Qp.data() + at, D, nk, D, nr2, true);
+  };
+  // dQ += dS K for the tile's queries (summed over key pairs)
+  auto q_product = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0) {
+    const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk2 = (imin(kK, S - j0) + 1) / 2;
+    dp_gemm(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, w.dSc.data(), 1, kQ, Kp.data() + (hk * S2 + j0 / 2) * D, D,
+            imin(kQ, Tq - i0), D, nk2, true);
+  };
+
+  // Every output row is summed by one task in a fixed order (key tiles ascending for dQ; query heads
+  // of the group, then query tiles ascending, for dK and dV), the same order in both schedules, so the
+  // bits do not depend on the schedule or on the thread count. Outputs are zeroed, then accumulated.
+  if (B * Hkv >= kManyHeads) {
+    dynamic_tasks(B * Hkv, [&](auto next) {
+      BwdScratch w;
+      for (int64_t hk; (hk = next()) >= 0;) {
+        const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, Tq, D);
+        zero_rows(dk + Ldk.head(hk, Hkv), Ldk.st, S, D);
+        zero_rows(dv + Ldv.head(hk, Hkv), Ldv.st, S, D);
+        for (int64_t j0 = 0; j0 < S; j0 += kK)
+          for (int64_t bh = bh0; bh < bh0 + G; ++bh)
+            for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+              tile(w, bh, i0, j0, true, true);
+              kv_products(w, bh, i0, j0);
+              q_product(w, bh, i0, j0);
+            }
+      }
+    });
+    return true;
+  }
+  dynamic_tasks(B * Hkv * nkt, [&](auto next) {  // dK, dV: one task per (b, kv head, key tile)
+    BwdScratch w;
+    for (int64_t t; (t = next()) >= 0;) {
+      const int64_t hk = t / nkt, j0 = (t % nkt) * kK, bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
+      zero_rows(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, imin(kK, S - j0), D);
+      zero_rows(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, imin(kK, S - j0), D);
+      for (int64_t bh = bh0; bh < bh0 + G; ++bh)
+        for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
+          tile(w, bh, i0, j0, true, false);
+          kv_products(w, bh, i0, j0);
+        }
+    }
+  });
+  dynamic_tasks(B * H * nqt, [&](auto next) {  // dQ: one task per (b, h, query tile), the costly ones first
+    BwdScratch w;
+    for (int64_t t; (t = next()) >= 0;) {
+      const int64_t bh = t / nqt, i0 = (nqt - 1 - t % nqt) * kQ, nr = imin(kQ, Tq - i0);
+      zero_rows(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, nr, D);
+      const int64_t kend = causal ? iclamp(i0 + nr + off, 0, S) : S;
+      for (int64_t j0 = 0; j0 < kend; j0 += kK) {
+        tile(w, bh, i0, j0, false, true);
+        q_product(w, bh, i0, j0);
+      }
+    }
   });
   return true;
 }
