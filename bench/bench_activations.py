@@ -35,9 +35,18 @@ def run(limits, quick=False):
 def _gelu_exact(limits, quick):
     """Exact (erf) GELU at issue 18's shapes vs PyTorch's F.gelu (its default): forward + backward,
     and at 768x512 each alone and on 3 * randn inputs (more lanes past the kernels' central range
-    |x| <= 4.5, which run the general form as well)."""
+    |x| <= 4.5, which run the general form as well). Each row's "train" twin, timed in the same
+    interleaved run: the training pair (gelu_forward_with_grad, which also computes gelu'(x) and
+    saves it instead of x, then the backward gelu_backward_from_grad, a multiply), as fusegrad's
+    autograd and fusegrad.torch run it; PyTorch's side is the same (F.gelu, aten.gelu_backward).
+    With --threads 1 the samples are the calling thread's CPU time (time.thread_time: a shared
+    machine's other processes do not inflate them), else wall time."""
+    import time
     from math import erf
 
+    import fusegrad
+
+    clock = time.thread_time if fusegrad.get_num_threads() == 1 else time.perf_counter
     rows = []
     cases = [((768, 512), 1.0, "fwd+bwd"), ((768, 512), 1.0, "fwd"), ((768, 512), 1.0, "bwd"),
              ((768, 512), 3.0, "fwd+bwd")]
@@ -46,20 +55,26 @@ def _gelu_exact(limits, quick):
         xs = x.ravel()[:256].astype(np.float64)  # validate first
         np.testing.assert_allclose(ops.gelu_forward(x).ravel()[:256], 0.5 * xs * (1 + np.vectorize(erf)(xs / np.sqrt(2))),
                                    rtol=1e-5, atol=1e-6)
+        dydx = ops.gelu_forward_with_grad(x)[1]
+        np.testing.assert_allclose(ops.gelu_backward_from_grad(dy, dydx), ops.gelu_backward(dy, x),  # equal bits but
+                                   rtol=0, atol=(float(np.abs(dy).max()) + 2) * 2.0**-150)  # where dx is subnormal
         ours = {"fwd": lambda: ops.gelu_forward(x), "bwd": lambda: ops.gelu_backward(dy, x)}
-        fns = {"ours": (lambda: (ours["fwd"](), ours["bwd"]())) if part == "fwd+bwd" else ours[part]}
+        train = {"fwd": lambda: ops.gelu_forward_with_grad(x), "bwd": lambda: ops.gelu_backward_from_grad(dy, dydx),
+                 "fwd+bwd": lambda: ops.gelu_backward_from_grad(dy, ops.gelu_forward_with_grad(x)[1])}
+        fns = {"ours": (lambda: (ours["fwd"](), ours["bwd"]())) if part == "fwd+bwd" else ours[part], "train": train[part]}
         if torch is not None:
             tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
             theirs = {"fwd": lambda: torch.nn.functional.gelu(tx), "bwd": lambda: torch.ops.aten.gelu_backward(tdy, tx)}
             fns["torch"] = (lambda: (theirs["fwd"](), theirs["bwd"]())) if part == "fwd+bwd" else theirs[part]
-        t = interleaved(fns, reps=7)
-        bytes_moved = {"fwd+bwd": 5, "fwd": 2, "bwd": 3}[part] * 4 * x.size
-        rows.append({
-            "op": f"gelu-erf {part}" + (f" ({scale:g} randn)" if scale != 1 else ""), "n": f"{shape[0]}x{shape[1]}",
-            "ours_ms": t["ours"] * 1e3, **ab_cols(t),
-            "torch_ms": t.get("torch", 0) * 1e3 or None, "x_torch": ratio(t.get("torch"), t["ours"]),
-            "GB/s": bytes_moved / t["ours"] / 1e9, "frac_copy_bw": bytes_moved / t["ours"] / 1e9 / limits.copy_gbs,
-        })
+        t = interleaved(fns, reps=7, clock=clock)
+        for key, bytes_per in (("ours", {"fwd+bwd": 5, "fwd": 2, "bwd": 3}), ("train", {"fwd+bwd": 6, "fwd": 3, "bwd": 3})):
+            bytes_moved = bytes_per[part] * 4 * x.size
+            rows.append({
+                "op": f"gelu-erf {'train ' if key == 'train' else ''}{part}" + (f" ({scale:g} randn)" if scale != 1 else ""),
+                "n": f"{shape[0]}x{shape[1]}", "ours_ms": t[key] * 1e3, **(ab_cols(t) if key == "ours" else {}),
+                "torch_ms": t.get("torch", 0) * 1e3 or None, "x_torch": ratio(t.get("torch"), t[key]),
+                "GB/s": bytes_moved / t[key] / 1e9, "frac_copy_bw": bytes_moved / t[key] / 1e9 / limits.copy_gbs,
+            })
     return rows
 
 

@@ -272,11 +272,21 @@ def _gelu(name):
         kw["approximate"] = draw(st().sampled_from(["none", "tanh"]))
         return kw
     def ref(x, approximate, dy=None):  # R's tanh form cancels where tanh(u) ~ -1
+        if name == "gelu_forward_with_grad":  # (y, gelu'(x))
+            return _gelu_fwd_accurate(x, approximate), _gelu_bwd_accurate(np.ones_like(x), x, None, approximate)
         if dy is None:
             return _gelu_fwd_accurate(x, approximate)
         return _gelu_bwd_accurate(dy, x, None, approximate)
     return Spec(name, make, ref, returns_like="x",
                 tol=(3e-5, 1e-10), scalars={"approximate": ["erf", "", "TANH"]})
+
+
+def _gelu_backward_from_grad():
+    def make(draw, dtype):
+        rng = draw_rng(draw)
+        shape = draw_shape(draw)
+        return {"dy": randn(rng, shape, dtype), "dydx": randn(rng, shape, dtype)}
+    return Spec("gelu_backward_from_grad", make, lambda dy, dydx: dy * dydx, returns_like="dydx")
 
 
 def _max_abs(a):
@@ -1068,6 +1078,8 @@ SPECS: list[Spec] = [
     _unary_bwd("relu_backward"),
     _gelu("gelu_forward"),
     _gelu("gelu_backward"),
+    _gelu("gelu_forward_with_grad"),
+    _gelu_backward_from_grad(),
     _unary("sigmoid_forward", scale_choices=(1.0, 30.0)),
     _from_output("sigmoid_backward", R.__dict__.get("sigmoid_forward", np.tanh)),
     _unary("tanh_forward", scale_choices=(1.0, 30.0)),

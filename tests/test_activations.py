@@ -65,6 +65,10 @@ def _cases():
         out.append((f"gelu-{mode}", lambda x, m=mode: ops.gelu_forward(x, approximate=m),
                     lambda dy, x, y, m=mode: ops.gelu_backward(dy, x, approximate=m),
                     lambda x, m=mode: ref.gelu_forward(x, m), lambda dy, x, y, m=mode: ref.gelu_backward(dy, x, m)))
+        # the training pair: y and gelu'(x) from one pass, the backward a multiply by the saved gelu'(x)
+        out.append((f"gelu-{mode}-with-grad", lambda x, m=mode: ops.gelu_forward_with_grad(x, approximate=m)[0],
+                    lambda dy, x, y, m=mode: ops.gelu_backward_from_grad(dy, ops.gelu_forward_with_grad(x, m)[1]),
+                    lambda x, m=mode: ref.gelu_forward(x, m), lambda dy, x, y, m=mode: ref.gelu_backward(dy, x, m)))
     out.append(("sigmoid", ops.sigmoid_forward, lambda dy, x, y: ops.sigmoid_backward(dy, y),
                 ref.sigmoid_forward, lambda dy, x, y: ref.sigmoid_backward(dy, y)))
     out.append(("tanh", ops.tanh_forward, lambda dy, x, y: ops.tanh_backward(dy, y),
@@ -152,6 +156,85 @@ def test_gelu_does_not_depend_on_thread_count(isa, threads, rng, approximate):
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(d1, d2)
     assert np.all(np.abs(y2 - ref.gelu_forward(x.astype(np.float64), approximate)) <= 1e-6 * (1 + np.abs(x)))
+
+
+# every masked-tail remainder of 8 and 16 lanes (1..33), an odd size over several vectors, and one
+# split between two threads' chunks (grain 8192)
+WITH_GRAD_SIZES = [*range(1, 34), 1000, 2 * 8192 + 13]
+
+
+@pytest.mark.parametrize("approximate", GELU_MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_with_grad_has_the_bits_of_the_plain_kernels(isa, rng, approximate, dtype):
+    # y is gelu_forward's y, dydx is gelu_backward's factor (dy = 1), and dy * dydx is gelu_backward's
+    # dx, except (erf form, x below about -13) where the float32 dydx or dx is subnormal: there dydx is rounded
+    # once (half a spacing, 2^-150, then times |dy|) before the multiply, and each dx once more
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 4.5, -4.5, 14.85, -14.85, 30, -30, 1e4, -1e4, 1e-40])
+    for n in WITH_GRAD_SIZES:
+        x = np.concatenate([special, 5 * rng.standard_normal(n)])[:n] if n > 2 * special.size else 5 * rng.standard_normal(n)
+        x = (x * rng.choice([1, 3], size=n)).astype(dtype)  # some lanes past |x| = 4.5: the tail form
+        dy = rng.standard_normal(n).astype(dtype)
+        y, dydx = ops.gelu_forward_with_grad(x, approximate)
+        assert y.dtype == dydx.dtype == dtype and y.shape == dydx.shape == x.shape
+        np.testing.assert_array_equal(y, ops.gelu_forward(x, approximate))
+        np.testing.assert_array_equal(dydx, ops.gelu_backward(np.ones_like(x), x, approximate))
+        dx, old = ops.gelu_backward_from_grad(dy, dydx), ops.gelu_backward(dy, x, approximate)
+        tiny = np.finfo(dtype).tiny
+        normal = (~(np.abs(dydx) < tiny) | (dydx == 0)) & (~(np.abs(old) < tiny) | (old == 0))
+        np.testing.assert_array_equal(dx[normal], old[normal])
+        np.testing.assert_allclose(dx[~normal], old[~normal], rtol=0, atol=float((np.abs(dy) + 2).max()) * 2.0**-150)
+
+
+def test_gelu_with_grad_shapes_and_empty(isa):
+    for shape in [(0,), (0, 3), (1,), (2, 3, 5)]:
+        x = np.linspace(-3, 3, int(np.prod(shape))).astype(np.float32).reshape(shape)
+        y, dydx = ops.gelu_forward_with_grad(x)
+        assert y.shape == dydx.shape == shape
+        assert ops.gelu_backward_from_grad(np.ones(shape, np.float32), dydx).shape == shape
+
+
+@pytest.mark.parametrize("approximate", GELU_MODES)
+def test_gelu_with_grad_does_not_depend_on_thread_count(isa, threads, rng, approximate):
+    x = (3 * rng.standard_normal(2 * 8192 + 5)).astype(np.float32)
+    dy = rng.standard_normal(x.size).astype(np.float32)
+    threads(1)
+    y1, d1 = ops.gelu_forward_with_grad(x, approximate)
+    threads(2)
+    y2, d2 = ops.gelu_forward_with_grad(x, approximate)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(ops.gelu_backward_from_grad(dy, d2), ops.gelu_backward(dy, x, approximate))
+
+
+def test_gelu_with_grad_bad_input():
+    f32 = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="gelu_forward_with_grad: approximate must be 'none' or 'tanh', got 'erf'"):
+        ops.gelu_forward_with_grad(f32, approximate="erf")
+    with pytest.raises(TypeError, match="gelu_forward_with_grad: x must be float32 or float64, got int64"):
+        ops.gelu_forward_with_grad(np.arange(3))
+    with pytest.raises(ValueError, match="gelu_forward_with_grad: x must be C-contiguous"):
+        ops.gelu_forward_with_grad(np.ones((4, 4), np.float32)[:, ::2])
+    with pytest.raises(ValueError, match=r"gelu_backward_from_grad: dy must have the shape of dydx \(3,\), got \(4,\)"):
+        ops.gelu_backward_from_grad(np.ones(4, np.float32), f32)
+    with pytest.raises(TypeError, match="gelu_backward_from_grad: dy must be float32"):
+        ops.gelu_backward_from_grad(np.ones(3, np.float64), f32)
+    with pytest.raises(TypeError, match="gelu_backward_from_grad: dydx must be a numpy.ndarray, got list"):
+        ops.gelu_backward_from_grad(f32, [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("approximate", GELU_MODES)
+def test_gelu_autograd_saves_the_derivative_and_matches_finite_differences(rng, approximate):
+    import fusegrad as fg
+    import fusegrad.nn.functional as F
+    x = fg.tensor(2 * rng.standard_normal((3, 7)), requires_grad=True)
+    dy = rng.standard_normal((3, 7))
+    y = F.gelu(x, approximate)
+    assert y._ctx.dydx is not None and not hasattr(y._ctx, "x")  # the training pair, not x
+    y.backward(fg.tensor(dy))
+    num = numerical_grad(lambda z: float(np.sum(ops.gelu_forward(z, approximate) * dy)), x.data.copy())
+    np.testing.assert_allclose(x.grad.data, num, rtol=1e-6, atol=1e-8)
+    with fg.no_grad():  # not recorded: the plain forward, same y
+        np.testing.assert_array_equal(F.gelu(x, approximate).data, y.data)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

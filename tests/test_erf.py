@@ -48,19 +48,37 @@ def test_erf_erfc_within_a_few_ulp(simd):
     assert _ulps(_C._erfc(z), erfc).max() <= ULPS["erfc"]
 
 
-def test_gelu_erf_within_a_few_ulp(simd):
-    x = (np.sqrt(2) * _sweep()).astype(np.float32)  # down to x = -15.6: gelu subnormal, then 0
+def _gelu_sweep():
+    """x down to -15.6 (gelu subnormal, then 0), gelu(x) and gelu'(x) = Phi(x) + x phi(x) in float64,
+    and the scale of gelu'(x)'s ulps: |Phi| + |x phi| (the terms cancel near x = -0.75)."""
+    x = (np.sqrt(2) * _sweep()).astype(np.float32)
     x64 = x.astype(np.float64)
     r = 1 / math.sqrt(2)
     y = np.array([0.5 * v * math.erfc(-v * r) for v in x64])
-    assert _ulps(ops.gelu_forward(x, "none"), y).max() <= ULPS["gelu"]
-    # gelu'(x) = Phi(x) + x phi(x): measured in ulps of |Phi| + |x phi| (the terms cancel near x = -0.75)
     phi = np.array([math.exp(-0.5 * v * v) / math.sqrt(2 * math.pi) for v in x64])
     cdf = np.array([0.5 * math.erfc(-v * r) for v in x64])
-    dy = np.ones_like(x)
-    d = ops.gelu_backward(dy, x, "none").astype(np.float64)
-    spacing = np.maximum(np.spacing((cdf + np.abs(x64) * phi).astype(np.float32)).astype(np.float64), 2.0**-149)
-    assert (np.abs(d - (cdf + x64 * phi)) / spacing).max() <= ULPS["gelu_grad"]
+    return x, y, cdf + x64 * phi, cdf + np.abs(x64) * phi
+
+
+def _grad_ulps(d, exact, scale):
+    spacing = np.maximum(np.spacing(scale.astype(np.float32)).astype(np.float64), 2.0**-149)
+    return np.abs(d.astype(np.float64) - exact) / spacing
+
+
+def test_gelu_erf_within_a_few_ulp(simd):
+    x, y, grad, scale = _gelu_sweep()
+    assert _ulps(ops.gelu_forward(x, "none"), y).max() <= ULPS["gelu"]
+    d = ops.gelu_backward(np.ones_like(x), x, "none")
+    assert _grad_ulps(d, grad, scale).max() <= ULPS["gelu_grad"]
+
+
+def test_gelu_erf_with_grad_within_a_few_ulp(simd):
+    # the training forward's pair: y (gelu_forward's bits) and the saved gelu'(x), to the same bounds
+    x, y, grad, scale = _gelu_sweep()
+    yw, d = ops.gelu_forward_with_grad(x, "none")
+    np.testing.assert_array_equal(yw, ops.gelu_forward(x, "none"))
+    assert _ulps(yw, y).max() <= ULPS["gelu"]
+    assert _grad_ulps(d, grad, scale).max() <= ULPS["gelu_grad"]
 
 
 def test_erf_special_values(isa):
@@ -79,3 +97,8 @@ def test_erf_special_values(isa):
     d = ops.gelu_backward(np.full(6, 2.0, np.float32), x, "none")
     np.testing.assert_array_equal(d[[3, 4, 5]], [1, 0, 2])
     assert np.all(np.isnan(d[[0, 1, 2]]))
+    yw, dydx = ops.gelu_forward_with_grad(x, "none")
+    np.testing.assert_array_equal(yw, y)
+    np.testing.assert_array_equal(dydx[[3, 4, 5]], [0.5, 0, 1])
+    assert np.all(np.isnan(dydx[[0, 1, 2]]))
+    np.testing.assert_array_equal(ops.gelu_backward_from_grad(np.full(6, 2.0, np.float32), dydx), d)

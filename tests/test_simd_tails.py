@@ -28,6 +28,12 @@ def _elementwise():
          lambda x, dy: ref.gelu_forward(x, "none"), (1e-5, 1e-6)),
         ("gelu_erf_backward", lambda x, dy: ops.gelu_backward(dy, x, "none"),
          lambda x, dy: ref.gelu_backward(dy, x, "none"), (1e-5, 1e-6)),
+        # the training pair: y, then gelu'(x), then the multiply
+        *[(f"gelu_{f}_forward_with_grad[{i}]", lambda x, dy, m=m, i=i: ops.gelu_forward_with_grad(x, m)[i],
+           (lambda x, dy, m=m: ref.gelu_forward(x, m)) if i == 0 else (lambda x, dy, m=m: ref.gelu_backward(1.0, x, m)),
+           (1e-5, 1e-6)) for f, m in (("tanh", "tanh"), ("erf", "none")) for i in (0, 1)],
+        ("gelu_backward_from_grad", lambda x, dy: ops.gelu_backward_from_grad(dy, x), lambda x, dy: dy * x,
+         (2.0**-24, 0)),  # one float32 rounding of the product
         ("sigmoid_forward", lambda x, dy: ops.sigmoid_forward(x), lambda x, dy: ref.sigmoid_forward(x), (1e-6, 1e-7)),
         ("tanh_forward", lambda x, dy: ops.tanh_forward(x), lambda x, dy: ref.tanh_forward(x), (1e-6, 1e-7)),
     ]

@@ -456,8 +456,8 @@ from fusegrad import _kernels as KK  # noqa: E402
 def _kernel_args(name, g):
     x, dy = g.standard_normal((7, 33)), g.standard_normal((7, 33))
     t = g.integers(0, 33, 7)
-    if name.startswith(("relu", "gelu")):
-        return (x,) if name.endswith("forward") else (dy, x)
+    if name.startswith(("relu", "gelu")):  # (gelu_backward_from_grad: x stands for the saved gelu'(x))
+        return (x,) if "forward" in name else (dy, x)
     if name.startswith(("sigmoid", "tanh", "softmax", "log_softmax")):
         y = getattr(KK, "_" + name.replace("backward", "forward"))(x)
         return (x,) if name.endswith("forward") else (dy, y)

@@ -321,7 +321,8 @@ def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback):
     W = rnd(5, 33, seed=3)
     z = fgt.linear(fgt.gelu(y), W)
     assert z.data_ptr() == spy.calls["_torch_linear_forward"][1][0]
-    assert spy.calls["_torch_linear_forward"][0][:2] == [spy.calls["_torch_gelu_forward"][1][0], W.data_ptr()]
+    # (x requires grad: the training form, which keeps gelu'(x), not x, for the backward)
+    assert spy.calls["_torch_linear_forward"][0][:2] == [spy.calls["_torch_gelu_forward_with_grad"][1][0], W.data_ptr()]
     t = torch.tensor([0, 1, 2, 3, 4, 0, 1])
     loss = fgt.cross_entropy(z, t)
     assert spy.calls["cross_entropy_forward"][0][:2] == [z.data_ptr(), t.data_ptr()]

@@ -90,6 +90,10 @@ def test_gelu_entries_match_numpy_entries_and_reference(shape, dtype, approximat
     dx = _C._torch_gelu_backward(dy, x, approximate)
     same(dx, _C.gelu_backward(dy.numpy(), x.numpy(), approximate))
     close(dx, ref.gelu_backward(f64(dy), f64(x), approximate), dtype)
+    y2, dydx = _C._torch_gelu_forward_with_grad(x, approximate)  # the training pair: the same bits
+    same(y2, _C.gelu_forward(x.numpy(), approximate))
+    same(dydx, _C.gelu_forward_with_grad(x.numpy(), approximate)[1])
+    same(_C._torch_gelu_backward_from_grad(dy, dydx), _C.gelu_backward(dy.numpy(), x.numpy(), approximate))
 
 
 def test_entries_read_inputs_in_place_and_return_their_buffers():
@@ -113,6 +117,7 @@ def bad_cases():
     ln_f, ln_b = _C._torch_layernorm_forward, _C._torch_layernorm_backward
     lin_f, lin_b = _C._torch_linear_forward, _C._torch_linear_backward
     g_f, g_b = _C._torch_gelu_forward, _C._torch_gelu_backward
+    g_fg, g_bg = _C._torch_gelu_forward_with_grad, _C._torch_gelu_backward_from_grad
     return [  # (call, exception, words the message must contain)
         (lambda: ln_f(x.numpy(), w, b, 1e-5), TypeError, ["_torch_layernorm_forward", "x", "torch.Tensor", "ndarray"]),
         (lambda: ln_f(x, [1.0] * 8, b, 1e-5), TypeError, ["weight", "torch.Tensor", "list"]),
@@ -144,6 +149,13 @@ def bad_cases():
         (lambda: g_b(rnd(4, 9), x, "none"), ValueError, ["_torch_gelu_backward", "dy", "(4, 8)", "(4, 9)"]),
         (lambda: g_b(x.double(), x, "tanh"), TypeError, ["dy", "float32", "float64"]),
         (lambda: g_b(x, None, "tanh"), TypeError, ["x", "torch.Tensor", "NoneType"]),
+        (lambda: g_fg(x, "erf"), ValueError, ["_torch_gelu_forward_with_grad", "approximate", "'erf'"]),
+        (lambda: g_fg(nc, "tanh"), ValueError, ["_torch_gelu_forward_with_grad", "x", "contiguous"]),
+        (lambda: g_fg(x.half(), "none"), TypeError, ["x", "torch.float16"]),
+        (lambda: g_bg(rnd(4, 9), x), ValueError, ["_torch_gelu_backward_from_grad", "dy", "(4, 8)", "(4, 9)"]),
+        (lambda: g_bg(x.double(), x), TypeError, ["_torch_gelu_backward_from_grad", "dy", "float32", "float64"]),
+        (lambda: g_bg(x, x.numpy()), TypeError, ["dydx", "torch.Tensor", "ndarray"]),
+        (lambda: g_bg(x, nc), ValueError, ["dydx", "contiguous"]),
     ]
 
 

@@ -50,6 +50,8 @@ py::array unary_backward(const py::object& dy_obj, const py::object& x_obj, cons
 template <typename T, bool A> void gelu_fwd(T* y, const T* x, int64_t n) { gelu_forward<T>(y, x, n, A); }
 template <typename T, bool A> void gelu_bwd(T* dx, const T* dy, const T* x, int64_t n) { gelu_backward<T>(dx, dy, x, n, A); }
 
+template <typename T> void gelu_bwd_grad(T* dx, const T* dy, const T* d, int64_t n) { gelu_backward_from_grad<T>(dx, dy, d, n); }
+
 bool gelu_mode(const std::string& approximate, const char* fn) {
   if (approximate == "none") return false;
   if (approximate == "tanh") return true;
@@ -70,6 +72,29 @@ void bind_activations(py::module_& m) {
     if (t) return unary_backward<gelu_bwd<float, true>, gelu_bwd<double, true>>(dy, x, "gelu_backward");
     return unary_backward<gelu_bwd<float, false>, gelu_bwd<double, false>>(dy, x, "gelu_backward");
   }, py::arg("dy"), py::arg("x"), py::arg("approximate") = "none", "dx = dy * gelu'(x), from the forward INPUT x.");
+  m.def("gelu_forward_with_grad", [](const py::object& x_obj, const std::string& approximate) {
+    const char* fn = "gelu_forward_with_grad";
+    const bool t = gelu_mode(approximate, fn);
+    py::array x = as_array(x_obj, fn, "x");
+    DType d = float_input(x, fn, "x");
+    return dispatch_float(d, [&](auto tag) -> py::tuple {
+      using T = decltype(tag);
+      py::array y = py::array_t<T>(shape_of(x)), dydx = py::array_t<T>(shape_of(x));
+      const int64_t n = x.size();
+      T *py_ = ptr<T>(y), *pd = ptr<T>(dydx);
+      const T* px = cptr<T>(x);
+      {
+        py::gil_scoped_release nogil;
+        gelu_forward_with_grad<T>(py_, pd, px, n, t);
+      }
+      return py::make_tuple(y, dydx);
+    });
+  }, py::arg("x"), py::arg("approximate") = "none",
+     "(y, dydx): gelu_forward's y and the derivative gelu'(x) in one pass, for training: save dydx\n"
+     "instead of x, and the backward is gelu_backward_from_grad(dy, dydx).");
+  m.def("gelu_backward_from_grad", [](const py::object& dy, const py::object& dydx) {
+    return unary_backward<gelu_bwd_grad<float>, gelu_bwd_grad<double>>(dy, dydx, "gelu_backward_from_grad", "dydx");
+  }, py::arg("dy"), py::arg("dydx"), "dx = dy * dydx, dydx from gelu_forward_with_grad.");
   // erf / erfc elementwise: the kernels inside the exact GELU, bound for their accuracy tests
   // (underscored: not part of fusegrad.ops)
   m.def("_erf", [](const py::object& x) {

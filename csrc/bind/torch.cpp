@@ -297,23 +297,54 @@ py::object gelu_fwd(py::handle x_obj, const std::string& approximate) {
   });
 }
 
-py::object gelu_bwd(py::handle dy_obj, py::handle x_obj, const std::string& approximate) {
-  const char* fn = "_torch_gelu_backward";
-  const bool t = tanh_form(approximate, fn);
-  Arg x = read(x_obj, fn, "x"), dy = read(dy_obj, fn, "dy");
-  const DType d = float_arg(x, fn, "x");
+// dx = kernel(dy, a) elementwise, a the forward's x or the saved gelu'(x): the checks and the call
+template <typename K>
+py::object unary_bwd(py::handle dy_obj, py::handle a_obj, const char* fn, const char* aname, K kernel) {
+  Arg a = read(a_obj, fn, aname), dy = read(dy_obj, fn, "dy");
+  const DType d = float_arg(a, fn, aname);
   same_dtype(dy, d, fn, "dy");
-  want_shape(dy, x.shape, fn, "dy");
+  want_shape(dy, a.shape, fn, "dy");
   return dispatch_float(d, [&](auto tag) -> py::object {
     using T = decltype(tag);
-    py::array dx = alloc<T>(x.shape);
+    py::array dx = alloc<T>(a.shape);
     T* pdx = ptr<T>(dx);
     {
       py::gil_scoped_release nogil;
-      gelu_backward<T>(pdx, p<T>(dy), p<T>(x), x.numel(), t);
+      kernel(pdx, p<T>(dy), p<T>(a), a.numel());
     }
     return to_torch(dx);
   });
+}
+
+py::object gelu_bwd(py::handle dy_obj, py::handle x_obj, const std::string& approximate) {
+  const char* fn = "_torch_gelu_backward";
+  const bool t = tanh_form(approximate, fn);
+  return unary_bwd(dy_obj, x_obj, fn, "x", [t](auto* dx, const auto* dy, const auto* x, int64_t n) {
+    gelu_backward(dx, dy, x, n, t);
+  });
+}
+
+// (y, dydx) of gelu_forward_with_grad, for fusegrad.torch's eager autograd (saves dydx, not x)
+py::object gelu_fwd_grad(py::handle x_obj, const std::string& approximate) {
+  const char* fn = "_torch_gelu_forward_with_grad";
+  const bool t = tanh_form(approximate, fn);
+  Arg x = read(x_obj, fn, "x");
+  const DType d = float_arg(x, fn, "x");
+  return dispatch_float(d, [&](auto tag) -> py::object {
+    using T = decltype(tag);
+    py::array y = alloc<T>(x.shape), dydx = alloc<T>(x.shape);
+    T *py_ = ptr<T>(y), *pd = ptr<T>(dydx);
+    {
+      py::gil_scoped_release nogil;
+      gelu_forward_with_grad<T>(py_, pd, p<T>(x), x.numel(), t);
+    }
+    return py::make_tuple(to_torch(y), to_torch(dydx));
+  });
+}
+
+py::object gelu_bwd_grad(py::handle dy_obj, py::handle dydx_obj) {
+  return unary_bwd(dy_obj, dydx_obj, "_torch_gelu_backward_from_grad", "dydx",
+                   [](auto* dx, const auto* dy, const auto* d, int64_t n) { gelu_backward_from_grad(dx, dy, d, n); });
 }
 
 }  // namespace
@@ -332,6 +363,10 @@ void bind_torch(py::module_& m) {
         "gelu_forward on a torch tensor (approximate 'none' or 'tanh').");
   m.def("_torch_gelu_backward", &gelu_bwd, py::arg("dy"), py::arg("x"), py::arg("approximate"),
         "gelu_backward on torch tensors: dx = dy * gelu'(x).");
+  m.def("_torch_gelu_forward_with_grad", &gelu_fwd_grad, py::arg("x"), py::arg("approximate"),
+        "gelu_forward_with_grad on a torch tensor: (y, dydx = gelu'(x)).");
+  m.def("_torch_gelu_backward_from_grad", &gelu_bwd_grad, py::arg("dy"), py::arg("dydx"),
+        "gelu_backward_from_grad on torch tensors: dx = dy * dydx.");
 }
 
 }  // namespace fg::bind

@@ -34,23 +34,40 @@ void relu_backward(T* dx, const T* dy, const T* x, int64_t N) {
 // The tanh form is evaluated as 0.5 (1 + tanh(u)) = sigmoid(2u) and 1 - tanh(u)^2 =
 // 4 s (1 - s), s = sigmoid(2u): no cancellation where tanh(u) is near -1, and exp overflow
 // gives s = 0 exactly (never NaN). The erf form uses Phi(x) = 0.5 erfc(-x / sqrt 2), accurate
-// in the left tail too.
+// in the left tail too. One formula per quantity, shared by the forward, the backward and the
+// training forward (so that y and dy * dydx have the bits of the other two).
+namespace {
+template <typename T> struct Gelu {
+  static constexpr T k = T(0.7978845608028654), c = T(0.044715);
+  static constexpr T r = T(0.7071067811865476), inv_sqrt_2pi = T(0.3989422804014327);
+  static T tanh_e(T v) { return std::exp(T(-2) * k * (v + c * v * v * v)); }  // 1/s - 1
+  static T tanh_y(T v, T e) { return v / (T(1) + e); }
+  // d/dx: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2) = s + 2 x s (1 - s) k (1 + 3 c x^2);
+  // where s saturates to 0 or 1 the second term is 0 (not 0 * inf once x^2 overflows)
+  static T tanh_grad(T v, T e) {
+    const T s = T(1) / (T(1) + e);
+    const T sp = s * (T(1) - s);
+    return sp == T(0) ? s : s + T(2) * v * sp * k * (T(1) + T(3) * c * v * v);
+  }
+  static T erf_c(T v) { return std::erfc(-v * r); }  // 2 Phi(x)
+  static T erf_y(T v, T ec) { return T(0.5) * v * ec; }
+  // d/dx: Phi(x) + x phi(x)
+  static T erf_grad(T v, T ec) { return T(0.5) * ec + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v); }
+};
+}  // namespace
+
 template <typename T>
 void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh) {
   if constexpr (std::is_same_v<T, float>) {
     if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_forward, y, x, N);
     else FG_SIMD_DISPATCH(gelu_erf_forward, y, x, N);
   }
+  using G = Gelu<T>;
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
-      const T k2 = T(2 * 0.7978845608028654), c = T(0.044715);
-      for (int64_t i = b; i < e; ++i) {
-        const T v = x[i];
-        y[i] = v / (T(1) + std::exp(-k2 * (v + c * v * v * v)));
-      }
+      for (int64_t i = b; i < e; ++i) y[i] = G::tanh_y(x[i], G::tanh_e(x[i]));
     } else {
-      const T r = T(0.7071067811865476);
-      for (int64_t i = b; i < e; ++i) y[i] = T(0.5) * x[i] * std::erfc(-x[i] * r);
+      for (int64_t i = b; i < e; ++i) y[i] = G::erf_y(x[i], G::erf_c(x[i]));
     }
   });
 }
@@ -61,26 +78,37 @@ void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh) 
     if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_backward, dx, dy, x, N);
     else FG_SIMD_DISPATCH(gelu_erf_backward, dx, dy, x, N);
   }
+  using G = Gelu<T>;
   parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
     if (approx_tanh) {
-      const T k = T(0.7978845608028654), c = T(0.044715);
-      for (int64_t i = b; i < e; ++i) {
-        const T v = x[i];
-        const T s = T(1) / (T(1) + std::exp(T(-2) * k * (v + c * v * v * v)));
-        // d/dx: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2) = s + 2 x s (1 - s) k (1 + 3 c x^2);
-        // where s saturates to 0 or 1 the second term is 0 (not 0 * inf once x^2 overflows)
-        const T sp = s * (T(1) - s);
-        dx[i] = dy[i] * (sp == T(0) ? s : s + T(2) * v * sp * k * (T(1) + T(3) * c * v * v));
-      }
+      for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * G::tanh_grad(x[i], G::tanh_e(x[i]));
     } else {
-      const T r = T(0.7071067811865476), inv_sqrt_2pi = T(0.3989422804014327);
-      for (int64_t i = b; i < e; ++i) {
-        const T v = x[i];
-        // d/dx: Phi(x) + x phi(x)
-        const T g = T(0.5) * std::erfc(-v * r) + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-        dx[i] = dy[i] * g;
-      }
+      for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * G::erf_grad(x[i], G::erf_c(x[i]));
     }
+  });
+}
+
+template <typename T>
+void gelu_forward_with_grad(T* y, T* dydx, const T* x, int64_t N, bool approx_tanh) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (approx_tanh) FG_SIMD_DISPATCH(gelu_tanh_forward_with_grad, y, dydx, x, N);
+    else FG_SIMD_DISPATCH(gelu_erf_forward_with_grad, y, dydx, x, N);
+  }
+  using G = Gelu<T>;
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T v = x[i], t = approx_tanh ? G::tanh_e(v) : G::erf_c(v);
+      y[i] = approx_tanh ? G::tanh_y(v, t) : G::erf_y(v, t);
+      dydx[i] = approx_tanh ? G::tanh_grad(v, t) : G::erf_grad(v, t);
+    }
+  });
+}
+
+template <typename T>
+void gelu_backward_from_grad(T* dx, const T* dy, const T* dydx, int64_t N) {
+  if constexpr (std::is_same_v<T, float>) FG_SIMD_DISPATCH(gelu_backward_from_grad, dx, dy, dydx, N);
+  parallel_for(N, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dx[i] = dy[i] * dydx[i];
   });
 }
 
@@ -138,6 +166,8 @@ void tanh_backward(T* dx, const T* dy, const T* y, int64_t N) {
 #define FG_INST(T)                                                                   \
   template void gelu_forward<T>(T*, const T*, int64_t, bool);                        \
   template void gelu_backward<T>(T*, const T*, const T*, int64_t, bool);             \
+  template void gelu_forward_with_grad<T>(T*, T*, const T*, int64_t, bool);          \
+  template void gelu_backward_from_grad<T>(T*, const T*, const T*, int64_t);         \
   template void sigmoid_forward<T>(T*, const T*, int64_t);                           \
   template void erf_forward<T>(T*, const T*, int64_t);                               \
   template void erfc_forward<T>(T*, const T*, int64_t);                              \

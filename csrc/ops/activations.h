@@ -17,6 +17,12 @@ template <typename T> void relu_backward(T* dx, const T* dy, const T* x, int64_t
 // Backward takes the input x: dx = dy * gelu'(x).
 template <typename T> void gelu_forward(T* y, const T* x, int64_t N, bool approx_tanh);
 template <typename T> void gelu_backward(T* dx, const T* dy, const T* x, int64_t N, bool approx_tanh);
+// The training forward: y and dydx = gelu'(x) in one pass (the derivative shares the exp and the
+// polynomial), saved instead of x; the backward is then gelu_backward_from_grad: dx = dy * dydx.
+// y has the bits of gelu_forward's, dy * dydx those of gelu_backward's dx (the erf form's float32
+// SIMD paths: except where dydx or dx is subnormal, x below about -13: dydx is rounded once more).
+template <typename T> void gelu_forward_with_grad(T* y, T* dydx, const T* x, int64_t N, bool approx_tanh);
+template <typename T> void gelu_backward_from_grad(T* dx, const T* dy, const T* dydx, int64_t N);
 // erf and erfc elementwise (float32 SIMD: within a few ulp of the float64 values).
 template <typename T> void erf_forward(T* y, const T* x, int64_t N);
 template <typename T> void erfc_forward(T* y, const T* x, int64_t N);
@@ -35,6 +41,9 @@ void gelu_tanh_forward(float* y, const float* x, int64_t N);
 void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N);
 void gelu_erf_forward(float* y, const float* x, int64_t N);
 void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t N);
+void gelu_tanh_forward_with_grad(float* y, float* dydx, const float* x, int64_t N);
+void gelu_erf_forward_with_grad(float* y, float* dydx, const float* x, int64_t N);
+void gelu_backward_from_grad(float* dx, const float* dy, const float* dydx, int64_t N);
 void erf_forward(float* y, const float* x, int64_t N);
 void erfc_forward(float* y, const float* x, int64_t N);
 void sigmoid_forward(float* y, const float* x, int64_t N);

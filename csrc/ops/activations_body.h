@@ -21,6 +21,18 @@ inline void map2(float* dx, const float* dy, const float* x, int64_t N, int64_t 
     for_each_vec(b, e, [&](int64_t i, int64_t n) { store_n(dx + i, f(load_n(dy + i, n), load_n(x + i, n)), n); });
   });
 }
+// y = f(x) and d = g(x) from one evaluation: f(v, &g) returns y and sets g
+template <typename F>
+inline void map1_both(float* y, float* d, const float* x, int64_t N, int64_t grain, F f) {
+  parallel_for(N, grain, [&](int64_t b, int64_t e) {
+    for_each_vec(b, e, [&](int64_t i, int64_t n) {
+      Vf g;
+      const Vf v = f(load_n(x + i, n), &g);
+      store_n(y + i, v, n);
+      store_n(d + i, g, n);
+    });
+  });
+}
 }  // namespace act_detail
 
 // max(0, x) with x as the second operand returns x when x is NaN (and -0 for -0)
@@ -38,6 +50,25 @@ void gelu_tanh_forward(float* y, const float* x, int64_t N) {
 
 void gelu_tanh_backward(float* dx, const float* dy, const float* x, int64_t N) {
   act_detail::map2(dx, dy, x, N, act_detail::kGeluGrain, [](Vf g, Vf v) { return g * gelu_tanh_grad(v); });
+}
+
+// The training forward: y and dydx = gelu'(x) (the bits of the backward kernels' factor), so the
+// backward is gelu_backward_from_grad's product
+void gelu_tanh_forward_with_grad(float* y, float* dydx, const float* x, int64_t N) {
+  act_detail::map1_both(y, dydx, x, N, act_detail::kGeluGrain, [](Vf v, Vf* d) {
+    const Vf s = gelu_sig(v);
+    *d = gelu_tanh_grad(v, s);
+    return v * s;
+  });
+}
+
+void gelu_erf_forward_with_grad(float* y, float* dydx, const float* x, int64_t N) {
+  act_detail::map1_both(y, dydx, x, N, act_detail::kGeluGrain, [](Vf v, Vf* d) { return gelu_erf_with_grad(v, d); });
+}
+
+// dx = dy * dydx
+void gelu_backward_from_grad(float* dx, const float* dy, const float* dydx, int64_t N) {
+  act_detail::map2(dx, dy, dydx, N, act_detail::kGrain, [](Vf g, Vf d) { return g * d; });
 }
 
 void gelu_erf_forward(float* y, const float* x, int64_t N) {

@@ -63,16 +63,16 @@ FG_VEC_INLINE Vf gelu_sig(Vf v) {
   return set1(1.f) / (set1(1.f) + e);
 }
 FG_VEC_INLINE Vf gelu_tanh(Vf v) { return v * gelu_sig(v); }
-// gelu'(x) = s + 2 x s (1 - s) k (1 + 3 c x^2), k = sqrt(2/pi); where s saturates (s (1 - s) == 0)
-// just s.
-FG_VEC_INLINE Vf gelu_tanh_grad(Vf v) {
+// gelu'(x) = s + 2 x s (1 - s) k (1 + 3 c x^2), k = sqrt(2/pi), from s = gelu_sig(x); where s
+// saturates (s (1 - s) == 0) just s.
+FG_VEC_INLINE Vf gelu_tanh_grad(Vf v, Vf s) {
   const Vf one = set1(1.f);
-  const Vf s = gelu_sig(v);
   const Vf sp = s * (one - s);
   const Vf poly = fma(set1(3.f * 0.044715f) * v, v, one);
   const Vf g = fma((set1(2.f * 0.7978845608028654f) * v) * sp, poly, s);
   return select(cmp_eq(sp, zero()), s, g);
 }
+FG_VEC_INLINE Vf gelu_tanh_grad(Vf v) { return gelu_tanh_grad(v, gelu_sig(v)); }
 
 // sigmoid(x) = 1 / (1 + e^-x): exp overflow for x < -88.7 gives 0 exactly (the true value is below
 // 3e-39), never NaN; the same formula as the portable path.
@@ -222,21 +222,40 @@ FG_VEC_INLINE void split_pow2(Vf n, Vf* s1, Vf* s2) {
 FG_VEC_INLINE Vf step(Vf x) { return select(cmp_gt(x, zero()), set1(1.f), zero()); }
 }  // namespace erf_detail
 
-FG_VEC_INLINE Vf gelu_erf(Vf x) {
+// y = gelu(x) and *dydx = gelu'(x) from one evaluation of the shared parts (the training forward,
+// whose backward is then dx = dy * dydx): the derivative costs a few FMAs more. y has the bits of
+// gelu_erf(x) (which is this with dydx unused: the compiler drops its steps), dydx those of
+// gelu_erf_backward(1, x).
+FG_VEC_INLINE Vf gelu_erf_with_grad(Vf x, Vf* dydx) {
   using namespace erf_detail;
+  const Vf one = set1(1.f);
   const Mf neg = cmp_lt(x, zero()), out = outside_central(x);
   if (__builtin_expect(!any(out), 1)) {
     const GeluParts g = gelu_parts<false>(x);
-    const Vf q = fma(g.R, g.w, g.R) * pow2i(g.n);  // Phi(-a)
-    return x * select(neg, q, set1(1.f) - q);
+    const Vf s = pow2i(g.n);
+    const Vf q = fma(g.R, g.w, g.R) * s;  // Phi(-a)
+    const Vf k = fnma(g.a, set1(kInvSqrt2Pi), g.R);
+    const Vf d = fma(k, g.w, k) * s;  // Phi(-a) - a phi(a)
+    *dydx = select(neg, d, one - d);
+    return x * select(neg, q, one - q);
   }
   const GeluParts g = gelu_parts<true>(x);
   Vf s1, s2;
   split_pow2(g.n, &s1, &s2);
+  const Mf clamped = cmp_lt(g.a, set1(kClampX));
   const Vf q = fma(g.R, g.w, g.R);
-  const Vf y = x * select(neg, q * s1, set1(1.f) - q * s1);  // the central lanes, as above
-  const Vf y_t = select(neg, ((x * q) * s1) * s2, x * (set1(1.f) - (q * s1) * s2));
-  return select(out, select(cmp_lt(g.a, set1(kClampX)), y_t, x * step(x)), y);
+  const Vf y = x * select(neg, q * s1, one - q * s1);  // the central lanes, as above
+  const Vf y_t = select(neg, ((x * q) * s1) * s2, x * (one - (q * s1) * s2));
+  const Vf k = fnma(min(g.a, set1(kClampX)), set1(kInvSqrt2Pi), g.R);
+  const Vf f = fma(k, g.w, k);
+  const Vf d = select(neg, f * s1, one - f * s1);
+  const Vf d_t = select(neg, (f * s1) * s2, one - (f * s1) * s2);
+  *dydx = select(out, select(clamped, d_t, step(x) + x * zero()), d);
+  return select(out, select(clamped, y_t, x * step(x)), y);
+}
+FG_VEC_INLINE Vf gelu_erf(Vf x) {
+  Vf unused;
+  return gelu_erf_with_grad(x, &unused);
 }
 FG_VEC_INLINE Vf gelu_erf_backward(Vf dy, Vf x) {
   using namespace erf_detail;

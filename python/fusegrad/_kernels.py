@@ -63,6 +63,14 @@ def _gelu_backward(dy, x, approximate="none"):
     return dy * (cdf + x * pdf)
 
 
+def _gelu_forward_with_grad(x, approximate="none"):
+    return _gelu_forward(x, approximate), _gelu_backward(np.ones_like(x), x, approximate)
+
+
+def _gelu_backward_from_grad(dy, dydx):
+    return dy * dydx
+
+
 # ----- softmax / log_softmax / cross entropy (last axis) -----
 def _softmax_forward(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -305,7 +313,8 @@ def _adamw_step(param, grad, m, v, step, lr, beta1, beta2, eps, weight_decay):
 
 _NAMES = [
     "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward",
-    "tanh_backward", "gelu_forward", "gelu_backward", "softmax_forward", "softmax_backward",
+    "tanh_backward", "gelu_forward", "gelu_backward", "gelu_forward_with_grad", "gelu_backward_from_grad",
+    "softmax_forward", "softmax_backward",
     "log_softmax_forward", "log_softmax_backward", "cross_entropy_forward",
     "cross_entropy_backward", "layernorm_forward", "layernorm_backward", "matmul",
     "linear_forward", "linear_backward", "mse_forward", "mse_backward", "embedding_forward",

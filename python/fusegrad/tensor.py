@@ -122,6 +122,7 @@ class Function:
 
     saves_output = False
     out_vc = None       # saves_output: the output's version count and its value at the op
+    wants_recording = False   # True: apply sets fn.recording (whether backward may run) before forward
 
     def __init__(self):
         self.inputs: tuple = ()
@@ -135,10 +136,12 @@ class Function:
         arrays = [a.data if isinstance(a, Tensor) else a for a in args]
         if _xp.cuda_used:                             # one device per op (the CPU path skips this)
             arrays = _xp.common_device(arrays, [t is not None for t in tensors], cls.__name__)
+        rg = _grad_enabled and any(t is not None and t.requires_grad for t in tensors)
+        if cls.wants_recording:
+            fn.recording = rg
         out = fn.forward(*arrays, **kw)
         if type(out) is not np.ndarray:
             out = _xp.asarray(out)                    # a NumPy scalar (0-d op result) keeps its dtype
-        rg = _grad_enabled and any(t is not None and t.requires_grad for t in tensors)
         t = Tensor(out, requires_grad=rg)
         if rg:
             fn.inputs = tuple(tensors)
@@ -1493,11 +1496,22 @@ class Tanh(Function):
 
 
 class Gelu(Function):
+    """Recorded for backward, the forward also computes gelu'(x) (sharing the erf/exp work) and
+    saves it instead of x: the backward is one multiply. (CUDA arrays: x and gelu_backward.)"""
+    wants_recording = True
+    recording = True
+
     def forward(self, x, approximate="none"):
-        self.x, self.ap = _kc(x), approximate
-        return K.gelu_forward(self.x, approximate)
+        x = _kc(x)
+        if self.recording and type(x) is np.ndarray:
+            y, self.dydx = K.gelu_forward_with_grad(x, approximate)
+            return y
+        self.x, self.ap, self.dydx = x, approximate, None
+        return K.gelu_forward(x, approximate)
 
     def backward(self, g):
+        if self.dydx is not None:
+            return (K.gelu_backward_from_grad(_kc(g), self.dydx),)
         return (K.gelu_backward(_kc(g), self.x, self.ap),)
 
 
