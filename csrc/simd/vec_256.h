@@ -46,6 +46,7 @@ FG_VEC_INLINE Vf operator*(Vf a, Vf b) { return {_mm256_mul_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf operator/(Vf a, Vf b) { return {_mm256_div_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf fma(Vf a, Vf b, Vf c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 FG_VEC_INLINE Vf fnma(Vf a, Vf b, Vf c) { return {_mm256_fnmadd_ps(a.v, b.v, c.v)}; }
+FG_VEC_INLINE Vf fms(Vf a, Vf b, Vf c) { return {_mm256_fmsub_ps(a.v, b.v, c.v)}; }
 FG_VEC_INLINE Vf min(Vf a, Vf b) { return {_mm256_min_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf max(Vf a, Vf b) { return {_mm256_max_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf sqrt(Vf a) { return {_mm256_sqrt_ps(a.v)}; }
@@ -71,6 +72,8 @@ FG_VEC_INLINE bool any(Mf m) { return _mm256_movemask_ps(m.m) != 0; }
 FG_VEC_INLINE Vf pow2i(Vf n) {
   return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23))};
 }
+// v * 2^n for integral n with 2^n normal (vec_avx512.h: one vscalefps, the same bits)
+FG_VEC_INLINE Vf mul_pow2(Vf v, Vf n) { return v * pow2i(n); }
 
 FG_VEC_INLINE float reduce_add(Vf x) {
   __m128 m = _mm_add_ps(_mm256_castps256_ps128(x.v), _mm256_extractf128_ps(x.v, 1));

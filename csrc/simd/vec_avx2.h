@@ -8,7 +8,7 @@
 //   never touch memory), storeu, store_tail(p, v, n) (writes lanes < n only), stream (aligned,
 //   non-temporal), load_or(p, n, fill) (fill in lanes >= n); set1, zero; lane0; lane_is(k) (a
 //   mask of lane k alone); + - * / (never contracted into FMAs: CMakeLists.txt
-//   compiles the files that use this with -ffp-contract=off); fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b, both rounded once;
+//   compiles the files that use this with -ffp-contract=off); fma(a, b, c) = a*b + c, fnma(a, b, c) = c - a*b, fms(a, b, c) = a*b - c, each rounded once;
 //   min/max(a, b): the x86 rule: when either lane is NaN (or both are zeros) the result is b;
 //   sqrt, abs; cmp_gt/ge/lt/le/eq/neq (ordered, false on NaN) and is_nan give an Mf, used by
 //   select(m, a, b) = m ? a : b, any(m), and_(m, v) = m ? v : 0; exp (below); reduce_add /

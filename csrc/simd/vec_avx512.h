@@ -56,6 +56,7 @@ FG_VEC_INLINE Vf operator*(Vf a, Vf b) { return {_mm512_mul_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf operator/(Vf a, Vf b) { return {_mm512_div_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf fma(Vf a, Vf b, Vf c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 FG_VEC_INLINE Vf fnma(Vf a, Vf b, Vf c) { return {_mm512_fnmadd_ps(a.v, b.v, c.v)}; }
+FG_VEC_INLINE Vf fms(Vf a, Vf b, Vf c) { return {_mm512_fmsub_ps(a.v, b.v, c.v)}; }
 FG_VEC_INLINE Vf min(Vf a, Vf b) { return {_mm512_min_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf max(Vf a, Vf b) { return {_mm512_max_ps(a.v, b.v)}; }
 FG_VEC_INLINE Vf sqrt(Vf a) { return {_mm512_sqrt_ps(a.v)}; }
@@ -79,6 +80,8 @@ FG_VEC_INLINE bool any(Mf m) { return m.m != 0; }
 FG_VEC_INLINE Vf pow2i(Vf n) {
   return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
 }
+// v * 2^n for integral n with 2^n normal: one instruction for v * pow2i(n), the same bits (one rounding)
+FG_VEC_INLINE Vf mul_pow2(Vf v, Vf n) { return {_mm512_scalef_ps(v.v, n.v)}; }
 
 // 16 -> 8 -> 4 lanes by halves, then the avx2 path's 4 -> 1 order
 FG_VEC_INLINE __m128 fold_to_128_add(__m512 x) {

@@ -197,9 +197,9 @@ FG_VEC_INLINE GeluParts gelu_parts(Vf x) {
   g.a = abs(x);
   const Vf a = kTail ? min(g.a, set1(kClampX)) : g.a;  // NaN -> kClampX: the caller keeps the NaN
   const Vf h = a * a;
-  const Vf l = fma(a, a, zero() - h);  // a^2 - h exactly
+  const Vf l = fms(a, a, h);  // a^2 - h exactly
   const Vf t = h * set1(-0.5f);
-  g.n = round_nearest(t * set1(1.44269504088896341f));
+  g.n = round_nearest(h * set1(-0.5f * 1.44269504088896341f));  // (t log2 e: the same bits, -0.5 is exact)
   Vf r = fnma(g.n, set1(0.693359375f), t);
   r = fnma(g.n, set1(-2.12194440e-4f), r);
   r = fnma(set1(0.5f), l, r);
@@ -232,10 +232,9 @@ FG_VEC_INLINE Vf gelu_erf_with_grad(Vf x, Vf* dydx) {
   const Mf neg = cmp_lt(x, zero()), out = outside_central(x);
   if (__builtin_expect(!any(out), 1)) {
     const GeluParts g = gelu_parts<false>(x);
-    const Vf s = pow2i(g.n);
-    const Vf q = fma(g.R, g.w, g.R) * s;  // Phi(-a)
+    const Vf q = mul_pow2(fma(g.R, g.w, g.R), g.n);  // Phi(-a)
     const Vf k = fnma(g.a, set1(kInvSqrt2Pi), g.R);
-    const Vf d = fma(k, g.w, k) * s;  // Phi(-a) - a phi(a)
+    const Vf d = mul_pow2(fma(k, g.w, k), g.n);  // Phi(-a) - a phi(a)
     *dydx = select(neg, d, one - d);
     return x * select(neg, q, one - q);
   }
@@ -263,7 +262,7 @@ FG_VEC_INLINE Vf gelu_erf_backward(Vf dy, Vf x) {
   if (__builtin_expect(!any(out), 1)) {
     const GeluParts g = gelu_parts<false>(x);
     const Vf k = fnma(g.a, set1(kInvSqrt2Pi), g.R);
-    const Vf d = fma(k, g.w, k) * pow2i(g.n);  // Phi(-a) - a phi(a)
+    const Vf d = mul_pow2(fma(k, g.w, k), g.n);  // Phi(-a) - a phi(a)
     return dy * select(neg, d, set1(1.f) - d);
   }
   const GeluParts g = gelu_parts<true>(x);
