@@ -77,16 +77,18 @@ def run(limits, quick=False):
     for B, H, T, D in ([(4, 12, 1024, 64)] if quick else [(4, 12, 1024, 64), (2, 16, 2048, 128)]):
         q, k, v, do = (rng.standard_normal((B, H, T, D), dtype=cp.float32) for _ in range(4))
 
-        # fp32, then bf16 products on tensor cores (autocast's arithmetic) against SDPA on bf16
-        # tensors (flash)
-        for bf16 in (False, True):
-            def attn(bf16=bf16):
-                o, lse = ops.attention_forward(q, k, v, causal=True, bf16=bf16)
-                ops.attention_backward(do, q, k, v, o, lse, causal=True, bf16=bf16)
+        # fp32, then bf16 and fp16 products on tensor cores (float32 inputs rounded in the kernel)
+        # against SDPA on tensors of that type (flash)
+        tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16} if torch is not None else {}
+        for prec in ("fp32", "bf16", "fp16"):
+            flags = {"bf16": prec == "bf16", "fp16": prec == "fp16"}
+
+            def attn(flags=flags):
+                o, lse = ops.attention_forward(q, k, v, causal=True, **flags)
+                ops.attention_backward(do, q, k, v, o, lse, causal=True, **flags)
             fns = {"ours": attn}
             if torch is not None:
-                tq, tk, tv = (torch.from_dlpack(a).to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(True)
-                              for a in (q, k, v))
+                tq, tk, tv = (torch.from_dlpack(a).to(tdt[prec]).requires_grad_(True) for a in (q, k, v))
                 tdo = torch.from_dlpack(do).to(tq.dtype)
 
                 def tattn(tq=tq, tk=tk, tv=tv, tdo=tdo):
@@ -94,7 +96,7 @@ def run(limits, quick=False):
                     torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True).backward(tdo)
                 fns["torch"] = tattn
             # causal: half of 4 B H T^2 D (fwd) + 2.5x that (bwd)
-            row(f"attention fwd+bwd {'bf16' if bf16 else 'fp32'} causal", f"B{B} H{H} T{T} D{D}",
+            row(f"attention fwd+bwd {prec} causal", f"B{B} H{H} T{T} D{D}",
                 time_ms(fns, reps=5), flops=3.5 * 2 * B * H * T * T * D)
 
     info = cuda.matmul_info()

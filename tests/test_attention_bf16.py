@@ -51,10 +51,15 @@ def reference(q, k, v, do, causal):
     return {"o": o, "lse": lse, "dq": dq, "dk": dk, "dv": dv}
 
 
-def plain_bf16(q, k, v, do, causal):
-    """The computation done plainly in bf16, as flash-attention defines it: float64 math in which
-    every operand of a product is rounded to bf16 (q, k, v, do, then P and scale * dS)."""
-    r = bf16_round
+def fp16_round(x):
+    """x rounded to the nearest float16 (NumPy's conversion: ties to even), as float64."""
+    return np.asarray(x, np.float64).astype(np.float16).astype(np.float64)
+
+
+def plain_bf16(q, k, v, do, causal, r=bf16_round):
+    """The computation done plainly in bf16 (or the 16-bit type that r rounds to: fp16_round for the
+    GPU's fp16 kernels), as flash-attention defines it: float64 math in which every operand of a
+    product is rounded to that type (q, k, v, do, then P and scale * dS)."""
     q, k, v, do = (r(x) for x in (q, k, v, do))
     B, H, T, D = q.shape
     Hkv = k.shape[1]

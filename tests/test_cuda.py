@@ -117,6 +117,42 @@ def test_host_adam_matches_cpu_kernel(beta1, decoupled):
         np.testing.assert_allclose(x, y, rtol=4 * np.finfo(np.float32).eps, atol=1e-7)
 
 
+@needs_module
+def test_host_pow2_scale_against_numpy():
+    # fp16 attention's dO scale (math.h's pow2_scale): the power of two 2^s that puts amax into
+    # [1, 2), s clamped to [-126, 126]; 1 for 0, inf and NaN
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.ldexp(rng.uniform(0.5, 1, 2000), rng.integers(-149, 129, 2000)),
+                        [0.0, 1.0, 2.0, 0.5, 65504.0, 2.0 ** -149, 2.0 ** -126, np.finfo(np.float32).max,
+                         np.inf, np.nan]]).astype(np.float32)
+    got = cuda._cuda._host_math(x, "pow2_scale")
+    _, e = np.frexp(x.astype(np.float64))
+    want = np.where(np.isfinite(x) & (x > 0), np.ldexp(1.0, np.clip(1 - e, -126, 126)), 1.0)
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+    inside = (x > 2.0 ** -126) & (x < 2.0 ** 127)  # no clamp: amax * scale is in [1, 2)
+    y = x[inside].astype(np.float64) * got[inside]
+    assert np.all((y >= 1) & (y < 2))
+
+
+@pytest.mark.parametrize("fn", ["attention_forward", "attention_backward", "attention_qkv_forward",
+                                "attention_qkv_backward"])
+def test_fp16_attention_on_cpu_arrays_is_a_clear_error(fn):
+    # fp16=True runs on CUDA arrays only; fp16=False is accepted (and ignored) on CPU arrays
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((1, 2, 5, 8)).astype(np.float32)
+    o, lse = ops.attention_forward(q, q, q)
+    qkv = rng.standard_normal((1, 5, 3 * 16)).astype(np.float32)
+    o2, lse2 = ops.attention_qkv_forward(qkv, 2)
+    args = {"attention_forward": (q, q, q), "attention_backward": (q, q, q, q, o, lse),
+            "attention_qkv_forward": (qkv, 2), "attention_qkv_backward": (o2, qkv, o2, lse2, 2)}[fn]
+    f = getattr(ops, fn)
+    with pytest.raises(TypeError, match=f"{fn}: fp16=True runs only on CUDA arrays"):
+        f(*args, fp16=True)
+    want, got = f(*args), f(*args, fp16=False)
+    for a, b in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+        np.testing.assert_array_equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------
 # On a GPU (tools/gpu_check.sh): every op against the CPU kernels, which are tested against float64.
 
@@ -272,28 +308,72 @@ def test_gpu_attention(B, H, Hkv, T, S, D, causal):
                                   (4, 8, 4, 33, 70, 64), (2, 2, 2, 300, 200, 128), (1, 2, 1, 700, 700, 64),
                                   (1, 2, 2, 33, 257, 24)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_attention_bf16(case, causal):
-    # bf16=True (autocast): the tensor-core kernels (head sizes 64, 128; the float32 ones on
-    # bf16-rounded operands otherwise), judged as the CPU kernels are: error against float64 at most
-    # 2x that of the same computation done plainly in bf16 (test_attention_bf16's definitions)
-    from test_attention_bf16 import make, maxerr, plain_bf16, reference
+@pytest.mark.parametrize("prec", ["bf16", "fp16"])
+def test_gpu_attention_16bit(case, causal, prec):
+    # bf16=True (autocast) / fp16=True: the tensor-core kernels (head sizes 64, 128; other head sizes
+    # take the float32 kernels on bf16-rounded operands, and are an error for fp16), judged as the
+    # CPU kernels are: error against float64 at most 2x that of the same computation done plainly in
+    # that type (test_attention_bf16's definitions, with fp16's rounding for fp16)
+    from test_attention_bf16 import fp16_round, make, maxerr, plain_bf16, reference
+    from fuzz_specs import bf16_round
     cp = _cp()
+    flag = {prec: True}
     q, k, v, do = make(np.random.default_rng(3), *case)
-    go, glse = ops.attention_forward(*map(cp.asarray, (q, k, v)), causal=causal, bf16=True)
-    gd = ops.attention_backward(*map(cp.asarray, (do, q, k, v)), go, glse, causal=causal, bf16=True)
+    B, H, Hkv, T, S, D = case
+    if prec == "fp16" and D not in (64, 128):
+        with pytest.raises(ValueError, match=f"attention_forward: fp16=True needs head dimension D 64 or 128, .*{D}"):
+            ops.attention_forward(*map(cp.asarray, (q, k, v)), causal=causal, **flag)
+        return
+    go, glse = ops.attention_forward(*map(cp.asarray, (q, k, v)), causal=causal, **flag)
+    gd = ops.attention_backward(*map(cp.asarray, (do, q, k, v)), go, glse, causal=causal, **flag)
     got = {n: cp.asnumpy(a) for n, a in zip(("o", "lse", "dq", "dk", "dv"), (go, glse, *gd))}
-    exact, plain = reference(q, k, v, do, causal), plain_bf16(q, k, v, do, causal)
+    exact = reference(q, k, v, do, causal)
+    plain = plain_bf16(q, k, v, do, causal, r=fp16_round if prec == "fp16" else bf16_round)
     for name in exact:
         err, budget = maxerr(got[name], exact[name]), maxerr(plain[name], exact[name])
-        assert err <= 2 * budget, f"{name}: error {err:.3g} > 2 x {budget:.3g}"
-    B, H, Hkv, T, S, D = case
+        if S == 1 and name in ("dq", "dk"):  # softmax over one key: dq = dk = 0; the budget's floor models
+            # float32's rounding of the D-term sums dP and delta that cancel there (float64 in the plain one)
+            budget = max(budget, 2 * D * 2.0 ** -24 * np.abs(do).max() * np.abs(v).max() / math.sqrt(D)
+                         * max(np.abs(q).max(), np.abs(k).max()))
+        assert err <= 2 * budget, f"{prec} {name}: error {err:.3g} > 2 x {budget:.3g}"
     if T == S:  # the packed entry points take the same kernels
         qkv = np.concatenate([x.transpose(0, 2, 1, 3).reshape(B, T, -1) for x in (q, k, v)], axis=-1)
-        o2, l2 = ops.attention_qkv_forward(cp.asarray(qkv), H, Hkv, causal=causal, bf16=True)
+        o2, l2 = ops.attention_qkv_forward(cp.asarray(qkv), H, Hkv, causal=causal, **flag)
         _close(o2, got["o"].transpose(0, 2, 1, 3).reshape(B, T, -1), 0, 0)
         d2 = ops.attention_qkv_backward(cp.asarray(do.transpose(0, 2, 1, 3).reshape(B, T, -1)), cp.asarray(qkv), o2,
-                                        l2, H, Hkv, causal=causal, bf16=True)
+                                        l2, H, Hkv, causal=causal, **flag)
         _close(d2[..., :H * D], got["dq"].transpose(0, 2, 1, 3).reshape(B, T, -1), 0, 0)
+
+
+@gpu
+@needs_gpu
+@pytest.mark.parametrize("D", [64, 128])
+def test_gpu_attention_fp16_scales_do(D):
+    # fp16 scales dO by a power of two into [1, 2) before rounding it and the gradients back: dO
+    # times 2^-30 (far below fp16's range) or 2^20 (far above it) gives the gradients times the
+    # same power of two, bit for bit
+    from test_attention_bf16 import make
+    cp = _cp()
+    q, k, v, do = map(cp.asarray, make(np.random.default_rng(5), 2, 4, 2, 77, 90, D))
+    o, lse = ops.attention_forward(q, k, v, causal=True, fp16=True)
+    want = ops.attention_backward(do, q, k, v, o, lse, causal=True, fp16=True)
+    for e in (-30, 20):
+        got = ops.attention_backward(do * 2.0 ** e, q, k, v, o, lse, causal=True, fp16=True)
+        for g, w in zip(got, want):
+            assert bool(cp.all(cp.isfinite(g)))
+            _close(g, w * 2.0 ** e, 0, 0)
+
+
+@gpu
+@needs_gpu
+def test_gpu_attention_16bit_bad_input():
+    cp = _cp()
+    q = cp.ones((1, 2, 5, 64), cp.float32)
+    with pytest.raises(ValueError, match="attention_backward: bf16 and fp16 cannot both be True"):
+        ops.attention_backward(q, q, q, q, q, cp.zeros((1, 2, 5), cp.float32), bf16=True, fp16=True)
+    qkv = cp.ones((1, 5, 3 * 2 * 32), cp.float32)
+    with pytest.raises(ValueError, match="attention_qkv_forward: fp16=True needs head dimension D 64 or 128"):
+        ops.attention_qkv_forward(qkv, 2, fp16=True)
 
 
 @gpu

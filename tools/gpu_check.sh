@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of the CUDA path, in one run (about 5-8 minutes on one H100/H200):
 #   1. build fusegrad in place with CMake (FUSEGRAD_CUDA=on: fails loudly without nvcc);
-#   2. pytest -m cuda (every CUDA op against the CPU kernels and float64 references; the
-#      cuBLASLt products in float32/float16/bfloat16 with their epilogues; tensors, the optimizers
-#      and a tiny GPT training on the GPU against the CPU run) plus the host-side CUDA tests;
+#   2. pytest -m cuda (every CUDA op against the CPU kernels and float64 references; bf16 and
+#      fp16 tensor-core attention by the error-budget rule; the cuBLASLt products in
+#      float32/float16/bfloat16 with their epilogues; tensors, the optimizers and a tiny GPT
+#      training on the GPU against the CPU run) plus the host-side CUDA tests;
 #   3. a short benchmark against PyTorch CUDA in the same run (bench/bench_cuda.py).
 # Results and logs go to the folder given as $1, else $OUT (the device tool's), else ./gpu_check_out.
 # Needs: nvcc, cmake, ninja, pybind11, numpy, cupy, pytest (torch for the benchmark); no network.

@@ -75,19 +75,23 @@ void attention_backward(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, H
 void attention_delta(float* delta, const float* dO, Heads Ldo, const float* o, Heads Lo, int64_t B, int64_t H,
                      int64_t T, int64_t D, cudaStream_t s);
 
-// attention_tc.cu: the same operations with bf16 tensor-core products (WMMA, sm_80 and later), the
-// CPU kernels' bf16=True arithmetic: q, k, v and dO rounded to bf16, P and scale * dS rounded to
-// bf16 before their products, softmax statistics, sums and outputs float32. Head sizes for which
-// attention_tc_supported(D); the arguments as attention_forward / attention_backward.
+// attention_tc.cu: the same operations with 16-bit tensor-core products (WMMA, sm_80 and later),
+// one kernel source for both types: q, k, v and dO rounded to bf16 (the CPU kernels' bf16=True
+// arithmetic) or fp16, P and scale * dS rounded to that type before their products, softmax
+// statistics, sums and outputs float32. fp16 scales dO by a power of two into its range and the
+// gradients back (attention_tc.cu's header). Head sizes for which attention_tc_supported(D); the
+// arguments as attention_forward / attention_backward, except that with fp16 the backward's `work`
+// holds B*H*T + 1 floats (the last: the max |dO|).
+enum class TcType : int { bf16 = 0, fp16 = 1 };
 bool attention_tc_supported(int64_t D);
 void attention_forward_tc(float* o, Heads Lo, float* lse, const float* q, Heads Lq, const float* k, Heads Lk,
                           const float* v, Heads Lv, int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t S,
-                          int64_t D, bool causal, float scale, cudaStream_t s);
+                          int64_t D, bool causal, float scale, cudaStream_t s, TcType t);
 void attention_backward_tc(float* dq, Heads Ldq, float* dk, Heads Ldk, float* dv, Heads Ldv, float* work,
                            const float* dO, Heads Ldo, const float* q, Heads Lq, const float* k, Heads Lk,
                            const float* v, Heads Lv, const float* o, Heads Lo, const float* lse, int64_t B,
                            int64_t H, int64_t Hkv, int64_t T, int64_t S, int64_t D, bool causal, float scale,
-                           cudaStream_t s);
+                           cudaStream_t s, TcType t);
 
 // bias / residual epilogue of linear (the product itself is cuBLAS's): y (N, O) += bias[o] (+ residual);
 // db (O,) = column sums of dy (N, O), over fixed row chunks in order; `work` holds

@@ -95,4 +95,16 @@ FG_HD float bf16_value(uint16_t b) {
   return x;
 }
 
+// The power of two 2^e that brings a largest magnitude amax into [1, 2); 1 where amax is 0, inf or
+// NaN (nothing to scale, or nothing a scale can save); e within [-126, 126], so 2^e and 2^-e are
+// normal floats and multiplying by either is exact. fp16 attention multiplies dO by it before
+// rounding to fp16 and its gradients by 2^-e (attention_tc.cu: loss scaling inside the kernel).
+FG_HD float pow2_scale(float amax) {
+  if (!(amax > 0.f && amax <= 3.4028234663852886e38f)) return 1.f;
+  int e = 0;
+  frexpf(amax, &e);  // amax = m 2^e, m in [0.5, 1): amax 2^(1 - e) is in [1, 2)
+  const int s = 1 - e < -126 ? -126 : (1 - e > 126 ? 126 : 1 - e);
+  return ldexpf(1.f, s);
+}
+
 }  // namespace fg::cuda_math

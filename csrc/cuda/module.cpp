@@ -68,6 +68,7 @@ py::array_t<float> host_math(const py::array_t<float, py::array::c_style | py::a
   else if (fn == "gelu_erf_grad") f = cm::gelu_erf_grad;
   else if (fn == "sigmoid") f = cm::sigmoid;
   else if (fn == "relu") f = cm::relu;
+  else if (fn == "pow2_scale") f = cm::pow2_scale;
   else throw py::value_error("_host_math: unknown function '" + fn + "'");
   for (int64_t i = 0; i < n; ++i) py_[i] = f(px[i]);
   return y;
@@ -228,10 +229,17 @@ PYBIND11_MODULE(_cuda, m) {
   };
   m.def("attention_forward", attn_forward(&fc::attention_forward, "attention_forward"));
   m.def("attention_backward", attn_backward(&fc::attention_backward, "attention_backward"));
-  m.def("attention_forward_tc", attn_forward(&fc::attention_forward_tc, "attention_forward (bf16)"));
-  m.def("attention_backward_tc", attn_backward(&fc::attention_backward_tc, "attention_backward (bf16)"));
+  // the tensor-core kernels, once per 16-bit type (fp16: `work` holds B*H*T + 1 floats)
+  for (const auto t : {fc::TcType::bf16, fc::TcType::fp16}) {
+    const std::string sfx = t == fc::TcType::fp16 ? "_fp16" : "";
+    const std::string what = t == fc::TcType::fp16 ? " (fp16)" : " (bf16)";
+    m.def(("attention_forward_tc" + sfx).c_str(),
+          attn_forward([t](auto... a) { fc::attention_forward_tc(a..., t); }, "attention_forward" + what));
+    m.def(("attention_backward_tc" + sfx).c_str(),
+          attn_backward([t](auto... a) { fc::attention_backward_tc(a..., t); }, "attention_backward" + what));
+  }
   m.def("attention_tc_supported", &fc::attention_tc_supported,
-        "The bf16 tensor-core attention kernels take this head size.");
+        "The bf16 and fp16 tensor-core attention kernels take this head size.");
   m.def("lt_load", &fc::lt_load, py::arg("candidates"),
         "dlopen the first cuBLASLt library in candidates that has the entry points; returns its path\n"
         "(RuntimeError listing every path tried and why, when none does). Once loaded, stays loaded.");

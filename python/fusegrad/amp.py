@@ -48,7 +48,8 @@ class autocast(contextlib.ContextDecorator):
         name = getattr(dtype, "__name__", None) or str(dtype)
         name = name.replace("torch.", "")
         if name not in _DTYPES:
-            raise ValueError(f"autocast: dtype must be 'bfloat16' (the only low precision with CPU kernels), got {dtype!r}")
+            raise ValueError(f"autocast: dtype must be 'bfloat16' (the only low precision with CPU kernels; float16 "
+                             f"attention runs on CUDA arrays with fusegrad.ops.attention_*(fp16=True)), got {dtype!r}")
         if not isinstance(enabled, bool):
             raise TypeError(f"autocast: enabled must be a bool, got {type(enabled).__name__}")
         self.dtype, self.enabled = _DTYPES[name], enabled

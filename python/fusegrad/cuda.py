@@ -4,7 +4,8 @@
 driver answer). The functions below have the names, arguments and results of :mod:`fusegrad.ops`
 and take CuPy arrays (``fusegrad.ops`` sends CUDA arrays here: CuPy, anything with
 ``__cuda_array_interface__`` or a CUDA DLPack capsule); they return CuPy arrays allocated on the
-caller's current CuPy stream and launch on that stream. float32 throughout; matrix products (also
+caller's current CuPy stream and launch on that stream. float32 throughout (attention also with
+bfloat16 or float16 tensor-core products: ``bf16=True`` / ``fp16=True``); matrix products (also
 float16, and bfloat16 operands with float32 sums) are cuBLASLt's, loaded at first use (see
 :func:`load_cublaslt`, :func:`matmul_info`; CuPy's cuBLAS where it cannot be loaded, counted in
 ``matmul_counts``), everything else is fusegrad's own kernels (csrc/cuda).
@@ -373,11 +374,19 @@ def _attn_shapes(q, k, v, fn):
     return B, H, Hkv, T, S, D
 
 
-def _attn_kernels(bf16, D, *operands):
-    """(forward, backward, operands) for the attention arithmetic asked for: float32, or with
-    bf16=True (autocast) the bf16 tensor-core kernels where they take this head size, else the
-    float32 kernels on bf16-rounded operands (P and dS then stay float32: less rounding, inside
-    the error budget of the bf16 computation)."""
+def _attn_kernels(bf16, fp16, D, fn, *operands):
+    """(forward, backward, operands) for the attention arithmetic asked for: float32; with bf16=True
+    (autocast) the bf16 tensor-core kernels where they take this head size, else the float32 kernels
+    on bf16-rounded operands (P and dS then stay float32: less rounding, inside the error budget of
+    the bf16 computation); with fp16=True the fp16 tensor-core kernels (head sizes they take only:
+    the float32 kernels on fp16-rounded operands would lack their scaling of dO into fp16's range)."""
+    if bf16 and fp16:
+        raise ValueError(f"{fn}: bf16 and fp16 cannot both be True (one 16-bit type per call)")
+    if fp16:
+        if not _cuda.attention_tc_supported(D):
+            raise ValueError(f"{fn}: fp16=True needs head dimension D 64 or 128 (the fp16 tensor-core kernels), "
+                             f"got {D}; use bf16=True or float32 for other head sizes")
+        return _cuda.attention_forward_tc_fp16, _cuda.attention_backward_tc_fp16, operands
     if not bf16:
         return _cuda.attention_forward, _cuda.attention_backward, operands
     if _cuda.attention_tc_supported(D):
@@ -386,26 +395,34 @@ def _attn_kernels(bf16, D, *operands):
             tuple(None if a is None else _bf16_values(a) for a in operands))
 
 
-def attention_forward(q, k, v, causal=False, scale=None, bf16=False):
+def _attn_work(B, H, T):
+    """The backward's scratch: delta per query row, and the fp16 kernels' max |dO| after it."""
+    return _empty((B * H * T + 1,))
+
+
+def attention_forward(q, k, v, causal=False, scale=None, bf16=False, fp16=False):
+    """fusegrad.ops.attention_forward on the GPU. bf16=True / fp16=True: the products on tensor
+    cores with q, k, v (and P) rounded to that type, float32 softmax statistics, sums and results
+    (fp16: head sizes 64 and 128 only)."""
     fn = "attention_forward"
     q, k, v = _arr(q, fn, "q"), _arr(k, fn, "k"), _arr(v, fn, "v")
     B, H, Hkv, T, S, D = _attn_shapes(q, k, v, fn)
+    fwd, _, (q, k, v) = _attn_kernels(bf16, fp16, D, fn, q, k, v)
     o, lse = _empty(q.shape), _empty((B, H, T))
     Lq, Lk = _heads_contig(H, T, D), _heads_contig(Hkv, S, D)
-    fwd, _, (q, k, v) = _attn_kernels(bf16, D, q, k, v)
     fwd(_p(o), Lq, _p(lse), _p(q), Lq, _p(k), Lk, _p(v), Lk, B, H, Hkv, T, S, D, bool(causal), _scale(scale, D), _s())
     return o, lse
 
 
-def attention_backward(do, q, k, v, o, lse, causal=False, scale=None, bf16=False):
+def attention_backward(do, q, k, v, o, lse, causal=False, scale=None, bf16=False, fp16=False):
     fn = "attention_backward"
     q, k, v = _arr(q, fn, "q"), _arr(k, fn, "k"), _arr(v, fn, "v")
     B, H, Hkv, T, S, D = _attn_shapes(q, k, v, fn)
     do, o = _opt(do, fn, "do", q.shape), _opt(o, fn, "o", q.shape)
     lse = _opt(lse, fn, "lse", (B, H, T))
-    dq, dk, dv, work = _empty(q.shape), _empty(k.shape), _empty(v.shape), _empty((max(1, B * H * T),))
+    _, bwd, (do, q, k, v) = _attn_kernels(bf16, fp16, D, fn, do, q, k, v)
+    dq, dk, dv, work = _empty(q.shape), _empty(k.shape), _empty(v.shape), _attn_work(B, H, T)
     Lq, Lk = _heads_contig(H, T, D), _heads_contig(Hkv, S, D)
-    _, bwd, (do, q, k, v) = _attn_kernels(bf16, D, do, q, k, v)
     bwd(_p(dq), Lq, _p(dk), Lk, _p(dv), Lk, _p(work), _p(do), Lq, _p(q), Lq, _p(k), Lk, _p(v), Lk,
         _p(o), Lq, _p(lse), B, H, Hkv, T, S, D, bool(causal), _scale(scale, D), _s())
     return dq, dk, dv
@@ -429,24 +446,25 @@ def _packed(qkv, n_head, n_kv_head, fn):
     return qkv, B, T, H, Hkv, D, L, Lo
 
 
-def attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
+def attention_qkv_forward(qkv, n_head, n_kv_head=None, causal=False, scale=None, bf16=False, fp16=False):
     fn = "attention_qkv_forward"
     qkv, B, T, H, Hkv, D, L, Lo = _packed(qkv, n_head, n_kv_head, fn)
+    fwd, _, (qkv,) = _attn_kernels(bf16, fp16, D, fn, qkv)
     o, lse = _empty((B, T, H * D)), _empty((B, H, T))
-    fwd, _, (qkv,) = _attn_kernels(bf16, D, qkv)
     base, isz = _p(qkv), 4
     fwd(_p(o), Lo, _p(lse), base, L, base + H * D * isz, L, base + (H + Hkv) * D * isz, L,
         B, H, Hkv, T, T, D, bool(causal), _scale(scale, D), _s())
     return o, lse
 
 
-def attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None, bf16=False):
+def attention_qkv_backward(do, qkv, o, lse, n_head, n_kv_head=None, causal=False, scale=None, bf16=False,
+                           fp16=False):
     fn = "attention_qkv_backward"
     qkv, B, T, H, Hkv, D, L, Lo = _packed(qkv, n_head, n_kv_head, fn)
     do, o = _opt(do, fn, "do", (B, T, H * D)), _opt(o, fn, "o", (B, T, H * D))
     lse = _opt(lse, fn, "lse", (B, H, T))
-    dqkv, work = _empty(qkv.shape), _empty((max(1, B * H * T),))
-    _, bwd, (do, qkv) = _attn_kernels(bf16, D, do, qkv)
+    _, bwd, (do, qkv) = _attn_kernels(bf16, fp16, D, fn, do, qkv)
+    dqkv, work = _empty(qkv.shape), _attn_work(B, H, T)
     base, dbase, isz = _p(qkv), _p(dqkv), 4
     ko, vo = H * D * isz, (H + Hkv) * D * isz
     bwd(dbase, L, dbase + ko, L, dbase + vo, L, _p(work), _p(do), Lo, base, L, base + ko, L,

@@ -47,6 +47,11 @@ INPLACE = {
     "matmul": ("out",),
 }
 
+#: keyword arguments that only the CUDA kernels take (fusegrad.cuda): on CPU arrays False is
+#: dropped and True is a TypeError saying so
+CUDA_ONLY = {n: ("fp16",) for n in ("attention_forward", "attention_backward", "attention_qkv_forward",
+                                    "attention_qkv_backward")}
+
 # Argument types that go to the kernel unchanged (the NumPy fast path).
 _PLAIN = frozenset({np.ndarray, float, int, bool, str, type(None),
                     np.float32, np.float64, np.int32, np.int64, np.bool_})
@@ -170,6 +175,15 @@ def _cuda_call(name, cv, args, kwargs):
     return r
 
 
+def _cpu_kwargs(name, kwargs):
+    """kwargs for a CPU kernel: CUDA_ONLY flags that are False dropped, True ones an error."""
+    for k in CUDA_ONLY.get(name, ()):
+        if k in kwargs and kwargs[k]:
+            raise TypeError(f"{name}: {k}=True runs only on CUDA arrays (fusegrad.cuda's {k} tensor-core kernels); "
+                            f"the CPU kernels take bf16=True for mixed precision")
+    return {k: v for k, v in kwargs.items() if k not in CUDA_ONLY.get(name, ())}
+
+
 def _call_foreign(name, f, params, inplace, args, kwargs):
     cv = _Converted()
     nargs = []
@@ -182,7 +196,7 @@ def _call_foreign(name, f, params, inplace, args, kwargs):
             raise ValueError(f"{name}: all arrays must be on one device; got a CUDA array "
                              f"({cv.cuda}) mixed with CPU arrays")
         return _cuda_call(name, cv, args, kwargs)
-    return _from_numpy(f(*nargs, **nkw), cv)
+    return _from_numpy(f(*nargs, **_cpu_kwargs(name, nkw)), cv)
 
 
 def _all_plain(args, kwargs):
@@ -200,6 +214,8 @@ def _wrap(name, f):
             return f(*args, **kwargs)
         except TypeError:
             if _all_plain(args, kwargs):
+                if name in CUDA_ONLY and any(k in kwargs for k in CUDA_ONLY[name]):
+                    return f(*args, **_cpu_kwargs(name, kwargs))
                 raise
         return _call_foreign(name, f, params, inplace, args, kwargs)
 
