@@ -419,6 +419,36 @@ def test_gpu_linear_epilogues(N, K, O, dt, lt_counts):
 
 @gpu
 @needs_gpu
+@pytest.mark.parametrize("M, K, N", [(64, 1 << 16, 64), (8, 8192, 4096)])
+def test_gpu_concurrent_streams_keep_their_workspaces(M, K, N, lt_counts):
+    # long-K products (the shapes whose algorithms take a split-K workspace) launched alternately on
+    # two streams, so they run at once: each gives what it gives alone (each product has its own
+    # workspace, allocated in stream order; a shared one mixes another product's partial sums in)
+    cp = _cp()
+    rng = np.random.default_rng(12)
+    pairs = [tuple(cp.asarray(rng.standard_normal(s).astype(np.float32)) for s in ((M, K), (K, N)))
+             for _ in range(4)]
+    alone = [ops.matmul(a, b) for a, b in pairs]
+    cp.cuda.get_current_stream().synchronize()
+    streams = [cp.cuda.Stream(non_blocking=True) for _ in range(2)]
+    got = []
+    for rep in range(8):
+        for i, (a, b) in enumerate(pairs):
+            with streams[(i + rep) % 2]:
+                got.append((i, ops.matmul(a, b)))
+    for s in streams:
+        s.synchronize()
+    for i, g in got:
+        a, b = pairs[i]
+        # the worst-case rounding of two float32 sums of K products (another reduction order is allowed)
+        tol = 2 * K * 2.0 ** -24 * float(cp.abs(a).max()) * float(cp.abs(b).max())
+        err = float(cp.abs(g - alone[i]).max())
+        assert err <= tol, f"product {i} differs by {err:.3g} (> {tol:.3g}) when run beside another stream's"
+    _ran_on_lt(*lt_counts)
+
+
+@gpu
+@needs_gpu
 def test_gpu_cupy_fallback_and_tf32_opt_in(monkeypatch):
     cp = _cp()
     rng = np.random.default_rng(7)

@@ -12,6 +12,15 @@
 // Plans (the matmul descriptor, four layouts and the heuristic's algorithm) are cached per shape,
 // transposes, types, epilogue, batch, pointer alignment and device, so a training step's repeated
 // shapes ask the heuristic once. One mutex guards the cache and the descriptors' pointer attributes.
+//
+// Workspace: each product gets its own, allocated on its stream just before cublasLtMatmul and
+// freed on that stream right after (stream-ordered, from a memory pool of ours per device that
+// keeps freed blocks for reuse). Products running at once on two streams thus never share
+// scratch memory, while products in order on one stream reuse one block. (One buffer per device
+// would let two streams' products overwrite each other's workspace; one per (device, stream)
+// would grow with every stream ever used, and a destroyed stream's handle can come back for a
+// new stream while the old one's product still runs.) A plan whose algorithm needs no workspace
+// allocates nothing; a device without memory pools gets plans limited to none.
 #include <dlfcn.h>
 
 #include <cstring>
@@ -111,8 +120,8 @@ struct Plan {
 
 struct DeviceState {
   lt::Handle handle = nullptr;
-  void* workspace = nullptr;
-  size_t ws_bytes = 0;
+  cudaMemPool_t pool = nullptr;  // the products' workspaces (null: the device has no memory pools)
+  size_t ws_bytes = 0;           // the most workspace a plan may ask for
 };
 
 // Leaked on purpose: nothing to destroy while CUDA and the library are being torn down at exit.
@@ -125,8 +134,21 @@ DeviceState& device_state(int dev) {
     lt_check(g_api.create(&s.handle), "cublasLtCreate");
     cudaDeviceProp prop;
     FG_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    s.ws_bytes = prop.major >= 9 ? (size_t(32) << 20) : (size_t(4) << 20);  // NVIDIA's advice: 32 MiB on Hopper, 4 MiB before
-    FG_CUDA_CHECK(cudaMalloc(&s.workspace, s.ws_bytes));
+    int pools = 0;
+    FG_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev));
+    if (pools) {
+      cudaMemPoolProps props{};
+      props.allocType = cudaMemAllocationTypePinned;
+      props.handleTypes = cudaMemHandleTypeNone;
+      props.location.type = cudaMemLocationTypeDevice;
+      props.location.id = dev;
+      FG_CUDA_CHECK(cudaMemPoolCreate(&s.pool, &props));
+      // keep freed blocks (one per stream with a product in flight) instead of releasing them at
+      // every synchronization
+      uint64_t keep = ~uint64_t(0);
+      FG_CUDA_CHECK(cudaMemPoolSetAttribute(s.pool, cudaMemPoolAttrReleaseThreshold, &keep));
+      s.ws_bytes = prop.major >= 9 ? (size_t(32) << 20) : (size_t(4) << 20);  // NVIDIA's advice: 32 MiB on Hopper, 4 MiB before
+    }
   }
   return s;
 }
@@ -300,8 +322,11 @@ std::string lt_matmul(const Gemm& g, void* d, const void* a, const void* b, cons
   if (g.epi == Epi::gelu_bias || g.epi == Epi::dgelu_bgrad)
     lt_check(g_api.desc_set(p.desc, lt::kDescEpilogueAuxPointer, &aux, sizeof aux), "set aux pointer");
   const float alpha = 1.f, beta = g.accumulate ? 1.f : 0.f;
-  const lt::Status st = g_api.matmul(ds.handle, p.desc, &alpha, b, p.a, a, p.b, &beta, d, p.d, d, p.d, &p.algo,
-                                     ds.workspace, p.ws, s);
+  void* ws = nullptr;  // this product's workspace, in stream order on s (see the header)
+  if (p.ws) FG_CUDA_CHECK(cudaMallocFromPoolAsync(&ws, p.ws, ds.pool, s));
+  const lt::Status st = g_api.matmul(ds.handle, p.desc, &alpha, b, p.a, a, p.b, &beta, d, p.d, d, p.d, &p.algo, ws,
+                                     p.ws, s);
+  if (ws) FG_CUDA_CHECK(cudaFreeAsync(ws, s));
   if (st == lt::kNotSupported) return "cublasLtMatmul: " + status_text(st) + " for " + key;
   lt_check(st, "cublasLtMatmul");
   return "";
