@@ -19,8 +19,8 @@ from fusegrad import _torch_cuda as tc  # noqa: E402
 from fusegrad import cuda  # noqa: E402
 
 
-def _t(device="cuda:0", dtype=None, n=6):
-    return SimpleNamespace(device=torch.device(device), dtype=dtype or torch.float32, numel=lambda: n)
+def _t(device="cuda:0", dtype=None, n=6, shape=(1, 1, 1, 64)):
+    return SimpleNamespace(device=torch.device(device), dtype=dtype or torch.float32, numel=lambda: n, shape=shape)
 
 
 OK = dict(available=True, current_device=0, cublaslt=True)
@@ -41,7 +41,11 @@ OK = dict(available=True, current_device=0, cublaslt=True)
     ("layer_norm", [_t(dtype=torch.bfloat16)], [], {}, "cuda: dtype"),
     ("linear", [_t(dtype=torch.float16), _t()], [], {}, "cuda: dtype"),
     ("linear", [_t(dtype=torch.float64)], [], {}, "cuda: dtype"),
-    ("scaled_dot_product_attention", [_t(dtype=torch.float16)], [], {}, "cuda: dtype"),
+    ("scaled_dot_product_attention", [_t(dtype=torch.float16)], [], {}, ""),
+    ("scaled_dot_product_attention", [_t(dtype=torch.float16, shape=(2, 1, 3, 128))], [], {}, ""),
+    ("scaled_dot_product_attention", [_t(dtype=torch.float16, shape=(2, 1, 3, 40))], [], {}, "cuda: fp16 head size"),
+    ("scaled_dot_product_attention", [_t(dtype=torch.bfloat16, shape=(2, 1, 3, 40))], [], {}, ""),
+    ("scaled_dot_product_attention", [_t(dtype=torch.float64)], [], {}, "cuda: dtype"),
     ("scaled_dot_product_attention", [_t(dtype=torch.bfloat16)], [], {}, ""),
     ("gelu", [_t(n=0)], [], {}, "cuda: empty"),
     ("linear", [_t()], [], {"cublaslt": False}, "cuda: cuBLASLt is not loaded"),
@@ -185,13 +189,17 @@ def _budget(ours, theirs, want):
 
 @gpu
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B, H, Hkv, T, D, causal", [(1, 1, 1, 1, 64, False), (2, 4, 2, 37, 64, True),
                                                      (1, 2, 2, 130, 128, True), (1, 2, 2, 33, 40, False)])
 def test_gpu_sdpa(B, H, Hkv, T, D, causal, dtype, routed):
     (q, k, v, do), _ = _pair((B, H, T, D), (B, Hkv, T, D), (B, Hkv, T, D), (B, H, T, D), seed=3, dtype=dtype)
     o = fgt.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=H != Hkv)
     o.backward(do)
+    if dtype == torch.float16 and D not in (64, 128):  # fp16 kernels only on tensor cores: PyTorch's op
+        assert dict(fgt.fallback_counts) == {"scaled_dot_product_attention: cuda: fp16 head size": 1}
+        fgt.fallback_counts.clear()
+        return
     assert o.dtype == dtype and fgt.dispatch_counts["scaled_dot_product_attention -> fusegrad"] == 1
     rep = H // Hkv
     sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -7,8 +7,9 @@ The autograd Functions below hand the tensors' memory to the launchers as raw de
 the tensors' device and launch on **torch's current stream**, so they order with the rest of
 the model's work exactly as PyTorch's own ops do. No CuPy is involved.
 
-float32 for layer norm, GELU and cross-entropy (our kernels are float32); float32 and bfloat16 for
-attention (bf16: the tensor-core kernels of attention_tc.cu); float32, float16 and bfloat16 for
+float32 for layer norm, GELU and cross-entropy (our kernels are float32); float32, bfloat16 and
+float16 for attention (bf16, fp16: the tensor-core kernels of attention_tc.cu; fp16 at head sizes
+64 and 128 only, others go to PyTorch); float32, float16 and bfloat16 for
 linear (cuBLASLt, float32 sums, bias and bias-gradient epilogues).
 """
 from __future__ import annotations
@@ -24,10 +25,11 @@ DTYPES = {
     "layer_norm": (torch.float32,),
     "gelu": (torch.float32,),
     "cross_entropy": (torch.float32,),
-    "scaled_dot_product_attention": (torch.float32, torch.bfloat16),
+    "scaled_dot_product_attention": (torch.float32, torch.bfloat16, torch.float16),
     "linear": (torch.float32, torch.float16, torch.bfloat16),
 }
 _LT_NAME = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_TC_D = (64, 128)  # head sizes of the tensor-core attention kernels (attention_tc_supported)
 
 
 def route(name, tensors, also=(), *, available=None, current_device=None, cublaslt=None) -> str:
@@ -52,6 +54,8 @@ def route(name, tensors, also=(), *, available=None, current_device=None, cublas
         return "cuda: dtype"
     if any(t.numel() == 0 for t in tensors):
         return "cuda: empty"
+    if name == "scaled_dot_product_attention" and dt == torch.float16 and tensors[0].shape[-1] not in _TC_D:
+        return "cuda: fp16 head size"  # the fp16 kernels are the tensor-core ones only
     if name == "linear" and not (_cu._use_lt() if cublaslt is None else cublaslt):
         return "cuda: cuBLASLt is not loaded"
     return ""
@@ -168,20 +172,23 @@ def _heads(t):
 
 class Attention(torch.autograd.Function):
     """q (B, H, T, D), k, v (B, Hkv, S, D); causal masks aligned bottom-right (callers route
-    is_causal only where T == S, where that is PyTorch's top-left mask too). float32, or bfloat16:
-    the bf16 tensor-core kernels (attention_tc.cu: the CPU's bf16=True arithmetic on the float32
-    values the bf16 tensors hold) where they take D, else the float32 kernels; bf16 outputs."""
+    is_causal only where T == S, where that is PyTorch's top-left mask too). float32; bfloat16 or
+    float16: the tensor-core kernels of that type (attention_tc.cu: the CPU's bf16=True arithmetic,
+    or its fp16 twin, on the float32 values the tensors hold) where they take D (route sends fp16
+    only there), else (bf16) the float32 kernels; outputs and gradients in the inputs' dtype."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
         dt = q.dtype
-        q, k, v = (_c(t.float()) for t in (q, k, v)) if dt == torch.bfloat16 else (_c(q), _c(k), _c(v))
+        q, k, v = (_c(t.float()) for t in (q, k, v)) if dt != torch.float32 else (_c(q), _c(k), _c(v))
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-        tc = dt == torch.bfloat16 and _k().attention_tc_supported(D)
+        tc = "" if dt == torch.float32 or not _k().attention_tc_supported(D) else (
+            "_fp16" if dt == torch.float16 else "_bf16")
         o, lse = torch.empty_like(q), _empty((B, H, T), q)
-        fwd = _k().attention_forward_tc if tc else _k().attention_forward
+        fwd = {"": _k().attention_forward, "_bf16": _k().attention_forward_tc,
+               "_fp16": _k().attention_forward_tc_fp16}[tc]
         fwd(_p(o), _heads(o), _p(lse), _p(q), _heads(q), _p(k), _heads(k), _p(v), _heads(v), B, H, Hkv, T, S, D,
             bool(causal), scale, _s())
         ctx.save_for_backward(q, k, v, o, lse)
@@ -195,8 +202,9 @@ class Attention(torch.autograd.Function):
         B, H, T, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        work = _empty((max(1, B * H * T),), q)
-        bwd = _k().attention_backward_tc if ctx.tc else _k().attention_backward
+        work = _empty((B * H * T + 1,), q)  # delta per row, then fp16's max |dO|
+        bwd = {"": _k().attention_backward, "_bf16": _k().attention_backward_tc,
+               "_fp16": _k().attention_backward_tc_fp16}[ctx.tc]
         bwd(_p(dq), _heads(dq), _p(dk), _heads(dk), _p(dv), _heads(dv), _p(work), _p(do), _heads(do), _p(q), _heads(q),
             _p(k), _heads(k), _p(v), _heads(v), _p(o), _heads(o), _p(lse), B, H, Hkv, T, S, D, ctx.causal, ctx.scale,
             _s())
