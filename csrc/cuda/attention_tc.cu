@@ -3,7 +3,8 @@
 // rounded to E as their tiles are loaded; the probabilities P (for P V and P^T dO) and scale * dS
 // (for dS K and dS^T Q) are rounded to E before their products; softmax statistics, every sum and
 // every output are float32. delta = rowsum(dO * O) takes the rounded dO, as dP = dO V^T does (the
-// CPU kernels round dO once, before both), so a row that sees one key gets dS = 0 exactly.
+// CPU kernels round dO once, before both), so dP - delta carries no rounding of dO that the other
+// lacks: where a row sees one key (exact dS = 0), dS is only the float32 sums' rounding.
 //
 // Where the two types differ (Lowp<E> below): bf16 has float32's exponent range and 8 significant
 // bits; fp16 has 11 (a tighter error budget) but a range of about 6e-8 (subnormal) to 65504.
@@ -23,7 +24,7 @@
 //
 // Layout of the work (flash-attention 2's): a block of 4 warps takes 64 rows (queries, or keys in
 // the dK/dV kernel), 16 per warp, and walks the other side in tiles of 64 staged in shared memory
-// as bf16. Products are WMMA 16 x 16 x 16 bf16 fragments with float32 accumulators: S = Q K^T and
+// as E. Products are WMMA 16 x 16 x 16 E fragments with float32 accumulators: S = Q K^T and
 // dP = dO V^T go to shared memory, where the warp's lanes apply the mask, the online softmax (or
 // the recomputed P = exp(scale S - lse)) and dS = P (dP - delta) row by row. The forward output
 // lives in shared memory as float32 (each new key tile rescales its rows by exp(m_old - m_new),
@@ -295,8 +296,8 @@ __global__ void attn_do_amax(unsigned* amax, const float* dO, Heads Ldo, int64_t
   if (lane == 0 && mx) atomicMax(amax, mx);
 }
 
-// delta[row] = sum_d round(dO * sc) * o: the rounded (and scaled) dO of the products, so that
-// dP - delta is exactly 0 where P has one nonzero entry. One warp per row, fixed order.
+// delta[row] = sum_d round(dO * sc) * o: the rounded (and scaled) dO of the products dP = dO V^T,
+// so the two differ by no rounding of dO. One warp per row, fixed order.
 template <typename E>
 __global__ void attn_delta_tc(float* delta, const float* dO, Heads Ldo, const float* o, Heads Lo,
                               const unsigned* amax, int64_t H, int64_t rows, int64_t T, int64_t D) {
