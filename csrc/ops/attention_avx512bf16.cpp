@@ -92,14 +92,37 @@ inline void rows_interleaved(uint32_t* dst, const float* a, const float* b, int6
     _mm512_storeu_si512(dst + d, interleave(_mm512_loadu_ps(a + d), b ? _mm512_loadu_ps(b + d) : _mm512_setzero_ps()));
 }
 
+// x[i] lane j <- x[j] lane i: a 16 x 16 transpose of 32-bit elements (4 x 4 blocks inside the 128-bit
+// lanes, then the blocks across lanes).
+inline void transpose16(__m512i (&x)[16]) {
+  __m512i u[16];
+  for (int g = 0; g < 16; g += 4) {
+    const __m512i t0 = _mm512_unpacklo_epi32(x[g], x[g + 1]), t1 = _mm512_unpackhi_epi32(x[g], x[g + 1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(x[g + 2], x[g + 3]), t3 = _mm512_unpackhi_epi32(x[g + 2], x[g + 3]);
+    u[g] = _mm512_unpacklo_epi64(t0, t2);  // lane k: column 4k + (0..3) of rows g..g+3
+    u[g + 1] = _mm512_unpackhi_epi64(t0, t2);
+    u[g + 2] = _mm512_unpacklo_epi64(t1, t3);
+    u[g + 3] = _mm512_unpackhi_epi64(t1, t3);
+  }
+  for (int j = 0; j < 4; ++j) {
+    const __m512i a = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x88), b = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xdd);
+    const __m512i c = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x88), d = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xdd);
+    x[j] = _mm512_shuffle_i32x4(a, c, 0x88);
+    x[4 + j] = _mm512_shuffle_i32x4(b, d, 0x88);
+    x[8 + j] = _mm512_shuffle_i32x4(a, c, 0xdd);
+    x[12 + j] = _mm512_shuffle_i32x4(b, d, 0xdd);
+  }
+}
+
 // dst[p * ld + r] = the bf16 pair (x_r[2p], x_r[2p + 1]) of row x_r = X + r * st for r < n, zero for
-// n <= r < npad: a tile of rows as a B operand with one row per lane, pairs along D.
+// n <= r < npad (npad % 16 == 0): a tile of rows as a B operand with one row per lane, pairs along D.
 inline void tile_pairs(uint32_t* dst, int64_t ld, const float* X, int64_t st, int64_t n, int64_t npad, int64_t D) {
-  alignas(64) uint32_t row[16];
-  for (int64_t r = 0; r < npad; ++r)
+  for (int64_t r0 = 0; r0 < npad; r0 += 16)
     for (int64_t d = 0; d < D; d += 32) {
-      _mm512_store_si512(row, r < n ? pairs32(X + r * st + d, D - d) : _mm512_setzero_si512());
-      for (int64_t p = 0; p < 16 && d / 2 + p < D / 2; ++p) dst[(d / 2 + p) * ld + r] = row[p];
+      __m512i x[16];
+      for (int i = 0; i < 16; ++i) x[i] = r0 + i < n ? pairs32(X + (r0 + i) * st + d, D - d) : _mm512_setzero_si512();
+      transpose16(x);
+      for (int64_t p = 0; p < 16 && d / 2 + p < D / 2; ++p) _mm512_storeu_si512(dst + (d / 2 + p) * ld + r0, x[p]);
     }
 }
 
@@ -120,45 +143,59 @@ void for_key_pairs(const float* k, HeadLayout Lk, const float* v, HeadLayout Lv,
 // e^x for 16 floats: exp_softmax of csrc/simd/vec_math.h (attention_body.h's exp, on 16 lanes).
 inline __m512 fast_exp16(__m512 x) { return exp_softmax(Vf{x}).v; }
 
-// C (M x 16, ldc) (+)= sum_p A[i * ars + p * acs] (a bf16 pair) . B[p * ldb + 0..15] (16 pairs),
-// P pair steps, one VDPBF16PS per row and step.
-template <int M>
+// C (M x 16 NV, ldc) (+)= sum_p A[i * ars + p * acs] (a bf16 pair) . B[p * ldb + 0..16 NV) (16 NV pairs),
+// P pair steps, NV VDPBF16PS per row and step. (Each lane sums its products in p order whatever M and
+// NV are, so the micro-tile shape never changes the bits.)
+template <int M, int NV>
 __attribute__((always_inline)) inline void mk(float* __restrict C, int64_t ldc, const uint32_t* __restrict A,
                                               int64_t ars, int64_t acs, const uint32_t* __restrict B, int64_t ldb,
                                               int64_t P, bool acc) {
-  __m512 c[M];
+  __m512 c[M][NV];
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) c[i] = acc ? _mm512_loadu_ps(C + i * ldc) : _mm512_setzero_ps();
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < NV; ++j) c[i][j] = acc ? _mm512_loadu_ps(C + i * ldc + 16 * j) : _mm512_setzero_ps();
   for (int64_t p = 0; p < P; ++p) {
-    const __m512bh b = (__m512bh)_mm512_loadu_si512(B + p * ldb);
+    __m512bh b[NV];
+    for (int j = 0; j < NV; ++j) b[j] = (__m512bh)_mm512_loadu_si512(B + p * ldb + 16 * j);
     const uint32_t* a = A + p * acs;
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i)
-      c[i] = _mm512_dpbf16_ps(c[i], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * ars])), b);
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) _mm512_storeu_ps(C + i * ldc, c[i]);
-}
-
-// C (M x N) (+)= A B over P pairs, N % 16 == 0, on 8 x 16 micro-tiles.
-inline void dp_gemm(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs, const uint32_t* B, int64_t ldb,
-                 int64_t M, int64_t N, int64_t P, bool acc) {
-  for (int64_t n = 0; n < N; n += 16) {
-    int64_t i = 0;
-    for (; i + 8 <= M; i += 8) mk<8>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, P, acc);
-    float* c = C + i * ldc + n;
-    const uint32_t* a = A + i * ars;
-    switch (M - i) {
-      case 7: mk<7>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 6: mk<6>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 5: mk<5>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 4: mk<4>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 3: mk<3>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 2: mk<2>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      case 1: mk<1>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-      default: break;
+    for (int i = 0; i < M; ++i) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i * ars]));
+      for (int j = 0; j < NV; ++j) c[i][j] = _mm512_dpbf16_ps(c[i][j], ai, b[j]);
     }
   }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < NV; ++j) _mm512_storeu_ps(C + i * ldc + 16 * j, c[i][j]);
+}
+
+// Columns [n, n + 16 NV) of C (M x N) (+)= A B: 8-row micro-tiles, then the rest of M.
+template <int NV>
+inline void dp_cols(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs, const uint32_t* B, int64_t ldb,
+                    int64_t M, int64_t n, int64_t P, bool acc) {
+  int64_t i = 0;
+  for (; i + 8 <= M; i += 8) mk<8, NV>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, P, acc);
+  float* c = C + i * ldc + n;
+  const uint32_t* a = A + i * ars;
+  switch (M - i) {
+    case 7: mk<7, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 6: mk<6, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 5: mk<5, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 4: mk<4, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 3: mk<3, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 2: mk<2, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 1: mk<1, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    default: break;
+  }
+}
+
+// C (M x N) (+)= A B over P pairs, N % 16 == 0: 8 x 32 micro-tiles (16 accumulators, enough to hide
+// VDPBF16PS's latency), a last 16 columns on 8 x 16.
+inline void dp_gemm(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs, const uint32_t* B, int64_t ldb,
+                    int64_t M, int64_t N, int64_t P, bool acc) {
+  int64_t n = 0;
+  for (; n + 32 <= N; n += 32) dp_cols<2>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc);
+  if (n < N) dp_cols<1>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc);
 }
 
 // Runs body(next) on up to get_num_threads() threads; next() hands out 0..n-1, then -1.
@@ -403,31 +440,36 @@ bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout 
     bwd_tile(w, Kd.data() + (hk * S + j0) * D2, Vd.data() + (hk * S + j0) * D2, Qt.data() + at, dOt.data() + at,
              lse + bh * Tq + i0, Di + bh * Tq + i0, imin(kQ, Tq - i0), imin(kK, S - j0), D2, diag, scale, kv, qq);
   };
-  // dV += P^T dO and dK += dS^T Q for the tile's keys (summed over query pairs)
+  // dV (+)= P^T dO and dK (+)= dS^T Q for the tile's keys (summed over query pairs): the first product
+  // into a key tile overwrites it
   auto kv_products = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0) {
+    const bool acc = bh != (bh / H) * H + (bh % H) / G * G || i0 != first_qtile(j0);
     const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk = imin(kK, S - j0), nr2 = (imin(kQ, Tq - i0) + 1) / 2;
     const int64_t at = (bh * T2 + i0 / 2) * D;
-    dp_gemm(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, w.Pr.data(), kQ / 2, 1, dOp.data() + at, D, nk, D, nr2, true);
-    dp_gemm(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, w.dSr.data(), kQ / 2, 1, Qp.data() + at, D, nk, D, nr2, true);
+    dp_gemm(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, w.Pr.data(), kQ / 2, 1, dOp.data() + at, D, nk, D, nr2, acc);
+    dp_gemm(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, w.dSr.data(), kQ / 2, 1, Qp.data() + at, D, nk, D, nr2, acc);
   };
-  // dQ += dS K for the tile's queries (summed over key pairs)
+  // dQ (+)= dS K for the tile's queries (summed over key pairs): key tile 0 overwrites
   auto q_product = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0) {
     const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk2 = (imin(kK, S - j0) + 1) / 2;
     dp_gemm(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, w.dSc.data(), 1, kQ, Kp.data() + (hk * S2 + j0 / 2) * D, D,
-            imin(kQ, Tq - i0), D, nk2, true);
+            imin(kQ, Tq - i0), D, nk2, j0 != 0);
   };
 
   // Every output row is summed by one task in a fixed order (key tiles ascending for dQ; query heads
   // of the group, then query tiles ascending, for dK and dV), the same order in both schedules, so the
-  // bits do not depend on the schedule or on the thread count. Outputs are zeroed, then accumulated.
+  // bits do not depend on the schedule or on the thread count. Rows that get no product are zeroed:
+  // dQ rows of query tiles that see no key (T > S, or S = 0), dK, dV when there are no queries.
   if (B * Hkv >= kManyHeads) {
     dynamic_tasks(B * Hkv, [&](auto next) {
       BwdScratch w;
       for (int64_t hk; (hk = next()) >= 0;) {
         const int64_t bh0 = (hk / Hkv) * H + (hk % Hkv) * G;  // first query head of the group
-        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, Tq, D);
-        zero_rows(dk + Ldk.head(hk, Hkv), Ldk.st, S, D);
-        zero_rows(dv + Ldv.head(hk, Hkv), Ldv.st, S, D);
+        for (int64_t bh = bh0; bh < bh0 + G; ++bh) zero_rows(dq + Ldq.head(bh, H), Ldq.st, S ? first_qtile(0) : Tq, D);
+        if (Tq == 0) {
+          zero_rows(dk + Ldk.head(hk, Hkv), Ldk.st, S, D);
+          zero_rows(dv + Ldv.head(hk, Hkv), Ldv.st, S, D);
+        }
         for (int64_t j0 = 0; j0 < S; j0 += kK)
           for (int64_t bh = bh0; bh < bh0 + G; ++bh)
             for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
@@ -443,8 +485,10 @@ bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout 
     BwdScratch w;
     for (int64_t t; (t = next()) >= 0;) {
       const int64_t hk = t / nkt, j0 = (t % nkt) * kK, bh0 = (hk / Hkv) * H + (hk % Hkv) * G;
-      zero_rows(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, imin(kK, S - j0), D);
-      zero_rows(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, imin(kK, S - j0), D);
+      if (Tq == 0) {
+        zero_rows(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, imin(kK, S - j0), D);
+        zero_rows(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, imin(kK, S - j0), D);
+      }
       for (int64_t bh = bh0; bh < bh0 + G; ++bh)
         for (int64_t i0 = first_qtile(j0); i0 < Tq; i0 += kQ) {
           tile(w, bh, i0, j0, true, false);
@@ -456,8 +500,8 @@ bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout 
     BwdScratch w;
     for (int64_t t; (t = next()) >= 0;) {
       const int64_t bh = t / nqt, i0 = (nqt - 1 - t % nqt) * kQ, nr = imin(kQ, Tq - i0);
-      zero_rows(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, nr, D);
       const int64_t kend = causal ? iclamp(i0 + nr + off, 0, S) : S;
+      if (kend == 0) zero_rows(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, nr, D);
       for (int64_t j0 = 0; j0 < kend; j0 += kK) {
         tile(w, bh, i0, j0, false, true);
         q_product(w, bh, i0, j0);
