@@ -169,22 +169,46 @@ __attribute__((always_inline)) inline void mk(float* __restrict C, int64_t ldc, 
     for (int j = 0; j < NV; ++j) _mm512_storeu_ps(C + i * ldc + 16 * j, c[i][j]);
 }
 
+// The products a tile on the causal diagonal needs, where query r sees key c iff c <= r + diag:
+//   cols    C rows are keys, columns queries (S^T, dP^T): micro-tiles with every entry masked are
+//           skipped, left unwritten (the softmax pass masks what it reads there);
+//   kbegin  C rows are keys, pairs run over queries (dV, dK): a micro-tile starts at the pair of the
+//           first query that sees its first key;
+//   kend    C rows are queries, pairs run over keys (dQ, O): a micro-tile ends after the pair of the
+//           last key its last query sees.
+// The pairs left out multiply P = 0 or dS = 0 (masked): sums keep their value.
+// diag = kNoDiag (off the diagonal, or not causal) trims nothing.
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+struct Trim {
+  enum Kind { none, cols, kbegin, kend } kind = none;
+  int64_t diag = kNoDiag;
+};
+inline int64_t half_floor(int64_t x) { return x >= 0 ? x / 2 : -((1 - x) / 2); }
+
 // Columns [n, n + 16 NV) of C (M x N) (+)= A B: 8-row micro-tiles, then the rest of M.
+template <int NV, int Mt>
+__attribute__((always_inline)) inline void dp_tile(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs,
+                                                   const uint32_t* B, int64_t ldb, int64_t i, int64_t n, int64_t P,
+                                                   bool acc, Trim t) {
+  int64_t p0 = 0, p1 = P;
+  if (t.kind == Trim::cols && i > n + 16 * NV - 1 + t.diag) return;
+  if (t.kind == Trim::kbegin) p0 = iclamp(half_floor(i - t.diag), 0, P);
+  if (t.kind == Trim::kend) p1 = iclamp(half_floor(i + Mt - 1 + t.diag) + 1, 0, P);
+  mk<Mt, NV>(C + i * ldc + n, ldc, A + i * ars + p0 * acs, ars, acs, B + p0 * ldb + n, ldb, p1 - p0, acc);
+}
 template <int NV>
 inline void dp_cols(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs, const uint32_t* B, int64_t ldb,
-                    int64_t M, int64_t n, int64_t P, bool acc) {
+                    int64_t M, int64_t n, int64_t P, bool acc, Trim t) {
   int64_t i = 0;
-  for (; i + 8 <= M; i += 8) mk<8, NV>(C + i * ldc + n, ldc, A + i * ars, ars, acs, B + n, ldb, P, acc);
-  float* c = C + i * ldc + n;
-  const uint32_t* a = A + i * ars;
+  for (; i + 8 <= M; i += 8) dp_tile<NV, 8>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t);
   switch (M - i) {
-    case 7: mk<7, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 6: mk<6, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 5: mk<5, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 4: mk<4, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 3: mk<3, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 2: mk<2, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
-    case 1: mk<1, NV>(c, ldc, a, ars, acs, B + n, ldb, P, acc); break;
+    case 7: dp_tile<NV, 7>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 6: dp_tile<NV, 6>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 5: dp_tile<NV, 5>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 4: dp_tile<NV, 4>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 3: dp_tile<NV, 3>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 2: dp_tile<NV, 2>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
+    case 1: dp_tile<NV, 1>(C, ldc, A, ars, acs, B, ldb, i, n, P, acc, t); break;
     default: break;
   }
 }
@@ -192,10 +216,10 @@ inline void dp_cols(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64
 // C (M x N) (+)= A B over P pairs, N % 16 == 0: 8 x 32 micro-tiles (16 accumulators, enough to hide
 // VDPBF16PS's latency), a last 16 columns on 8 x 16.
 inline void dp_gemm(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64_t acs, const uint32_t* B, int64_t ldb,
-                    int64_t M, int64_t N, int64_t P, bool acc) {
+                    int64_t M, int64_t N, int64_t P, bool acc, Trim t = {}) {
   int64_t n = 0;
-  for (; n + 32 <= N; n += 32) dp_cols<2>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc);
-  if (n < N) dp_cols<1>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc);
+  for (; n + 32 <= N; n += 32) dp_cols<2>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc, t);
+  if (n < N) dp_cols<1>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc, t);
 }
 
 // Runs body(next) on up to get_num_threads() threads; next() hands out 0..n-1, then -1.
@@ -246,10 +270,10 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
         std::fill(l, l + kQ, 0.f);
         for (int64_t j0 = 0; j0 < kend; j0 += kK) {
           const int64_t nk = imin(kK, kend - j0), nk2 = (nk + 1) / 2;
-          const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : int64_t(1) << 40;
+          const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
           const bool masked = causal && i0 + off - j0 < kK - 1;
           // St[c][r] = k_c . q_r (raw dot products), keys x queries
-          dp_gemm(s, kQ, Kh + j0 * D2, D2, 1, Qp.data(), kQ, nk, nc, D2, false);
+          dp_gemm(s, kQ, Kh + j0 * D2, D2, 1, Qp.data(), kQ, nk, nc, D2, false, {Trim::cols, diag});
           for (int64_t r = 0; r < nc; r += 16) {
             // lanes r..r+15 see key c iff c <= r + lane + diag; rows c >= ce are masked for all
             const __m512 rl = _mm512_add_ps(iota, _mm512_set1_ps(float(r + (masked ? diag : 0))));
@@ -286,7 +310,7 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
             for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(ar + d, _mm512_mul_ps(_mm512_loadu_ps(ar + d), va));
           }
           // acc += P V over the tile's key pairs
-          dp_gemm(acc, D, Pp.data(), 1, kQ, Vh + (j0 / 2) * D, D, nr, D, nk2, j0 > 0);
+          dp_gemm(acc, D, Pp.data(), 1, kQ, Vh + (j0 / 2) * D, D, nr, D, nk2, j0 > 0, {Trim::kend, diag});
         }
         for (int64_t r = 0; r < nr; ++r) {
           float* orow = o + Lo.head(bh, H) + (i0 + r) * Lo.st;
@@ -308,7 +332,6 @@ bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* 
 
 namespace {
 
-constexpr int64_t kNoDiag = int64_t(1) << 40;
 // (b, kv head) groups from which the backward runs one task per group (dK, dV and dQ together); below,
 // one task per key tile for dK, dV and one per query tile for dQ (S and dP computed twice).
 constexpr int64_t kManyHeads = 16;
@@ -340,8 +363,8 @@ void bwd_tile(BwdScratch& w, const uint32_t* Kd, const uint32_t* Vd, const uint3
   const float ninf = -std::numeric_limits<float>::infinity();
   const int64_t nc = (nr + 31) / 32 * 32;  // whole 32-query rows of pairs
   float *St = w.St.f(), *dPt = w.dPt.f(), *Lt = w.Lt.f(), *Dt = w.Dt.f();
-  dp_gemm(St, kQ, Kd, D2, 1, Qt, kQ, nk, nc, D2, false);
-  dp_gemm(dPt, kQ, Vd, D2, 1, dOt, kQ, nk, nc, D2, false);
+  dp_gemm(St, kQ, Kd, D2, 1, Qt, kQ, nk, nc, D2, false, {Trim::cols, diag});  // (masked micro-tiles unwritten)
+  dp_gemm(dPt, kQ, Vd, D2, 1, dOt, kQ, nk, nc, D2, false, {Trim::cols, diag});
   for (int64_t r = 0; r < nc; ++r) {
     Lt[r] = r < nr ? L[r] : ninf;
     Dt[r] = r < nr ? Di[r] : 0.f;
@@ -433,9 +456,10 @@ bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout 
 
   // first query tile that sees key tile j0 (causal: query i sees key j iff j <= i + off)
   auto first_qtile = [&](int64_t j0) { return causal ? iclamp(j0 - off, 0, Tq) / kQ * kQ : 0; };
+  // tile (i0, j0) on the causal diagonal: query row r sees key column c iff c <= r + diag
+  auto diagonal = [&](int64_t i0, int64_t j0) { return causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag; };
   auto tile = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0, bool kv, bool qq) {
-    const int64_t hk = (bh / H) * Hkv + (bh % H) / G;
-    const int64_t diag = causal && i0 + off - j0 < kK - 1 ? i0 + off - j0 : kNoDiag;
+    const int64_t hk = (bh / H) * Hkv + (bh % H) / G, diag = diagonal(i0, j0);
     const int64_t at = (bh * nqt + i0 / kQ) * D2 * kQ;
     bwd_tile(w, Kd.data() + (hk * S + j0) * D2, Vd.data() + (hk * S + j0) * D2, Qt.data() + at, dOt.data() + at,
              lse + bh * Tq + i0, Di + bh * Tq + i0, imin(kQ, Tq - i0), imin(kK, S - j0), D2, diag, scale, kv, qq);
@@ -446,14 +470,16 @@ bool attention_backward_dpbf16(float* dq, HeadLayout Ldq, float* dk, HeadLayout 
     const bool acc = bh != (bh / H) * H + (bh % H) / G * G || i0 != first_qtile(j0);
     const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk = imin(kK, S - j0), nr2 = (imin(kQ, Tq - i0) + 1) / 2;
     const int64_t at = (bh * T2 + i0 / 2) * D;
-    dp_gemm(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, w.Pr.data(), kQ / 2, 1, dOp.data() + at, D, nk, D, nr2, acc);
-    dp_gemm(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, w.dSr.data(), kQ / 2, 1, Qp.data() + at, D, nk, D, nr2, acc);
+    dp_gemm(dv + Ldv.head(hk, Hkv) + j0 * Ldv.st, Ldv.st, w.Pr.data(), kQ / 2, 1, dOp.data() + at, D, nk, D, nr2, acc,
+            {Trim::kbegin, diagonal(i0, j0)});
+    dp_gemm(dk + Ldk.head(hk, Hkv) + j0 * Ldk.st, Ldk.st, w.dSr.data(), kQ / 2, 1, Qp.data() + at, D, nk, D, nr2, acc,
+            {Trim::kbegin, diagonal(i0, j0)});
   };
   // dQ (+)= dS K for the tile's queries (summed over key pairs): key tile 0 overwrites
   auto q_product = [&](BwdScratch& w, int64_t bh, int64_t i0, int64_t j0) {
     const int64_t hk = (bh / H) * Hkv + (bh % H) / G, nk2 = (imin(kK, S - j0) + 1) / 2;
     dp_gemm(dq + Ldq.head(bh, H) + i0 * Ldq.st, Ldq.st, w.dSc.data(), 1, kQ, Kp.data() + (hk * S2 + j0 / 2) * D, D,
-            imin(kQ, Tq - i0), D, nk2, j0 != 0);
+            imin(kQ, Tq - i0), D, nk2, j0 != 0, {Trim::kend, diagonal(i0, j0)});
   };
 
   // Every output row is summed by one task in a fixed order (key tiles ascending for dQ; query heads
