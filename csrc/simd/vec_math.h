@@ -198,11 +198,12 @@ FG_VEC_INLINE GeluParts gelu_parts(Vf x) {
   const Vf a = kTail ? min(g.a, set1(kClampX)) : g.a;  // NaN -> kClampX: the caller keeps the NaN
   const Vf h = a * a;
   const Vf l = fms(a, a, h);  // a^2 - h exactly
-  const Vf t = h * set1(-0.5f);
-  g.n = round_nearest(h * set1(-0.5f * 1.44269504088896341f));  // (t log2 e: the same bits, -0.5 is exact)
-  Vf r = fnma(g.n, set1(0.693359375f), t);
-  r = fnma(g.n, set1(-2.12194440e-4f), r);
-  r = fnma(set1(0.5f), l, r);
+  g.n = round_nearest(h * set1(-0.5f * 1.44269504088896341f));
+  // r = -a^2/2 - n ln2 = -(u + v)/2: u = h + 2n ln2_hi exactly (Cody-Waite), v = l + 2n ln2_lo, one
+  // rounding in u + v, and the halving exact (an add for one of the four multiply-unit operations of
+  // -h/2 - n ln2_hi - n ln2_lo - l/2)
+  const Vf u = fma(g.n, set1(2 * 0.693359375f), h), v = fma(g.n, set1(2 * -2.12194440e-4f), l);
+  const Vf r = (u + v) * set1(-0.5f);
   // (e^r - 1 - r) / r^2 by degree 4 (abs. err 7e-8; times r^2 <= 0.12 that is 8e-9 in w)
   const Vf p = horner(r, {1.3945506653e-03f, 8.3635253832e-03f, 4.1666321456e-02f, 1.6666574776e-01f, 0.5f});
   g.w = fma(p, r * r, r);
