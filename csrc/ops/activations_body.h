@@ -21,16 +21,43 @@ inline void map2(float* dx, const float* dy, const float* x, int64_t N, int64_t 
     for_each_vec(b, e, [&](int64_t i, int64_t n) { store_n(dx + i, f(load_n(dy + i, n), load_n(x + i, n)), n); });
   });
 }
-// y = f(x) and d = g(x) from one evaluation: f(v, &g) returns y and sets g
-template <typename F>
+// y = f(x) and d = g(x) from one evaluation: f(v, &g) returns y and sets g. kPairs: f also takes
+// Vf2 (vec_math.h), and runs on two vectors at a time, then on the last vector and the tail.
+template <bool kPairs = false, typename F>
 inline void map1_both(float* y, float* d, const float* x, int64_t N, int64_t grain, F f) {
   parallel_for(N, grain, [&](int64_t b, int64_t e) {
-    for_each_vec(b, e, [&](int64_t i, int64_t n) {
+    constexpr int64_t L = Vf::kLanes;
+    int64_t i = b;
+    if constexpr (kPairs) {
+      for (; i + 2 * L <= e; i += 2 * L) {
+        Vf2 g;
+        const Vf2 v = f(Vf2{loadu(x + i), loadu(x + i + L)}, &g);
+        storeu(y + i, v.a);
+        storeu(y + i + L, v.b);
+        storeu(d + i, g.a);
+        storeu(d + i + L, g.b);
+      }
+    }
+    for_each_vec(i, e, [&](int64_t j, int64_t n) {
       Vf g;
-      const Vf v = f(load_n(x + i, n), &g);
-      store_n(y + i, v, n);
-      store_n(d + i, g, n);
+      const Vf v = f(load_n(x + j, n), &g);
+      store_n(y + j, v, n);
+      store_n(d + j, g, n);
     });
+  });
+}
+// map1 through a pairwise f (as map1_both's kPairs)
+template <typename F>
+inline void map1_pairs(float* y, const float* x, int64_t N, int64_t grain, F f) {
+  parallel_for(N, grain, [&](int64_t b, int64_t e) {
+    constexpr int64_t L = Vf::kLanes;
+    int64_t i = b;
+    for (; i + 2 * L <= e; i += 2 * L) {
+      const Vf2 v = f(Vf2{loadu(x + i), loadu(x + i + L)});
+      storeu(y + i, v.a);
+      storeu(y + i + L, v.b);
+    }
+    for_each_vec(i, e, [&](int64_t j, int64_t n) { store_n(y + j, f(load_n(x + j, n)), n); });
   });
 }
 }  // namespace act_detail
@@ -63,7 +90,8 @@ void gelu_tanh_forward_with_grad(float* y, float* dydx, const float* x, int64_t 
 }
 
 void gelu_erf_forward_with_grad(float* y, float* dydx, const float* x, int64_t N) {
-  act_detail::map1_both(y, dydx, x, N, act_detail::kGeluGrain, [](Vf v, Vf* d) { return gelu_erf_with_grad(v, d); });
+  act_detail::map1_both<true>(y, dydx, x, N, act_detail::kGeluGrain,
+                              [](auto v, auto* d) { return gelu_erf_with_grad(v, d); });
 }
 
 // dx = dy * dydx
@@ -72,7 +100,7 @@ void gelu_backward_from_grad(float* dx, const float* dy, const float* dydx, int6
 }
 
 void gelu_erf_forward(float* y, const float* x, int64_t N) {
-  act_detail::map1(y, x, N, act_detail::kGeluGrain, [](Vf v) { return gelu_erf(v); });
+  act_detail::map1_pairs(y, x, N, act_detail::kGeluGrain, [](auto v) { return gelu_erf(v); });
 }
 
 void gelu_erf_backward(float* dx, const float* dy, const float* x, int64_t N) {
