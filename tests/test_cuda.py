@@ -134,6 +134,23 @@ def test_host_pow2_scale_against_numpy():
     assert np.all((y >= 1) & (y < 2))
 
 
+@needs_module
+def test_attention_kernel_choice_by_precision_and_head_size():
+    # fusegrad.cuda's choice of launchers (no GPU needed): float32, bf16 / fp16 on the tensor-core
+    # kernels at D 64 and 128, bf16 elsewhere on the float32 kernels, fp16 elsewhere an error
+    k = cuda._cuda
+    for D in (64, 128):
+        assert cuda._attn_kernels(False, False, D, "f")[:2] == (k.attention_forward, k.attention_backward)
+        assert cuda._attn_kernels(True, False, D, "f")[:2] == (k.attention_forward_tc, k.attention_backward_tc)
+        assert cuda._attn_kernels(False, True, D, "f")[:2] == (k.attention_forward_tc_fp16,
+                                                              k.attention_backward_tc_fp16)
+    assert cuda._attn_kernels(True, False, 24, "f")[:2] == (k.attention_forward, k.attention_backward)
+    with pytest.raises(ValueError, match="attention_forward: fp16=True needs head dimension D 64 or 128.*got 24"):
+        cuda._attn_kernels(False, True, 24, "attention_forward")
+    with pytest.raises(ValueError, match="attention_backward: bf16 and fp16 cannot both be True"):
+        cuda._attn_kernels(True, True, 64, "attention_backward")
+
+
 @pytest.mark.parametrize("fn", ["attention_forward", "attention_backward", "attention_qkv_forward",
                                 "attention_qkv_backward"])
 def test_fp16_attention_on_cpu_arrays_is_a_clear_error(fn):
