@@ -652,6 +652,11 @@ def test_layer_norm_eager_fast_path_counts_once_and_matches(policy, params):
             torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-4)
         with pytest.raises(RuntimeError):  # shapes that do not match: PyTorch's own error, as before
             fgt.layer_norm(x, (36,), w, b)
+        # nothing requires grad (grad mode on): the kernel alone, no autograd node, still counted once
+        fgt.dispatch_counts.clear()
+        y2 = fgt.layer_norm(x.detach(), (37,), w.detach(), b.detach(), 1e-5)
+        assert y2.grad_fn is None and dict(fgt.dispatch_counts) == {f"layer_norm -> {policy}": 1}
+        assert torch.equal(y2, y1)
     finally:
         fgt.set_policy("auto")
 

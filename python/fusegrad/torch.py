@@ -672,7 +672,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
         # frame less per call (issue 18's per-call budget: each µs counts against a ~30 µs kernel)
         dt = input.dtype
         if (dt in _FLOATS and weight.dtype is dt and bias.dtype is dt and weight.is_cpu and bias.is_cpu
-                and torch.is_grad_enabled() and not _is_compiling() and _HAVE.get("layer_norm")
+                and (input.requires_grad or weight.requires_grad or bias.requires_grad) and torch.is_grad_enabled()
+                and not _is_compiling() and _HAVE.get("layer_norm")
                 and weight.dim() == 1 and (normalized_shape == weight.shape[0] if type(normalized_shape) is int
                                            else len(normalized_shape) == 1 and normalized_shape[0] == weight.shape[0])
                 and bias.shape == weight.shape and input.shape[-1:] == weight.shape):
