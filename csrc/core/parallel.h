@@ -3,6 +3,7 @@
 // threads must still combine partial results in a fixed order to be bit-reproducible.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #ifdef FUSEGRAD_HAVE_OPENMP
@@ -58,6 +59,22 @@ void parallel_region(int nt, F&& fn) {
   }
 #endif
   fn(0, 1);
+}
+
+// Runs body(next) on up to get_num_threads() threads; next() hands out the task indices
+// 0..n-1 in order, each to whichever thread asks first, then returns -1. When each task writes
+// its own outputs and computes them the same way on any thread, results do not depend on the
+// thread count or on which thread ran what; a thread slowed down (another process on its core)
+// just takes fewer tasks.
+template <typename F>
+void dynamic_tasks(int64_t n, F&& body) {
+  if (n <= 0) return;
+  std::atomic<int64_t> ctr{0};
+  auto next = [&]() -> int64_t {
+    const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
+    return t < n ? t : -1;
+  };
+  parallel_region(static_cast<int>(std::min<int64_t>(get_num_threads(), n)), [&](int, int) { body(next); });
 }
 
 }  // namespace fg

@@ -222,18 +222,6 @@ inline void dp_gemm(float* C, int64_t ldc, const uint32_t* A, int64_t ars, int64
   if (n < N) dp_cols<1>(C, ldc, A, ars, acs, B, ldb, M, n, P, acc, t);
 }
 
-// Runs body(next) on up to get_num_threads() threads; next() hands out 0..n-1, then -1.
-template <typename F>
-void dynamic_tasks(int64_t n, F&& body) {
-  if (n <= 0) return;
-  std::atomic<int64_t> ctr{0};
-  auto next = [&]() -> int64_t {
-    const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
-    return t < n ? t : -1;
-  };
-  parallel_region(static_cast<int>(imin(get_num_threads(), n)), [&](int, int) { body(next); });
-}
-
 }  // namespace
 
 bool attention_forward_dpbf16(float* o, HeadLayout Lo, float* lse, const float* q, HeadLayout Lq, const float* k,

@@ -346,22 +346,6 @@ inline float hsum8(__m256 x) {
   return _mm_cvtss_f32(m);
 }
 
-// Runs body(next) on up to get_num_threads() threads; next() hands out the task indices
-// 0..n-1 in order, each to whichever thread asks first, then returns -1. Each task writes its
-// own outputs and computes them the same way on any thread, so results do not depend on the
-// thread count or on which thread ran what; a thread slowed down (another process on its core)
-// just takes fewer tasks.
-template <typename F>
-void dynamic_tasks(int64_t n, F&& body) {
-  if (n <= 0) return;
-  std::atomic<int64_t> ctr{0};
-  auto next = [&]() -> int64_t {
-    const int64_t t = ctr.fetch_add(1, std::memory_order_relaxed);
-    return t < n ? t : -1;
-  };
-  parallel_region(static_cast<int>(lmin(get_num_threads(), n)), [&](int, int) { body(next); });
-}
-
 // Task order for per-(head, tile) tasks under dynamic_tasks: task t is tile u = t % nt of head
 // t / nt, u counted from the costly end (causal: the last query tile, the first key tile).
 // Head-major, so the tasks running at one time share their head's k and v in cache (large T:
