@@ -627,9 +627,9 @@ def test_policy_torch_runs_pytorch_and_counts_it():
 
 @pytest.mark.parametrize("policy", ["fusegrad", "torch"])
 @pytest.mark.parametrize("params", [True, False])
-def test_layer_norm_eager_fast_path_counts_once_and_matches(policy, params):
-    # layer_norm's inline path for the common training call (weight and bias given, autograd on) must
-    # count one dispatch per call, pick what the policy says and give the general path's bits
+def test_layer_norm_training_call_counts_once_and_matches(policy, params):
+    # the common training call (weight and bias given, autograd on) counts one dispatch per call,
+    # picks what the policy says and gives the no-grad path's bits
     fgt.set_policy(policy, ops="layer_norm")
     try:
         x = rnd(5, 3, 37).requires_grad_()

@@ -656,7 +656,6 @@ class _LayerNorm(torch.autograd.Function):
 
 
 _layernorm_apply = _fast_apply(_LayerNorm)
-_layernorm_raw_apply = super(torch.autograd.Function, _LayerNorm).apply
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -667,22 +666,6 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     >>> torch.allclose(fgt.layer_norm(x, (8,)), torch.nn.functional.layer_norm(x, (8,)), atol=1e-5)
     True
     """
-    if type(input) in _PLAIN and type(weight) in _PLAIN and type(bias) in _PLAIN and input.is_cpu:
-        # the common eager call (affine weight and bias given; CPU, autograd on): _native's checks inline, one Python
-        # frame less per call (issue 18's per-call budget: each µs counts against a ~30 µs kernel)
-        dt = input.dtype
-        if (dt in _FLOATS and weight.dtype is dt and bias.dtype is dt and weight.is_cpu and bias.is_cpu
-                and (input.requires_grad or weight.requires_grad or bias.requires_grad) and torch.is_grad_enabled()
-                and not _is_compiling() and _HAVE.get("layer_norm")
-                and weight.dim() == 1 and (normalized_shape == weight.shape[0] if type(normalized_shape) is int
-                                           else len(normalized_shape) == 1 and normalized_shape[0] == weight.shape[0])
-                and bias.shape == weight.shape and input.shape[-1:] == weight.shape):
-            if not _use("layer_norm", dt, input.numel(), 2):
-                return _pt_layer_norm(input, normalized_shape, weight, bias, eps)
-            x = input.contiguous()
-            if _functorch_active():
-                return _LayerNorm.apply(x, weight.contiguous(), bias.contiguous(), float(eps))
-            return _layernorm_raw_apply(x, weight.contiguous(), bias.contiguous(), float(eps))
     name = "layer_norm"
     ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     mode = _native(name, input, weight, bias) if weight is not None and bias is not None else \
