@@ -313,11 +313,15 @@ def test_zero_copy_packed_attention(spy, no_fallback):
     close((o, dx), (ref, torch.autograd.grad(ref.transpose(1, 2), x, do)[0]), 2e-5)
 
 
-def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback):
+def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback, monkeypatch):
+    ln_grads = []  # layer_norm's backward is C++ (no _C call to spy on): record what it returns
+    ln_backward = fgt._LayerNorm.backward
+    monkeypatch.setattr(fgt._LayerNorm, "backward",
+                        staticmethod(lambda ctx, dy: ln_grads.append(ln_backward(ctx, dy)) or ln_grads[-1]))
     x, w, b = rnd(7, 33), rnd(33, seed=1), rnd(33, seed=2)
-    y = fgt.layer_norm(x, (33,), w, b)
-    assert spy.calls["_torch_layernorm_forward"][0][:3] == [x.data_ptr(), w.data_ptr(), b.data_ptr()]
-    assert y.data_ptr() == spy.calls["_torch_layernorm_forward"][1][0]
+    y = fgt.layer_norm(x, (33,), w, b)  # the training call: decided and run in one C++ entry
+    args, res = spy.calls["_torch_layernorm_fast"]
+    assert args[0] == x.data_ptr() and args[2:4] == [w.data_ptr(), b.data_ptr()] and res == [y.data_ptr()]
     W = rnd(5, 33, seed=3)
     z = fgt.linear(fgt.gelu(y), W)
     assert z.data_ptr() == spy.calls["_torch_linear_forward"][1][0]
@@ -328,7 +332,7 @@ def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback):
     assert spy.calls["cross_entropy_forward"][0][:2] == [z.data_ptr(), t.data_ptr()]
     gx, gw, gb, gW = torch.autograd.grad(loss, (x, w, b, W))
     assert gW.data_ptr() == spy.calls["_torch_linear_backward"][1][1]
-    assert [gx.data_ptr(), gw.data_ptr(), gb.data_ptr()] == spy.calls["_torch_layernorm_backward"][1]
+    assert [gx.data_ptr(), gw.data_ptr(), gb.data_ptr()] == [g.data_ptr() for g in ln_grads[0][:3]]
 
 
 def test_adamw_updates_in_place_and_matches_torch(spy):
@@ -623,6 +627,105 @@ def test_policy_torch_runs_pytorch_and_counts_it():
     fgt.gelu(x), fgt.gelu(x, approximate="tanh"), fgt.layer_norm(x, (33,))
     assert dict(fgt.dispatch_counts) == {"gelu -> fusegrad": 1, "gelu_tanh -> torch": 1, "layer_norm -> torch": 1}
     assert fgt.get_policy()["gelu"] == "fusegrad" and fgt.get_policy()["linear"] == "torch"
+
+
+# ----- layer_norm's C++ fast path (_C._torch_layernorm_fast) against the Python path it shortcuts -----
+def ln_args(dtype, affine, grad, seed=0):
+    x = rnd(5, 3, 37, dtype=dtype, seed=seed, grad=grad)
+    w, b = rnd(37, dtype=dtype, seed=seed + 1, grad=grad), rnd(37, dtype=dtype, seed=seed + 2, grad=grad)
+    if affine == "params":
+        w, b = torch.nn.Parameter(w.detach()), torch.nn.Parameter(b.detach())
+    return x, (w if affine in ("params", "tensors", "weight") else None), (
+        b if affine in ("params", "tensors", "bias") else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ns", [37, (37,), [37], torch.Size([37])], ids=["int", "tuple", "list", "Size"])
+@pytest.mark.parametrize("affine", ["params", "tensors", "weight", "bias", "none"])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
+def test_layer_norm_fast_path_matches_python_path(dtype, ns, affine, grad, monkeypatch):
+    # same bits, same autograd node, same gradients, same dispatch counts as the Python path
+    x, w, b = ln_args(dtype, affine, grad)
+    dy = rnd(5, 3, 37, dtype=dtype, seed=9, grad=False)
+    assert fgt._C._torch_layernorm_fast(x, ns, w, b, 1e-5) is not None  # the fast path takes this call
+
+    def run():
+        fgt.dispatch_counts.clear()
+        y = fgt.layer_norm(x, ns, w, b, 1e-5)
+        counts = dict(fgt.dispatch_counts)
+        diff = [t for t in (x, w, b) if t is not None and t.requires_grad]
+        return y, counts, (torch.autograd.grad(y, diff, dy) if diff else ())
+    y, counts, grads = run()
+    monkeypatch.setattr(fgt._C, "_torch_layernorm_fast", lambda *a: None)  # the Python path
+    y2, counts2, grads2 = run()
+    assert counts == counts2 == {"layer_norm -> fusegrad": 1}
+    needs = any(t is not None and t.requires_grad for t in (x, w, b))  # (a Parameter always does)
+    assert torch.equal(y, y2) and y.dtype == dtype and (y.grad_fn is None) == (not needs)
+    assert not needs or y.grad_fn.name() == y2.grad_fn.name() == "_LayerNormBackward"
+    assert len(grads) == len(grads2) and all(torch.equal(g, g2) for g, g2 in zip(grads, grads2))
+    if needs:  # against float64 PyTorch
+        ref = TF.layer_norm(x.double(), (37,), None if w is None else w.double(), None if b is None else b.double())
+        diff = [t for t in (x, w, b) if t is not None and t.requires_grad]
+        for g, r in zip(grads, torch.autograd.grad(ref, diff, dy.double())):
+            torch.testing.assert_close(g, r.to(dtype), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_fast_path_declines_what_it_does_not_take():
+    # calls outside the common case return None (the Python path then decides: fallbacks, errors)
+    x, w, b = ln_args(torch.float32, "tensors", True)
+    fast = fgt._C._torch_layernorm_fast
+
+    class Sub(torch.Tensor):
+        pass
+    declined = {
+        "strided x": (x.transpose(0, 1), 37, w, b, 1e-5),
+        "subclass x": (x.detach().as_subclass(Sub), 37, w, b, 1e-5),
+        "meta x": (torch.empty(5, 37, device="meta"), 37, w, b, 1e-5),
+        "bfloat16 x": (x.detach().bfloat16(), 37, w.detach().bfloat16(), b.detach().bfloat16(), 1e-5),
+        "mixed dtypes": (x, 37, w.double(), b, 1e-5),
+        "normalized_shape mismatch": (x, 36, w, b, 1e-5),
+        "2-d normalized_shape": (x, (3, 37), w, b, 1e-5),
+        "weight shape": (x, 37, rnd(36), b, 1e-5),
+        "bias shape": (x, 37, w, rnd(1, 37), 1e-5),
+        "int eps": (x, 37, w, b, 0),
+        "negative eps": (x, 37, w, b, -1.0),
+        "nan eps": (x, 37, w, b, float("nan")),
+        "empty x": (rnd(0, 37), 37, w, b, 1e-5),
+        "0-d x": (rnd(), 1, None, None, 1e-5),
+        "not a tensor": (x.detach().numpy(), 37, None, None, 1e-5),
+    }
+    for why, args in declined.items():
+        assert fast(*args) is None, why
+    # the Python path then gives what it gave before: strided input copied, PyTorch's errors kept
+    fgt.dispatch_counts.clear()
+    y = fgt.layer_norm(x.transpose(0, 1), (37,), w, b)
+    torch.testing.assert_close(y, TF.layer_norm(x.transpose(0, 1), (37,), w, b), rtol=1e-5, atol=1e-5)
+    assert dict(fgt.dispatch_counts) == {"layer_norm -> fusegrad": 1}
+    with pytest.raises(RuntimeError):
+        fgt.layer_norm(x, (36,), w, b)
+    with pytest.raises(ValueError, match="x must be contiguous"):  # the Function checks on its own
+        fgt._layernorm_apply(x.transpose(0, 1), w, b, 1e-5)
+
+
+def test_layer_norm_fast_path_threads_and_repeated_backward():
+    # the arguments handed from the fast path to the Function's forward are per thread
+    from concurrent.futures import ThreadPoolExecutor
+    cases = [ln_args(torch.float32, "params", True, seed=s) for s in range(4)]
+    ref = [fgt.layer_norm(x, (37,), w, b) for x, w, b in cases]
+
+    def work(i):
+        x, w, b = cases[i % 4]
+        return all(torch.equal(fgt.layer_norm(x, (37,), w, b), ref[i % 4]) for _ in range(50))
+    with ThreadPoolExecutor(4) as ex:
+        assert all(ex.map(work, range(8)))
+    x, w, b = cases[0]
+    y = fgt.layer_norm(x, (37,), w, b)
+    dy = rnd(*y.shape, seed=7, grad=False)
+    g1 = torch.autograd.grad(y, (x, w, b), dy, retain_graph=True)
+    g2 = torch.autograd.grad(y, (x, w, b), dy)
+    assert all(torch.equal(a, c) for a, c in zip(g1, g2))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(y, (x, w, b), dy)
 
 
 @pytest.mark.parametrize("policy", ["fusegrad", "torch"])
