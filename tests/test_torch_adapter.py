@@ -313,25 +313,32 @@ def test_zero_copy_packed_attention(spy, no_fallback):
     close((o, dx), (ref, torch.autograd.grad(ref.transpose(1, 2), x, do)[0]), 2e-5)
 
 
+def record_backward(monkeypatch, fn):
+    """The outputs of each call of the autograd Function fn's backward (C++: no _C call to spy on)."""
+    out, backward = [], fn.backward
+    monkeypatch.setattr(fn, "backward", staticmethod(lambda ctx, dy: out.append(backward(ctx, dy)) or out[-1]))
+    return out
+
+
 def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback, monkeypatch):
-    ln_grads = []  # layer_norm's backward is C++ (no _C call to spy on): record what it returns
-    ln_backward = fgt._LayerNorm.backward
-    monkeypatch.setattr(fgt._LayerNorm, "backward",
-                        staticmethod(lambda ctx, dy: ln_grads.append(ln_backward(ctx, dy)) or ln_grads[-1]))
+    # the training calls are decided and run in one C++ entry each (_torch_*_fast), whose Functions'
+    # forward and backward are C++: the tensors' memory is read in place, results are the kernels' buffers
+    ln_grads, gelu_grads, lin_grads = (record_backward(monkeypatch, f) for f in (fgt._LayerNorm, fgt._Gelu, fgt._Linear))
     x, w, b = rnd(7, 33), rnd(33, seed=1), rnd(33, seed=2)
-    y = fgt.layer_norm(x, (33,), w, b)  # the training call: decided and run in one C++ entry
+    y = fgt.layer_norm(x, (33,), w, b)
     args, res = spy.calls["_torch_layernorm_fast"]
     assert args[0] == x.data_ptr() and args[2:4] == [w.data_ptr(), b.data_ptr()] and res == [y.data_ptr()]
     W = rnd(5, 33, seed=3)
-    z = fgt.linear(fgt.gelu(y), W)
-    assert z.data_ptr() == spy.calls["_torch_linear_forward"][1][0]
-    # (x requires grad: the training form, which keeps gelu'(x), not x, for the backward)
-    assert spy.calls["_torch_linear_forward"][0][:2] == [spy.calls["_torch_gelu_forward_with_grad"][1][0], W.data_ptr()]
+    g = fgt.gelu(y)
+    assert spy.calls["_torch_gelu_fast"] == ([y.data_ptr(), None], [g.data_ptr()])
+    z = fgt.linear(g, W)
+    assert spy.calls["_torch_linear_fast"] == ([g.data_ptr(), W.data_ptr(), None], [z.data_ptr()])
     t = torch.tensor([0, 1, 2, 3, 4, 0, 1])
     loss = fgt.cross_entropy(z, t)
     assert spy.calls["cross_entropy_forward"][0][:2] == [z.data_ptr(), t.data_ptr()]
     gx, gw, gb, gW = torch.autograd.grad(loss, (x, w, b, W))
-    assert gW.data_ptr() == spy.calls["_torch_linear_backward"][1][1]
+    assert gW.data_ptr() == lin_grads[0][1].data_ptr() and lin_grads[0][2] is None  # (no bias: no db)
+    assert gelu_grads[0][0].data_ptr() and gelu_grads[0][1] is None
     assert [gx.data_ptr(), gw.data_ptr(), gb.data_ptr()] == [g.data_ptr() for g in ln_grads[0][:3]]
 
 
@@ -668,6 +675,91 @@ def test_layer_norm_fast_path_matches_python_path(dtype, ns, affine, grad, monke
         diff = [t for t in (x, w, b) if t is not None and t.requires_grad]
         for g, r in zip(grads, torch.autograd.grad(ref, diff, dy.double())):
             torch.testing.assert_close(g, r.to(dtype), rtol=1e-4, atol=1e-4)
+
+
+def python_path_parity(monkeypatch, entry, op, call, inputs, dy, key):
+    """call() through the C++ fast path (_C.<entry>) and then through the Python path: same bits, same
+    autograd node, same gradients and dispatch counts ({key: 1})."""
+    def run():
+        fgt.dispatch_counts.clear()
+        y = call()
+        counts = dict(fgt.dispatch_counts)
+        diff = [t for t in inputs if t is not None and t.requires_grad]
+        return y, counts, (torch.autograd.grad(y, diff, dy) if diff else ())
+    y, counts, grads = run()
+    with monkeypatch.context() as m:
+        m.setattr(fgt._C, entry, lambda *a: None)
+        y2, counts2, grads2 = run()
+    assert counts == counts2 == {key: 1}
+    assert torch.equal(y, y2) and (y.grad_fn is None) == (y2.grad_fn is None)
+    assert y.grad_fn is None or y.grad_fn.name() == y2.grad_fn.name() == op
+    assert len(grads) == len(grads2) and all(torch.equal(g, g2) for g, g2 in zip(grads, grads2))
+    return y, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("shape", [(5, 3, 37), (1,), (1000,)])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
+def test_gelu_fast_path_matches_python_path(dtype, approximate, shape, grad, monkeypatch):
+    x = rnd(*shape, dtype=dtype, grad=grad) * 3
+    x = x.detach().requires_grad_(grad)
+    assert fgt._C._torch_gelu_fast(x, approximate) is not None
+    dy = rnd(*shape, dtype=dtype, seed=9, grad=False)
+    y, grads = python_path_parity(monkeypatch, "_torch_gelu_fast", "_GeluBackward",
+                                  lambda: fgt.gelu(x, approximate=approximate), (x,), dy,
+                                  "gelu -> fusegrad" if approximate == "none" else "gelu_tanh -> fusegrad")
+    ref = TF.gelu(x.double(), approximate=approximate)
+    torch.testing.assert_close(y, ref.to(dtype), rtol=1e-5, atol=1e-6)
+    if grad:
+        torch.testing.assert_close(grads[0], torch.autograd.grad(ref, x, dy.double())[0].to(dtype), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("xshape", [(5, 37), (2, 3, 37), (37,)])
+@pytest.mark.parametrize("params", ["Parameter+bias", "tensor+bias", "no bias"])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
+def test_linear_fast_path_matches_python_path(dtype, xshape, params, grad, monkeypatch):
+    x = rnd(*xshape, dtype=dtype, grad=grad)
+    w, b = rnd(11, 37, dtype=dtype, seed=1, grad=grad), rnd(11, dtype=dtype, seed=2, grad=grad)
+    if params == "Parameter+bias":
+        w, b = torch.nn.Parameter(w.detach()), torch.nn.Parameter(b.detach())
+    elif params == "no bias":
+        b = None
+    assert fgt._C._torch_linear_fast(x, w, b) is not None
+    dy = rnd(*xshape[:-1], 11, dtype=dtype, seed=9, grad=False)
+    y, grads = python_path_parity(monkeypatch, "_torch_linear_fast", "_LinearBackward",
+                                  lambda: fgt.linear(x, w, b), (x, w, b), dy, "linear -> fusegrad")
+    ref = TF.linear(x.double(), w.double(), None if b is None else b.double())
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(y, ref.to(dtype), rtol=tol, atol=tol)
+    diff = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    for g, r in zip(grads, torch.autograd.grad(ref, diff, dy.double()) if diff else ()):
+        torch.testing.assert_close(g, r.to(dtype), rtol=tol, atol=tol)
+
+
+def test_gelu_and_linear_fast_paths_decline_what_they_do_not_take():
+    x, w, b = rnd(5, 37), rnd(11, 37, seed=1), rnd(11, seed=2)
+    gelu, linear = fgt._C._torch_gelu_fast, fgt._C._torch_linear_fast
+
+    class Sub(torch.Tensor):
+        pass
+    for why, args in {"approximate": (x, "fast"), "approximate type": (x, None), "strided": (x.t(), "none"),
+                      "subclass": (x.detach().as_subclass(Sub), "none"), "bfloat16": (x.detach().bfloat16(), "none"),
+                      "empty": (rnd(0, 3), "none"), "int64": (torch.arange(3), "none")}.items():
+        assert gelu(*args) is None, why
+    for why, args in {"strided weight": (x, rnd(37, 11).t(), b), "weight shape": (x, rnd(11, 36), b),
+                      "1-d weight": (x, rnd(37), None), "bias shape": (x, w, rnd(12)), "0-d x": (rnd(), w, b),
+                      "dtypes": (x, w.double(), b.double()), "bias dtype": (x, w, b.double()),
+                      "empty x": (rnd(0, 37), w, b), "meta": (x.to("meta"), w.to("meta"), None)}.items():
+        assert linear(*args) is None, why
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the Python path's bf16 kernels
+        assert linear(x, w, b) is None
+        assert fgt.linear(x, w, b).dtype == torch.bfloat16
+    fgt.fallback_counts.clear()
+    with pytest.raises(RuntimeError, match="approximate"):  # as before: PyTorch's error, a fallback counted
+        fgt.gelu(x, approximate="fast")
+    assert fgt.fallback_counts == {"gelu: approximate": 1}
 
 
 def test_layer_norm_fast_path_declines_what_it_does_not_take():

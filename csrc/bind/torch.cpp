@@ -12,7 +12,9 @@
 // caller's references keep every input alive for the call; outputs are new memory, never aliased.
 #include <Python.h>
 
+#include <algorithm>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "bind/bind.h"
@@ -253,33 +255,6 @@ py::tuple layernorm_bwd(py::handle dy_obj, py::handle x_obj, py::handle w_obj, p
   return layernorm_bwd_run(a, mean.data, rstd.data);
 }
 
-// fusegrad.torch._LayerNorm.backward(ctx, dy): (dx, dweight or None, dbias or None, None) from what
-// layernorm_ctx_fwd saved (x, weight; ctx.stats); a None weight or bias has needs_input_grad False.
-py::tuple layernorm_ctx_bwd(py::handle ctx, py::handle dy_obj) {
-  const char* fn = "_torch_layernorm_ctx_backward";
-  static PyObject* s_saved = PyUnicode_InternFromString("saved_tensors");
-  static PyObject* s_stats = PyUnicode_InternFromString("stats");
-  static PyObject* s_needs = PyUnicode_InternFromString("needs_input_grad");
-  static PyObject* s_contiguous = PyUnicode_InternFromString("contiguous");
-  py::object saved = get(ctx.ptr(), s_saved), stats = get(ctx.ptr(), s_stats), needs = get(ctx.ptr(), s_needs);
-  py::object dy = call0(dy_obj.ptr(), s_contiguous);
-  if (!PyTuple_Check(saved.ptr()) || PyTuple_GET_SIZE(saved.ptr()) != 2 || !PyTuple_Check(needs.ptr()) ||
-      PyTuple_GET_SIZE(needs.ptr()) != 4)
-    value_error(cat(fn, ": ctx must come from _torch_layernorm_ctx_forward"));
-  const LayerNormBwdArgs a =
-      layernorm_bwd_args(dy, PyTuple_GET_ITEM(saved.ptr(), 0), PyTuple_GET_ITEM(saved.ptr(), 1), fn);
-  std::vector<int64_t> ss{2};
-  ss.insert(ss.end(), a.x.shape.begin(), a.x.shape.end() - 1);
-  const Arg st = read(stats, fn, "ctx.stats", true);
-  same_dtype(st, a.x.d, fn, "ctx.stats");
-  want_shape(st, ss, fn, "ctx.stats");
-  const size_t item = a.x.d == DType::f64 ? 8 : 4;
-  py::tuple g = layernorm_bwd_run(a, st.data, static_cast<const char*>(st.data) + item * a.x.rows());
-  auto want = [&](int i) { return PyTuple_GET_ITEM(needs.ptr(), i) == Py_True; };
-  return py::make_tuple(g[0], want(1) ? py::object(g[1]) : py::none(), want(2) ? py::object(g[2]) : py::none(),
-                        py::none());
-}
-
 // ---------------------------------------------------------------- linear
 // x: (..., IN), w: (OUT, IN), b: (OUT,) or None -> y: (..., OUT)
 // x (..., IN) and weight (OUT, IN) of one float dtype; returns y's shape (..., OUT).
@@ -295,14 +270,25 @@ std::vector<int64_t> linear_shapes(const Arg& x, const Arg& w, const char* fn) {
   return ys;
 }
 
-py::object linear_fwd(py::handle x_obj, py::handle w_obj, py::handle b_obj) {
-  const char* fn = "_torch_linear_forward";
-  Arg x = read(x_obj, fn, "x"), w = read(w_obj, fn, "weight");
-  const std::vector<int64_t> ys = linear_shapes(x, w, fn);
-  const DType d = x.d;
+// The checked x, weight and bias of a linear forward.
+struct LinearArgs {
+  Arg x, w, b;
+};
+LinearArgs linear_args(py::handle x_obj, py::handle w_obj, py::handle b_obj, const char* fn) {
+  LinearArgs a;
+  a.x = read(x_obj, fn, "x");
+  a.w = read(w_obj, fn, "weight");
+  linear_shapes(a.x, a.w, fn);
+  a.b = read_param(b_obj, a.x.d, a.w.shape[0], fn, "bias");
+  return a;
+}
+
+// y (..., OUT) = x w^T + b on checked arguments.
+py::object linear_run(const Arg& x, const Arg& w, const Arg& b) {
   const int64_t IN = x.last(), N = x.rows(), OUT = w.shape[0];
-  Arg b = read_param(b_obj, d, OUT, fn, "bias");
-  return dispatch_float(d, [&](auto tag) -> py::object {
+  std::vector<int64_t> ys = x.shape;
+  ys.back() = OUT;
+  return dispatch_float(x.d, [&](auto tag) -> py::object {
     using T = decltype(tag);
     py::array y = alloc<T>(ys);
     T* py_ = ptr<T>(y);
@@ -312,6 +298,11 @@ py::object linear_fwd(py::handle x_obj, py::handle w_obj, py::handle b_obj) {
     }
     return to_torch(y);
   });
+}
+
+py::object linear_fwd(py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+  const LinearArgs a = linear_args(x_obj, w_obj, b_obj, "_torch_linear_forward");
+  return linear_run(a.x, a.w, a.b);
 }
 
 // dy: (..., OUT), x: (..., IN), w: (OUT, IN) -> (dx: x's shape, dw: (OUT, IN), db: (OUT,))
@@ -342,12 +333,9 @@ bool tanh_form(const std::string& approximate, const char* fn) {
   value_error(cat(fn, ": approximate must be 'none' or 'tanh', got '", approximate, "'"));
 }
 
-py::object gelu_fwd(py::handle x_obj, const std::string& approximate) {
-  const char* fn = "_torch_gelu_forward";
-  const bool t = tanh_form(approximate, fn);
-  Arg x = read(x_obj, fn, "x");
-  const DType d = float_arg(x, fn, "x");
-  return dispatch_float(d, [&](auto tag) -> py::object {
+// y = gelu(x) on a checked float x (t: the tanh form).
+py::object gelu_run(const Arg& x, bool t) {
+  return dispatch_float(x.d, [&](auto tag) -> py::object {
     using T = decltype(tag);
     py::array y = alloc<T>(x.shape);
     T* py_ = ptr<T>(y);
@@ -357,6 +345,14 @@ py::object gelu_fwd(py::handle x_obj, const std::string& approximate) {
     }
     return to_torch(y);
   });
+}
+
+py::object gelu_fwd(py::handle x_obj, const std::string& approximate) {
+  const char* fn = "_torch_gelu_forward";
+  const bool t = tanh_form(approximate, fn);
+  Arg x = read(x_obj, fn, "x");
+  float_arg(x, fn, "x");
+  return gelu_run(x, t);
 }
 
 // dx = kernel(dy, a) elementwise, a the forward's x or the saved gelu'(x): the checks and the call
@@ -386,13 +382,10 @@ py::object gelu_bwd(py::handle dy_obj, py::handle x_obj, const std::string& appr
   });
 }
 
-// (y, dydx) of gelu_forward_with_grad, for fusegrad.torch's eager autograd (saves dydx, not x)
-py::object gelu_fwd_grad(py::handle x_obj, const std::string& approximate) {
-  const char* fn = "_torch_gelu_forward_with_grad";
-  const bool t = tanh_form(approximate, fn);
-  Arg x = read(x_obj, fn, "x");
-  const DType d = float_arg(x, fn, "x");
-  return dispatch_float(d, [&](auto tag) -> py::object {
+// (y, dydx) of gelu_forward_with_grad on a checked float x, for fusegrad.torch's eager autograd
+// (which saves dydx, not x)
+py::tuple gelu_grad_run(const Arg& x, bool t) {
+  return dispatch_float(x.d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     py::array y = alloc<T>(x.shape), dydx = alloc<T>(x.shape);
     T *py_ = ptr<T>(y), *pd = ptr<T>(dydx);
@@ -404,32 +397,47 @@ py::object gelu_fwd_grad(py::handle x_obj, const std::string& approximate) {
   });
 }
 
+py::object gelu_fwd_grad(py::handle x_obj, const std::string& approximate) {
+  const char* fn = "_torch_gelu_forward_with_grad";
+  const bool t = tanh_form(approximate, fn);
+  Arg x = read(x_obj, fn, "x");
+  float_arg(x, fn, "x");
+  return gelu_grad_run(x, t);
+}
+
 py::object gelu_bwd_grad(py::handle dy_obj, py::handle dydx_obj) {
   return unary_bwd(dy_obj, dydx_obj, "_torch_gelu_backward_from_grad", "dydx",
                    [](auto* dx, const auto* dy, const auto* d, int64_t n) { gelu_backward_from_grad(dx, dy, d, n); });
 }
 
-// ---------------------------------------------------------------- eager fast path (layer_norm)
-// fusegrad.torch.layer_norm's common call in one C++ call: plain CPU tensors (torch.Tensor or
-// nn.Parameter exactly, contiguous, float32/float64, one dtype), normalized over the last axis,
-// weight and bias (C,) or None. Everything fusegrad.torch's Python path decides for such a call
-// is decided here, from the state that path keeps (registered by _torch_fast_setup and pushed again
-// on every policy change by _torch_fast_policy): the policy's choice for the size bucket, the
-// dispatch count, no gradient -> the kernel alone, a gradient -> the registered autograd Function's
-// apply. Any other call (a subclass or fake tensor, another device or dtype, strides, shapes that
-// do not match, functorch transforms) returns None and the Python path takes it, so behaviour,
-// errors and fallback counts stay that path's. Why: the Python path read the same attributes
-// through ~40 interpreted steps (~3 us a call, quiet Zen 4); this reads each once.
+// ---------------------------------------------------------------- eager fast paths
+// fusegrad.torch's common eager calls of layer_norm, gelu and linear, each in one C++ call: plain
+// CPU tensors (torch.Tensor or nn.Parameter exactly, contiguous, float32/float64, one dtype) in the
+// shapes the kernels take. Everything fusegrad.torch's Python path decides for such a call is
+// decided here, from the state that path keeps (registered once by _torch_fast_setup, the policy
+// pushed again on every change by _torch_fast_policy): the policy's choice for the size bucket
+// (PyTorch's original op, or ours), the dispatch count, then our kernel alone (no gradient needed)
+// or the op's autograd Function, whose forward and backward are the C++ functions below and take
+// the arguments this call has read (a per-thread stash) instead of reading them again. Any other
+// call (a subclass or fake tensor, another device or dtype, strides, shapes that do not match,
+// functorch transforms, autocast for linear) returns None and the Python path takes it, so
+// behaviour, errors and fallback counts stay that path's. Why: the Python path reads the same
+// attributes through ~40 interpreted steps (~3 us a call, quiet Zen 4); this reads each once.
+enum FastOp { kLayerNorm, kGelu, kGeluTanh, kLinear, kFastOps };
+constexpr const char* kFastOpNames[kFastOps] = {"layer_norm", "gelu", "gelu_tanh", "linear"};
+
 struct FastState {
   PyObject* parameter = nullptr;         // torch.nn.Parameter (torch.Tensor is in TorchRefs)
   PyObject* grad_enabled = nullptr;      // torch.is_grad_enabled
   PyObject* functorch_active = nullptr;  // torch._C._are_functorch_transforms_active
+  PyObject* autocast_cpu = nullptr;      // () -> torch.is_autocast_enabled("cpu")
   PyObject* counts = nullptr;            // fusegrad.torch.dispatch_counts (a dict subclass)
-  PyObject *s_requires_grad = nullptr;
+  PyObject* s_requires_grad = nullptr;
+  PyObject* kw_approximate = nullptr;    // ("approximate",): F.gelu takes it by keyword only
   struct Op {
     PyObject *apply = nullptr, *original = nullptr, *key_torch = nullptr, *key_ours = nullptr;
-    uint8_t ours[2][64] = {};  // [float32, float64][floor(log2(numel))]: 1 = fusegrad's kernel
-  } layer_norm;
+    uint8_t ours[2][64] = {};  // [float32, float64][floor(log2(size))]: 1 = fusegrad's kernel
+  } op[kFastOps];
   bool ready = false;
 };
 FastState& fast() {
@@ -441,8 +449,8 @@ FastState& fast() {
 bool peek(PyObject* o, Arg& a, bool& grad) {
   const TorchRefs& r = torch_refs();
   const FastState& f = fast();
-  PyTypeObject* t = Py_TYPE(o);
-  if (reinterpret_cast<PyObject*>(t) != r.tensor && reinterpret_cast<PyObject*>(t) != f.parameter) return false;
+  PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(o));
+  if (t != r.tensor && t != f.parameter) return false;
   auto attr = [&](PyObject* name) { return py::reinterpret_steal<py::object>(PyObject_GetAttr(o, name)); };
   py::object dt = attr(r.s_dtype);
   a.d = dt.ptr() == r.f32 ? DType::f32 : dt.ptr() == r.f64 ? DType::f64 : DType::other;
@@ -471,12 +479,22 @@ bool peek(PyObject* o, Arg& a, bool& grad) {
   return true;
 }
 
+// weight / bias of a fast call: None, or a plain tensor of dtype d and shape (n,)
+bool peek_param(py::handle o, Arg& a, DType d, int64_t n, bool& grad) {
+  return o.is_none() || (peek(o.ptr(), a, grad) && a.d == d && a.shape.size() == 1 && a.shape[0] == n);
+}
+
 bool call_true(PyObject* fn) {
   PyObject* r = PyObject_CallNoArgs(fn);
   if (!r) throw py::error_already_set();
   const bool t = r == Py_True;
   Py_DECREF(r);
   return t;
+}
+
+py::object steal_or_throw(PyObject* o) {
+  if (!o) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
 }
 
 void count(PyObject* key) {  // dispatch_counts[key] += 1
@@ -492,43 +510,71 @@ int bucket(int64_t n) {  // floor(log2(n)) for n >= 1, as Python's n.bit_length(
   return 63 - __builtin_clzll(static_cast<unsigned long long>(n));
 }
 
-// The arguments layernorm_fast has just read, for the autograd Function's forward that its apply
-// is about to call on this thread with the same objects (it then need not read them again).
-struct LayerNormStash {
-  PyObject *x = nullptr, *w = nullptr, *b = nullptr;  // identities, compared only (borrowed for the call)
-  LayerNormArgs a;
+// The arguments a fast path has read, for the Function forward that its apply is about to call on
+// this thread with the same objects (the first argument an input tensor, the rest tensors or None).
+struct Stash {
+  PyObject* obj[3] = {};  // identities, compared only (the caller holds them for the call)
+  Arg arg[3];
 };
-thread_local LayerNormStash* ln_stash = nullptr;
+thread_local Stash* stash_slot = nullptr;
 
-// fusegrad.torch._LayerNorm.forward(ctx, x, weight, bias, eps): y; saves x and weight, and ctx.stats
-// = the (2, ...) array of mean and rstd (its two rows are the backward's mean and rstd).
-py::object layernorm_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps) {
-  LayerNormStash* st = ln_stash;
-  ln_stash = nullptr;
-  std::pair<py::object, py::array> r;
-  if (st && st->x == x_obj.ptr() && st->w == w_obj.ptr() && st->b == b_obj.ptr()) {
-    r = layernorm_run(st->a.x, st->a.w, st->a.b, eps);
-  } else {
-    const LayerNormArgs a = layernorm_args(x_obj, w_obj, b_obj, eps, "_torch_layernorm_ctx_forward");
-    r = layernorm_run(a.x, a.w, a.b, eps);
-  }
-  // ctx.save_for_backward(x, weight) is the Python method `self.to_save = tensors`: set the
-  // attribute itself (no Python frame); autograd turns it into saved variables after the forward.
-  static PyObject* s_to_save = PyUnicode_InternFromString("to_save");
-  static PyObject* s_stats = PyUnicode_InternFromString("stats");
-  py::tuple to_save = py::make_tuple(x_obj, w_obj);
-  if (PyObject_SetAttr(ctx.ptr(), s_to_save, to_save.ptr()) < 0) throw py::error_already_set();
-  if (PyObject_SetAttr(ctx.ptr(), s_stats, r.second.ptr()) < 0) throw py::error_already_set();
-  return r.first;
+// The stash if it holds exactly these objects, else null (taken either way: one forward per stash).
+const Stash* take_stash(PyObject* a, PyObject* b = nullptr, PyObject* c = nullptr) {
+  Stash* s = stash_slot;
+  stash_slot = nullptr;
+  return s && s->obj[0] == a && s->obj[1] == b && s->obj[2] == c ? s : nullptr;
 }
 
-py::object layernorm_fast(py::handle x_obj, py::handle ns, py::handle w_obj, py::handle b_obj, py::handle eps_obj) {
+// The common end of a fast path after its checks: the policy's choice for this dtype and size
+// (PyTorch's op: original(*orig_args, **kwnames)), the count, then the kernel alone when no
+// gradient is needed (run()) or the Function's apply(*apply_args) with st stashed for its forward.
+template <typename Run>
+py::object fast_finish(FastOp id, DType d, int64_t size, bool grad, Stash& st, PyObject* const* orig_args,
+                       size_t n_orig, PyObject* orig_kwnames, PyObject* const* apply_args, size_t n_apply, Run run) {
   FastState& f = fast();
-  if (!f.ready) return py::none();
-  Arg x, w, b;
+  const FastState::Op& op = f.op[id];
+  if (size < 1 || call_true(f.functorch_active)) return py::none();
+  if (!op.ours[d == DType::f64][bucket(size)]) {
+    count(op.key_torch);
+    return steal_or_throw(PyObject_Vectorcall(op.original, orig_args, n_orig, orig_kwnames));
+  }
+  count(op.key_ours);
+  if (!(grad && call_true(f.grad_enabled))) return run();
+  stash_slot = &st;
+  PyObject* y = PyObject_Vectorcall(op.apply, apply_args, n_apply, nullptr);
+  stash_slot = nullptr;  // (taken by the forward, unless apply failed before calling it)
+  return steal_or_throw(y);
+}
+
+// ctx.save_for_backward(*tensors) is the Python method `self.to_save = tensors`: set the attribute
+// itself (no Python frame); autograd turns it into saved variables after the forward.
+void save(py::handle ctx, const py::tuple& tensors) {
+  static PyObject* s_to_save = PyUnicode_InternFromString("to_save");
+  if (PyObject_SetAttr(ctx.ptr(), s_to_save, tensors.ptr()) < 0) throw py::error_already_set();
+}
+
+// (ctx.saved_tensors, ctx.needs_input_grad, dy.contiguous()) for a C++ backward, n tensors saved.
+std::tuple<py::tuple, py::tuple, py::object> unpack_ctx(py::handle ctx, py::handle dy, Py_ssize_t n,
+                                                        Py_ssize_t n_inputs, const char* fn) {
+  static PyObject* s_saved = PyUnicode_InternFromString("saved_tensors");
+  static PyObject* s_needs = PyUnicode_InternFromString("needs_input_grad");
+  static PyObject* s_contiguous = PyUnicode_InternFromString("contiguous");
+  py::object saved = get(ctx.ptr(), s_saved), needs = get(ctx.ptr(), s_needs);
+  if (!PyTuple_Check(saved.ptr()) || PyTuple_GET_SIZE(saved.ptr()) != n || !PyTuple_Check(needs.ptr()) ||
+      PyTuple_GET_SIZE(needs.ptr()) != n_inputs)
+    value_error(cat(fn, ": ctx must come from the matching forward"));
+  return {py::reinterpret_borrow<py::tuple>(saved), py::reinterpret_borrow<py::tuple>(needs),
+          call0(dy.ptr(), s_contiguous)};
+}
+
+// ---- layer_norm(input, normalized_shape, weight, bias, eps)
+py::object layernorm_fast(py::handle x_obj, py::handle ns, py::handle w_obj, py::handle b_obj, py::handle eps_obj) {
+  if (!fast().ready) return py::none();
+  Stash st;
+  Arg &x = st.arg[0], &w = st.arg[1], &b = st.arg[2];
   bool grad = false;
   if (!peek(x_obj.ptr(), x, grad) || x.shape.empty() || x.last() < 1) return py::none();
-  const int64_t C = x.last(), n = x.numel();
+  const int64_t C = x.last();
   // normalized_shape: an int, or a tuple / list / torch.Size of one int, equal to C
   PyObject* nso = ns.ptr();
   if ((PyTuple_Check(nso) && PyTuple_GET_SIZE(nso) == 1) || (PyList_Check(nso) && PyList_GET_SIZE(nso) == 1))
@@ -537,62 +583,168 @@ py::object layernorm_fast(py::handle x_obj, py::handle ns, py::handle w_obj, py:
     PyErr_Clear();
     return py::none();
   }
-  for (auto [o, a] : {std::pair<py::handle, Arg*>{w_obj, &w}, {b_obj, &b}}) {
-    if (o.is_none()) continue;
-    if (!peek(o.ptr(), *a, grad) || a->d != x.d || a->shape.size() != 1 || a->shape[0] != C) return py::none();
-  }
-  double eps;
-  if (PyFloat_CheckExact(eps_obj.ptr())) eps = PyFloat_AS_DOUBLE(eps_obj.ptr());
-  else return py::none();
-  if (!(eps >= 0) || n < 1 || call_true(f.functorch_active)) return py::none();
-  if (!f.layer_norm.ours[x.d == DType::f64][bucket(n)]) {
-    count(f.layer_norm.key_torch);
-    PyObject* y = PyObject_CallFunctionObjArgs(f.layer_norm.original, x_obj.ptr(), ns.ptr(), w_obj.ptr(),
-                                               b_obj.ptr(), eps_obj.ptr(), nullptr);
-    if (!y) throw py::error_already_set();
-    return py::reinterpret_steal<py::object>(y);
-  }
-  count(f.layer_norm.key_ours);
-  if (!(grad && call_true(f.grad_enabled))) return layernorm_run(x, w, b, eps).first;
-  LayerNormStash st{x_obj.ptr(), w_obj.ptr(), b_obj.ptr(), {std::move(x), std::move(w), std::move(b)}};
-  ln_stash = &st;
-  PyObject* y = PyObject_CallFunctionObjArgs(f.layer_norm.apply, x_obj.ptr(), w_obj.ptr(), b_obj.ptr(),
-                                             eps_obj.ptr(), nullptr);
-  ln_stash = nullptr;  // (taken by the forward, unless apply failed before calling it)
-  if (!y) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(y);
+  if (!peek_param(w_obj, w, x.d, C, grad) || !peek_param(b_obj, b, x.d, C, grad)) return py::none();
+  if (!PyFloat_CheckExact(eps_obj.ptr())) return py::none();
+  const double eps = PyFloat_AS_DOUBLE(eps_obj.ptr());
+  if (!(eps >= 0)) return py::none();
+  st.obj[0] = x_obj.ptr();
+  st.obj[1] = w_obj.ptr();
+  st.obj[2] = b_obj.ptr();
+  PyObject* orig[] = {x_obj.ptr(), ns.ptr(), w_obj.ptr(), b_obj.ptr(), eps_obj.ptr()};
+  PyObject* apply[] = {x_obj.ptr(), w_obj.ptr(), b_obj.ptr(), eps_obj.ptr()};
+  return fast_finish(kLayerNorm, x.d, x.numel(), grad, st, orig, 5, nullptr, apply, 4,
+                     [&] { return layernorm_run(x, w, b, eps).first; });
 }
 
-void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functorch_active, py::handle counts,
-                py::handle ln_apply, py::handle ln_original, py::handle ln_keys) {
+// fusegrad.torch._LayerNorm.forward(ctx, x, weight, bias, eps): y; saves x and weight, and ctx.stats
+// = the (2, ...) array of mean and rstd (its two rows are the backward's mean and rstd).
+py::object layernorm_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps) {
+  std::pair<py::object, py::array> r;
+  if (const Stash* st = take_stash(x_obj.ptr(), w_obj.ptr(), b_obj.ptr())) {
+    r = layernorm_run(st->arg[0], st->arg[1], st->arg[2], eps);
+  } else {
+    const LayerNormArgs a = layernorm_args(x_obj, w_obj, b_obj, eps, "_torch_layernorm_ctx_forward");
+    r = layernorm_run(a.x, a.w, a.b, eps);
+  }
+  static PyObject* s_stats = PyUnicode_InternFromString("stats");
+  save(ctx, py::make_tuple(x_obj, w_obj));
+  if (PyObject_SetAttr(ctx.ptr(), s_stats, r.second.ptr()) < 0) throw py::error_already_set();
+  return r.first;
+}
+
+// fusegrad.torch._LayerNorm.backward(ctx, dy): (dx, dweight or None, dbias or None, None) from what
+// layernorm_ctx_fwd saved (x, weight; ctx.stats); a None weight or bias has needs_input_grad False.
+py::tuple layernorm_ctx_bwd(py::handle ctx, py::handle dy_obj) {
+  const char* fn = "_torch_layernorm_ctx_backward";
+  static PyObject* s_stats = PyUnicode_InternFromString("stats");
+  auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 2, 4, fn);
+  const LayerNormBwdArgs a = layernorm_bwd_args(dy, saved[0], saved[1], fn);
+  std::vector<int64_t> ss{2};
+  ss.insert(ss.end(), a.x.shape.begin(), a.x.shape.end() - 1);
+  const Arg st = read(get(ctx.ptr(), s_stats), fn, "ctx.stats", true);
+  same_dtype(st, a.x.d, fn, "ctx.stats");
+  want_shape(st, ss, fn, "ctx.stats");
+  const size_t item = a.x.d == DType::f64 ? 8 : 4;
+  py::tuple g = layernorm_bwd_run(a, st.data, static_cast<const char*>(st.data) + item * a.x.rows());
+  return py::make_tuple(g[0], needs[1].ptr() == Py_True ? py::object(g[1]) : py::none(),
+                        needs[2].ptr() == Py_True ? py::object(g[2]) : py::none(), py::none());
+}
+
+// ---- gelu(input, approximate)
+py::object gelu_fast(py::handle x_obj, py::handle approximate) {
+  if (!fast().ready) return py::none();
+  Stash st;
+  bool grad = false;
+  PyObject* a = approximate.ptr();
+  if (!peek(x_obj.ptr(), st.arg[0], grad) || !PyUnicode_CheckExact(a)) return py::none();
+  const bool none = PyUnicode_CompareWithASCIIString(a, "none") == 0;
+  if (!none && PyUnicode_CompareWithASCIIString(a, "tanh") != 0) return py::none();
+  st.obj[0] = x_obj.ptr();
+  PyObject* orig[] = {x_obj.ptr(), a};  // F.gelu(input, approximate=...)
+  PyObject* apply[] = {x_obj.ptr(), a};
+  return fast_finish(none ? kGelu : kGeluTanh, st.arg[0].d, st.arg[0].numel(), grad, st, orig, 1,
+                     fast().kw_approximate, apply, 2, [&] { return gelu_run(st.arg[0], !none); });
+}
+
+// fusegrad.torch._Gelu.forward(ctx, x, approximate): y; saves gelu'(x) (not x): the backward is one multiply.
+py::object gelu_ctx_fwd(py::handle ctx, py::handle x_obj, const std::string& approximate) {
+  const char* fn = "_torch_gelu_ctx_forward";
+  const bool t = tanh_form(approximate, fn);
+  py::tuple r;
+  if (const Stash* st = take_stash(x_obj.ptr())) {
+    r = gelu_grad_run(st->arg[0], t);
+  } else {
+    Arg x = read(x_obj, fn, "x");
+    float_arg(x, fn, "x");
+    r = gelu_grad_run(x, t);
+  }
+  save(ctx, py::make_tuple(r[1]));
+  return r[0];
+}
+
+// fusegrad.torch._Gelu.backward(ctx, dy): (dx, None), dx = dy * the saved gelu'(x).
+py::tuple gelu_ctx_bwd(py::handle ctx, py::handle dy_obj) {
+  auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 1, 2, "_torch_gelu_ctx_backward");
+  return py::make_tuple(gelu_bwd_grad(dy, saved[0]), py::none());
+}
+
+// ---- linear(input, weight, bias)
+py::object linear_fast(py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+  FastState& f = fast();
+  if (!f.ready) return py::none();
+  Stash st;
+  Arg &x = st.arg[0], &w = st.arg[1], &b = st.arg[2];
+  bool grad = false;
+  if (!peek(x_obj.ptr(), x, grad) || !peek(w_obj.ptr(), w, grad) || x.shape.empty() || w.d != x.d ||
+      w.shape.size() != 2 || w.shape[1] != x.last() || !peek_param(b_obj, b, x.d, w.shape[0], grad))
+    return py::none();
+  if (call_true(f.autocast_cpu)) return py::none();  // the Python path runs the bf16 kernels
+  st.obj[0] = x_obj.ptr();
+  st.obj[1] = w_obj.ptr();
+  st.obj[2] = b_obj.ptr();
+  PyObject* args[] = {x_obj.ptr(), w_obj.ptr(), b_obj.ptr()};
+  return fast_finish(kLinear, x.d, x.numel() * w.shape[0], grad, st, args, 3, nullptr, args, 3,
+                     [&] { return linear_run(x, w, b); });
+}
+
+// fusegrad.torch._Linear.forward(ctx, x, weight, bias): y; saves x and weight.
+py::object linear_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj, py::handle b_obj) {
+  py::object y;
+  if (const Stash* st = take_stash(x_obj.ptr(), w_obj.ptr(), b_obj.ptr())) {
+    y = linear_run(st->arg[0], st->arg[1], st->arg[2]);
+  } else {
+    const LinearArgs a = linear_args(x_obj, w_obj, b_obj, "_torch_linear_ctx_forward");
+    y = linear_run(a.x, a.w, a.b);
+  }
+  save(ctx, py::make_tuple(x_obj, w_obj));
+  return y;
+}
+
+// fusegrad.torch._Linear.backward(ctx, dy): (dx, dweight, dbias or None); a None bias has
+// needs_input_grad False.
+py::tuple linear_ctx_bwd(py::handle ctx, py::handle dy_obj) {
+  auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 2, 3, "_torch_linear_ctx_backward");
+  py::tuple g = linear_bwd(dy, saved[0], saved[1]);
+  return py::make_tuple(g[0], g[1], needs[2].ptr() == Py_True ? py::object(g[2]) : py::none());
+}
+
+// ---- the state
+void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functorch_active, py::handle autocast_cpu,
+                py::handle counts, py::dict ops) {
   FastState& f = fast();
   if (!PyDict_Check(counts.ptr())) type_error("_torch_fast_setup: counts must be a dict (collections.Counter)");
   auto keep = [](py::handle o) { return py::reinterpret_borrow<py::object>(o).release().ptr(); };
+  for (int i = 0; i < kFastOps; ++i) {  // {op: (apply, original, (key_torch, key_ours))}
+    if (!ops.contains(kFastOpNames[i])) value_error(cat("_torch_fast_setup: ops lacks '", kFastOpNames[i], "'"));
+    py::tuple t = ops[kFastOpNames[i]];
+    py::tuple keys = t[2];
+    f.op[i].apply = keep(t[0]);
+    f.op[i].original = keep(t[1]);
+    f.op[i].key_torch = keep(keys[0]);
+    f.op[i].key_ours = keep(keys[1]);
+  }
   f.parameter = keep(parameter);
   f.grad_enabled = keep(grad_enabled);
   f.functorch_active = keep(functorch_active);
+  f.autocast_cpu = keep(autocast_cpu);
   f.counts = keep(counts);
   f.s_requires_grad = PyUnicode_InternFromString("requires_grad");
-  py::tuple keys = py::reinterpret_borrow<py::tuple>(ln_keys);
-  f.layer_norm.apply = keep(ln_apply);
-  f.layer_norm.original = keep(ln_original);
-  f.layer_norm.key_torch = keep(keys[0]);
-  f.layer_norm.key_ours = keep(keys[1]);
+  f.kw_approximate = py::make_tuple("approximate").release().ptr();
   torch_refs();
   f.ready = true;
 }
 
 void fast_policy(const std::string& op, py::bytes f32, py::bytes f64) {
-  if (op != "layer_norm") value_error(cat("_torch_fast_policy: no fast path for op '", op, "'"));
+  const int i = int(std::find_if(kFastOpNames, kFastOpNames + kFastOps, [&](const char* n) { return op == n; }) -
+                    kFastOpNames);
+  if (i == kFastOps) value_error(cat("_torch_fast_policy: no fast path for op '", op, "'"));
   const std::string a = f32, b = f64;
   if (a.size() != 64 || b.size() != 64) value_error("_torch_fast_policy: want 64 bytes per dtype (one per bucket)");
-  auto& o = fast().layer_norm.ours;
-  for (int i = 0; i < 64; ++i) {
-    o[0][i] = a[i] != 0;
-    o[1][i] = b[i] != 0;
+  for (int k = 0; k < 64; ++k) {
+    fast().op[i].ours[0][k] = a[k] != 0;
+    fast().op[i].ours[1][k] = b[k] != 0;
   }
 }
-
 }  // namespace
 
 void bind_torch(py::module_& m) {
@@ -617,14 +769,28 @@ void bind_torch(py::module_& m) {
         py::arg("bias"), py::arg("eps"),
         "fusegrad.torch.layer_norm's common eager call decided and run in one call (see csrc/bind/torch.cpp);\n"
         "None when the call is not one it takes (the Python path then takes it).");
+  m.def("_torch_gelu_fast", &gelu_fast, py::arg("input"), py::arg("approximate"),
+        "fusegrad.torch.gelu's common eager call in one call; None when it is not one it takes.");
+  m.def("_torch_linear_fast", &linear_fast, py::arg("input"), py::arg("weight"), py::arg("bias"),
+        "fusegrad.torch.linear's common eager call in one call; None when it is not one it takes.");
   m.def("_torch_layernorm_ctx_forward", &layernorm_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"),
         "fusegrad.torch's layer_norm autograd.Function forward: y; saves x and weight (ctx.to_save),\n"
         "ctx.stats = one (2, ...) array of mean and rstd.");
   m.def("_torch_layernorm_ctx_backward", &layernorm_ctx_bwd, py::arg("ctx"), py::arg("dy"),
-        "fusegrad.torch's layer_norm autograd.Function backward: (dx, dweight, dbias, None), from what\n"
-        "_torch_layernorm_ctx_forward saved.");
-  m.def("_torch_fast_setup", &fast_setup, "fusegrad.torch's state for the eager fast paths (called once at import).");
+        "fusegrad.torch's layer_norm autograd.Function backward: (dx, dweight, dbias, None).");
+  m.def("_torch_gelu_ctx_forward", &gelu_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("approximate"),
+        "fusegrad.torch's gelu autograd.Function forward: y; saves gelu'(x).");
+  m.def("_torch_gelu_ctx_backward", &gelu_ctx_bwd, py::arg("ctx"), py::arg("dy"),
+        "fusegrad.torch's gelu autograd.Function backward: (dx, None).");
+  m.def("_torch_linear_ctx_forward", &linear_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), "fusegrad.torch's linear autograd.Function forward: y; saves x and weight.");
+  m.def("_torch_linear_ctx_backward", &linear_ctx_bwd, py::arg("ctx"), py::arg("dy"),
+        "fusegrad.torch's linear autograd.Function backward: (dx, dweight, dbias or None).");
+  m.def("_torch_fast_setup", &fast_setup, py::arg("parameter"), py::arg("grad_enabled"), py::arg("functorch_active"),
+        py::arg("autocast_cpu"), py::arg("counts"), py::arg("ops"),
+        "fusegrad.torch's state for the eager fast paths (called once at import); ops: {name: (apply,\n"
+        "original, (key_torch, key_ours))} for layer_norm, gelu, gelu_tanh, linear.");
   m.def("_torch_fast_policy", &fast_policy, py::arg("op"), py::arg("float32"), py::arg("float64"),
         "The policy's choice per size bucket (64 bytes per dtype, 1 = fusegrad), pushed on every policy change.");
 }
