@@ -612,6 +612,24 @@ def test_eager_path_skips_the_custom_op(monkeypatch):
     assert z.grad_fn is None and not z.requires_grad
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_double_backward_raises_instead_of_dropping_second_order_terms(name, no_fallback):
+    # our backward kernels are not differentiable: create_graph=True through them must not silently
+    # give gradients without this node's second-order terms (torch.autograd.grad prunes the error node
+    # that once_differentiable would add, so the backward itself raises)
+    ours, theirs, make = CASES[name]
+    inputs = make(torch.float64)
+    diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    y = ours(*inputs)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad((y ** 3).sum(), diff, create_graph=True)
+    y = ours(*inputs)  # first order, also with grad mode on around the call, as before
+    with torch.enable_grad():
+        g = torch.autograd.grad((y ** 3).sum(), diff)
+    ref = torch.autograd.grad((theirs(*inputs) ** 3).sum(), diff)
+    for a, r in zip(g, ref):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
+
 @pytest.mark.parametrize("name", ["layer_norm", "gelu", "linear", "cross_entropy"])
 def test_gradcheck_custom_op_path(name, monkeypatch):
     # the registered custom ops' autograd (what torch.compile traces), run eagerly by pretending to trace

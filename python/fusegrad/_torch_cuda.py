@@ -82,6 +82,21 @@ def _empty(shape, like, dtype=None):
 
 
 # ----------------------------------------------------------------- layer norm
+def first_order_only(backward, op):
+    """A Function's backward (a staticmethod's function) that refuses a double backward: fusegrad's
+    backward kernels are not differentiable, so with create_graph=True (grad mode on inside the
+    backward) the result would silently lack the node's second-order terms. It raises instead,
+    naming the op; the usual backward (grad mode off) pays one grad-mode check."""
+    def run(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"fusegrad.torch.{op}: double backward (create_graph=True) through fusegrad's kernels is not "
+                f"supported: their backward is not differentiable. fusegrad.torch.set_policy('torch', ops="
+                f"{['gelu', 'gelu_tanh'] if op == 'gelu' else op!r}) runs PyTorch's op, which supports it.")
+        return backward(ctx, *grads)
+    return staticmethod(run)
+
+
 class LayerNorm(torch.autograd.Function):
     """x (N, C); weight, bias (C,) or None."""
 
@@ -271,3 +286,8 @@ def adamw_step(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay) -> str:
         return "non-contiguous parameter or state (updated in place)"
     _k().adam_step(_p(p), _p(m), _p(v), _p(g), p.numel(), int(step), lr, beta1, beta2, eps, weight_decay, True, _s())
     return ""
+
+
+for _op, _fn in (("layer_norm", LayerNorm), ("gelu", Gelu), ("cross_entropy", CrossEntropy),
+                 ("scaled_dot_product_attention", Attention), ("linear", Linear)):
+    _fn.backward = first_order_only(_fn.backward, _op)

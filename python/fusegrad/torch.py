@@ -44,7 +44,10 @@ weights, label smoothing, reductions other than ``'mean'``, inputs other than ``
 ...); under ``torch.compile`` a fallback counts once per trace. The optimizer is the exception:
 ``AdamW`` raises ``ValueError`` for options it lacks (``amsgrad``, ``maximize``, ...) and
 ``RuntimeError`` for parameters its kernels cannot update (not CPU, or CUDA but not float32),
-since silently running another optimizer would change a training run.
+since silently running another optimizer would change a training run. A double backward
+(``create_graph=True``) through an op that ran on our kernels raises ``RuntimeError`` naming the op:
+their backward is not differentiable, and ``torch.autograd.grad`` would otherwise return gradients
+silently lacking that node's second-order terms (``set_policy('torch', ops=...)`` runs PyTorch's op).
 
 **Autocast.** Inside ``torch.autocast("cpu", dtype=torch.bfloat16)`` the linear and attention
 adapters run fusegrad's bf16 kernels (``ops.matmul_bf16``, ``ops.attention_*(bf16=True)``): float32
@@ -194,6 +197,8 @@ def _fast_apply(fn):
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
+
+
 
 
 def _n(t):
@@ -1014,6 +1019,12 @@ def linear(input, weight, bias=None):
         y = _linear_fwd(x, weight, bias)
     return y if flat else y.reshape(*input.shape[:-1], weight.shape[0])
 
+
+for _op, _fns in (("scaled_dot_product_attention", (_Attention, _AttentionBF16, _AttentionPacked)),
+                  ("layer_norm", (_LayerNorm,)), ("cross_entropy", (_CrossEntropy,)), ("gelu", (_Gelu,)),
+                  ("linear", (_Linear, _LinearBF16))):
+    for _fn in _fns:
+        _fn.backward = _tc.first_order_only(_fn.backward, _op)
 
 for _f in (scaled_dot_product_attention, layer_norm, cross_entropy, gelu, linear):
     _f._torch_original = ORIGINALS[_f.__name__]  # a later import finds PyTorch's op behind ours
