@@ -23,7 +23,7 @@ contiguity, shape and data pointer, check them as the NumPy entries do, and retu
 outputs as tensors through ``torch.from_numpy``). The common calls of layer_norm, gelu and linear
 (plain contiguous CPU tensors in the shapes the kernels take) are decided and run by one C++ entry
 each (``_C._torch_layernorm_fast``, ``_torch_gelu_fast``, ``_torch_linear_fast``) from the same
-policy state, and their Functions' forward and backward are C++ too; every other call takes the
+policy state, and their Functions' forward and backward are C++ functions too; every other call takes the
 Python path, with the same results, counts and errors. Forward with autograd, 1 thread, CPU time,
 quiet Zen 4, above the raw kernel: layer_norm 8x128 +6.3 µs (the Python path +9.7), gelu 8x512 +5.0
 (+6.3), linear 8x128x128 +6.1 (+9.1); ``autograd.Function.apply``'s own machinery is ~3.3 µs of that.
@@ -661,9 +661,9 @@ _layernorm_fwd.register_autograd(_layernorm_grad, setup_context=_layernorm_setup
 
 class _LayerNorm(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch (weight, bias: a tensor or None).
-    Both are C++ (no Python frame): forward(ctx, x, weight, bias, eps) (x, weight, bias contiguous)
-    returns y, with x and weight saved and ctx.stats = one (2, ...) array whose rows are mean and
-    rstd; backward(ctx, dy) returns (dx, dweight, dbias, None)."""
+    Both are C++: forward(ctx, x, weight, bias, eps) (x, weight, bias contiguous) returns y, with x
+    and weight saved and ctx.stats = one (2, ...) array whose rows are mean and rstd; backward(ctx,
+    dy) returns (dx, dweight, dbias, None) (behind first_order_only's grad-mode check, at the end)."""
 
     forward = staticmethod(_C._torch_layernorm_ctx_forward)
     backward = staticmethod(_C._torch_layernorm_ctx_backward)  # None for a weight or bias that was None
