@@ -431,7 +431,8 @@ struct FastState {
   PyObject* grad_enabled = nullptr;      // torch.is_grad_enabled
   PyObject* functorch_active = nullptr;  // torch._C._are_functorch_transforms_active
   PyObject* autocast_cpu = nullptr;      // () -> torch.is_autocast_enabled("cpu")
-  PyObject* counts = nullptr;            // fusegrad.torch.dispatch_counts (a dict subclass)
+  PyObject* module_dict = nullptr;       // fusegrad.torch's globals(): its dispatch_counts is looked up per call
+  PyObject* s_counts = nullptr;          // "dispatch_counts" (a Counter, which a user may also replace)
   PyObject* s_requires_grad = nullptr;
   PyObject* kw_approximate = nullptr;    // ("approximate",): F.gelu takes it by keyword only
   struct Op {
@@ -497,8 +498,12 @@ py::object steal_or_throw(PyObject* o) {
   return py::reinterpret_steal<py::object>(o);
 }
 
-void count(PyObject* key) {  // dispatch_counts[key] += 1
-  PyObject* counts = fast().counts;
+void count(PyObject* key) {  // fusegrad.torch.dispatch_counts[key] += 1
+  PyObject* counts = PyDict_GetItemWithError(fast().module_dict, fast().s_counts);  // borrowed
+  if (!counts || !PyDict_Check(counts)) {
+    if (!PyErr_Occurred()) type_error("fusegrad.torch.dispatch_counts must be a dict (a collections.Counter)");
+    throw py::error_already_set();
+  }
   PyObject* old = PyDict_GetItemWithError(counts, key);  // borrowed; a missing key counts from 0
   if (!old && PyErr_Occurred()) throw py::error_already_set();
   const long long n = old ? PyLong_AsLongLong(old) : 0;
@@ -710,9 +715,8 @@ py::tuple linear_ctx_bwd(py::handle ctx, py::handle dy_obj) {
 
 // ---- the state
 void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functorch_active, py::handle autocast_cpu,
-                py::handle counts, py::dict ops) {
+                py::dict module_dict, py::dict ops) {
   FastState& f = fast();
-  if (!PyDict_Check(counts.ptr())) type_error("_torch_fast_setup: counts must be a dict (collections.Counter)");
   auto keep = [](py::handle o) { return py::reinterpret_borrow<py::object>(o).release().ptr(); };
   for (int i = 0; i < kFastOps; ++i) {  // {op: (apply, original, (key_torch, key_ours))}
     if (!ops.contains(kFastOpNames[i])) value_error(cat("_torch_fast_setup: ops lacks '", kFastOpNames[i], "'"));
@@ -727,7 +731,8 @@ void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functo
   f.grad_enabled = keep(grad_enabled);
   f.functorch_active = keep(functorch_active);
   f.autocast_cpu = keep(autocast_cpu);
-  f.counts = keep(counts);
+  f.module_dict = keep(module_dict);
+  f.s_counts = PyUnicode_InternFromString("dispatch_counts");
   f.s_requires_grad = PyUnicode_InternFromString("requires_grad");
   f.kw_approximate = py::make_tuple("approximate").release().ptr();
   torch_refs();
@@ -788,7 +793,7 @@ void bind_torch(py::module_& m) {
   m.def("_torch_linear_ctx_backward", &linear_ctx_bwd, py::arg("ctx"), py::arg("dy"),
         "fusegrad.torch's linear autograd.Function backward: (dx, dweight, dbias or None).");
   m.def("_torch_fast_setup", &fast_setup, py::arg("parameter"), py::arg("grad_enabled"), py::arg("functorch_active"),
-        py::arg("autocast_cpu"), py::arg("counts"), py::arg("ops"),
+        py::arg("autocast_cpu"), py::arg("module_dict"), py::arg("ops"),
         "fusegrad.torch's state for the eager fast paths (called once at import); ops: {name: (apply,\n"
         "original, (key_torch, key_ours))} for layer_norm, gelu, gelu_tanh, linear.");
   m.def("_torch_fast_policy", &fast_policy, py::arg("op"), py::arg("float32"), py::arg("float64"),

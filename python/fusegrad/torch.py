@@ -948,7 +948,7 @@ _linear_apply = _fast_apply(_Linear)
 
 # The state the C++ fast paths decide from (their policy copy comes from _push_fast_policy).
 _C._torch_fast_setup(nn.Parameter, torch.is_grad_enabled, _functorch_active, functools.partial(_autocast_on, "cpu"),
-                     dispatch_counts, {op: (super(torch.autograd.Function, fn).apply, orig, _KEYS[op])
+                     globals(), {op: (super(torch.autograd.Function, fn).apply, orig, _KEYS[op])
                                        for op, fn, orig in (("layer_norm", _LayerNorm, _pt_layer_norm),
                                                             ("gelu", _Gelu, _pt_gelu), ("gelu_tanh", _Gelu, _pt_gelu),
                                                             ("linear", _Linear, _pt_linear))})
