@@ -82,6 +82,44 @@ const char* dtype_name(DType d) {
 }
 
 // A contiguous CPU tensor (numpy_ok: or a C-contiguous NumPy array, as the saved statistics are).
+// What probe() found wrong first (ok: nothing).
+enum class Probe { ok, error, dtype, device, strides, memory, unaligned };
+
+// Reads a tensor's dtype, device, contiguity, shape and data pointer into a, in that order, and
+// returns the first check that fails (error: an attribute lookup raised, the Python error is left
+// set). Never raises: read() turns a failure into its message, peek() into "not this path".
+Probe probe(PyObject* o, Arg& a) {
+  const TorchRefs& r = torch_refs();
+  auto attr = [&](PyObject* name) { return py::reinterpret_steal<py::object>(PyObject_GetAttr(o, name)); };
+  py::object dt = attr(r.s_dtype);
+  if (!dt) return Probe::error;
+  a.d = dt.ptr() == r.f32 ? DType::f32 : dt.ptr() == r.f64 ? DType::f64 : dt.ptr() == r.i64 ? DType::i64
+      : dt.ptr() == r.i32 ? DType::i32 : DType::other;
+  if (a.d == DType::other) return Probe::dtype;
+  py::object cpu = attr(r.s_is_cpu);
+  if (!cpu) return Probe::error;
+  if (cpu.ptr() != Py_True) return Probe::device;
+  py::object contig = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(o, r.s_is_contiguous));
+  if (!contig) return Probe::error;
+  if (contig.ptr() != Py_True) return Probe::strides;
+  py::object shape = attr(r.s_shape);
+  if (!shape) return Probe::error;
+  if (!PyTuple_Check(shape.ptr())) return Probe::memory;  // (not a torch.Size: not a tensor we can read)
+  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.ptr());
+  a.shape.resize(nd);
+  for (Py_ssize_t i = 0; i < nd; ++i) a.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
+  // fake, meta and functional tensors have no memory to read: data_ptr() raises or returns 0
+  PyObject* p = PyObject_CallMethodNoArgs(o, r.s_data_ptr);
+  a.data = p ? PyLong_AsVoidPtr(p) : nullptr;
+  Py_XDECREF(p);
+  if (!p || PyErr_Occurred() || (a.data == nullptr && a.numel() > 0)) {
+    PyErr_Clear();
+    return Probe::memory;
+  }
+  const auto item = a.d == DType::f64 || a.d == DType::i64 ? 8u : 4u;
+  return reinterpret_cast<uintptr_t>(a.data) % item ? Probe::unaligned : Probe::ok;
+}
+
 Arg read(py::handle o, const char* fn, const char* name, bool numpy_ok = false) {
   const TorchRefs& r = torch_refs();
   Arg a;
@@ -97,35 +135,26 @@ Arg read(py::handle o, const char* fn, const char* name, bool numpy_ok = false) 
   if (is < 0) throw py::error_already_set();
   if (!is) type_error(cat(fn, ": ", name, " must be a torch.Tensor", numpy_ok ? " or a numpy.ndarray" : "", ", got ",
                           type_name(o)));
-  py::object dt = get(o.ptr(), r.s_dtype);
-  a.d = dt.ptr() == r.f32 ? DType::f32 : dt.ptr() == r.f64 ? DType::f64 : dt.ptr() == r.i64 ? DType::i64
-      : dt.ptr() == r.i32 ? DType::i32 : DType::other;
-  if (a.d == DType::other) type_error(cat(fn, ": ", name, " has dtype ", py::str(dt).cast<std::string>(),
-                                          "; these kernels take float32/float64 (int64/int32 indices)"));
-  if (get(o.ptr(), r.s_is_cpu).ptr() != Py_True)
-    value_error(cat(fn, ": ", name, " must be a CPU tensor, got one on ",
-                    py::str(get(o.ptr(), r.s_device)).cast<std::string>()));
-  if (call0(o.ptr(), r.s_is_contiguous).ptr() != Py_True)
-    value_error(cat(fn, ": ", name, " must be contiguous (call .contiguous() on it), got strides ",
-                    py::str(py::handle(o).attr("stride")()).cast<std::string>()));
-  py::object shape = get(o.ptr(), r.s_shape);
-  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.ptr());
-  a.shape.resize(nd);
-  for (Py_ssize_t i = 0; i < nd; ++i) a.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
-  // fake, meta and functional tensors have no memory to read: data_ptr() raises or returns 0
-  PyObject* p = PyObject_CallMethodNoArgs(o.ptr(), r.s_data_ptr);
-  if (p) {
-    a.data = PyLong_AsVoidPtr(p);
-    Py_DECREF(p);
+  switch (probe(o.ptr(), a)) {
+    case Probe::ok:
+      return a;
+    case Probe::error:
+      throw py::error_already_set();
+    case Probe::dtype:
+      type_error(cat(fn, ": ", name, " has dtype ", py::str(get(o.ptr(), r.s_dtype)).cast<std::string>(),
+                     "; these kernels take float32/float64 (int64/int32 indices)"));
+    case Probe::device:
+      value_error(cat(fn, ": ", name, " must be a CPU tensor, got one on ",
+                      py::str(get(o.ptr(), r.s_device)).cast<std::string>()));
+    case Probe::strides:
+      value_error(cat(fn, ": ", name, " must be contiguous (call .contiguous() on it), got strides ",
+                      py::str(py::handle(o).attr("stride")()).cast<std::string>()));
+    case Probe::memory:
+      value_error(cat(fn, ": ", name, " has no memory to read (a fake, meta or functional tensor? got ", type_name(o),
+                      "); the torch.library custom ops (torch.ops.fusegrad.*) take those"));
+    case Probe::unaligned:
+      value_error(cat(fn, ": ", name, " must be aligned to its dtype, got an unaligned tensor"));
   }
-  if (!p || PyErr_Occurred() || (a.data == nullptr && a.numel() > 0)) {
-    PyErr_Clear();
-    value_error(cat(fn, ": ", name, " has no memory to read (a fake, meta or functional tensor? got ", type_name(o),
-                    "); the torch.library custom ops (torch.ops.fusegrad.*) take those"));
-  }
-  const auto item = a.d == DType::f64 || a.d == DType::i64 ? 8u : 4u;
-  if (reinterpret_cast<uintptr_t>(a.data) % item)
-    value_error(cat(fn, ": ", name, " must be aligned to its dtype, got an unaligned tensor"));
   return a;
 }
 
@@ -446,37 +475,23 @@ FastState& fast() {
   return f;
 }
 
-// A plain, contiguous CPU float tensor with memory (never raises): its Arg, or false.
+// A plain (torch.Tensor or nn.Parameter exactly), contiguous CPU float tensor with memory (never
+// raises): its Arg, or false; grad |= its requires_grad.
 bool peek(PyObject* o, Arg& a, bool& grad) {
-  const TorchRefs& r = torch_refs();
   const FastState& f = fast();
   PyObject* t = reinterpret_cast<PyObject*>(Py_TYPE(o));
-  if (t != r.tensor && t != f.parameter) return false;
-  auto attr = [&](PyObject* name) { return py::reinterpret_steal<py::object>(PyObject_GetAttr(o, name)); };
-  py::object dt = attr(r.s_dtype);
-  a.d = dt.ptr() == r.f32 ? DType::f32 : dt.ptr() == r.f64 ? DType::f64 : DType::other;
-  if (a.d == DType::other) {
+  if (t != torch_refs().tensor && t != f.parameter) return false;
+  if (probe(o, a) != Probe::ok || (a.d != DType::f32 && a.d != DType::f64) || a.data == nullptr) {
     PyErr_Clear();  // (a failed getattr: the Python path reports it)
     return false;
   }
-  py::object cpu = attr(r.s_is_cpu), rg = attr(f.s_requires_grad), shape = attr(r.s_shape);
-  py::object contig = py::reinterpret_steal<py::object>(PyObject_CallMethodNoArgs(o, r.s_is_contiguous));
-  if (cpu.ptr() != Py_True || contig.ptr() != Py_True || !rg || !shape || !PyTuple_Check(shape.ptr())) {
+  PyObject* rg = PyObject_GetAttr(o, f.s_requires_grad);
+  if (!rg) {
     PyErr_Clear();
     return false;
   }
-  const Py_ssize_t nd = PyTuple_GET_SIZE(shape.ptr());
-  a.shape.resize(nd);
-  for (Py_ssize_t i = 0; i < nd; ++i) a.shape[i] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), i));
-  PyObject* p = PyObject_CallMethodNoArgs(o, r.s_data_ptr);
-  a.data = p ? PyLong_AsVoidPtr(p) : nullptr;
-  Py_XDECREF(p);
-  const auto item = a.d == DType::f64 ? 8u : 4u;
-  if (PyErr_Occurred() || a.data == nullptr || reinterpret_cast<uintptr_t>(a.data) % item) {
-    PyErr_Clear();
-    return false;
-  }
-  grad = grad || rg.ptr() == Py_True;
+  grad = grad || rg == Py_True;
+  Py_DECREF(rg);
   return true;
 }
 
