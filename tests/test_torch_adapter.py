@@ -630,6 +630,25 @@ def test_double_backward_raises_instead_of_dropping_second_order_terms(name, no_
     for a, r in zip(g, ref):
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
 
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_double_backward_through_custom_ops_raises(name, monkeypatch):
+    # the torch.library path (what torch.compile traces) must not drop second-order terms either:
+    # its backward ops have no autograd formula, so PyTorch raises when create_graph=True reaches them
+    ours, _, make = CASES[name]
+    monkeypatch.setattr(fgt, "_is_compiling", lambda: True)
+    old = fgt.set_policy("fusegrad")
+    try:
+        inputs = make(torch.float64)
+        diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+        y = ours(*inputs)
+        with pytest.raises(RuntimeError, match=r"through fusegrad\.\w+_backward.* no autograd formula"):
+            g = torch.autograd.grad((y ** 3).sum(), diff, create_graph=True)
+            torch.autograd.grad(sum((t ** 2).sum() for t in g), diff)
+    finally:
+        fgt.set_policy(old)
+
+
 @pytest.mark.parametrize("name", ["layer_norm", "gelu", "linear", "cross_entropy"])
 def test_gradcheck_custom_op_path(name, monkeypatch):
     # the registered custom ops' autograd (what torch.compile traces), run eagerly by pretending to trace
