@@ -857,6 +857,45 @@ def test_layer_norm_fast_path_threads_and_repeated_backward():
         torch.autograd.grad(y, (x, w, b), dy)
 
 
+def test_outputs_own_host_cache_memory_until_torch_frees_them():
+    # the C++ entries hand outputs to torch as DLPack capsules over host-cache blocks: the block is
+    # in use exactly as long as the tensor (or a view, or a NumPy array over it) lives, then goes
+    # back to the cache, whichever thread drops the last reference
+    import threading
+    import fusegrad
+    fgt.set_policy("fusegrad")
+    try:
+        x = rnd(301, 257, seed=3, grad=False)  # 309 KB outputs: host-cache blocks (>= 128 KiB)
+        w, b = rnd(257, seed=4, grad=False), rnd(257, seed=5, grad=False)
+        base = fusegrad.memory_stats()["live_blocks"]
+        y = fgt.gelu(x)
+        z = fgt.layer_norm(x, (257,), w, b)
+        assert fusegrad.memory_stats()["live_blocks"] == base + 2
+        ref = TF.gelu(x.double())
+        torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-6)
+        view, arr = y[7:], z.numpy()
+        del y, z
+        assert fusegrad.memory_stats()["live_blocks"] == base + 2  # the view and the array keep them
+        torch.testing.assert_close(view.double(), ref[7:], rtol=1e-6, atol=1e-6)
+        del arr
+        assert fusegrad.memory_stats()["live_blocks"] == base + 1
+        t = threading.Thread(target=lambda v=[view]: v.clear())
+        del view
+        t.start()
+        t.join()
+        assert fusegrad.memory_stats()["live_blocks"] == base
+        y = fgt.gelu(x)  # the cached block is used again
+        hits = fusegrad.memory_stats()["hits"]
+        del y
+        y = fgt.gelu(x)
+        assert fusegrad.memory_stats()["hits"] == hits + 1
+        y.resize_(0)  # resizing within the block works; growing raises as for torch.from_numpy
+        with pytest.raises(RuntimeError):
+            y.resize_(301 * 258)
+    finally:
+        fgt.set_policy("auto")
+
+
 @pytest.mark.parametrize("policy", ["fusegrad", "torch"])
 @pytest.mark.parametrize("params", [True, False])
 def test_layer_norm_training_call_counts_once_and_matches(policy, params):

@@ -3,9 +3,11 @@
 //
 // No libtorch is linked: a tensor is read through its Python attributes (dtype, is_cpu,
 // is_contiguous(), shape, data_ptr()) with the C API and interned names, ~0.3 us a tensor, where
-// a NumPy view (numpy(force=True)) costs ~0.9 us and pybind11's array checks come on top. Outputs
-// are NumPy arrays from fusegrad's host cache handed to torch.from_numpy, the cheapest way to a
-// tensor measured (np alloc + from_numpy ~0.9 us; torch.empty ~1.4 us). Everything the NumPy
+// a NumPy view (numpy(force=True)) costs ~0.9 us and pybind11's array checks come on top. Output
+// memory comes from fusegrad's host cache and reaches torch as a DLPack capsule
+// (torch._C._from_dlpack), the cheapest way to a tensor measured: ~0.4 us, where a NumPy array +
+// torch.from_numpy costs ~0.9 us and torch.empty ~1.4 us (NumPy arrays remain for the statistics
+// a forward keeps in ctx). Everything the NumPy
 // entries check is checked here too, naming the function and the argument: the type (a torch
 // tensor, or a NumPy array where noted), the dtype (TypeError), the device, contiguity, alignment,
 // shapes (ValueError), and that the tensor has memory (a fake or meta tensor has none). The
@@ -13,12 +15,15 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <new>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "bind/bind.h"
 #include "bind/check.h"
+#include "core/host_cache.h"
 #include "ops/activations.h"
 #include "ops/layernorm.h"
 #include "ops/matmul.h"
@@ -30,8 +35,9 @@ namespace {
 // torch's objects and the attribute names, looked up once (torch is imported on first use: it is
 // never a dependency of fusegrad._C itself). Held for the life of the process.
 struct TorchRefs {
-  PyObject *tensor, *f32, *f64, *i32, *i64, *from_numpy;
+  PyObject *tensor, *f32, *f64, *i32, *i64;
   PyObject *s_dtype, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr, *s_device;
+  PyObject* from_dlpack;  // torch._C._from_dlpack (torch >= 1.10)
 };
 
 const TorchRefs& torch_refs() {
@@ -40,9 +46,9 @@ const TorchRefs& torch_refs() {
     auto keep = [](py::object o) { return o.release().ptr(); };
     auto name = [](const char* s) { return PyUnicode_InternFromString(s); };
     return TorchRefs{keep(torch.attr("Tensor")), keep(torch.attr("float32")), keep(torch.attr("float64")),
-                     keep(torch.attr("int32")), keep(torch.attr("int64")), keep(torch.attr("from_numpy")),
+                     keep(torch.attr("int32")), keep(torch.attr("int64")),
                      name("dtype"), name("is_cpu"), name("is_contiguous"), name("shape"), name("data_ptr"),
-                     name("device")};
+                     name("device"), keep(torch.attr("_C").attr("_from_dlpack"))};
   }();
   return r;
 }
@@ -185,16 +191,97 @@ void want_shape(const Arg& a, const std::vector<int64_t>& want, const char* fn, 
 template <typename T>
 const T* p(const Arg& a) { return static_cast<const T*>(a.data); }
 
-// A new NumPy array (fusegrad's host cache) and the torch tensor over it.
+// A new NumPy array (fusegrad's host cache), for what stays NumPy (a forward's statistics).
 template <typename T>
 py::array alloc(const std::vector<int64_t>& shape) {
   return py::array_t<T>(std::vector<py::ssize_t>(shape.begin(), shape.end()));
 }
-py::object to_torch(const py::array& a) {
-  PyObject* t = PyObject_CallOneArg(torch_refs().from_numpy, a.ptr());
-  if (!t) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(t);
+
+// DLPack's C ABI (the "dltensor" capsule of the DLPack spec, version 0.x, which every torch since
+// 1.10 takes), declared here: only what an owned, contiguous CPU float tensor needs.
+namespace dl {
+struct Device { int32_t type, id; };                  // type 1: CPU
+struct DataType { uint8_t code, bits; uint16_t lanes; };  // code 2: float
+struct Tensor {
+  void* data;
+  Device device;
+  int32_t ndim;
+  DataType dtype;
+  int64_t *shape, *strides;
+  uint64_t byte_offset;
+};
+struct Managed {
+  Tensor t;
+  void* ctx;
+  void (*deleter)(Managed*);
+};
+}  // namespace dl
+
+// An output's memory from the host cache, its shape and strides, and the DLPack struct over
+// them: freed by torch through the deleter once the tensor's storage dies (on any thread: the
+// cache is thread-safe and needs no GIL), or by ~Out if it never reached torch.
+struct HostTensor {
+  dl::Managed m{};
+  size_t bytes = 0;
+  std::vector<int64_t> dims;  // shape, then strides
+};
+void host_tensor_free(dl::Managed* m) {
+  auto* h = static_cast<HostTensor*>(m->ctx);
+  host_cache().release(h->m.t.data, h->bytes);
+  delete h;
 }
+void dltensor_capsule_free(PyObject* cap) {  // a capsule torch did not consume (renamed) frees its tensor
+  if (PyCapsule_IsValid(cap, "dltensor"))
+    if (auto* m = static_cast<dl::Managed*>(PyCapsule_GetPointer(cap, "dltensor"))) m->deleter(m);
+}
+
+// A contiguous output tensor of T: data() to write, then tensor() (once) hands it to torch.
+template <typename T>
+class Out {
+ public:
+  explicit Out(const std::vector<int64_t>& shape) : h_(new HostTensor) {
+    const auto nd = static_cast<int32_t>(shape.size());
+    size_t n = 1;
+    for (int64_t e : shape) n *= static_cast<size_t>(e);
+    h_->dims.resize(2 * static_cast<size_t>(nd));
+    int64_t stride = 1;
+    for (int32_t i = nd - 1; i >= 0; --i) {
+      h_->dims[i] = shape[i];
+      h_->dims[nd + i] = stride;
+      stride *= std::max<int64_t>(shape[i], 1);
+    }
+    h_->bytes = n * sizeof(T);
+    void* p = host_cache().allocate(h_->bytes);
+    if (!p) {
+      delete h_;
+      throw std::bad_alloc();
+    }
+    h_->m.t = dl::Tensor{p, {1, 0}, nd, {2, uint8_t(8 * sizeof(T)), 1}, h_->dims.data(), h_->dims.data() + nd, 0};
+    h_->m.ctx = h_;
+    h_->m.deleter = host_tensor_free;
+  }
+  Out(const Out&) = delete;
+  Out& operator=(const Out&) = delete;
+  ~Out() {
+    if (h_) host_tensor_free(&h_->m);
+  }
+  T* data() const { return static_cast<T*>(h_->m.t.data); }
+  py::object tensor() {
+    HostTensor* h = std::exchange(h_, nullptr);
+    PyObject* cap = PyCapsule_New(&h->m, "dltensor", dltensor_capsule_free);
+    if (!cap) {
+      host_tensor_free(&h->m);
+      throw py::error_already_set();
+    }
+    PyObject* t = PyObject_CallOneArg(torch_refs().from_dlpack, cap);
+    Py_DECREF(cap);  // consumed: torch owns the memory; else the capsule's destructor freed it
+    if (!t) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(t);
+  }
+
+ private:
+  HostTensor* h_;
+};
 
 // ---------------------------------------------------------------- layer norm
 // Runs the forward on checked arguments: (y tensor, stats), stats one NumPy array (2, *x.shape[:-1])
@@ -205,13 +292,14 @@ std::pair<py::object, py::array> layernorm_run(const Arg& x, const Arg& w, const
     using T = decltype(tag);
     std::vector<int64_t> ss{2};
     ss.insert(ss.end(), x.shape.begin(), x.shape.end() - 1);
-    py::array y = alloc<T>(x.shape), stats = alloc<T>(ss);
-    T *py_ = ptr<T>(y), *pm = ptr<T>(stats);
+    Out<T> y(x.shape);
+    py::array stats = alloc<T>(ss);
+    T *py_ = y.data(), *pm = ptr<T>(stats);
     {
       py::gil_scoped_release nogil;
       layernorm_forward<T>(py_, pm, pm + N, p<T>(x), p<T>(w), p<T>(b), N, C, eps);
     }
-    return {to_torch(y), stats};
+    return {y.tensor(), stats};
   });
 }
 
@@ -260,14 +348,14 @@ py::tuple layernorm_bwd_run(const LayerNormBwdArgs& a, const void* mean, const v
   const int64_t N = a.x.rows(), C = a.x.last();
   return dispatch_float(a.x.d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array dx = alloc<T>(a.x.shape), dw = alloc<T>({C}), db = alloc<T>({C});
-    T *pdx = ptr<T>(dx), *pdw = ptr<T>(dw), *pdb = ptr<T>(db);
+    Out<T> dx(a.x.shape), dw({C}), db({C});
+    T *pdx = dx.data(), *pdw = dw.data(), *pdb = db.data();
     {
       py::gil_scoped_release nogil;
       layernorm_backward<T>(pdx, pdw, pdb, p<T>(a.dy), p<T>(a.x), p<T>(a.w), static_cast<const T*>(mean),
                             static_cast<const T*>(rstd), N, C);
     }
-    return py::make_tuple(to_torch(dx), to_torch(dw), to_torch(db));
+    return py::make_tuple(dx.tensor(), dw.tensor(), db.tensor());
   });
 }
 
@@ -319,13 +407,13 @@ py::object linear_run(const Arg& x, const Arg& w, const Arg& b) {
   ys.back() = OUT;
   return dispatch_float(x.d, [&](auto tag) -> py::object {
     using T = decltype(tag);
-    py::array y = alloc<T>(ys);
-    T* py_ = ptr<T>(y);
+    Out<T> y(ys);
+    T* py_ = y.data();
     {
       py::gil_scoped_release nogil;
       linear_forward<T>(py_, p<T>(x), p<T>(w), p<T>(b), N, IN, OUT, nullptr);
     }
-    return to_torch(y);
+    return y.tensor();
   });
 }
 
@@ -345,13 +433,13 @@ py::tuple linear_bwd(py::handle dy_obj, py::handle x_obj, py::handle w_obj) {
   const int64_t IN = x.last(), N = x.rows(), OUT = w.shape[0];
   return dispatch_float(d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array dx = alloc<T>(x.shape), dw = alloc<T>(w.shape), db = alloc<T>({OUT});
-    T *pdx = ptr<T>(dx), *pdw = ptr<T>(dw), *pdb = ptr<T>(db);
+    Out<T> dx(x.shape), dw(w.shape), db({OUT});
+    T *pdx = dx.data(), *pdw = dw.data(), *pdb = db.data();
     {
       py::gil_scoped_release nogil;
       linear_backward<T>(pdx, pdw, pdb, p<T>(dy), p<T>(x), p<T>(w), N, IN, OUT);
     }
-    return py::make_tuple(to_torch(dx), to_torch(dw), to_torch(db));
+    return py::make_tuple(dx.tensor(), dw.tensor(), db.tensor());
   });
 }
 
@@ -366,13 +454,13 @@ bool tanh_form(const std::string& approximate, const char* fn) {
 py::object gelu_run(const Arg& x, bool t) {
   return dispatch_float(x.d, [&](auto tag) -> py::object {
     using T = decltype(tag);
-    py::array y = alloc<T>(x.shape);
-    T* py_ = ptr<T>(y);
+    Out<T> y(x.shape);
+    T* py_ = y.data();
     {
       py::gil_scoped_release nogil;
       gelu_forward<T>(py_, p<T>(x), x.numel(), t);
     }
-    return to_torch(y);
+    return y.tensor();
   });
 }
 
@@ -393,13 +481,13 @@ py::object unary_bwd(py::handle dy_obj, py::handle a_obj, const char* fn, const 
   want_shape(dy, a.shape, fn, "dy");
   return dispatch_float(d, [&](auto tag) -> py::object {
     using T = decltype(tag);
-    py::array dx = alloc<T>(a.shape);
-    T* pdx = ptr<T>(dx);
+    Out<T> dx(a.shape);
+    T* pdx = dx.data();
     {
       py::gil_scoped_release nogil;
       kernel(pdx, p<T>(dy), p<T>(a), a.numel());
     }
-    return to_torch(dx);
+    return dx.tensor();
   });
 }
 
@@ -416,13 +504,13 @@ py::object gelu_bwd(py::handle dy_obj, py::handle x_obj, const std::string& appr
 py::tuple gelu_grad_run(const Arg& x, bool t) {
   return dispatch_float(x.d, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y = alloc<T>(x.shape), dydx = alloc<T>(x.shape);
-    T *py_ = ptr<T>(y), *pd = ptr<T>(dydx);
+    Out<T> y(x.shape), dydx(x.shape);
+    T *py_ = y.data(), *pd = dydx.data();
     {
       py::gil_scoped_release nogil;
       gelu_forward_with_grad<T>(py_, pd, p<T>(x), x.numel(), t);
     }
-    return py::make_tuple(to_torch(y), to_torch(dydx));
+    return py::make_tuple(y.tensor(), dydx.tensor());
   });
 }
 

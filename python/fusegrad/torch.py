@@ -19,8 +19,8 @@ where it went (``'layer_norm -> fusegrad'``, ``'layer_norm -> torch'``).
 **Two paths, one result.** In eager mode a call goes through a plain ``torch.autograd.Function``
 (or straight to the kernel when no gradient is needed) that hands the tensors themselves to the
 ``_C._torch_*`` kernel entries (csrc/bind/torch.cpp: they read each tensor's dtype, device,
-contiguity, shape and data pointer, check them as the NumPy entries do, and return NumPy-allocated
-outputs as tensors through ``torch.from_numpy``). The common calls of layer_norm, gelu and linear
+contiguity, shape and data pointer, check them as the NumPy entries do, and hand outputs from
+fusegrad's host memory cache to torch as DLPack capsules). The common calls of layer_norm, gelu and linear
 (plain contiguous CPU tensors in the shapes the kernels take) are decided and run by one C++ entry
 each (``_C._torch_layernorm_fast``, ``_torch_gelu_fast``, ``_torch_linear_fast``) from the same
 policy state, and their Functions' forward and backward are C++ functions too; every other call takes the
