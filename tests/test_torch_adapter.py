@@ -857,6 +857,33 @@ def test_layer_norm_fast_path_threads_and_repeated_backward():
         torch.autograd.grad(y, (x, w, b), dy)
 
 
+def test_layer_norm_backward_checks_the_statistics_it_is_given():
+    # the training forward keeps mean and rstd in ctx.stats (a capsule); a backward handed anything
+    # else, or another forward's statistics, raises instead of reading the wrong memory
+    fgt.set_policy("fusegrad")
+    try:
+        x, w, b = ln_args(torch.float32, "params", True, seed=1)
+        dy = torch.ones(x.shape)
+        other = fgt.layer_norm(rnd(3, 37, seed=2), (37,), w, b)  # fewer rows
+        for bad in (np.zeros((2,) + tuple(x.shape[:-1]), np.float32), other.grad_fn.stats, None):
+            y = fgt.layer_norm(x, (37,), w, b)
+            assert type(y.grad_fn.stats).__name__ == "PyCapsule"
+            y.grad_fn.stats = bad
+            with pytest.raises(ValueError, match="ctx.stats must be the statistics of this x's forward"):
+                y.backward(dy)
+        y = fgt.layer_norm(x.double(), (37,), w.double(), b.double())
+        y.grad_fn.stats = fgt.layer_norm(x, (37,), w, b).grad_fn.stats  # float32 statistics
+        with pytest.raises(ValueError, match="ctx.stats"):
+            y.backward(dy.double())
+        y = fgt.layer_norm(x, (37,), w, b)  # untouched: the gradients of PyTorch's op
+        g = torch.autograd.grad(y, (x, w, b), dy)
+        ref = torch.autograd.grad(TF.layer_norm(x, (37,), w, b), (x, w, b), dy)
+        for a, r in zip(g, ref):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+    finally:
+        fgt.set_policy("auto")
+
+
 def test_outputs_own_host_cache_memory_until_torch_frees_them():
     # the C++ entries hand outputs to torch as DLPack capsules over host-cache blocks: the block is
     # in use exactly as long as the tensor (or a view, or a NumPy array over it) lives, then goes

@@ -15,6 +15,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <memory>
 #include <new>
 #include <string>
 #include <tuple>
@@ -284,23 +285,53 @@ class Out {
 };
 
 // ---------------------------------------------------------------- layer norm
-// Runs the forward on checked arguments: (y tensor, stats), stats one NumPy array (2, *x.shape[:-1])
-// holding mean and rstd (one allocation, not two: the training call's forward keeps it whole).
-std::pair<py::object, py::array> layernorm_run(const Arg& x, const Arg& w, const Arg& b, double eps) {
+// Runs the forward on checked arguments: y as a tensor; mean and rstd into stats (2 x rows values
+// of x's dtype: all means, then all rstds).
+py::object layernorm_run(const Arg& x, const Arg& w, const Arg& b, double eps, void* stats) {
   const int64_t N = x.rows(), C = x.last();
-  return dispatch_float(x.d, [&](auto tag) -> std::pair<py::object, py::array> {
+  return dispatch_float(x.d, [&](auto tag) -> py::object {
     using T = decltype(tag);
-    std::vector<int64_t> ss{2};
-    ss.insert(ss.end(), x.shape.begin(), x.shape.end() - 1);
     Out<T> y(x.shape);
-    py::array stats = alloc<T>(ss);
-    T *py_ = y.data(), *pm = ptr<T>(stats);
+    T *py_ = y.data(), *pm = static_cast<T*>(stats);
     {
       py::gil_scoped_release nogil;
       layernorm_forward<T>(py_, pm, pm + N, p<T>(x), p<T>(w), p<T>(b), N, C, eps);
     }
-    return {y.tensor(), stats};
+    return y.tensor();
   });
+}
+
+// The statistics a training forward keeps for its backward (ctx.stats): a capsule owning 2 x rows
+// values of dtype d from the host cache. Not a NumPy array: nothing reads them but the backward,
+// and a capsule costs less per call.
+struct LnStats {
+  void* data;
+  size_t bytes;
+  int64_t rows;
+  DType d;
+};
+constexpr const char* kLnStats = "fusegrad.layer_norm_stats";
+void ln_stats_free(PyObject* cap) {
+  if (auto* st = static_cast<LnStats*>(PyCapsule_GetPointer(cap, kLnStats))) {
+    host_cache().release(st->data, st->bytes);
+    delete st;
+  } else {
+    PyErr_Clear();
+  }
+}
+py::object ln_stats_new(int64_t rows, DType d, void** data) {
+  const size_t bytes = 2 * static_cast<size_t>(rows) * (d == DType::f64 ? 8 : 4);
+  void* p = host_cache().allocate(bytes);
+  if (!p) throw std::bad_alloc();
+  auto* st = new LnStats{p, bytes, rows, d};
+  PyObject* cap = PyCapsule_New(st, kLnStats, ln_stats_free);
+  if (!cap) {
+    host_cache().release(p, bytes);
+    delete st;
+    throw py::error_already_set();
+  }
+  *data = p;
+  return py::reinterpret_steal<py::object>(cap);
 }
 
 // The checked arguments of a layer_norm forward (x, weight, bias), naming fn and the argument.
@@ -322,7 +353,10 @@ LayerNormArgs layernorm_args(py::handle x_obj, py::handle w_obj, py::handle b_ob
 
 py::tuple layernorm_fwd(py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps) {
   const LayerNormArgs a = layernorm_args(x_obj, w_obj, b_obj, eps, "_torch_layernorm_forward");
-  auto [y, stats] = layernorm_run(a.x, a.w, a.b, eps);
+  std::vector<int64_t> ss{2};
+  ss.insert(ss.end(), a.x.shape.begin(), a.x.shape.end() - 1);
+  py::array stats = dispatch_float(a.x.d, [&](auto tag) -> py::array { return alloc<decltype(tag)>(ss); });
+  py::object y = layernorm_run(a.x, a.w, a.b, eps, stats.mutable_data());
   return py::make_tuple(y, stats[py::int_(0)], stats[py::int_(1)]);
 }
 
@@ -701,23 +735,33 @@ py::object layernorm_fast(py::handle x_obj, py::handle ns, py::handle w_obj, py:
   PyObject* orig[] = {x_obj.ptr(), ns.ptr(), w_obj.ptr(), b_obj.ptr(), eps_obj.ptr()};
   PyObject* apply[] = {x_obj.ptr(), w_obj.ptr(), b_obj.ptr(), eps_obj.ptr()};
   return fast_finish(kLayerNorm, x.d, x.numel(), grad, st, orig, 5, nullptr, apply, 4,
-                     [&] { return layernorm_run(x, w, b, eps).first; });
+                     [&] {
+                       const size_t bytes = 2 * static_cast<size_t>(x.rows()) * (x.d == DType::f64 ? 8 : 4);
+                       std::unique_ptr<char[]> stats(new char[bytes]);  // (not kept without autograd)
+                       return layernorm_run(x, w, b, eps, stats.get());
+                     });
 }
 
 // fusegrad.torch._LayerNorm.forward(ctx, x, weight, bias, eps): y; saves x and weight, and ctx.stats
-// = the (2, ...) array of mean and rstd (its two rows are the backward's mean and rstd).
+// = the rows' mean and rstd (an LnStats capsule).
 py::object layernorm_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj, py::handle b_obj, double eps) {
-  std::pair<py::object, py::array> r;
+  auto run = [&](const Arg& x, const Arg& w, const Arg& b) {
+    void* data = nullptr;
+    py::object stats = ln_stats_new(x.rows(), x.d, &data);
+    return std::make_pair(layernorm_run(x, w, b, eps, data), stats);
+  };
+  std::pair<py::object, py::object> r;
   if (const Stash* st = take_stash(x_obj.ptr(), w_obj.ptr(), b_obj.ptr())) {
-    r = layernorm_run(st->arg[0], st->arg[1], st->arg[2], eps);
+    r = run(st->arg[0], st->arg[1], st->arg[2]);
   } else {
     const LayerNormArgs a = layernorm_args(x_obj, w_obj, b_obj, eps, "_torch_layernorm_ctx_forward");
-    r = layernorm_run(a.x, a.w, a.b, eps);
+    r = run(a.x, a.w, a.b);
   }
+  auto& [y, stats] = r;
   static PyObject* s_stats = PyUnicode_InternFromString("stats");
   save(ctx, py::make_tuple(x_obj, w_obj));
-  if (PyObject_SetAttr(ctx.ptr(), s_stats, r.second.ptr()) < 0) throw py::error_already_set();
-  return r.first;
+  if (PyObject_SetAttr(ctx.ptr(), s_stats, stats.ptr()) < 0) throw py::error_already_set();
+  return y;
 }
 
 // fusegrad.torch._LayerNorm.backward(ctx, dy): (dx, dweight or None, dbias or None, None) from what
@@ -727,13 +771,14 @@ py::tuple layernorm_ctx_bwd(py::handle ctx, py::handle dy_obj) {
   static PyObject* s_stats = PyUnicode_InternFromString("stats");
   auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 2, 4, fn);
   const LayerNormBwdArgs a = layernorm_bwd_args(dy, saved[0], saved[1], fn);
-  std::vector<int64_t> ss{2};
-  ss.insert(ss.end(), a.x.shape.begin(), a.x.shape.end() - 1);
-  const Arg st = read(get(ctx.ptr(), s_stats), fn, "ctx.stats", true);
-  same_dtype(st, a.x.d, fn, "ctx.stats");
-  want_shape(st, ss, fn, "ctx.stats");
+  py::object cap = get(ctx.ptr(), s_stats);
+  const auto* st = PyCapsule_IsValid(cap.ptr(), kLnStats)
+                       ? static_cast<const LnStats*>(PyCapsule_GetPointer(cap.ptr(), kLnStats)) : nullptr;
+  if (!st || st->d != a.x.d || st->rows != a.x.rows())
+    value_error(cat(fn, ": ctx.stats must be the statistics of this x's forward (ctx must come from the matching "
+                    "forward)"));
   const size_t item = a.x.d == DType::f64 ? 8 : 4;
-  py::tuple g = layernorm_bwd_run(a, st.data, static_cast<const char*>(st.data) + item * a.x.rows());
+  py::tuple g = layernorm_bwd_run(a, st->data, static_cast<const char*>(st->data) + item * a.x.rows());
   return py::make_tuple(g[0], needs[1].ptr() == Py_True ? py::object(g[1]) : py::none(),
                         needs[2].ptr() == Py_True ? py::object(g[2]) : py::none(), py::none());
 }
@@ -884,7 +929,7 @@ void bind_torch(py::module_& m) {
   m.def("_torch_layernorm_ctx_forward", &layernorm_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"),
         "fusegrad.torch's layer_norm autograd.Function forward: y; saves x and weight (ctx.to_save),\n"
-        "ctx.stats = one (2, ...) array of mean and rstd.");
+        "ctx.stats = the rows' mean and rstd (a capsule that only the backward reads).");
   m.def("_torch_layernorm_ctx_backward", &layernorm_ctx_bwd, py::arg("ctx"), py::arg("dy"),
         "fusegrad.torch's layer_norm autograd.Function backward: (dx, dweight, dbias, None).");
   m.def("_torch_gelu_ctx_forward", &gelu_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("approximate"),

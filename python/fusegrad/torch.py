@@ -662,8 +662,8 @@ _layernorm_fwd.register_autograd(_layernorm_grad, setup_context=_layernorm_setup
 class _LayerNorm(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch (weight, bias: a tensor or None).
     Both are C++: forward(ctx, x, weight, bias, eps) (x, weight, bias contiguous) returns y, with x
-    and weight saved and ctx.stats = one (2, ...) array whose rows are mean and rstd; backward(ctx,
-    dy) returns (dx, dweight, dbias, None) (behind first_order_only's grad-mode check, at the end)."""
+    and weight saved and ctx.stats = the rows' mean and rstd (a capsule only the backward reads);
+    backward(ctx, dy) returns (dx, dweight, dbias, None) (behind first_order_only's grad-mode check, at the end)."""
 
     forward = staticmethod(_C._torch_layernorm_ctx_forward)
     backward = staticmethod(_C._torch_layernorm_ctx_backward)  # None for a weight or bias that was None
