@@ -6,8 +6,8 @@
 // a NumPy view (numpy(force=True)) costs ~0.9 us and pybind11's array checks come on top. Output
 // memory comes from fusegrad's host cache and reaches torch as a DLPack capsule
 // (torch._C._from_dlpack), the cheapest way to a tensor measured: ~0.4 us, where a NumPy array +
-// torch.from_numpy costs ~0.9 us and torch.empty ~1.4 us (NumPy arrays remain for the statistics
-// a forward keeps in ctx). Everything the NumPy
+// torch.from_numpy costs ~0.9 us and torch.empty ~1.4 us (the custom-op path's layer-norm mean and
+// rstd stay NumPy arrays). Everything the NumPy
 // entries check is checked here too, naming the function and the argument: the type (a torch
 // tensor, or a NumPy array where noted), the dtype (TypeError), the device, contiguity, alignment,
 // shapes (ValueError), and that the tensor has memory (a fake or meta tensor has none). The
