@@ -888,9 +888,12 @@ def test_outputs_own_host_cache_memory_until_torch_frees_them():
     # the C++ entries hand outputs to torch as DLPack capsules over host-cache blocks: the block is
     # in use exactly as long as the tensor (or a view, or a NumPy array over it) lives, then goes
     # back to the cache, whichever thread drops the last reference
+    import gc
     import threading
     import fusegrad
     fgt.set_policy("fusegrad")
+    gc.collect()
+    gc.disable()  # the counts below are the whole cache's: no collection of other tests' garbage meanwhile
     try:
         x = rnd(301, 257, seed=3, grad=False)  # 309 KB outputs: host-cache blocks (>= 128 KiB)
         w, b = rnd(257, seed=4, grad=False), rnd(257, seed=5, grad=False)
@@ -920,6 +923,7 @@ def test_outputs_own_host_cache_memory_until_torch_frees_them():
         with pytest.raises(RuntimeError):
             y.resize_(301 * 258)
     finally:
+        gc.enable()
         fgt.set_policy("auto")
 
 
