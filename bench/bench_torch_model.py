@@ -11,10 +11,20 @@ the same weights; the first step's losses are compared before timing (validation
     python -m bench torch_model                 # all shapes, 2 threads
     python -m bench.bench_torch_model --threads 2 --only tiny,small
     python -m bench.bench_torch_model --cpu-time  # 1 thread, CPU time of the step (a shared machine)
+    python -m bench.bench_torch_model --processes 4 --only small  # each library alone in its own process
+
+--processes N times the two as a user runs them, each in a fresh process of its own with nothing
+of the other library's in memory (CHILD_STEPS steps after 3, median), N rounds, the order alternating; the
+ratio is the median of the rounds' ratios. In one process the two models share the allocators and
+caches, which moved PyTorch's step by up to ~15% on a small VM.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,6 +98,74 @@ def run(limits, quick=False, only=None, clock=time.perf_counter):
     return rows
 
 
+CHILD_STEPS = {"tiny": 40, "small": 10, "GPT-2": 4}  # timed steps per process: about a second or more
+
+
+def child(name, label, warmup=3):
+    """One library's step alone in this process: {'ms': median, 'loss0': the first step's loss}."""
+    steps = next(n for k, n in CHILD_STEPS.items() if name.startswith(k))
+    import fusegrad.torch as fgt
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from torch_gpt import GPTConfig, NanoGPT, batches
+    _, kw, B, _ = next(c for c in CONFIGS if c[0].startswith(name))
+    cfg = GPTConfig(**kw)
+    idx, targets = batches(cfg, B, 1)[0]
+    torch.manual_seed(0)
+    model = NanoGPT(cfg)
+    if label == "fusegrad":
+        model = fgt.optimize(model, functional=False)
+        opt = fgt.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+
+    def step():
+        if label == "fusegrad":
+            fgt.optimize()
+        try:
+            loss = model(idx, targets)
+            loss.backward()
+        finally:
+            fgt.restore()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+    loss0 = step()
+    for _ in range(warmup - 1):
+        step()
+    ts = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t)
+    return {"ms": statistics.median(ts) * 1e3, "loss0": loss0}
+
+
+def run_processes(rounds, threads, only=None):
+    """Each library alone in a fresh process, `rounds` times, alternating which goes first."""
+    rows = []
+    for name, *_ in CONFIGS:
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        ms = {"torch": [], "fusegrad": []}
+        loss0 = {}
+        for r in range(rounds):
+            for label in (("torch", "fusegrad") if r % 2 == 0 else ("fusegrad", "torch")):
+                out = subprocess.run([sys.executable, "-m", "bench.bench_torch_model", "--threads", str(threads),
+                                      "--child", f"{name.split(':')[0]}:{label}"], capture_output=True, text=True,
+                                     check=True, env=dict(os.environ)).stdout
+                res = json.loads(out.strip().splitlines()[-1])
+                ms[label].append(res["ms"])
+                loss0[label] = res["loss0"]
+        rows.append({"model": name, "processes": f"{rounds} x 2",
+                     "loss_err_step1": abs(loss0["torch"] - loss0["fusegrad"]),
+                     "fusegrad_ms": statistics.median(ms["fusegrad"]), "torch_ms": statistics.median(ms["torch"]),
+                     "x_torch": statistics.median(t / f for t, f in zip(ms["torch"], ms["fusegrad"])),
+                     "x_torch_rounds": " ".join(f"{t / f:.2f}" for t, f in zip(ms["torch"], ms["fusegrad"]))})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None):
     import fusegrad
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,11 +175,23 @@ def main(argv=None):
     p.add_argument("--cpu-time", action="store_true",
                    help="1 thread, timed by the calling thread's CPU time (time.thread_time), not wall time: "
                         "on a shared machine wall time mostly measures waits for a core")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="time each library alone in its own fresh process, N rounds (see above)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "model:label", for --processes
     args = p.parse_args(argv)
     threads = 1 if args.cpu_time else args.threads
     fusegrad.set_num_threads(threads)
     torch.set_num_threads(threads)
+    if args.child:
+        name, label = args.child.rsplit(":", 1)
+        print(json.dumps(child(name, label)))
+        return
     from bench.run import table
+    if args.processes:
+        print(f"{fusegrad._config.cpu_model()}, {threads} threads, isa {fusegrad._C.get_isa()}, wall time, "
+              f"each library in its own process")
+        print(table(run_processes(args.processes, threads, args.only.split(",") if args.only else None)))
+        return
     print(f"{fusegrad._config.cpu_model()}, {threads} threads, isa {fusegrad._C.get_isa()}, "
           f"{'CPU time' if args.cpu_time else 'wall time'}")
     print(table(run(None, args.quick, args.only.split(",") if args.only else None,
