@@ -314,10 +314,38 @@ def test_zero_copy_packed_attention(spy, no_fallback):
 
 
 def record_backward(monkeypatch, fn):
-    """The outputs of each call of the autograd Function fn's backward (C++: no _C call to spy on)."""
-    out, backward = [], fn.backward
-    monkeypatch.setattr(fn, "backward", staticmethod(lambda ctx, dy: out.append(backward(ctx, dy)) or out[-1]))
+    """The outputs of each backward of the autograd Function fn (C++: no _C call to spy on), recorded
+    at its node's apply, which calls the C++ backward straight."""
+    out, apply = [], fn._backward_cls.apply
+
+    def record(ctx, *grads):
+        out.append(apply(ctx, *grads))
+        return out[-1]
+    monkeypatch.setattr(fn._backward_cls, "apply", record)
     return out
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "linear"])
+def test_cpp_functions_nodes_call_the_cpp_backward_straight(name, no_fallback, monkeypatch):
+    # their nodes' apply is the C++ backward itself (no BackwardCFunction.apply / first_order_only
+    # frames); it checks grad mode on its own, and gives the Python-wrapped backward's results
+    fn, bwd = {"layer_norm": (fgt._LayerNorm, _C._torch_layernorm_ctx_backward),
+               "gelu": (fgt._Gelu, _C._torch_gelu_ctx_backward),
+               "linear": (fgt._Linear, _C._torch_linear_ctx_backward)}[name]
+    assert fn._backward_cls.apply is bwd
+    ours, _, make = CASES[name]
+    inputs = make(torch.float32)
+    diff = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    y = ours(*inputs)
+    assert type(y.grad_fn) is fn._backward_cls
+    dy = rnd(*y.shape, seed=5, grad=False)
+    g = torch.autograd.grad(y, diff, dy, retain_graph=True)
+    with torch.no_grad():
+        direct = fn.backward(y.grad_fn, dy)  # the Python-wrapped staticmethod, on the same node
+    for a, r in zip(g, [t for t in direct if t is not None]):
+        assert torch.equal(a, r)
+    with pytest.raises(RuntimeError, match=f"fusegrad.torch.{name}: double backward"):
+        y.grad_fn.apply(dy)  # grad mode on: what create_graph=True runs it with
 
 
 def test_zero_copy_layer_norm_linear_gelu_xent(spy, no_fallback, monkeypatch):

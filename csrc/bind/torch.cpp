@@ -15,6 +15,7 @@
 #include <Python.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -695,6 +696,19 @@ void save(py::handle ctx, const py::tuple& tensors) {
   if (PyObject_SetAttr(ctx.ptr(), s_to_save, tensors.ptr()) < 0) throw py::error_already_set();
 }
 
+// A backward with grad mode on (create_graph=True) would give gradients without this node's
+// second-order terms (the kernels are not differentiable): raise, as _torch_cuda.first_order_only
+// does in Python, with the same message. The C++ backwards check it themselves because the node's
+// apply calls them straight (_torch_node_apply), past that Python wrapper.
+void first_order_only(const char* op) {
+  const FastState& f = fast();
+  if (!f.grad_enabled || !call_true(f.grad_enabled)) return;
+  const std::string ops = std::strcmp(op, "gelu") == 0 ? "['gelu', 'gelu_tanh']" : cat("'", op, "'");
+  throw std::runtime_error(cat("fusegrad.torch.", op, ": double backward (create_graph=True) through fusegrad's "
+                               "kernels is not supported: their backward is not differentiable. "
+                               "fusegrad.torch.set_policy('torch', ops=", ops, ") runs PyTorch's op, which supports it."));
+}
+
 // (ctx.saved_tensors, ctx.needs_input_grad, dy.contiguous()) for a C++ backward, n tensors saved.
 std::tuple<py::tuple, py::tuple, py::object> unpack_ctx(py::handle ctx, py::handle dy, Py_ssize_t n,
                                                         Py_ssize_t n_inputs, const char* fn) {
@@ -768,6 +782,7 @@ py::object layernorm_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj,
 // layernorm_ctx_fwd saved (x, weight; ctx.stats); a None weight or bias has needs_input_grad False.
 py::tuple layernorm_ctx_bwd(py::handle ctx, py::handle dy_obj) {
   const char* fn = "_torch_layernorm_ctx_backward";
+  first_order_only("layer_norm");
   static PyObject* s_stats = PyUnicode_InternFromString("stats");
   auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 2, 4, fn);
   const LayerNormBwdArgs a = layernorm_bwd_args(dy, saved[0], saved[1], fn);
@@ -817,6 +832,7 @@ py::object gelu_ctx_fwd(py::handle ctx, py::handle x_obj, const std::string& app
 
 // fusegrad.torch._Gelu.backward(ctx, dy): (dx, None), dx = dy * the saved gelu'(x).
 py::tuple gelu_ctx_bwd(py::handle ctx, py::handle dy_obj) {
+  first_order_only("gelu");
   auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 1, 2, "_torch_gelu_ctx_backward");
   return py::make_tuple(gelu_bwd_grad(dy, saved[0]), py::none());
 }
@@ -856,6 +872,7 @@ py::object linear_ctx_fwd(py::handle ctx, py::handle x_obj, py::handle w_obj, py
 // fusegrad.torch._Linear.backward(ctx, dy): (dx, dweight, dbias or None); a None bias has
 // needs_input_grad False.
 py::tuple linear_ctx_bwd(py::handle ctx, py::handle dy_obj) {
+  first_order_only("linear");
   auto [saved, needs, dy] = unpack_ctx(ctx, dy_obj, 2, 3, "_torch_linear_ctx_backward");
   py::tuple g = linear_bwd(dy, saved[0], saved[1]);
   return py::make_tuple(g[0], g[1], needs[2].ptr() == Py_True ? py::object(g[2]) : py::none());
@@ -930,6 +947,12 @@ void bind_torch(py::module_& m) {
         py::arg("bias"), py::arg("eps"),
         "fusegrad.torch's layer_norm autograd.Function forward: y; saves x and weight (ctx.to_save),\n"
         "ctx.stats = the rows' mean and rstd (a capsule that only the backward reads).");
+  m.def(
+      "_torch_node_apply",
+      [](py::object fn) { return steal_or_throw(PyInstanceMethod_New(fn.ptr())); },
+      py::arg("fn"),
+      "fn as a method (an instancemethod): set as a Function's _backward_cls.apply, the autograd node\n"
+      "calls fn(ctx, *grads) without BackwardCFunction.apply's Python frame.");
   m.def("_torch_layernorm_ctx_backward", &layernorm_ctx_bwd, py::arg("ctx"), py::arg("dy"),
         "fusegrad.torch's layer_norm autograd.Function backward: (dx, dweight, dbias, None).");
   m.def("_torch_gelu_ctx_forward", &gelu_ctx_fwd, py::arg("ctx"), py::arg("x"), py::arg("approximate"),
