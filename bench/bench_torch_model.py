@@ -41,6 +41,23 @@ CONFIGS = [  # (name, GPTConfig kwargs, batch, timed rounds)
 ]
 
 
+def train_step(model, opt, idx, targets, swapped):
+    """One training step: forward, backward, update, zero_grad; the loss. optimize() also patches
+    torch.nn.functional for the whole process; a plain model's F.* calls must not see that, so it
+    is on for the swapped model's step only."""
+    import fusegrad.torch as fgt
+    if swapped:
+        fgt.optimize()
+    try:
+        loss = model(idx, targets)
+        loss.backward()
+    finally:
+        fgt.restore()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def run(limits, quick=False, only=None, clock=time.perf_counter):
     if torch is None or not hasattr(torch.library, "custom_op"):
         return [{"model": "torch_model", "note": "needs torch >= 2.4"}]
@@ -62,18 +79,7 @@ def run(limits, quick=False, only=None, clock=time.perf_counter):
                 "fusegrad": fgt.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1)}
 
         def step(label, model):
-            # optimize() also patches torch.nn.functional for the whole process; the plain model's
-            # F.* calls must not see that, so it is on for the fusegrad step only
-            if label == "fusegrad":
-                fgt.optimize()
-            try:
-                loss = model(idx, targets)
-                loss.backward()
-            finally:
-                fgt.restore()
-            opts[label].step()
-            opts[label].zero_grad(set_to_none=True)
-            return loss
+            return train_step(model, opts[label], idx, targets, label == "fusegrad")
 
         # validate: same weights, same batch -> same first loss
         fgt.dispatch_counts.clear()
@@ -120,16 +126,7 @@ def child(name, label, warmup=3):
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
 
     def step():
-        if label == "fusegrad":
-            fgt.optimize()
-        try:
-            loss = model(idx, targets)
-            loss.backward()
-        finally:
-            fgt.restore()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.item()
+        return train_step(model, opt, idx, targets, label == "fusegrad").item()
     loss0 = step()
     for _ in range(warmup - 1):
         step()
