@@ -327,8 +327,8 @@ def record_backward(monkeypatch, fn):
 
 @pytest.mark.parametrize("name", ["layer_norm", "gelu", "linear"])
 def test_cpp_functions_nodes_call_the_cpp_backward_straight(name, no_fallback, monkeypatch):
-    # their nodes' apply is the C++ backward itself (no BackwardCFunction.apply / first_order_only
-    # frames); it checks grad mode on its own, and gives the Python-wrapped backward's results
+    # their nodes' apply is the C++ backward itself (no BackwardCFunction.apply frame); it checks
+    # grad mode on its own, and gives what the Function's backward gives called by hand
     fn, bwd = {"layer_norm": (fgt._LayerNorm, _C._torch_layernorm_ctx_backward),
                "gelu": (fgt._Gelu, _C._torch_gelu_ctx_backward),
                "linear": (fgt._Linear, _C._torch_linear_ctx_backward)}[name]
@@ -341,7 +341,7 @@ def test_cpp_functions_nodes_call_the_cpp_backward_straight(name, no_fallback, m
     dy = rnd(*y.shape, seed=5, grad=False)
     g = torch.autograd.grad(y, diff, dy, retain_graph=True)
     with torch.no_grad():
-        direct = fn.backward(y.grad_fn, dy)  # the Python-wrapped staticmethod, on the same node
+        direct = fn.backward(y.grad_fn, dy)  # the Function's backward called by hand, on the same node
     for a, r in zip(g, [t for t in direct if t is not None]):
         assert torch.equal(a, r)
     with pytest.raises(RuntimeError, match=f"fusegrad.torch.{name}: double backward"):

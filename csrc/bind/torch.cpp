@@ -15,7 +15,6 @@
 #include <Python.h>
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -39,7 +38,8 @@ namespace {
 struct TorchRefs {
   PyObject *tensor, *f32, *f64, *i32, *i64;
   PyObject *s_dtype, *s_is_cpu, *s_is_contiguous, *s_shape, *s_data_ptr, *s_device;
-  PyObject* from_dlpack;  // torch._C._from_dlpack (torch >= 1.10)
+  PyObject* from_dlpack;       // torch._C._from_dlpack (torch >= 1.10)
+  PyObject* is_grad_enabled;   // torch.is_grad_enabled
 };
 
 const TorchRefs& torch_refs() {
@@ -50,7 +50,8 @@ const TorchRefs& torch_refs() {
     return TorchRefs{keep(torch.attr("Tensor")), keep(torch.attr("float32")), keep(torch.attr("float64")),
                      keep(torch.attr("int32")), keep(torch.attr("int64")),
                      name("dtype"), name("is_cpu"), name("is_contiguous"), name("shape"), name("data_ptr"),
-                     name("device"), keep(torch.attr("_C").attr("_from_dlpack"))};
+                     name("device"), keep(torch.attr("_C").attr("_from_dlpack")),
+                     keep(torch.attr("is_grad_enabled"))};
   }();
   return r;
 }
@@ -580,7 +581,6 @@ constexpr const char* kFastOpNames[kFastOps] = {"layer_norm", "gelu", "gelu_tanh
 
 struct FastState {
   PyObject* parameter = nullptr;         // torch.nn.Parameter (torch.Tensor is in TorchRefs)
-  PyObject* grad_enabled = nullptr;      // torch.is_grad_enabled
   PyObject* functorch_active = nullptr;  // torch._C._are_functorch_transforms_active
   PyObject* autocast_cpu = nullptr;      // () -> torch.is_autocast_enabled("cpu")
   PyObject* module_dict = nullptr;       // fusegrad.torch's globals(): its dispatch_counts is looked up per call
@@ -682,7 +682,7 @@ py::object fast_finish(FastOp id, DType d, int64_t size, bool grad, Stash& st, P
     return steal_or_throw(PyObject_Vectorcall(op.original, orig_args, n_orig, orig_kwnames));
   }
   count(op.key_ours);
-  if (!(grad && call_true(f.grad_enabled))) return run();
+  if (!(grad && call_true(torch_refs().is_grad_enabled))) return run();
   stash_slot = &st;
   PyObject* y = PyObject_Vectorcall(op.apply, apply_args, n_apply, nullptr);
   stash_slot = nullptr;  // (taken by the forward, unless apply failed before calling it)
@@ -697,16 +697,15 @@ void save(py::handle ctx, const py::tuple& tensors) {
 }
 
 // A backward with grad mode on (create_graph=True) would give gradients without this node's
-// second-order terms (the kernels are not differentiable): raise, as _torch_cuda.first_order_only
-// does in Python, with the same message. The C++ backwards check it themselves because the node's
-// apply calls them straight (_torch_node_apply), past that Python wrapper.
+// second-order terms (the kernels are not differentiable): raise RuntimeError, as
+// _torch_cuda.first_order_only does for the Python Functions, with its message
+// (_torch_cuda.double_backward_message). The C++ backwards check it themselves: their nodes' apply
+// calls them straight (_torch_node_apply).
 void first_order_only(const char* op) {
-  const FastState& f = fast();
-  if (!f.grad_enabled || !call_true(f.grad_enabled)) return;
-  const std::string ops = std::strcmp(op, "gelu") == 0 ? "['gelu', 'gelu_tanh']" : cat("'", op, "'");
-  throw std::runtime_error(cat("fusegrad.torch.", op, ": double backward (create_graph=True) through fusegrad's "
-                               "kernels is not supported: their backward is not differentiable. "
-                               "fusegrad.torch.set_policy('torch', ops=", ops, ") runs PyTorch's op, which supports it."));
+  if (!call_true(torch_refs().is_grad_enabled)) return;
+  py::object msg = py::module_::import("fusegrad._torch_cuda").attr("double_backward_message")(op);
+  PyErr_SetObject(PyExc_RuntimeError, msg.ptr());
+  throw py::error_already_set();
 }
 
 // (ctx.saved_tensors, ctx.needs_input_grad, dy.contiguous()) for a C++ backward, n tensors saved.
@@ -879,7 +878,7 @@ py::tuple linear_ctx_bwd(py::handle ctx, py::handle dy_obj) {
 }
 
 // ---- the state
-void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functorch_active, py::handle autocast_cpu,
+void fast_setup(py::handle parameter, py::handle functorch_active, py::handle autocast_cpu,
                 py::dict module_dict, py::dict ops) {
   FastState& f = fast();
   auto keep = [](py::handle o) { return py::reinterpret_borrow<py::object>(o).release().ptr(); };
@@ -893,7 +892,6 @@ void fast_setup(py::handle parameter, py::handle grad_enabled, py::handle functo
     f.op[i].key_ours = keep(keys[1]);
   }
   f.parameter = keep(parameter);
-  f.grad_enabled = keep(grad_enabled);
   f.functorch_active = keep(functorch_active);
   f.autocast_cpu = keep(autocast_cpu);
   f.module_dict = keep(module_dict);
@@ -963,7 +961,7 @@ void bind_torch(py::module_& m) {
         py::arg("bias"), "fusegrad.torch's linear autograd.Function forward: y; saves x and weight.");
   m.def("_torch_linear_ctx_backward", &linear_ctx_bwd, py::arg("ctx"), py::arg("dy"),
         "fusegrad.torch's linear autograd.Function backward: (dx, dweight, dbias or None).");
-  m.def("_torch_fast_setup", &fast_setup, py::arg("parameter"), py::arg("grad_enabled"), py::arg("functorch_active"),
+  m.def("_torch_fast_setup", &fast_setup, py::arg("parameter"), py::arg("functorch_active"),
         py::arg("autocast_cpu"), py::arg("module_dict"), py::arg("ops"),
         "fusegrad.torch's state for the eager fast paths (called once at import); ops: {name: (apply,\n"
         "original, (key_torch, key_ours))} for layer_norm, gelu, gelu_tanh, linear.");

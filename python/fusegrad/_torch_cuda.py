@@ -82,6 +82,14 @@ def _empty(shape, like, dtype=None):
 
 
 # ----------------------------------------------------------------- layer norm
+def double_backward_message(op):
+    """Why a backward run with grad mode on (create_graph=True) through op's kernels raises (also
+    raised by the C++ backwards of fusegrad.torch's eager Functions)."""
+    return (f"fusegrad.torch.{op}: double backward (create_graph=True) through fusegrad's kernels is not "
+            f"supported: their backward is not differentiable. fusegrad.torch.set_policy('torch', ops="
+            f"{['gelu', 'gelu_tanh'] if op == 'gelu' else op!r}) runs PyTorch's op, which supports it.")
+
+
 def first_order_only(backward, op):
     """A Function's backward (a staticmethod's function) that refuses a double backward: fusegrad's
     backward kernels are not differentiable, so with create_graph=True (grad mode on inside the
@@ -89,10 +97,7 @@ def first_order_only(backward, op):
     naming the op; the usual backward (grad mode off) pays one grad-mode check."""
     def run(ctx, *grads):
         if torch.is_grad_enabled():
-            raise RuntimeError(
-                f"fusegrad.torch.{op}: double backward (create_graph=True) through fusegrad's kernels is not "
-                f"supported: their backward is not differentiable. fusegrad.torch.set_policy('torch', ops="
-                f"{['gelu', 'gelu_tanh'] if op == 'gelu' else op!r}) runs PyTorch's op, which supports it.")
+            raise RuntimeError(double_backward_message(op))
         return backward(ctx, *grads)
     return staticmethod(run)
 

@@ -25,8 +25,9 @@ fusegrad's host memory cache to torch as DLPack capsules). The common calls of l
 each (``_C._torch_layernorm_fast``, ``_torch_gelu_fast``, ``_torch_linear_fast``) from the same
 policy state, and their Functions' forward and backward are C++ functions too; every other call takes the
 Python path, with the same results, counts and errors. Forward with autograd, 1 thread, CPU time,
-quiet Zen 4, above the raw kernel: layer_norm 8x128 +6.3 µs (the Python path +9.7), gelu 8x512 +5.0
-(+6.3), linear 8x128x128 +6.1 (+9.1); ``autograd.Function.apply``'s own machinery is ~3.3 µs of that.
+quiet Zen 4, above the raw kernel: layer_norm 8x128 +6.2 to +6.5 µs (the Python path +8.8 to +9.1),
+gelu 8x512 +5.0 to +5.6 (+6.4), linear 8x128x128 +5.7 to +5.9 (+8.9 to +9.3);
+``autograd.Function.apply``'s own machinery is ~3.3 µs of that.
 Under ``torch.compile`` (and for tensor subclasses such as fake tensors) it goes through
 ``torch.library`` custom ops (``torch.ops.fusegrad.*``) with fake (meta) implementations and
 registered backwards, so ``torch.compile(fullgraph=True)`` traces them without graph breaks; that
@@ -197,8 +198,6 @@ def _fast_apply(fn):
 
 
 _functorch_active = torch._C._are_functorch_transforms_active
-
-
 
 
 def _n(t):
@@ -663,7 +662,7 @@ class _LayerNorm(torch.autograd.Function):
     """The eager path: the same kernels without the custom-op dispatch (weight, bias: a tensor or None).
     Both are C++: forward(ctx, x, weight, bias, eps) (x, weight, bias contiguous) returns y, with x
     and weight saved and ctx.stats = the rows' mean and rstd (a capsule only the backward reads);
-    backward(ctx, dy) returns (dx, dweight, dbias, None) (behind first_order_only's grad-mode check, at the end)."""
+    backward(ctx, dy) returns (dx, dweight, dbias, None), and refuses a double backward itself."""
 
     forward = staticmethod(_C._torch_layernorm_ctx_forward)
     backward = staticmethod(_C._torch_layernorm_ctx_backward)  # None for a weight or bias that was None
@@ -947,7 +946,7 @@ class _Linear(torch.autograd.Function):
 _linear_apply = _fast_apply(_Linear)
 
 # The state the C++ fast paths decide from (their policy copy comes from _push_fast_policy).
-_C._torch_fast_setup(nn.Parameter, torch.is_grad_enabled, _functorch_active, functools.partial(_autocast_on, "cpu"),
+_C._torch_fast_setup(nn.Parameter, _functorch_active, functools.partial(_autocast_on, "cpu"),
                      globals(), {op: (super(torch.autograd.Function, fn).apply, orig, _KEYS[op])
                                        for op, fn, orig in (("layer_norm", _LayerNorm, _pt_layer_norm),
                                                             ("gelu", _Gelu, _pt_gelu), ("gelu_tanh", _Gelu, _pt_gelu),
@@ -1020,19 +1019,17 @@ def linear(input, weight, bias=None):
     return y if flat else y.reshape(*input.shape[:-1], weight.shape[0])
 
 
+# The Python Functions refuse a double backward through first_order_only; the C++ ones (_LayerNorm,
+# _Gelu, _Linear) do it in their backward, which their nodes call straight: without
+# BackwardCFunction.apply's Python frame a layer_norm 8x128 forward+backward runs 15k instructions
+# fewer. (If a PyTorch stops calling the node class's apply, it calls the same backward.)
 for _op, _fns in (("scaled_dot_product_attention", (_Attention, _AttentionBF16, _AttentionPacked)),
-                  ("layer_norm", (_LayerNorm,)), ("cross_entropy", (_CrossEntropy,)), ("gelu", (_Gelu,)),
-                  ("linear", (_Linear, _LinearBF16))):
+                  ("cross_entropy", (_CrossEntropy,)), ("linear", (_LinearBF16,))):
     for _fn in _fns:
         _fn.backward = _tc.first_order_only(_fn.backward, _op)
-
-# The C++ Functions' nodes call their C++ backward straight, which checks grad mode itself: without
-# BackwardCFunction.apply's and first_order_only's Python frames a forward+backward at 8x128 costs
-# ~2.5 us less. (If a PyTorch stops calling the node class's apply, the backward above still runs.)
-for _fn, _bwd in ((_LayerNorm, _C._torch_layernorm_ctx_backward), (_Gelu, _C._torch_gelu_ctx_backward),
-                  (_Linear, _C._torch_linear_ctx_backward)):
+for _fn in (_LayerNorm, _Gelu, _Linear):
     if isinstance(getattr(_fn, "_backward_cls", None), type) and "apply" in vars(torch.autograd.function.BackwardCFunction):
-        _fn._backward_cls.apply = _C._torch_node_apply(_bwd)
+        _fn._backward_cls.apply = _C._torch_node_apply(_fn.backward)
 
 for _f in (scaled_dot_product_attention, layer_norm, cross_entropy, gelu, linear):
     _f._torch_original = ORIGINALS[_f.__name__]  # a later import finds PyTorch's op behind ours
