@@ -11,12 +11,16 @@ the same weights; the first step's losses are compared before timing (validation
     python -m bench torch_model                 # all shapes, 2 threads
     python -m bench.bench_torch_model --threads 2 --only tiny,small
     python -m bench.bench_torch_model --cpu-time  # 1 thread, CPU time of the step (a shared machine)
-    python -m bench.bench_torch_model --processes 4 --only small  # each library alone in its own process
+    python -m bench.bench_torch_model --processes 15 --only small  # each library in its own process
 
---processes N times the two as a user runs them, each in a fresh process of its own with nothing
-of the other library's in memory (CHILD_STEPS steps after 3, median), N rounds, the order alternating; the
-ratio is the median of the rounds' ratios. In one process the two models share the allocators and
-caches, which moved PyTorch's step by up to ~15% on a small VM.
+--processes N times the two as a user runs them: each library alone in a process of its own, with
+nothing of the other library's in memory (in one process the two models share the allocators and
+caches, which moved PyTorch's step by up to ~15% on a small VM). The two processes take turns,
+one stepping while the other waits in a blocking read (TURN_STEPS untimed then timed steps, then
+a pause for the OpenMP workers to stop spinning), N turns each, the order alternating; the ratio
+is the median over the N pairs of turns. Turns are paired seconds apart, not processes run one
+after the other minutes apart; still, on a shared VM the ratio moved between runs (small model,
+six runs of 15 turns: 1.23x to 1.44x), so quote several runs.
 """
 from __future__ import annotations
 
@@ -104,12 +108,10 @@ def run(limits, quick=False, only=None, clock=time.perf_counter):
     return rows
 
 
-CHILD_STEPS = {"tiny": 40, "small": 10, "GPT-2": 4}  # timed steps per process: about a second or more
-
-
-def child(name, label, warmup=3):
-    """One library's step alone in this process: {'ms': median, 'loss0': the first step's loss}."""
-    steps = next(n for k, n in CHILD_STEPS.items() if name.startswith(k))
+def serve(name, label):
+    """One library's model alone in this process, stepping when the parent says (run_processes).
+    Prints {"loss0": the first step's loss}, then answers each stdin line "W T" (W untimed steps,
+    then T timed) with {"ms": [the timed steps' ms]}; an empty line ends it."""
     import fusegrad.torch as fgt
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
@@ -127,38 +129,70 @@ def child(name, label, warmup=3):
 
     def step():
         return train_step(model, opt, idx, targets, label == "fusegrad").item()
-    loss0 = step()
-    for _ in range(warmup - 1):
-        step()
-    ts = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t)
-    return {"ms": statistics.median(ts) * 1e3, "loss0": loss0}
+    print(json.dumps({"loss0": step()}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        warm, timed = map(int, line.split())
+        for _ in range(warm):
+            step()
+        ts = []
+        for _ in range(timed):
+            t = time.perf_counter()
+            step()
+            ts.append((time.perf_counter() - t) * 1e3)
+        print(json.dumps({"ms": ts}), flush=True)
 
 
-def run_processes(rounds, threads, only=None):
-    """Each library alone in a fresh process, `rounds` times, alternating which goes first."""
+TURN_STEPS = {"tiny": (3, 5), "small": (1, 2), "GPT-2": (1, 1)}  # per turn: (untimed, timed) steps
+GAP_S = 0.25  # between turns: the OpenMP workers of the process that just stepped stop spinning
+
+
+def run_processes(turns, threads, only=None):
+    """Each library alone in its own process, as a user runs one or the other; the two processes
+    take turns (one steps while the other sleeps in a read), `turns` times each, the order
+    alternating, so a pair of turns sees the machine in the same state. The ratio is the median
+    over pairs of the turns' median steps."""
     rows = []
     for name, *_ in CONFIGS:
         if only and not any(name.startswith(o) for o in only):
             continue
-        ms = {"torch": [], "fusegrad": []}
-        loss0 = {}
-        for r in range(rounds):
-            for label in (("torch", "fusegrad") if r % 2 == 0 else ("fusegrad", "torch")):
-                out = subprocess.run([sys.executable, "-m", "bench.bench_torch_model", "--threads", str(threads),
-                                      "--child", f"{name.split(':')[0]}:{label}"], capture_output=True, text=True,
-                                     check=True, env=dict(os.environ)).stdout
-                res = json.loads(out.strip().splitlines()[-1])
-                ms[label].append(res["ms"])
-                loss0[label] = res["loss0"]
-        rows.append({"model": name, "processes": f"{rounds} x 2",
+        short = name.split(":")[0]
+        warm, timed = next(v for k, v in TURN_STEPS.items() if name.startswith(k))
+        procs, loss0 = {}, {}
+        try:
+            for label in ("torch", "fusegrad"):
+                procs[label] = subprocess.Popen(
+                    [sys.executable, "-m", "bench.bench_torch_model", "--threads", str(threads),
+                     "--serve", f"{short}:{label}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                    env=dict(os.environ))
+                loss0[label] = json.loads(procs[label].stdout.readline())["loss0"]
+
+            def turn(label, w, t):
+                procs[label].stdin.write(f"{w} {t}\n")
+                procs[label].stdin.flush()
+                out = json.loads(procs[label].stdout.readline())["ms"]
+                time.sleep(GAP_S)
+                return out
+            for label in procs:  # warm-up turns, not timed
+                turn(label, 2, 0)
+            ms = {"torch": [], "fusegrad": []}
+            for r in range(turns):
+                for label in (("torch", "fusegrad") if r % 2 == 0 else ("fusegrad", "torch")):
+                    ms[label].append(statistics.median(turn(label, warm, timed)))
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    p.stdin.write("\n")
+                    p.stdin.close()
+                    p.wait(timeout=60)
+        pairs = [t / f for t, f in zip(ms["torch"], ms["fusegrad"])]
+        rows.append({"model": name, "turns": f"{turns} x ({warm} + {timed} steps)",
                      "loss_err_step1": abs(loss0["torch"] - loss0["fusegrad"]),
                      "fusegrad_ms": statistics.median(ms["fusegrad"]), "torch_ms": statistics.median(ms["torch"]),
-                     "x_torch": statistics.median(t / f for t, f in zip(ms["torch"], ms["fusegrad"])),
-                     "x_torch_rounds": " ".join(f"{t / f:.2f}" for t, f in zip(ms["torch"], ms["fusegrad"]))})
+                     "x_torch": statistics.median(pairs),
+                     "x_torch_quartiles": " ".join(f"{q:.2f}" for q in statistics.quantiles(pairs, n=4))
+                     if len(pairs) > 1 else f"{pairs[0]:.2f}"})
         print(rows[-1], flush=True)
     return rows
 
@@ -173,15 +207,14 @@ def main(argv=None):
                    help="1 thread, timed by the calling thread's CPU time (time.thread_time), not wall time: "
                         "on a shared machine wall time mostly measures waits for a core")
     p.add_argument("--processes", type=int, default=0, metavar="N",
-                   help="time each library alone in its own fresh process, N rounds (see above)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "model:label", for --processes
+                   help="each library alone in its own process, the two taking N turns each (see above)")
+    p.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # "model:label", for --processes
     args = p.parse_args(argv)
     threads = 1 if args.cpu_time else args.threads
     fusegrad.set_num_threads(threads)
     torch.set_num_threads(threads)
-    if args.child:
-        name, label = args.child.rsplit(":", 1)
-        print(json.dumps(child(name, label)))
+    if args.serve:
+        serve(*args.serve.rsplit(":", 1))
         return
     from bench.run import table
     if args.processes:
