@@ -197,6 +197,13 @@ def run_processes(turns, threads, only=None):
     return rows
 
 
+def peak():
+    """The FMA peak of the threads in use, measured now (best of 3): the machine's state for this run."""
+    from fusegrad import _C
+    t = _C.get_num_threads()
+    return f"fp32 FMA peak {max(_C.peak_fma_gflops(t, 0.3) for _ in range(3)):.0f} GFLOP/s on {t} threads"
+
+
 def main(argv=None):
     import fusegrad
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -219,11 +226,11 @@ def main(argv=None):
     from bench.run import table
     if args.processes:
         print(f"{fusegrad._config.cpu_model()}, {threads} threads, isa {fusegrad._C.get_isa()}, wall time, "
-              f"each library in its own process")
+              f"each library in its own process; {peak()}")
         print(table(run_processes(args.processes, threads, args.only.split(",") if args.only else None)))
         return
     print(f"{fusegrad._config.cpu_model()}, {threads} threads, isa {fusegrad._C.get_isa()}, "
-          f"{'CPU time' if args.cpu_time else 'wall time'}")
+          f"{'CPU time' if args.cpu_time else 'wall time'}; {peak()}")
     print(table(run(None, args.quick, args.only.split(",") if args.only else None,
                     time.thread_time if args.cpu_time else time.perf_counter)))
 
