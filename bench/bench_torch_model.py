@@ -148,6 +148,15 @@ TURN_STEPS = {"tiny": (3, 5), "small": (1, 2), "GPT-2": (1, 1)}  # per turn: (un
 GAP_S = 0.25  # between turns: the OpenMP workers of the process that just stepped stop spinning
 
 
+def reply(proc, label):
+    """The next JSON line a --serve process prints; a clear error if it ended instead (its
+    traceback is on stderr, which it shares with this process)."""
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the {label} process ended (exit status {proc.wait()}); its error is above")
+    return json.loads(line)
+
+
 def run_processes(turns, threads, only=None):
     """Each library alone in its own process, as a user runs one or the other; the two processes
     take turns (one steps while the other sleeps in a read), `turns` times each, the order
@@ -166,12 +175,12 @@ def run_processes(turns, threads, only=None):
                     [sys.executable, "-m", "bench.bench_torch_model", "--threads", str(threads),
                      "--serve", f"{short}:{label}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                     env=dict(os.environ))
-                loss0[label] = json.loads(procs[label].stdout.readline())["loss0"]
+                loss0[label] = reply(procs[label], label)["loss0"]
 
             def turn(label, w, t):
                 procs[label].stdin.write(f"{w} {t}\n")
                 procs[label].stdin.flush()
-                out = json.loads(procs[label].stdout.readline())["ms"]
+                out = reply(procs[label], label)["ms"]
                 time.sleep(GAP_S)
                 return out
             for label in procs:  # warm-up turns, not timed
@@ -183,8 +192,11 @@ def run_processes(turns, threads, only=None):
         finally:
             for p in procs.values():
                 if p.poll() is None:
-                    p.stdin.write("\n")
-                    p.stdin.close()
+                    try:
+                        p.stdin.write("\n")
+                        p.stdin.close()
+                    except BrokenPipeError:
+                        pass
                     p.wait(timeout=60)
         pairs = [t / f for t, f in zip(ms["torch"], ms["fusegrad"])]
         rows.append({"model": name, "turns": f"{turns} x ({warm} + {timed} steps)",
