@@ -20,7 +20,7 @@ one stepping while the other waits in a blocking read (TURN_STEPS untimed then t
 a pause for the OpenMP workers to stop spinning), N turns each, the order alternating; the ratio
 is the median over the N pairs of turns. Turns are paired seconds apart, not processes run one
 after the other minutes apart; still, on a shared VM the ratio moved between runs (small model,
-six runs of 15 turns: 1.23x to 1.44x), so quote several runs.
+eight runs of 15 turns: 1.22x to 1.44x), so quote several runs.
 """
 from __future__ import annotations
 
