@@ -45,6 +45,24 @@ CONFIGS = [  # (name, GPTConfig kwargs, batch, timed rounds)
 ]
 
 
+def setup(kw, B):
+    """(cfg, the plain model from seed 0, idx, targets): one CONFIGS entry's model and its batch."""
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from torch_gpt import GPTConfig, NanoGPT, batches
+    cfg = GPTConfig(**kw)
+    idx, targets = batches(cfg, B, 1)[0]
+    torch.manual_seed(0)
+    return cfg, NanoGPT(cfg), idx, targets
+
+
+def optimizer(label, model):
+    """The AdamW each side trains with: PyTorch's (foreach) or fusegrad.torch's."""
+    import fusegrad.torch as fgt
+    cls = fgt.AdamW if label == "fusegrad" else torch.optim.AdamW
+    return cls(model.parameters(), lr=3e-4, weight_decay=0.1)
+
+
 def train_step(model, opt, idx, targets, swapped):
     """One training step: forward, backward, update, zero_grad; the loss. optimize() also patches
     torch.nn.functional for the whole process; a plain model's F.* calls must not see that, so it
@@ -66,21 +84,14 @@ def run(limits, quick=False, only=None, clock=time.perf_counter):
     if torch is None or not hasattr(torch.library, "custom_op"):
         return [{"model": "torch_model", "note": "needs torch >= 2.4"}]
     import fusegrad.torch as fgt
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from torch_gpt import GPTConfig, NanoGPT, batches
 
     rows = []
     for name, kw, B, reps in CONFIGS[:1] if quick else CONFIGS:
         if only and not any(name.startswith(o) for o in only):
             continue
-        cfg = GPTConfig(**kw)
-        idx, targets = batches(cfg, B, 1)[0]
-        torch.manual_seed(0)
-        plain = NanoGPT(cfg)
+        cfg, plain, idx, targets = setup(kw, B)
         ours = fgt.optimize(plain, inplace=False, functional=False)  # the module swap; F.* per step below
-        opts = {"torch": torch.optim.AdamW(plain.parameters(), lr=3e-4, weight_decay=0.1),
-                "fusegrad": fgt.AdamW(ours.parameters(), lr=3e-4, weight_decay=0.1)}
+        opts = {"torch": optimizer("torch", plain), "fusegrad": optimizer("fusegrad", ours)}
 
         def step(label, model):
             return train_step(model, opts[label], idx, targets, label == "fusegrad")
@@ -113,19 +124,11 @@ def serve(name, label):
     Prints {"loss0": the first step's loss}, then answers each stdin line "W T" (W untimed steps,
     then T timed) with {"ms": [the timed steps' ms]}; an empty line ends it."""
     import fusegrad.torch as fgt
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from torch_gpt import GPTConfig, NanoGPT, batches
     _, kw, B, _ = next(c for c in CONFIGS if c[0].startswith(name))
-    cfg = GPTConfig(**kw)
-    idx, targets = batches(cfg, B, 1)[0]
-    torch.manual_seed(0)
-    model = NanoGPT(cfg)
+    _, model, idx, targets = setup(kw, B)
     if label == "fusegrad":
         model = fgt.optimize(model, functional=False)
-        opt = fgt.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    opt = optimizer(label, model)
 
     def step():
         return train_step(model, opt, idx, targets, label == "fusegrad").item()
