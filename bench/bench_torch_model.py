@@ -20,7 +20,9 @@ one stepping while the other waits in a blocking read (TURN_STEPS untimed then t
 a pause for the OpenMP workers to stop spinning), N turns each, the order alternating; the ratio
 is the median over the N pairs of turns. Turns are paired seconds apart, not processes run one
 after the other minutes apart; still, on a shared VM the ratio moved between runs (small model,
-eight runs of 15 turns: 1.22x to 1.44x), so quote several runs.
+22 runs of 15 turns over two days: 1.22x to 1.44x, median 1.31x), so quote several runs. Each row
+also gives both libraries' minor page faults and kernel CPU time per step (medians over turns):
+fresh pages cost ~2.8 us each on the VM measured, and PyTorch's step faults thousands of them.
 """
 from __future__ import annotations
 
@@ -122,7 +124,10 @@ def run(limits, quick=False, only=None, clock=time.perf_counter):
 def serve(name, label):
     """One library's model alone in this process, stepping when the parent says (run_processes).
     Prints {"loss0": the first step's loss}, then answers each stdin line "W T" (W untimed steps,
-    then T timed) with {"ms": [the timed steps' ms]}; an empty line ends it."""
+    then T timed) with {"ms": [the timed steps' ms], "faults": minor page faults per timed step,
+    "sys_ms": kernel CPU time per timed step (all threads)}; an empty line ends it."""
+    import resource  # (POSIX)
+
     import fusegrad.torch as fgt
     _, kw, B, _ = next(c for c in CONFIGS if c[0].startswith(name))
     _, model, idx, targets = setup(kw, B)
@@ -140,11 +145,15 @@ def serve(name, label):
         for _ in range(warm):
             step()
         ts = []
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         for _ in range(timed):
             t = time.perf_counter()
             step()
             ts.append((time.perf_counter() - t) * 1e3)
-        print(json.dumps({"ms": ts}), flush=True)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        n = max(timed, 1)
+        print(json.dumps({"ms": ts, "faults": (r1.ru_minflt - r0.ru_minflt) / n,
+                          "sys_ms": (r1.ru_stime - r0.ru_stime) * 1e3 / n}), flush=True)
 
 
 TURN_STEPS = {"tiny": (3, 5), "small": (1, 2), "GPT-2": (1, 1)}  # per turn: (untimed, timed) steps
@@ -183,15 +192,18 @@ def run_processes(turns, threads, only=None):
             def turn(label, w, t):
                 procs[label].stdin.write(f"{w} {t}\n")
                 procs[label].stdin.flush()
-                out = reply(procs[label], label)["ms"]
+                out = reply(procs[label], label)
                 time.sleep(GAP_S)
                 return out
             for label in procs:  # warm-up turns, not timed
                 turn(label, 2, 0)
             ms = {"torch": [], "fusegrad": []}
+            kern = {"torch": [], "fusegrad": []}  # (page faults, system ms) per step, per turn
             for r in range(turns):
                 for label in (("torch", "fusegrad") if r % 2 == 0 else ("fusegrad", "torch")):
-                    ms[label].append(statistics.median(turn(label, warm, timed)))
+                    out = turn(label, warm, timed)
+                    ms[label].append(statistics.median(out["ms"]))
+                    kern[label].append((out["faults"], out["sys_ms"]))
         finally:
             for p in procs.values():
                 if p.poll() is None:
@@ -207,7 +219,13 @@ def run_processes(turns, threads, only=None):
                      "fusegrad_ms": statistics.median(ms["fusegrad"]), "torch_ms": statistics.median(ms["torch"]),
                      "x_torch": statistics.median(pairs),
                      "x_torch_quartiles": " ".join(f"{q:.2f}" for q in statistics.quantiles(pairs, n=4))
-                     if len(pairs) > 1 else f"{pairs[0]:.2f}"})
+                     if len(pairs) > 1 else f"{pairs[0]:.2f}",
+                     # what the kernel did for each library's step (medians over turns): PyTorch's
+                     # allocations fault fresh pages in, whose cost moves its step between runs
+                     "faults/step torch, fusegrad": ", ".join(
+                         f"{statistics.median(f for f, _ in kern[k]):.0f}" for k in ("torch", "fusegrad")),
+                     "sys_ms/step torch, fusegrad": ", ".join(
+                         f"{statistics.median(s for _, s in kern[k]):.1f}" for k in ("torch", "fusegrad"))})
         print(rows[-1], flush=True)
     return rows
 
