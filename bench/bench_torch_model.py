@@ -214,6 +214,9 @@ def run_processes(turns, threads, only=None):
                         pass
                     p.wait(timeout=60)
         pairs = [t / f for t, f in zip(ms["torch"], ms["fusegrad"])]
+
+        def kern_med(i, fmt):  # "torch, fusegrad": the median over turns of kern's field i
+            return ", ".join(format(statistics.median(v[i] for v in kern[k]), fmt) for k in ("torch", "fusegrad"))
         rows.append({"model": name, "turns": f"{turns} x ({warm} + {timed} steps)",
                      "loss_err_step1": abs(loss0["torch"] - loss0["fusegrad"]),
                      "fusegrad_ms": statistics.median(ms["fusegrad"]), "torch_ms": statistics.median(ms["torch"]),
@@ -222,10 +225,8 @@ def run_processes(turns, threads, only=None):
                      if len(pairs) > 1 else f"{pairs[0]:.2f}",
                      # what the kernel did for each library's step (medians over turns): PyTorch's
                      # allocations fault fresh pages in, whose cost moves its step between runs
-                     "faults/step torch, fusegrad": ", ".join(
-                         f"{statistics.median(f for f, _ in kern[k]):.0f}" for k in ("torch", "fusegrad")),
-                     "sys_ms/step torch, fusegrad": ", ".join(
-                         f"{statistics.median(s for _, s in kern[k]):.1f}" for k in ("torch", "fusegrad"))})
+                     "faults/step torch, fusegrad": kern_med(0, ".0f"),
+                     "sys_ms/step torch, fusegrad": kern_med(1, ".1f")})
         print(rows[-1], flush=True)
     return rows
 
