@@ -275,6 +275,31 @@ def test_matmul_threads_bit_identical(isa, threads, rng, mnk, ta, tb):
     check(two, a, b, ta, tb, np.float32)
 
 
+# The linear backward's products with the bias gradient summed while the tiles pack dy^T: the tiles
+# and packing items are handed out dynamically (a thread may claim its first tile and pack its rows
+# of A while another still packs B), so the results must not depend on the thread count. 3 threads
+# on a smaller machine also exercise a thread that starts late. Shapes: the small GPT's four layers
+# (2048 tokens) and ones that fit no tile.
+@pytest.mark.parametrize("rows,n_in,n_out", [(2048, 256, 768), (2048, 256, 256), (2048, 1024, 256), (2048, 256, 1024),
+                                             (1001, 67, 301), (3, 513, 1030), (777, 300, 33)])
+def test_linear_backward_threads_bit_identical(isa, threads, rng, rows, n_in, n_out):
+    x = rng.standard_normal((rows, n_in)).astype(np.float32)
+    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+    dy = rng.standard_normal((rows, n_out)).astype(np.float32)
+    got = []
+    for n in (1, 2, 3):
+        threads(n)
+        got.append(ops.linear_backward(dy, x, w))
+    for other in got[1:]:
+        for u, v in zip(got[0], other):
+            np.testing.assert_array_equal(u, v)
+    dx, dw, db = got[0]
+    check(dx, dy, w, False, False, np.float32)
+    check(dw, dy, x, True, False, np.float32)
+    dy2 = dy.astype(np.float64)
+    assert np.all(np.abs(db - dy2.sum(0)) <= 2 * rows * U[np.float32] * np.abs(dy2).sum(0))
+
+
 @pytest.mark.parametrize("mnk", [(4200, 20, 2304), (258, 40, 50304)])
 def test_matmul_long_k_chunks(isa, threads, rng, mnk):
     # float32 AVX2: K cut into chunks when all of A does not fit 32 MiB (the first shape also

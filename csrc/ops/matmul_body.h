@@ -20,10 +20,12 @@
 // Design (a BLIS-style kernel with a different outer loop):
 //  1. Pack all of op(A) into MR x kc panels and all of op(B) into kc x NR panels, once, with
 //     AVX loads/transposes; K is cut into nearly equal blocks of at most KC. Both threads share
-//     the packed copies. Packing work is handed out dynamically through atomic counters.
+//     the packed copies. Packing work is handed out dynamically through atomic counters, in
+//     at least two items per thread where the panels allow.
 //     When every tile spans all columns (one K block, or at most TW columns), no two tiles read
 //     the same rows of A: then each tile packs its own A block by block into a thread-local
-//     buffer that stays in L2, and only B is packed up front.
+//     buffer that stays in L2, and only B is packed up front; a thread that finds B's packing
+//     still under way claims its first tile and packs that tile's A meanwhile.
 //     Tile shapes are chosen per problem so the threads get equal shares of tiles. A very long
 //     K is cut into chunks accumulated one after another (same K blocks, same order).
 //  2. C is cut into tiles of about MC x TW; threads take tiles from an atomic counter (dynamic
@@ -387,11 +389,25 @@ void row_sums_plain(float* sums, const float* a, int64_t M, int64_t K, int64_t l
   });
 }
 
+// With P.tile_packs_a: packs K block pb of the rows [i0, i0 + mt) of the tile at (i0, j0) of the chunk
+// at (m0, n0) into this thread's tile buffer, and returns the buffer. A's row sums are summed here
+// by the tiles of the first column of the first column chunk (packing is the only read of these
+// rows there).
+float* pack_tile_a(const Plan& P, int64_t m0, int64_t n0, int64_t i0, int64_t j0, int64_t mt, int64_t pb) {
+  float* own_a = tls_ws.tile_a.get(P.tm * P.kcb + 64);
+  const int64_t p0 = pb * P.kcb, kc = lmin(P.kcb, P.K - p0);
+  float* sums = P.sums_in_pack && n0 == 0 && j0 == 0 ? P.a_row_sums + m0 + i0 : nullptr;
+  pack_a_block(P, own_a, m0 + i0, mt, p0, kc, sums, P.first_pass && pb == 0);
+  return own_a;
+}
+
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
 // With P.tile_packs_a, A comes from the caller's thread-local block buffer instead of ap: no other
 // tile reads these rows, so packing them here (into L2) replaces a shared pass through memory.
+// a0_packed: the first K block is in that buffer already (packed while waiting for B's packing).
 __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t mpad, const float* bp, int64_t npad, int64_t m0,
-              int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt) {
+              int64_t mrows, int64_t n0, int64_t ncols, int64_t i0, int64_t mt, int64_t j0, int64_t nt,
+              bool a0_packed) {
   float* own_a = P.tile_packs_a ? tls_ws.tile_a.get(P.tm * P.kcb + 64) : nullptr;
   // With c_trans the tile is summed in a thread-local buffer (it stays in L2 across K, as C's
   // tile would), padded to whole micro-tiles, and stored transposed after the last K block.
@@ -404,10 +420,7 @@ __attribute__((noinline)) void run_tile(const Plan& P, const float* ap, int64_t 
     const float* res = pb == P.nkb - 1 ? P.residual : nullptr;
     const float* ablk = own_a ? own_a : ap + p0 * mpad;
     const int64_t ifirst = own_a ? i0 : 0;  // panel (i - ifirst) / MR of ablk holds rows i..i+5
-    // Row sums of A: by the tile in the first column of the first column chunk (packing is
-    // the only read of these rows there).
-    float* sums = P.sums_in_pack && n0 == 0 && j0 == 0 ? P.a_row_sums + m0 + i0 : nullptr;
-    if (own_a) pack_a_block(P, own_a, m0 + i0, mt, p0, kc, sums, P.first_pass && pb == 0);
+    if (own_a && (pb > 0 || !a0_packed)) pack_tile_a(P, m0, n0, i0, j0, mt, pb);
     const float* bblk = bp + p0 * npad;
     for (int64_t j = j0; j < j0 + nt; j += NR) {
       const float* bpp = bblk + (j / NR) * NR * kc;
@@ -559,7 +572,15 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   // are contiguous along K: A as stored, B transposed) or one K block (when the source is read
   // across panels, row by row: A transposed, B as stored; short rows keep the TLB happy).
   const int64_t a_pg = trans_a ? 32 : 8, a_kb = trans_a ? P.nkb : 1;   // panels, K splits
-  const int64_t b_pg = trans_b ? 4 : 16, b_kb = trans_b ? 1 : P.nkb;
+  // B's items are made small enough for two per thread: one item left to a single thread kept the
+  // others waiting (a 768 x 256 B as stored packed 100 us in one item while the other thread
+  // waited; the small model's dW and dx products: 1.02-1.11x with the early A packing below).
+  const int64_t b_kb = trans_b ? 1 : P.nkb;
+  int64_t b_pg = trans_b ? 4 : 16;
+  if (nt > 1) {
+    const int64_t npan0 = (lmin(nch, N) + NR - 1) / NR;
+    b_pg = lmax(1, lmin(b_pg, npan0 * b_kb / (2 * nt)));
+  }
   const int64_t nphase = n_mchunks * n_nchunks;
   std::vector<Phase> ph(nphase);
   for (int64_t q = 0; q < nphase; ++q) {
@@ -602,16 +623,26 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
         }
         f.pack_done.fetch_add(1, std::memory_order_release);
       }
+      // Tiles, column-major so consecutive tiles share the same packed B columns.
+      const int64_t ntiles = f.ntm * f.ntn;
+      auto claim = [&] { return f.tile_next.fetch_add(1, std::memory_order_relaxed); };
+      // A thread that would wait for another's packing of B claims its first tile now and packs
+      // that tile's first block of A meanwhile (it does not depend on B).
+      int64_t it = -1;
+      if (P.tile_packs_a && f.pack_done.load(std::memory_order_acquire) < f.na + f.nb) {
+        it = claim();
+        if (it < ntiles)
+          pack_tile_a(P, f.m0, f.n0, it % f.ntm * P.tm, it / f.ntm * P.tw, lmin(P.tm, f.mrows - it % f.ntm * P.tm), 0);
+      }
+      const int64_t prepacked = it;
       wait_for(f.pack_done, f.na + f.nb);
       // The packed A this phase reads may come from an earlier phase of the same row chunk.
       // (Its packing finished before that phase's tiles could start, which we waited for.)
-      // Tiles, column-major so consecutive tiles share the same packed B columns.
-      const int64_t ntiles = f.ntm * f.ntn;
-      for (int64_t it; (it = f.tile_next.fetch_add(1, std::memory_order_relaxed)) < ntiles;) {
+      for (it = it < 0 ? claim() : it; it < ntiles; it = claim()) {
         const int64_t ti = it % f.ntm, tj = it / f.ntm;
         const int64_t i0 = ti * P.tm, j0 = tj * P.tw;
         run_tile(P, abufp, mpanels * MR, f.bp, npanels * NR, f.m0, f.mrows, f.n0, f.ncols, i0,
-                 lmin(P.tm, f.mrows - i0), j0, lmin(P.tw, f.ncols - j0));
+                 lmin(P.tm, f.mrows - i0), j0, lmin(P.tw, f.ncols - j0), it == prepacked);
         f.tile_done.fetch_add(1, std::memory_order_release);
       }
     }
