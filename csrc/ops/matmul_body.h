@@ -574,7 +574,8 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
   const int64_t a_pg = trans_a ? 32 : 8, a_kb = trans_a ? P.nkb : 1;   // panels, K splits
   // B's items are made small enough for two per thread: one item left to a single thread kept the
   // others waiting (a 768 x 256 B as stored packed 100 us in one item while the other thread
-  // waited; the small model's dW and dx products: 1.02-1.11x with the early A packing below).
+  // waited; with the early A packing below, the small model's dW and dx products ran up to 1.11x
+  // faster: README's Performance section).
   const int64_t b_kb = trans_b ? 1 : P.nkb;
   int64_t b_pg = trans_b ? 4 : 16;
   if (nt > 1) {
@@ -631,8 +632,10 @@ void sgemm_pass(float* c, const float* a, const float* b, const GemmExtras& ex, 
       int64_t it = -1;
       if (P.tile_packs_a && f.pack_done.load(std::memory_order_acquire) < f.na + f.nb) {
         it = claim();
-        if (it < ntiles)
-          pack_tile_a(P, f.m0, f.n0, it % f.ntm * P.tm, it / f.ntm * P.tw, lmin(P.tm, f.mrows - it % f.ntm * P.tm), 0);
+        if (it < ntiles) {
+          const int64_t i0 = it % f.ntm * P.tm;
+          pack_tile_a(P, f.m0, f.n0, i0, it / f.ntm * P.tw, lmin(P.tm, f.mrows - i0), 0);
+        }
       }
       const int64_t prepacked = it;
       wait_for(f.pack_done, f.na + f.nb);
