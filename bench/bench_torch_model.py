@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import interleaved, paired_ratio, torch
+from bench.common import fma_peak, interleaved, paired_ratio, torch
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
@@ -232,10 +232,10 @@ def run_processes(turns, threads, only=None):
 
 
 def peak():
-    """The FMA peak of the threads in use, measured now (best of 3): the machine's state for this run."""
+    """The FMA peak of the threads in use, measured now: the machine's state for this run."""
     from fusegrad import _C
     t = _C.get_num_threads()
-    return f"fp32 FMA peak {max(_C.peak_fma_gflops(t, 0.3) for _ in range(3)):.0f} GFLOP/s on {t} threads"
+    return f"fp32 FMA peak {fma_peak(t):.0f} GFLOP/s on {t} threads"
 
 
 def main(argv=None):

@@ -38,14 +38,20 @@ class Limits:
     extra: dict = field(default_factory=dict)
 
 
+def fma_peak(threads: int, *isa) -> float:
+    """fp32 FMA GFLOP/s on `threads` threads, best of 3 short runs (of ISA path `isa`, else the active one)."""
+    from fusegrad import _C
+
+    return max(_C.peak_fma_gflops(threads, 0.3, *isa) for _ in range(3))
+
+
 def measure_limits(threads: int) -> Limits:
     from fusegrad import _C
 
     # the peak of the path in use, and of every path this CPU runs (an AVX-512 run on a CPU
     # with one 512-bit FMA unit, such as Zen 4, has the AVX2 peak; Intel Xeons with two have 2x)
-    peaks = {isa: max(_C.peak_fma_gflops(threads, 0.3, isa) for _ in range(3))
-             for isa in _C.isas_supported() if isa != "portable"}
-    peak = peaks.get(_C.get_isa()) or max(_C.peak_fma_gflops(threads, 0.3) for _ in range(3))
+    peaks = {isa: fma_peak(threads, isa) for isa in _C.isas_supported() if isa != "portable"}
+    peak = peaks.get(_C.get_isa()) or fma_peak(threads)
     bw = _C.copy_bandwidth_gbs(256 << 20, threads, 5)
     return Limits(threads=threads, peak_gflops=peak, copy_gbs=bw,
                   extra={"isa": _C.get_isa(), "cpu": _C.cpu_model(),
