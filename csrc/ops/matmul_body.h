@@ -390,15 +390,14 @@ void row_sums_plain(float* sums, const float* a, int64_t M, int64_t K, int64_t l
 }
 
 // With P.tile_packs_a: packs K block pb of the rows [i0, i0 + mt) of the tile at (i0, j0) of the chunk
-// at (m0, n0) into this thread's tile buffer, and returns the buffer. A's row sums are summed here
+// at (m0, n0) into this thread's tile buffer (run_tile reads it from there). A's row sums are summed here
 // by the tiles of the first column of the first column chunk (packing is the only read of these
 // rows there).
-float* pack_tile_a(const Plan& P, int64_t m0, int64_t n0, int64_t i0, int64_t j0, int64_t mt, int64_t pb) {
+void pack_tile_a(const Plan& P, int64_t m0, int64_t n0, int64_t i0, int64_t j0, int64_t mt, int64_t pb) {
   float* own_a = tls_ws.tile_a.get(P.tm * P.kcb + 64);
   const int64_t p0 = pb * P.kcb, kc = lmin(P.kcb, P.K - p0);
   float* sums = P.sums_in_pack && n0 == 0 && j0 == 0 ? P.a_row_sums + m0 + i0 : nullptr;
   pack_a_block(P, own_a, m0 + i0, mt, p0, kc, sums, P.first_pass && pb == 0);
-  return own_a;
 }
 
 // One C tile: rows [i0, i0 + mt) x cols [j0, j0 + nt) relative to the chunk origin (m0, n0).
