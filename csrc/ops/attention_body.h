@@ -16,8 +16,15 @@
 // 32 registers); the loops the compiler vectorizes itself (attention_impl.h) use zmm there.
 // Measured on Zen 4 (1 thread, CPU time, B*H = 12, T = 1024, D = 64, causal, fwd+bwd): avx512
 // 1.05x (split heads) and 1.06x (packed qkv) the AVX2 speed. The 16-column micro-tile keeps
-// D = 16, 48, 80 on the tile kernels; an AVX-512 tile with 32 columns and more rows (for two
-// 512-bit FMA units, e.g. Intel Xeons) is not written yet.
+// D = 16, 48, 80 on the tile kernels. A wider AVX-512 tile for the plain products (P V, dV, dK,
+// dQ: 6 or 8 rows x 32 columns, 12 or 16 zmm accumulators) was tried on Zen 4 and measured slower
+// (small GPT's shape B 8, H 4, T 256, D 64, packed qkv, 1 thread, the two builds interleaved in one
+// process: forward 0.965-0.968x, backward 0.93-0.95x; also non-causal, and also with every A value
+// an embedded broadcast), so it is not used; CPUs with two 512-bit FMA units (Intel Xeons) might
+// still gain from it, unmeasured. Where the time goes there (same shape, ablations): forward
+// S 41%, P V 40%, exp 4%, the rest (Q transpose, softmax passes, rescaling) 15%; backward S and dP
+// with their P/dS epilogues 35%, dV, dK, dQ 15-17% each, K/V tile transposes 6%, Di and the q/dO
+// row packing 7%.
 #ifndef FG_ISA
 #error "define FG_ISA (the ISA namespace) before including attention_body.h"
 #endif
