@@ -4,9 +4,11 @@
 //
 // Where this differs from the AVX2 path (matmul_avx2.cpp), and why:
 //  - register tile 12 x 32: 24 zmm accumulators (of the 32 registers AVX-512 has; AVX2's 16
-//    allow only 12 ymm, hence its 6 x 16) plus two B vectors, A broadcast from memory as an
-//    operand of the FMA. 24 independent FMA chains cover two 512-bit FMA pipes of 4-cycle
-//    latency (Intel Xeons: 8 in flight needed), and per k step 14 loads feed 24 FMAs.
+//    allow only 12 ymm, hence its 6 x 16) plus two B vectors; each A value is broadcast once
+//    and feeds two FMAs (GCC's choice; making each FMA take it as an embedded broadcast from
+//    memory measured 1.006x on Zen 4, not kept). 24 independent FMA chains cover two 512-bit FMA
+//    pipes of 4-cycle latency (Intel Xeons: 8 in flight needed), and per k step 14 loads feed
+//    24 FMAs.
 //  - tiles that stick out of C are stored straight from the registers with masked loads and
 //    stores (AVX-512 masks); AVX2 computes them into scratch and copies the valid part.
 //  - blocking (gemm_blocking below): a longer K block than AVX2's, measured.
