@@ -22,9 +22,9 @@ is the median over the N pairs of turns. Turns are paired seconds apart, not pro
 after the other minutes apart; still, on a shared VM the ratio moved between runs (small model,
 38 runs of 15 turns over two days: 1.22x to 1.44x, median 1.29x; 18 more on 2026-12-06 evening,
 after the GEMM's late C prefetch: 1.27x to 1.59x, median 1.41x, on a VM where PyTorch's step was
-slower than before), so quote several runs. Each row also gives both libraries' minor page faults and kernel
-CPU time per step (medians over turns): fresh pages cost ~2.8 us each on the VM measured, and
-PyTorch's step faults thousands of them.
+slower than before), so quote several runs. Each row also gives both libraries' minor page faults
+and kernel CPU time per step (medians over turns): fresh pages cost ~2.8 us each on the VM
+measured, and PyTorch's step faults thousands of them.
 """
 from __future__ import annotations
 
